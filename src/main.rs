@@ -1,0 +1,38 @@
+//! imgbuild: parse arguments, run one subcommand, report errors, set the exit code.
+
+mod cli;
+mod cmd;
+mod diag;
+mod plan;
+mod recipe;
+mod srcmap;
+mod template;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Plan { node, json } => cmd::plan(&cli.recipe, node, *json),
+        Command::Validate => cmd::validate(&cli.recipe),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("caused by: {cause}");
+            }
+            // Recipe problems are the user's to fix (2); everything else is a failure (1).
+            if err.downcast_ref::<diag::RecipeError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,1554 @@
+//! Resolve a parsed recipe into per-node plans: identity, ids, wiring, units and artifacts.
+//!
+//! This is the only module that reads the raw recipe; everything after it works from [`Plan`].
+//! Pure: no I/O beyond what `recipe::load` already did. Every semantic check lives here and
+//! points at the place in the recipe that caused it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use indexmap::IndexMap;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::diag::{Diagnostic, Pos, RecipeError, Severity, did_you_mean};
+use crate::recipe::{self, BaseKind, KafkaMode, Loaded, OneOrMany, Signs};
+use crate::srcmap::{index, join};
+use crate::template::{self, TemplateError};
+
+/// Version of the `plan --json` document; bumped on any incompatible change (docs/plan-json.md).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Names a node may not take: they are (or will be) subcommands, and `imgbuild NODE` must stay unambiguous.
+pub const RESERVED_NAMES: &[&str] = &[
+    "all", "boot", "build", "cache", "down", "fetch", "flash", "help", "lock", "plan", "rootfs", "up", "validate",
+    "verify", "version",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Zookeeper,
+    Kafka,
+    StormNimbus,
+    StormSupervisor,
+    StormUi,
+    StormLogviewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Zookeeper,
+        Role::Kafka,
+        Role::StormNimbus,
+        Role::StormSupervisor,
+        Role::StormUi,
+        Role::StormLogviewer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Zookeeper => "zookeeper",
+            Role::Kafka => "kafka",
+            Role::StormNimbus => "storm-nimbus",
+            Role::StormSupervisor => "storm-supervisor",
+            Role::StormUi => "storm-ui",
+            Role::StormLogviewer => "storm-logviewer",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+
+    pub fn is_storm(self) -> bool {
+        matches!(
+            self,
+            Role::StormNimbus | Role::StormSupervisor | Role::StormUi | Role::StormLogviewer
+        )
+    }
+}
+
+/// Everything imgbuild knows about one node after resolving the recipe. Serialized as `plan --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub schema: u32,
+    pub recipe: String,
+    pub recipe_sha256: String,
+    pub cluster: String,
+    pub source_date_epoch: Option<u64>,
+    pub node: NodeIdentity,
+    pub network: NetworkPlan,
+    pub hosts: Vec<HostEntry>,
+    pub roles: Vec<Role>,
+    pub units: Vec<String>,
+    pub zookeeper: Option<ZookeeperPlan>,
+    pub kafka: Option<KafkaPlan>,
+    pub storm: Option<StormPlan>,
+    pub users: Vec<UserPlan>,
+    pub base: BasePlan,
+    pub artifacts: Vec<Artifact>,
+    pub disk: DiskPlan,
+    pub overlays: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub hostname: String,
+    pub fqdn: Option<String>,
+    pub id: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Option<String>,
+    pub interface: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkPlan {
+    pub cidr: String,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostEntry {
+    pub ip: Ipv4Addr,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ZookeeperPlan {
+    /// This node's `myid`, or null when the node is not in the ensemble (it is still a client).
+    pub myid: Option<u32>,
+    pub client_port: u16,
+    pub quorum_port: u16,
+    pub election_port: u16,
+    pub admin_port: u16,
+    pub heap_mb: u32,
+    /// `server.N=IP:QUORUM:ELECTION` lines, in id order.
+    pub servers: Vec<String>,
+    /// `IP:PORT,...` of every ensemble member.
+    pub connect: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KafkaPlan {
+    pub mode: KafkaMode,
+    pub version: String,
+    pub node_id: Option<u32>,
+    pub broker_id: Option<u32>,
+    pub process_roles: Option<String>,
+    pub cluster_id: Option<String>,
+    pub controller_quorum_voters: Option<String>,
+    pub zookeeper_connect: Option<String>,
+    pub listeners: String,
+    pub advertised_listeners: String,
+    pub port: u16,
+    pub controller_port: Option<u16>,
+    pub heap_mb: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StormPlan {
+    pub zookeeper_servers: Vec<Ipv4Addr>,
+    pub zookeeper_port: u16,
+    pub nimbus_seeds: Vec<Ipv4Addr>,
+    pub local_hostname: String,
+    pub nimbus_port: u16,
+    pub supervisor_port: u16,
+    pub ui_port: u16,
+    pub logviewer_port: u16,
+    pub slots: Vec<u16>,
+    pub heap_mb: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserPlan {
+    pub name: String,
+    pub ssh_authorized_keys: Vec<String>,
+    pub sudo: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BasePlan {
+    pub kind: BaseKind,
+    pub release: Option<String>,
+    pub suite: Option<String>,
+    pub mirror: Option<String>,
+    pub apt_components: Vec<String>,
+    pub packages: Vec<String>,
+    pub keyring: Option<String>,
+}
+
+/// A file to download and verify.
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifact {
+    pub name: String,
+    pub version: String,
+    /// Tried in order: the first is the primary, the rest are mirrors/archives.
+    pub urls: Vec<String>,
+    pub digest: DigestSource,
+    pub signature: Option<SignaturePlan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "source", rename_all = "kebab-case")]
+pub enum DigestSource {
+    /// The digest is written in the recipe.
+    Inline { algorithm: Algorithm, value: String },
+    /// The publisher's checksum file; `urls[i]` belongs to the artifact's `urls[i]`.
+    ChecksumFile { algorithm: Algorithm, urls: Vec<String> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SignaturePlan {
+    /// Detached signature; `urls[i]` belongs to the artifact's `urls[i]`.
+    pub urls: Vec<String>,
+    pub keys: String,
+    /// Upper-case hex, no spaces.
+    pub fingerprints: Vec<String>,
+    pub signs: Signs,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskPlan {
+    pub size_bytes: u64,
+    pub formats: Vec<String>,
+}
+
+/// Every node's plan, plus the warnings found on the way.
+pub struct ClusterPlan {
+    pub nodes: Vec<Plan>,
+    pub warnings: Vec<String>,
+}
+
+impl ClusterPlan {
+    pub fn node(&self, name: &str) -> Option<&Plan> {
+        self.nodes.iter().find(|p| p.node.name == name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.nodes.iter().map(|p| p.node.name.as_str()).collect()
+    }
+}
+
+pub const DISK_FORMATS: &[&str] = &["raw", "qcow2", "seed-iso", "seed-fat", "rootfs-tar"];
+const DEFAULT_DISK_SIZE: u64 = 8 << 30;
+
+/// Collects diagnostics with positions from the recipe's source map.
+struct Ctx<'a> {
+    loaded: &'a Loaded,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn at(&self, path: &str) -> Pos {
+        self.loaded.map.value(path)
+    }
+    fn key_at(&self, path: &str) -> Pos {
+        self.loaded.map.key(path)
+    }
+    fn error(&mut self, pos: Pos, msg: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::error(pos, msg));
+        self.diags.last_mut().expect("just pushed")
+    }
+    fn warn(&mut self, pos: Pos, msg: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::warning(pos, msg));
+        self.diags.last_mut().expect("just pushed")
+    }
+    fn hint(d: &mut Diagnostic, hint: impl Into<String>) {
+        d.hint = Some(hint.into());
+    }
+}
+
+/// Resolve every node of a loaded recipe. Errors carry every problem found, each with its position.
+pub fn resolve(loaded: &Loaded) -> Result<ClusterPlan, RecipeError> {
+    let mut cx = Ctx {
+        loaded,
+        diags: Vec::new(),
+    };
+    let nodes = resolve_all(&mut cx);
+    let (errors, warnings): (Vec<_>, Vec<_>) = cx.diags.into_iter().partition(|d| d.severity == Severity::Error);
+    if !errors.is_empty() || nodes.is_none() {
+        return Err(loaded.error(errors));
+    }
+    let warnings = warnings
+        .iter()
+        .map(|d| d.render(&loaded.path, &loaded.text))
+        .collect();
+    Ok(ClusterPlan {
+        nodes: nodes.unwrap_or_default(),
+        warnings,
+    })
+}
+
+/// A node as seen during resolution, before the per-node plan is assembled.
+struct NodeDraft {
+    name: String,
+    id: u32,
+    ip: Ipv4Addr,
+    mac: Option<String>,
+    interface: Option<String>,
+    roles: Vec<Role>,
+    zk: Zk,
+    kafka: Kafka,
+    storm: Storm,
+}
+
+/// Effective service settings after defaults and per-node overrides; `src` remembers which
+/// recipe path set each value (for pointing at port clashes).
+#[derive(Clone, Default)]
+struct Zk {
+    client_port: u16,
+    quorum_port: u16,
+    election_port: u16,
+    admin_port: u16,
+    heap_mb: u32,
+}
+#[derive(Clone, Default)]
+struct Kafka {
+    port: u16,
+    controller_port: u16,
+    heap_mb: u32,
+}
+#[derive(Clone, Default)]
+struct Storm {
+    nimbus_port: u16,
+    supervisor_port: u16,
+    ui_port: u16,
+    logviewer_port: u16,
+    slots: Vec<u16>,
+    heap_mb: u32,
+}
+
+fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
+    let r = &cx.loaded.recipe;
+    check_hostname_like(cx, "cluster.name", &r.cluster.name, "cluster name");
+    if let Some(domain) = &r.cluster.domain {
+        for label in domain.split('.') {
+            if hostname_problem(label).is_some() {
+                cx.error(cx.at("cluster.domain"), format!("`{domain}` is not a valid DNS domain"));
+                break;
+            }
+        }
+    }
+    let network = resolve_network(cx)?;
+    let nodes = resolve_nodes(cx, &network);
+    check_ids(cx, &nodes);
+    let kafka_mode = r.services.kafka.mode.unwrap_or(KafkaMode::Kraft);
+    let ensemble: Vec<&NodeDraft> = nodes.iter().filter(|n| n.roles.contains(&Role::Zookeeper)).collect();
+    let controllers = resolve_controllers(cx, &nodes, kafka_mode);
+    check_ensembles(cx, &nodes, &ensemble, kafka_mode);
+    check_ports(cx, &nodes, kafka_mode);
+    let artifacts = resolve_artifacts(cx, &nodes);
+    let base = resolve_base(cx);
+    let users = resolve_users(cx);
+    let disk = resolve_disk(cx);
+    let kafka_version = r.components.kafka.as_ref().map(|c| c.version.clone()).unwrap_or_default();
+    check_kafka_version(cx, kafka_mode, &kafka_version, &nodes);
+    let cluster_id = resolve_cluster_id(cx, kafka_mode);
+    let overlay_dir = overlay_dir(cx.loaded);
+
+    if cx.diags.iter().any(|d| d.severity == Severity::Error) {
+        return None;
+    }
+    let artifacts = artifacts?;
+    let base = base?;
+    let recipe_sha256 = hex::encode(Sha256::digest(cx.loaded.text.as_bytes()));
+    let zk_connect = ensemble
+        .iter()
+        .map(|n| format!("{}:{}", n.ip, n.zk.client_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let zk_servers: Vec<String> = ensemble
+        .iter()
+        .map(|n| format!("server.{}={}:{}:{}", n.id, n.ip, n.zk.quorum_port, n.zk.election_port))
+        .collect();
+    let voters = controllers
+        .iter()
+        .map(|n| format!("{}@{}:{}", n.id, n.ip, n.kafka.controller_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let hosts = hosts_entries(&nodes, r.cluster.domain.as_deref());
+    let nimbus_seeds: Vec<Ipv4Addr> = nodes
+        .iter()
+        .filter(|n| n.roles.contains(&Role::StormNimbus))
+        .map(|n| n.ip)
+        .collect();
+
+    let plans = nodes
+        .iter()
+        .map(|n| {
+            let zookeeper = (!ensemble.is_empty()).then(|| ZookeeperPlan {
+                myid: n.roles.contains(&Role::Zookeeper).then_some(n.id),
+                client_port: n.zk.client_port,
+                quorum_port: n.zk.quorum_port,
+                election_port: n.zk.election_port,
+                admin_port: n.zk.admin_port,
+                heap_mb: n.zk.heap_mb,
+                servers: zk_servers.clone(),
+                connect: zk_connect.clone(),
+            });
+            let kafka = n.roles.contains(&Role::Kafka).then(|| {
+                let is_controller = controllers.iter().any(|c| c.name == n.name);
+                let plain = format!("PLAINTEXT://{}:{}", n.ip, n.kafka.port);
+                match kafka_mode {
+                    KafkaMode::Kraft => {
+                        let listeners = if is_controller {
+                            format!("{plain},CONTROLLER://{}:{}", n.ip, n.kafka.controller_port)
+                        } else {
+                            plain.clone()
+                        };
+                        KafkaPlan {
+                            mode: kafka_mode,
+                            version: kafka_version.clone(),
+                            node_id: Some(n.id),
+                            broker_id: None,
+                            process_roles: Some(if is_controller { "broker,controller" } else { "broker" }.into()),
+                            cluster_id: cluster_id.clone(),
+                            controller_quorum_voters: Some(voters.clone()),
+                            zookeeper_connect: None,
+                            advertised_listeners: listeners.clone(),
+                            listeners,
+                            port: n.kafka.port,
+                            controller_port: Some(n.kafka.controller_port),
+                            heap_mb: n.kafka.heap_mb,
+                        }
+                    }
+                    KafkaMode::Zookeeper => KafkaPlan {
+                        mode: kafka_mode,
+                        version: kafka_version.clone(),
+                        node_id: None,
+                        broker_id: Some(n.id),
+                        process_roles: None,
+                        cluster_id: None,
+                        controller_quorum_voters: None,
+                        zookeeper_connect: Some(format!("{zk_connect}/kafka")),
+                        listeners: plain.clone(),
+                        advertised_listeners: plain,
+                        port: n.kafka.port,
+                        controller_port: None,
+                        heap_mb: n.kafka.heap_mb,
+                    },
+                }
+            });
+            let storm = n.roles.iter().any(|r| r.is_storm()).then(|| StormPlan {
+                zookeeper_servers: ensemble.iter().map(|z| z.ip).collect(),
+                zookeeper_port: ensemble.first().map_or(2181, |z| z.zk.client_port),
+                nimbus_seeds: nimbus_seeds.clone(),
+                local_hostname: n.ip.to_string(),
+                nimbus_port: n.storm.nimbus_port,
+                supervisor_port: n.storm.supervisor_port,
+                ui_port: n.storm.ui_port,
+                logviewer_port: n.storm.logviewer_port,
+                slots: n.storm.slots.clone(),
+                heap_mb: n.storm.heap_mb,
+            });
+            Plan {
+                schema: SCHEMA_VERSION,
+                recipe: cx.loaded.path.display().to_string(),
+                recipe_sha256: recipe_sha256.clone(),
+                cluster: r.cluster.name.clone(),
+                source_date_epoch: r.cluster.source_date_epoch,
+                node: NodeIdentity {
+                    name: n.name.clone(),
+                    hostname: n.name.clone(),
+                    fqdn: r.cluster.domain.as_ref().map(|d| format!("{}.{d}", n.name)),
+                    id: n.id,
+                    ip: n.ip,
+                    mac: n.mac.clone(),
+                    interface: n.interface.clone(),
+                },
+                network: network.clone(),
+                hosts: hosts.clone(),
+                roles: n.roles.clone(),
+                units: units_for(&n.roles, kafka_mode),
+                zookeeper,
+                kafka,
+                storm,
+                users: users.clone(),
+                base: base.clone(),
+                artifacts: artifacts.clone(),
+                disk: disk.clone(),
+                overlays: vec![overlay_dir.join("common"), overlay_dir.join(&n.name)],
+            }
+        })
+        .collect();
+    Some(plans)
+}
+
+/// systemd units enabled on a node with these roles, in start order.
+fn units_for(roles: &[Role], mode: KafkaMode) -> Vec<String> {
+    let mut units = Vec::new();
+    for role in roles {
+        match role {
+            Role::Zookeeper => units.push("zookeeper.service"),
+            Role::Kafka => {
+                if mode == KafkaMode::Kraft {
+                    units.push("kafka-format.service");
+                }
+                units.push("kafka.service");
+            }
+            Role::StormNimbus => units.push("storm-nimbus.service"),
+            Role::StormSupervisor => units.push("storm-supervisor.service"),
+            Role::StormUi => units.push("storm-ui.service"),
+            Role::StormLogviewer => units.push("storm-logviewer.service"),
+        }
+    }
+    units.into_iter().map(String::from).collect()
+}
+
+/// `/etc/hosts` lines for every node: the node names map to their real IPs (never 127.0.1.1).
+fn hosts_entries(nodes: &[NodeDraft], domain: Option<&str>) -> Vec<HostEntry> {
+    nodes
+        .iter()
+        .map(|n| {
+            let mut names = Vec::new();
+            if let Some(d) = domain {
+                names.push(format!("{}.{d}", n.name));
+            }
+            names.push(n.name.clone());
+            HostEntry { ip: n.ip, names }
+        })
+        .collect()
+}
+
+fn overlay_dir(loaded: &Loaded) -> PathBuf {
+    let dir = loaded.path.parent().unwrap_or(Path::new(""));
+    let rel = loaded.recipe.overlays.dir.as_deref().unwrap_or("overlays");
+    dir.join(rel)
+}
+
+fn resolve_network(cx: &mut Ctx) -> Option<NetworkPlan> {
+    let net = &cx.loaded.recipe.network;
+    let Some((addr, prefix_len)) = parse_cidr(&net.cidr) else {
+        let d = cx.error(cx.at("network.cidr"), format!("`{}` is not an IPv4 network in CIDR form", net.cidr));
+        Ctx::hint(d, "write it like 192.168.200.0/24");
+        return None;
+    };
+    let mask = prefix_mask(prefix_len);
+    if u32::from(addr) & !mask != 0 {
+        let d = cx.error(
+            cx.at("network.cidr"),
+            format!("`{}` has host bits set", net.cidr),
+        );
+        Ctx::hint(d, format!("did you mean {}/{prefix_len}?", Ipv4Addr::from(u32::from(addr) & mask)));
+    }
+    let gateway = match net.gateway.parse::<Ipv4Addr>() {
+        Ok(g) => {
+            if !in_network(g, addr, prefix_len) {
+                cx.error(
+                    cx.at("network.gateway"),
+                    format!("gateway {g} is outside the network {}", net.cidr),
+                );
+            }
+            g
+        }
+        Err(_) => {
+            cx.error(cx.at("network.gateway"), format!("`{}` is not an IPv4 address", net.gateway));
+            Ipv4Addr::UNSPECIFIED
+        }
+    };
+    let mut dns = Vec::new();
+    for (i, s) in net.dns.iter().enumerate() {
+        match s.parse::<Ipv4Addr>() {
+            Ok(a) => dns.push(a),
+            Err(_) => {
+                cx.error(cx.at(&index("network.dns", i)), format!("`{s}` is not an IPv4 address"));
+            }
+        }
+    }
+    Some(NetworkPlan {
+        cidr: format!("{}/{prefix_len}", Ipv4Addr::from(u32::from(addr) & mask)),
+        prefix_len,
+        gateway,
+        dns,
+        domain: cx.loaded.recipe.cluster.domain.clone(),
+    })
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, p) = s.split_once('/')?;
+    let p: u8 = p.parse().ok()?;
+    (p <= 32).then_some(())?;
+    Some((a.parse().ok()?, p))
+}
+
+fn prefix_mask(prefix: u8) -> u32 {
+    if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) }
+}
+
+fn in_network(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    let m = prefix_mask(prefix);
+    u32::from(ip) & m == u32::from(net) & m
+}
+
+/// Why `s` is not a valid hostname label (RFC 1123, lower case), if it is not.
+fn hostname_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        return Some("it is empty");
+    }
+    if s.len() > 63 {
+        return Some("it is longer than 63 characters");
+    }
+    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Some("only lower-case letters, digits and `-` are allowed");
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Some("it may not start or end with `-`");
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return Some("it may not be all digits");
+    }
+    None
+}
+
+fn check_hostname_like(cx: &mut Ctx, path: &str, value: &str, what: &str) {
+    if let Some(why) = hostname_problem(value) {
+        cx.error(cx.at(path), format!("{what} `{value}` is not a valid hostname: {why}"));
+    }
+}
+
+fn resolve_nodes(cx: &mut Ctx, network: &NetworkPlan) -> Vec<NodeDraft> {
+    let r = &cx.loaded.recipe;
+    if r.nodes.is_empty() {
+        cx.error(cx.at("nodes"), "the recipe has no nodes");
+    }
+    let (net_addr, _) = parse_cidr(&network.cidr).unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+    let prefix = network.prefix_len;
+    let broadcast = Ipv4Addr::from(u32::from(net_addr) | !prefix_mask(prefix));
+    let mut seen_ip: HashMap<Ipv4Addr, String> = HashMap::new();
+    let mut seen_mac: HashMap<String, String> = HashMap::new();
+    let mut drafts = Vec::new();
+    for (i, (name, node)) in r.nodes.iter().enumerate() {
+        let path = join("nodes", name);
+        if let Some(why) = hostname_problem(name) {
+            let d = cx.error(cx.key_at(&path), format!("node name `{name}` is not a valid hostname: {why}"));
+            Ctx::hint(d, "node names become hostnames: use lower-case letters, digits and `-`, like node1");
+        } else if RESERVED_NAMES.contains(&name.as_str()) {
+            let d = cx.error(cx.key_at(&path), format!("node name `{name}` clashes with the subcommand `imgbuild {name}`"));
+            Ctx::hint(d, "pick another name, such as node1");
+        }
+        let ip_path = join(&path, "ip");
+        let ip = match node.ip.parse::<Ipv4Addr>() {
+            Ok(ip) => {
+                if prefix > 0 && !in_network(ip, net_addr, prefix) {
+                    cx.error(
+                        cx.at(&ip_path),
+                        format!("ip {ip} of node `{name}` is outside the network {}", network.cidr),
+                    );
+                } else if prefix < 31 && (ip == net_addr || ip == broadcast) {
+                    cx.error(
+                        cx.at(&ip_path),
+                        format!("ip {ip} of node `{name}` is the network or broadcast address of {}", network.cidr),
+                    );
+                } else if ip == network.gateway {
+                    cx.error(cx.at(&ip_path), format!("ip {ip} of node `{name}` is the gateway's address"));
+                }
+                if let Some(other) = seen_ip.insert(ip, name.clone()) {
+                    cx.error(cx.at(&ip_path), format!("duplicate ip {ip}: node `{name}` and node `{other}`"));
+                }
+                ip
+            }
+            Err(_) => {
+                cx.error(cx.at(&ip_path), format!("`{}` is not an IPv4 address", node.ip));
+                Ipv4Addr::UNSPECIFIED
+            }
+        };
+        let mac = node.mac.as_ref().map(|m| m.to_ascii_lowercase());
+        if let Some(m) = &mac {
+            let mac_path = join(&path, "mac");
+            let octets: Vec<Option<u8>> = m.split(':').map(|o| (o.len() == 2).then(|| u8::from_str_radix(o, 16).ok()).flatten()).collect();
+            if octets.len() != 6 || octets.iter().any(Option::is_none) {
+                cx.error(cx.at(&mac_path), format!("`{m}` is not a MAC address (like 52:54:00:c8:00:97)"));
+            } else if octets[0].is_some_and(|o| o & 1 == 1) {
+                cx.error(cx.at(&mac_path), format!("`{m}` is a multicast MAC address; a NIC needs a unicast one"));
+            } else if let Some(other) = seen_mac.insert(m.clone(), name.clone()) {
+                cx.error(cx.at(&mac_path), format!("duplicate mac {m}: node `{name}` and node `{other}`"));
+            }
+        }
+        if let Some(ifname) = &node.interface {
+            if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']) {
+                cx.error(cx.at(&join(&path, "interface")), format!("`{ifname}` is not a valid interface name"));
+            }
+        }
+        let roles = resolve_roles(cx, &path, node.roles.as_deref());
+        let overrides = node.services.as_ref();
+        if let Some(o) = overrides {
+            let kafka = &o.kafka;
+            for (field, set) in [
+                ("mode", kafka.mode.is_some()),
+                ("cluster_id", kafka.cluster_id.is_some()),
+                ("controllers", kafka.controllers.is_some()),
+            ] {
+                if set {
+                    let p = join(&join(&join(&path, "services"), "kafka"), field);
+                    cx.error(cx.key_at(&p), format!("`{field}` is cluster-wide: set it in services.kafka, not per node"));
+                }
+            }
+        }
+        let (zk, kafka, storm) = effective_services(&r.services, overrides);
+        drafts.push(NodeDraft {
+            name: name.clone(),
+            id: node.id.unwrap_or(i as u32 + 1),
+            ip,
+            mac,
+            interface: node.interface.clone(),
+            roles,
+            zk,
+            kafka,
+            storm,
+        });
+    }
+    drafts
+}
+
+fn resolve_roles(cx: &mut Ctx, node_path: &str, roles: Option<&[String]>) -> Vec<Role> {
+    let Some(roles) = roles else {
+        return Role::ALL.to_vec();
+    };
+    let path = join(node_path, "roles");
+    let mut out = Vec::new();
+    for (i, s) in roles.iter().enumerate() {
+        match Role::parse(s) {
+            Some(r) if out.contains(&r) => {
+                cx.error(cx.at(&index(&path, i)), format!("role `{s}` is listed twice"));
+            }
+            Some(r) => out.push(r),
+            None => {
+                let mut msg = format!("unknown role `{s}`");
+                if let Some(m) = did_you_mean(s, Role::ALL.iter().map(|r| r.name())) {
+                    msg.push_str(&format!(" (did you mean `{m}`?)"));
+                }
+                let d = cx.error(cx.at(&index(&path, i)), msg);
+                Ctx::hint(
+                    d,
+                    format!("roles are: {}", Role::ALL.map(|r| r.name()).join(", ")),
+                );
+            }
+        }
+    }
+    if roles.is_empty() {
+        cx.warn(cx.at(&path), format!("node `{}` has no roles: it will run no service", node_path.trim_start_matches("nodes.")));
+    }
+    out.sort();
+    out
+}
+
+fn effective_services(cluster: &recipe::Services, node: Option<&recipe::Services>) -> (Zk, Kafka, Storm) {
+    let (cz, ck, cs) = (&cluster.zookeeper, &cluster.kafka, &cluster.storm);
+    let d = recipe::Services::default();
+    let n = node.unwrap_or(&d);
+    let (nz, nk, ns) = (&n.zookeeper, &n.kafka, &n.storm);
+    let zk = Zk {
+        client_port: nz.client_port.or(cz.client_port).unwrap_or(2181),
+        quorum_port: nz.quorum_port.or(cz.quorum_port).unwrap_or(2888),
+        election_port: nz.election_port.or(cz.election_port).unwrap_or(3888),
+        // ZooKeeper's own default is 8080, which Storm UI also takes; imgbuild moves it to 8081.
+        admin_port: nz.admin_port.or(cz.admin_port).unwrap_or(8081),
+        heap_mb: nz.heap_mb.or(cz.heap_mb).unwrap_or(1024),
+    };
+    let kafka = Kafka {
+        port: nk.port.or(ck.port).unwrap_or(9092),
+        controller_port: nk.controller_port.or(ck.controller_port).unwrap_or(9093),
+        heap_mb: nk.heap_mb.or(ck.heap_mb).unwrap_or(1024),
+    };
+    let storm = Storm {
+        nimbus_port: ns.nimbus_port.or(cs.nimbus_port).unwrap_or(6627),
+        supervisor_port: ns.supervisor_port.or(cs.supervisor_port).unwrap_or(6628),
+        ui_port: ns.ui_port.or(cs.ui_port).unwrap_or(8080),
+        logviewer_port: ns.logviewer_port.or(cs.logviewer_port).unwrap_or(8000),
+        slots: ns
+            .slots
+            .clone()
+            .or_else(|| cs.slots.clone())
+            .unwrap_or_else(|| vec![6700, 6701, 6702, 6703]),
+        heap_mb: ns.heap_mb.or(cs.heap_mb).unwrap_or(1024),
+    };
+    (zk, kafka, storm)
+}
+
+fn check_ids(cx: &mut Ctx, nodes: &[NodeDraft]) {
+    let mut seen: HashMap<u32, &str> = HashMap::new();
+    for n in nodes {
+        let path = join(&join("nodes", &n.name), "id");
+        let pos = if cx.loaded.map.has(&path) { cx.at(&path) } else { cx.key_at(&join("nodes", &n.name)) };
+        if let Some(other) = seen.insert(n.id, &n.name) {
+            let d = cx.error(pos, format!("duplicate id {}: node `{}` and node `{other}`", n.id, n.name));
+            Ctx::hint(d, "ids default to the node's position in `nodes`; give each node a distinct `id`");
+        }
+        if n.roles.contains(&Role::Zookeeper) && !(1..=255).contains(&n.id) {
+            cx.error(
+                pos,
+                format!("id {} of node `{}` cannot be a ZooKeeper myid, which must be 1 to 255", n.id, n.name),
+            );
+        }
+    }
+}
+
+fn resolve_controllers<'a>(cx: &mut Ctx, nodes: &'a [NodeDraft], mode: KafkaMode) -> Vec<&'a NodeDraft> {
+    let kafka_nodes: Vec<&NodeDraft> = nodes.iter().filter(|n| n.roles.contains(&Role::Kafka)).collect();
+    let Some(names) = &cx.loaded.recipe.services.kafka.controllers else {
+        return if mode == KafkaMode::Kraft { kafka_nodes } else { Vec::new() };
+    };
+    if mode == KafkaMode::Zookeeper {
+        cx.error(
+            cx.key_at("services.kafka.controllers"),
+            "`controllers` only applies to `mode: kraft`; in ZooKeeper mode the brokers elect a controller themselves",
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let p = index("services.kafka.controllers", i);
+        match kafka_nodes.iter().find(|n| &n.name == name) {
+            Some(n) if out.iter().any(|o: &&NodeDraft| o.name == n.name) => {
+                cx.error(cx.at(&p), format!("controller `{name}` is listed twice"));
+            }
+            Some(n) => out.push(*n),
+            None if nodes.iter().any(|n| &n.name == name) => {
+                cx.error(cx.at(&p), format!("controller `{name}` does not have the `kafka` role"));
+            }
+            None => {
+                let mut msg = format!("controller `{name}` is not a node of this recipe");
+                if let Some(m) = did_you_mean(name, nodes.iter().map(|n| n.name.as_str())) {
+                    msg.push_str(&format!(" (did you mean `{m}`?)"));
+                }
+                cx.error(cx.at(&p), msg);
+            }
+        }
+    }
+    out
+}
+
+fn check_ensembles(cx: &mut Ctx, nodes: &[NodeDraft], ensemble: &[&NodeDraft], mode: KafkaMode) {
+    let any = |pred: &dyn Fn(Role) -> bool| nodes.iter().any(|n| n.roles.iter().any(|r| pred(*r)));
+    let needs_zk = any(&|r| r.is_storm()) || (mode == KafkaMode::Zookeeper && any(&|r| r == Role::Kafka));
+    if ensemble.is_empty() && needs_zk {
+        let d = cx.error(cx.key_at("nodes"), "the ZooKeeper ensemble is empty: no node has the `zookeeper` role");
+        Ctx::hint(d, "Storm (and Kafka in ZooKeeper mode) needs ZooKeeper: give 3 nodes the `zookeeper` role");
+    } else if !ensemble.is_empty() && ensemble.len() % 2 == 0 {
+        let d = cx.warn(
+            cx.key_at("nodes"),
+            format!(
+                "the ZooKeeper ensemble has {} members: an even ensemble tolerates no more failures than {}",
+                ensemble.len(),
+                ensemble.len() - 1
+            ),
+        );
+        Ctx::hint(d, "use an odd number of `zookeeper` nodes (3 or 5)");
+    }
+    if mode != KafkaMode::Kraft || !any(&|r| r == Role::Kafka) {
+        return;
+    }
+    let voters = match &cx.loaded.recipe.services.kafka.controllers {
+        Some(list) => list.len(),
+        None => nodes.iter().filter(|n| n.roles.contains(&Role::Kafka)).count(),
+    };
+    let at = if cx.loaded.map.has("services.kafka.controllers") {
+        cx.at("services.kafka.controllers")
+    } else {
+        cx.key_at("nodes")
+    };
+    if voters == 0 {
+        cx.error(at, "the KRaft voter set is empty: Kafka in KRaft mode needs at least one controller");
+    } else if voters % 2 == 0 {
+        let d = cx.warn(
+            at,
+            format!("the KRaft voter set has {voters} members: an even quorum tolerates no more failures than {}", voters - 1),
+        );
+        Ctx::hint(d, "use an odd number of controllers (services.kafka.controllers)");
+    }
+}
+
+/// The recipe path that set a service field for a node, if any (for pointing at a clash).
+fn service_path(cx: &Ctx, node: &str, service: &str, field: &str) -> Option<String> {
+    let node_p = join(&join(&join(&join("nodes", node), "services"), service), field);
+    let cluster_p = join(&join("services", service), field);
+    [node_p, cluster_p].into_iter().find(|p| cx.loaded.map.has(p))
+}
+
+fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode) {
+    for n in nodes {
+        // (port, what, service, field)
+        let mut bound: Vec<(u16, String, &str, &str)> = Vec::new();
+        let has = |r: Role| n.roles.contains(&r);
+        if has(Role::Zookeeper) {
+            bound.push((n.zk.client_port, "ZooKeeper client_port".into(), "zookeeper", "client_port"));
+            bound.push((n.zk.quorum_port, "ZooKeeper quorum_port".into(), "zookeeper", "quorum_port"));
+            bound.push((n.zk.election_port, "ZooKeeper election_port".into(), "zookeeper", "election_port"));
+            bound.push((n.zk.admin_port, "ZooKeeper admin_port (AdminServer)".into(), "zookeeper", "admin_port"));
+        }
+        if has(Role::Kafka) {
+            bound.push((n.kafka.port, "Kafka port".into(), "kafka", "port"));
+            if mode == KafkaMode::Kraft {
+                bound.push((n.kafka.controller_port, "Kafka controller_port".into(), "kafka", "controller_port"));
+            }
+        }
+        if has(Role::StormNimbus) {
+            bound.push((n.storm.nimbus_port, "Storm nimbus_port".into(), "storm", "nimbus_port"));
+        }
+        if has(Role::StormSupervisor) {
+            bound.push((n.storm.supervisor_port, "Storm supervisor_port".into(), "storm", "supervisor_port"));
+            for s in &n.storm.slots {
+                bound.push((*s, format!("Storm worker slot {s}"), "storm", "slots"));
+            }
+        }
+        if has(Role::StormUi) {
+            bound.push((n.storm.ui_port, "Storm ui_port".into(), "storm", "ui_port"));
+        }
+        if has(Role::StormLogviewer) {
+            bound.push((n.storm.logviewer_port, "Storm logviewer_port".into(), "storm", "logviewer_port"));
+        }
+        let mut first: BTreeMap<u16, usize> = BTreeMap::new();
+        for (i, (port, what, service, field)) in bound.iter().enumerate() {
+            let set_at = service_path(cx, &n.name, service, field);
+            if *port == 0 {
+                let pos = set_at.as_deref().map_or_else(|| cx.key_at(&join("nodes", &n.name)), |p| cx.at(p));
+                cx.error(pos, format!("{what} on node `{}` is 0, which is not a usable port", n.name));
+                continue;
+            }
+            let Some(&j) = first.get(port) else {
+                first.insert(*port, i);
+                continue;
+            };
+            let (_, other, oservice, ofield) = &bound[j];
+            // Point at whichever of the two the recipe spelled out (the later one if both).
+            let pos = set_at
+                .or_else(|| service_path(cx, &n.name, oservice, ofield))
+                .map_or_else(|| cx.key_at(&join("nodes", &n.name)), |p| cx.at(&p));
+            let d = cx.error(
+                pos,
+                format!("port {port} is bound twice on node `{}`: {other} and {what}", n.name),
+            );
+            Ctx::hint(d, format!("move one of them, e.g. services.{service}.{field}"));
+        }
+    }
+}
+
+fn check_kafka_version(cx: &mut Ctx, mode: KafkaMode, version: &str, nodes: &[NodeDraft]) {
+    if version.is_empty() || !nodes.iter().any(|n| n.roles.contains(&Role::Kafka)) {
+        return;
+    }
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+        cx.error(cx.at("components.kafka.version"), format!("`{version}` is not a Kafka version like 4.1.1"));
+        return;
+    };
+    let mode_at = if cx.loaded.map.has("services.kafka.mode") {
+        cx.at("services.kafka.mode")
+    } else {
+        cx.at("components.kafka.version")
+    };
+    if mode == KafkaMode::Zookeeper && major >= 4 {
+        let d = cx.error(
+            mode_at,
+            format!("Kafka {version} has no ZooKeeper mode (removed in 4.0)"),
+        );
+        Ctx::hint(d, "use `mode: kraft`, or Kafka 3.9.x for ZooKeeper mode");
+    }
+    if mode == KafkaMode::Kraft && (major, minor) < (3, 3) {
+        let d = cx.error(mode_at, format!("Kafka {version} predates production KRaft (3.3)"));
+        Ctx::hint(d, "use Kafka 3.3 or later, or `mode: zookeeper`");
+    }
+}
+
+/// The KRaft cluster id: the recipe's, validated, or one derived from the cluster name so that
+/// every rebuild of the same cluster gets the same id.
+fn resolve_cluster_id(cx: &mut Ctx, mode: KafkaMode) -> Option<String> {
+    if mode != KafkaMode::Kraft {
+        return None;
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if let Some(id) = &cx.loaded.recipe.services.kafka.cluster_id {
+        let ok = b64.decode(id).ok().filter(|b| b.len() == 16 && id.len() == 22);
+        match ok {
+            None => {
+                let d = cx.error(
+                    cx.at("services.kafka.cluster_id"),
+                    format!("`{id}` is not a Kafka cluster id (22 characters of base64url encoding 16 bytes)"),
+                );
+                Ctx::hint(d, "remove it to let imgbuild derive one, or use the output of `kafka-storage.sh random-uuid`");
+            }
+            Some(bytes) if id.starts_with('-') || bytes.iter().take(15).all(|b| *b == 0) && bytes[15] <= 1 => {
+                cx.error(
+                    cx.at("services.kafka.cluster_id"),
+                    format!("`{id}` is a cluster id Kafka reserves or rejects (zero/one UUID, or leading `-`)"),
+                );
+            }
+            Some(_) => {}
+        }
+        return Some(id.clone());
+    }
+    // Kafka's generator: a random v4 UUID, base64url without padding, never starting with `-`.
+    // Here the randomness is a hash of the cluster name, so the id is stable across rebuilds.
+    let mut seed = format!("imgbuild kafka cluster id\0{}", cx.loaded.recipe.cluster.name);
+    loop {
+        let h = Sha256::digest(seed.as_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&h[..16]);
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let id = b64.encode(b);
+        if !id.starts_with('-') {
+            return Some(id);
+        }
+        seed.push('\0');
+    }
+}
+
+/// Which components the cluster's roles need (every node carries all of them: the shared part of
+/// the image is built once; roles only decide which units are enabled).
+fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec<Artifact>> {
+    let any = |f: &dyn Fn(Role) -> bool| nodes.iter().any(|n| n.roles.iter().any(|r| f(*r)));
+    let c = &cx.loaded.recipe.components;
+    let wanted: [(&str, Option<&recipe::Component>, bool, &str); 5] = [
+        ("java", c.java.as_ref(), any(&|_| true), "ZooKeeper, Kafka and Storm run on Java"),
+        ("zookeeper", c.zookeeper.as_ref(), any(&|r| r == Role::Zookeeper), "a node has the `zookeeper` role"),
+        ("kafka", c.kafka.as_ref(), any(&|r| r == Role::Kafka), "a node has the `kafka` role"),
+        ("storm", c.storm.as_ref(), any(&|r| r.is_storm()), "a node has a `storm-*` role"),
+        ("python", c.python.as_ref(), false, ""),
+    ];
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, comp, needed, why) in wanted {
+        match comp {
+            Some(comp) => match resolve_component(cx, name, comp) {
+                Some(a) => out.push(a),
+                None => ok = false,
+            },
+            None if needed => {
+                let d = cx.error(cx.key_at("components"), format!("missing component `{name}`: {why}"));
+                Ctx::hint(d, format!("add components.{name} (see recipes/cluster.yaml)"));
+                ok = false;
+            }
+            None => {}
+        }
+    }
+    if c.python.is_none() && any(&|r| r == Role::StormSupervisor) {
+        cx.warn(
+            cx.key_at("components"),
+            "no `python` component: Storm topologies written in Python will have no /opt/python",
+        );
+    }
+    if let Some(base) = resolve_base_artifact(cx) {
+        out.insert(0, base);
+    }
+    ok.then_some(out)
+}
+
+/// Upstream defaults for a component's URLs and digest, used when the recipe leaves them out.
+fn component_defaults(name: &str) -> (Vec<&'static str>, Option<(&'static str, Algorithm)>) {
+    match name {
+        "zookeeper" => (
+            vec![
+                "https://downloads.apache.org/zookeeper/zookeeper-{version}/apache-zookeeper-{version}-bin.tar.gz",
+                "https://archive.apache.org/dist/zookeeper/zookeeper-{version}/apache-zookeeper-{version}-bin.tar.gz",
+            ],
+            Some(("{url}.sha512", Algorithm::Sha512)),
+        ),
+        "kafka" => (
+            vec![
+                "https://downloads.apache.org/kafka/{version}/kafka_{scala}-{version}.tgz",
+                "https://archive.apache.org/dist/kafka/{version}/kafka_{scala}-{version}.tgz",
+            ],
+            Some(("{url}.sha512", Algorithm::Sha512)),
+        ),
+        "storm" => (
+            vec![
+                "https://downloads.apache.org/storm/apache-storm-{version}/apache-storm-{version}.tar.gz",
+                "https://archive.apache.org/dist/storm/apache-storm-{version}/apache-storm-{version}.tar.gz",
+            ],
+            Some(("{url}.sha512", Algorithm::Sha512)),
+        ),
+        "python" => (
+            vec![
+                "https://github.com/astral-sh/python-build-standalone/releases/download/{release}/cpython-{version}+{release}-{triple}-install_only.tar.gz",
+            ],
+            Some((
+                "https://github.com/astral-sh/python-build-standalone/releases/download/{release}/SHA256SUMS",
+                Algorithm::Sha256,
+            )),
+        ),
+        _ => (Vec::new(), None),
+    }
+}
+
+fn component_vars(name: &str, version: &str, extra: &IndexMap<String, String>) -> IndexMap<String, String> {
+    let mut vars = IndexMap::new();
+    vars.insert("version".to_string(), version.to_string());
+    match name {
+        "kafka" => {
+            vars.insert("scala".into(), "2.13".into());
+        }
+        "python" => {
+            vars.insert("triple".into(), "x86_64-unknown-linux-gnu".into());
+        }
+        _ => {}
+    }
+    for (k, v) in extra {
+        vars.insert(k.clone(), v.clone());
+    }
+    vars
+}
+
+fn resolve_component(cx: &mut Ctx, name: &str, comp: &recipe::Component) -> Option<Artifact> {
+    let path = join("components", name);
+    if comp.version.trim().is_empty() || comp.version.contains(['/', ' ']) {
+        cx.error(cx.at(&join(&path, "version")), format!("`{}` is not a version", comp.version));
+        return None;
+    }
+    let vars = component_vars(name, &comp.version, &comp.vars);
+    let defaults = component_defaults(name);
+    resolve_artifact(
+        cx,
+        &path,
+        name,
+        &comp.version,
+        Some(&comp.urls),
+        Some(&comp.digest),
+        comp.signature.as_ref(),
+        &vars,
+        defaults,
+    )
+}
+
+const UBUNTU_CLOUD_KEY: &str = "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81";
+
+fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
+    let b = &cx.loaded.recipe.base;
+    match b.kind {
+        BaseKind::Mmdebstrap => None,
+        BaseKind::Tarball | BaseKind::UbuntuCloud => {
+            let release = b.release.clone().unwrap_or_else(|| "24.04".into());
+            let mut vars = IndexMap::new();
+            vars.insert("release".to_string(), release.clone());
+            for (k, v) in &b.vars {
+                vars.insert(k.clone(), v.clone());
+            }
+            let defaults = if b.kind == BaseKind::UbuntuCloud {
+                (
+                    vec!["https://cloud-images.ubuntu.com/releases/{release}/release/ubuntu-{release}-server-cloudimg-amd64-root.tar.xz"],
+                    Some(("https://cloud-images.ubuntu.com/releases/{release}/release/SHA256SUMS", Algorithm::Sha256)),
+                )
+            } else {
+                (Vec::new(), None)
+            };
+            if b.kind == BaseKind::Tarball && b.urls.is_none() {
+                cx.error(cx.key_at("base"), "missing required key `urls` in `base` (kind: tarball)");
+                return None;
+            }
+            let mut art = resolve_artifact(
+                cx,
+                "base",
+                "base",
+                &release,
+                b.urls.as_ref(),
+                b.digest.as_ref(),
+                b.signature.as_ref(),
+                &vars,
+                defaults,
+            )?;
+            if b.kind == BaseKind::UbuntuCloud && b.signature.is_none() {
+                // Canonical signs SHA256SUMS with the UEC Image Automatic Signing Key.
+                if let DigestSource::ChecksumFile { urls, .. } = &art.digest {
+                    art.signature = Some(SignaturePlan {
+                        urls: urls.iter().map(|u| format!("{u}.gpg")).collect(),
+                        keys: format!("https://keyserver.ubuntu.com/pks/lookup?op=get&search=0x{UBUNTU_CLOUD_KEY}"),
+                        fingerprints: vec![UBUNTU_CLOUD_KEY.into()],
+                        signs: Signs::Checksums,
+                    });
+                }
+            }
+            Some(art)
+        }
+    }
+}
+
+fn resolve_base(cx: &mut Ctx) -> Option<BasePlan> {
+    let b = &cx.loaded.recipe.base;
+    let only = |cx: &mut Ctx, field: &str, set: bool, kinds: &str| {
+        if set {
+            cx.error(
+                cx.key_at(&join("base", field)),
+                format!("`{field}` does not apply to this base kind (only to {kinds})"),
+            );
+        }
+    };
+    let is_deb = b.kind == BaseKind::Mmdebstrap;
+    if is_deb {
+        for (f, set) in [
+            ("urls", b.urls.is_some()),
+            ("digest", b.digest.is_some()),
+            ("signature", b.signature.is_some()),
+            ("release", b.release.is_some()),
+        ] {
+            only(cx, f, set, "ubuntu-cloud and tarball");
+        }
+        if b.suite.is_none() {
+            cx.error(cx.key_at("base"), "missing required key `suite` in `base` (kind: mmdebstrap)");
+        }
+        if b.mirror.is_none() {
+            cx.error(cx.key_at("base"), "missing required key `mirror` in `base` (kind: mmdebstrap)");
+        }
+    } else {
+        for (f, set) in [
+            ("suite", b.suite.is_some()),
+            ("mirror", b.mirror.is_some()),
+            ("apt_components", b.apt_components.is_some()),
+            ("packages", b.packages.is_some()),
+            ("keyring", b.keyring.is_some()),
+        ] {
+            only(cx, f, set, "mmdebstrap");
+        }
+    }
+    if let Some(m) = &b.mirror {
+        if !(m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file://")) {
+            cx.error(cx.at("base.mirror"), format!("`{m}` is not an http(s) or file URL"));
+        }
+    }
+    Some(BasePlan {
+        kind: b.kind,
+        release: (!is_deb).then(|| b.release.clone().unwrap_or_else(|| "24.04".into())),
+        suite: b.suite.clone(),
+        mirror: b.mirror.clone(),
+        apt_components: b.apt_components.clone().unwrap_or_else(|| if is_deb { vec!["main".into()] } else { vec![] }),
+        packages: b.packages.clone().unwrap_or_default(),
+        keyring: b.keyring.clone(),
+    })
+}
+
+/// Render one URL template at `path`, reporting a bad variable at its exact column.
+fn render_url(cx: &mut Ctx, path: &str, template: &str, vars: &IndexMap<String, String>, defaulted: bool) -> Option<String> {
+    let where_ = if defaulted { format!("the default URL `{template}`") } else { "URL".to_string() };
+    match template::render(template, vars) {
+        Ok(u) => {
+            let rest = u.strip_prefix("https://").or_else(|| u.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                let d = cx.error(cx.at(path), format!("`{u}` is not an http(s) URL"));
+                Ctx::hint(d, "URLs start with https:// (or http:// with an inline digest)");
+                return None;
+            }
+            Some(u)
+        }
+        Err(TemplateError::Unknown { name, offset }) => {
+            let pos = if defaulted { cx.key_at(path) } else { cx.loaded.map.within(path, offset, &cx.loaded.text) };
+            let mut msg = format!("unknown variable `{{{name}}}` in {where_}");
+            if let Some(m) = did_you_mean(&name, vars.keys().map(String::as_str)) {
+                msg.push_str(&format!(" (did you mean `{{{m}}}`?)"));
+            }
+            let known: Vec<String> = vars.keys().map(|k| format!("{{{k}}}")).collect();
+            let d = cx.error(pos, msg);
+            Ctx::hint(d, format!("variables here: {}; add more under `vars`", known.join(", ")));
+            None
+        }
+        Err(TemplateError::Unclosed { offset }) => {
+            let pos = if defaulted { cx.key_at(path) } else { cx.loaded.map.within(path, offset, &cx.loaded.text) };
+            cx.error(pos, format!("unclosed `{{` in {where_}"));
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_artifact(
+    cx: &mut Ctx,
+    path: &str,
+    name: &str,
+    version: &str,
+    urls: Option<&OneOrMany>,
+    digest: Option<&recipe::Digest>,
+    signature: Option<&recipe::Signature>,
+    vars: &IndexMap<String, String>,
+    (default_urls, default_digest): (Vec<&str>, Option<(&str, Algorithm)>),
+) -> Option<Artifact> {
+    let urls_path = join(path, "urls");
+    let (templates, defaulted): (Vec<(String, String)>, bool) = match urls {
+        Some(u) => {
+            let list = u.to_vec();
+            let paths = (0..list.len()).map(|i| if u.is_list() { index(&urls_path, i) } else { urls_path.clone() });
+            (paths.zip(list).collect(), false)
+        }
+        None if !default_urls.is_empty() => (default_urls.iter().map(|t| (path.to_string(), t.to_string())).collect(), true),
+        None => {
+            cx.error(cx.key_at(path), format!("missing required key `urls` in `{path}`"));
+            return None;
+        }
+    };
+    if templates.is_empty() {
+        cx.error(cx.at(&urls_path), format!("`{path}.urls` is empty: give at least one URL"));
+        return None;
+    }
+    let mut rendered = Vec::new();
+    for (p, t) in &templates {
+        if t.contains("{url}") {
+            cx.error(cx.at(p), "`{url}` can only be used in checksum and signature URLs".to_string());
+            continue;
+        }
+        rendered.push(render_url(cx, p, t, vars, defaulted)?);
+    }
+    if rendered.len() != templates.len() {
+        return None;
+    }
+    // Checksum and signature URLs may use `{url}`: one per artifact URL.
+    let per_url = |cx: &mut Ctx, p: &str, t: &str, is_default: bool| -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        for u in &rendered {
+            let mut v = vars.clone();
+            v.insert("url".into(), u.clone());
+            out.push(render_url(cx, p, t, &v, is_default)?);
+        }
+        Some(out)
+    };
+    let digest_path = join(path, "digest");
+    let digest = match digest {
+        Some(d) => {
+            let set: Vec<(&str, &String)> = [
+                ("sha256", d.sha256.as_ref()),
+                ("sha512", d.sha512.as_ref()),
+                ("sha256_url", d.sha256_url.as_ref()),
+                ("sha512_url", d.sha512_url.as_ref()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            let [(key, value)] = set[..] else {
+                let d = cx.error(
+                    cx.at(&digest_path),
+                    format!("`{path}.digest` needs exactly one of sha256, sha512, sha256_url, sha512_url (found {})", set.len()),
+                );
+                Ctx::hint(d, "an inline digest pins the content; a *_url names the publisher's checksum file");
+                return None;
+            };
+            let key_path = join(&digest_path, key);
+            match key {
+                "sha256" | "sha512" => {
+                    let (algorithm, len) = if key == "sha256" { (Algorithm::Sha256, 64) } else { (Algorithm::Sha512, 128) };
+                    let v: String = value.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+                    if v.len() != len || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        cx.error(
+                            cx.at(&key_path),
+                            format!("{key} digest must be {len} hex characters, got {}", v.len()),
+                        );
+                        return None;
+                    }
+                    DigestSource::Inline { algorithm, value: v }
+                }
+                _ => {
+                    let algorithm = if key == "sha256_url" { Algorithm::Sha256 } else { Algorithm::Sha512 };
+                    DigestSource::ChecksumFile { algorithm, urls: per_url(cx, &key_path, value, false)? }
+                }
+            }
+        }
+        None => match default_digest {
+            Some((t, algorithm)) => DigestSource::ChecksumFile { algorithm, urls: per_url(cx, path, t, true)? },
+            None => {
+                cx.error(cx.key_at(path), format!("missing required key `digest` in `{path}`"));
+                return None;
+            }
+        },
+    };
+    let signature = match signature {
+        None => None,
+        Some(s) => {
+            let sig_path = join(path, "signature");
+            let urls = per_url(cx, &join(&sig_path, "url"), &s.url, false)?;
+            let keys = render_url(cx, &join(&sig_path, "keys"), &s.keys, vars, false)?;
+            let mut fingerprints = Vec::new();
+            for (i, f) in s.fingerprints.iter().enumerate() {
+                let v: String = f.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+                if !(v.len() == 40 || v.len() == 64) || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    let d = cx.error(
+                        cx.at(&index(&join(&sig_path, "fingerprints"), i)),
+                        format!("`{f}` is not an OpenPGP fingerprint (40 or 64 hex characters)"),
+                    );
+                    Ctx::hint(d, "pin full fingerprints, never short key ids");
+                    return None;
+                }
+                fingerprints.push(v);
+            }
+            if fingerprints.is_empty() {
+                let d = cx.error(cx.at(&join(&sig_path, "fingerprints")), "a signature needs at least one pinned fingerprint");
+                Ctx::hint(d, "without a pinned key, anyone who can change the KEYS file can sign");
+                return None;
+            }
+            Some(SignaturePlan {
+                urls,
+                keys,
+                fingerprints,
+                signs: s.signs.unwrap_or(Signs::Artifact),
+            })
+        }
+    };
+    // Plain http is only safe when nothing downloaded over it decides what is trusted.
+    let digest_pinned = matches!(digest, DigestSource::Inline { .. })
+        || signature.as_ref().is_some_and(|s| s.signs == Signs::Checksums);
+    for (i, u) in rendered.iter().enumerate() {
+        if u.starts_with("http://") && !digest_pinned {
+            let p = templates[i].0.clone();
+            let d = cx.error(cx.at(&p), format!("plain http URL `{u}` without a pinned digest"));
+            Ctx::hint(d, "use https, or write the digest inline (sha256/sha512) so the content is pinned");
+            return None;
+        }
+    }
+    Some(Artifact {
+        name: name.to_string(),
+        version: version.to_string(),
+        urls: rendered,
+        digest,
+        signature,
+    })
+}
+
+fn resolve_users(cx: &mut Ctx) -> Vec<UserPlan> {
+    let users = &cx.loaded.recipe.users;
+    if users.is_empty() {
+        let at = if cx.loaded.map.has("users") { cx.key_at("users") } else { Pos::START };
+        let d = cx.warn(
+            at,
+            "no users: images have no passwords, so without an SSH key nobody can log in",
+        );
+        Ctx::hint(d, "add `users:` with `ssh_authorized_keys`");
+    }
+    let mut seen = HashMap::new();
+    let mut out = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let p = index("users", i);
+        let valid = !u.name.is_empty()
+            && u.name.len() <= 32
+            && u.name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && u.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            cx.error(cx.at(&join(&p, "name")), format!("`{}` is not a valid user name", u.name));
+        } else if u.name == "root" {
+            let d = cx.error(cx.at(&join(&p, "name")), "the user `root` cannot be created");
+            Ctx::hint(d, "add a normal user with `sudo: true`");
+        } else if let Some(j) = seen.insert(u.name.clone(), i) {
+            cx.error(cx.at(&join(&p, "name")), format!("user `{}` is defined twice (also users[{j}])", u.name));
+        }
+        if u.ssh_authorized_keys.is_empty() {
+            cx.warn(cx.at(&join(&p, "ssh_authorized_keys")), format!("user `{}` has no SSH key and no password: it cannot log in", u.name));
+        }
+        for (k, key) in u.ssh_authorized_keys.iter().enumerate() {
+            let kind = key.split_whitespace().next().unwrap_or("");
+            let known = ["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"]
+                .contains(&kind)
+                || kind.starts_with("sk-");
+            if !known || key.split_whitespace().nth(1).is_none() {
+                let d = cx.error(
+                    cx.at(&index(&join(&p, "ssh_authorized_keys"), k)),
+                    "not an SSH public key (expected `ssh-ed25519 AAAA… comment`)",
+                );
+                Ctx::hint(d, "paste the contents of ~/.ssh/id_ed25519.pub");
+            }
+        }
+        out.push(UserPlan {
+            name: u.name.clone(),
+            ssh_authorized_keys: u.ssh_authorized_keys.clone(),
+            sudo: u.sudo,
+        });
+    }
+    out
+}
+
+/// `8GiB`, `512MiB`, `10G`, `2048M` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mul: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+fn resolve_disk(cx: &mut Ctx) -> DiskPlan {
+    let d = &cx.loaded.recipe.disk;
+    let size_bytes = match &d.size {
+        None => DEFAULT_DISK_SIZE,
+        Some(s) => match parse_size(s) {
+            Some(n) if n >= 1 << 30 && n % 512 == 0 => n,
+            Some(_) => {
+                cx.error(cx.at("disk.size"), format!("disk size `{s}` is too small or not a multiple of 512 bytes (minimum 1GiB)"));
+                DEFAULT_DISK_SIZE
+            }
+            None => {
+                let diag = cx.error(cx.at("disk.size"), format!("`{s}` is not a size"));
+                Ctx::hint(diag, "write it like 8GiB or 4096MiB");
+                DEFAULT_DISK_SIZE
+            }
+        },
+    };
+    let formats = d
+        .formats
+        .clone()
+        .unwrap_or_else(|| vec!["raw".into(), "qcow2".into(), "seed-iso".into()]);
+    for (i, f) in formats.iter().enumerate() {
+        if !DISK_FORMATS.contains(&f.as_str()) {
+            let mut msg = format!("unknown disk format `{f}`");
+            if let Some(m) = did_you_mean(f, DISK_FORMATS.iter().copied()) {
+                msg.push_str(&format!(" (did you mean `{m}`?)"));
+            }
+            let diag = cx.error(cx.at(&index("disk.formats", i)), msg);
+            Ctx::hint(diag, format!("formats are: {}", DISK_FORMATS.join(", ")));
+        }
+    }
+    DiskPlan { size_bytes, formats }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8GiB"), Some(8 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("8 GB"), None);
+        assert_eq!(parse_size("99999999999999999999T"), None);
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(hostname_problem("node1").is_none());
+        assert!(hostname_problem("Node1").is_some());
+        assert!(hostname_problem("-a").is_some());
+        assert!(hostname_problem("123").is_some());
+        assert!(hostname_problem(&"a".repeat(64)).is_some());
+    }
+
+    #[test]
+    fn units_follow_roles() {
+        assert_eq!(
+            units_for(&[Role::Zookeeper, Role::Kafka, Role::StormUi], KafkaMode::Kraft),
+            ["zookeeper.service", "kafka-format.service", "kafka.service", "storm-ui.service"]
+        );
+        assert_eq!(units_for(&[Role::Kafka], KafkaMode::Zookeeper), ["kafka.service"]);
+    }
+
+    #[test]
+    fn cidr() {
+        assert_eq!(parse_cidr("10.0.0.0/8"), Some((Ipv4Addr::new(10, 0, 0, 0), 8)));
+        assert_eq!(parse_cidr("10.0.0.0/33"), None);
+        assert!(in_network(Ipv4Addr::new(192, 168, 200, 151), Ipv4Addr::new(192, 168, 200, 0), 24));
+        assert!(!in_network(Ipv4Addr::new(192, 168, 201, 1), Ipv4Addr::new(192, 168, 200, 0), 24));
+    }
+}
