@@ -11,7 +11,13 @@ use clap::{Parser, Subcommand};
 #[command(name = "imgbuild", version, propagate_version = true)]
 pub struct Cli {
     /// The recipe describing the cluster.
-    #[arg(short, long, global = true, env = "IMGBUILD_RECIPE", default_value = "recipes/cluster.yaml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "IMGBUILD_RECIPE",
+        default_value = "recipes/cluster.yaml"
+    )]
     pub recipe: PathBuf,
 
     #[command(subcommand)]

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use crate::diag::{Diagnostic, Pos, RecipeError, did_you_mean};
+use crate::diag::{UsageError, did_you_mean};
 use crate::plan::{self, ClusterPlan, DigestSource, Plan};
 use crate::recipe;
 
@@ -27,11 +27,9 @@ fn node_plan<'a>(cluster: &'a ClusterPlan, path: &std::path::Path, node: &str) -
     if let Some(m) = did_you_mean(node, names.iter().copied()) {
         msg.push_str(&format!(" (did you mean `{m}`?)"));
     }
-    let diag = Diagnostic::error(Pos::START, msg).with_hint(format!("nodes are: {}", names.join(", ")));
-    Err(RecipeError {
-        file: path.to_path_buf(),
-        source_text: String::new(),
-        diagnostics: vec![diag],
+    Err(UsageError {
+        message: format!("{}: {msg}", path.display()),
+        hint: Some(format!("nodes are: {}", names.join(", "))),
     }
     .into())
 }
@@ -69,22 +67,44 @@ pub fn render_plan(p: &Plan) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: String| s.push_str(&format!("  {k:<22} {v}\n"));
     let n = &p.node;
-    line("node", format!("{} (id {}) of cluster {}", n.name, n.id, p.cluster));
-    line("hostname", n.fqdn.clone().unwrap_or_else(|| n.hostname.clone()));
+    line(
+        "node",
+        format!("{} (id {}) of cluster {}", n.name, n.id, p.cluster),
+    );
+    line(
+        "hostname",
+        n.fqdn.clone().unwrap_or_else(|| n.hostname.clone()),
+    );
     line(
         "address",
-        format!("{}/{} via {}, dns {}", n.ip, p.network.prefix_len, p.network.gateway, join(&p.network.dns)),
+        format!(
+            "{}/{} via {}, dns {}",
+            n.ip,
+            p.network.prefix_len,
+            p.network.gateway,
+            join(&p.network.dns)
+        ),
     );
     if let Some(mac) = &n.mac {
         line("mac", mac.clone());
     }
-    line("roles", p.roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(" "));
+    line(
+        "roles",
+        p.roles
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     line("units", p.units.join(" "));
     for h in &p.hosts {
         line("/etc/hosts", format!("{} {}", h.ip, h.names.join(" ")));
     }
     if let Some(z) = &p.zookeeper {
-        line("zookeeper myid", z.myid.map_or("- (client only)".into(), |m| m.to_string()));
+        line(
+            "zookeeper myid",
+            z.myid.map_or("- (client only)".into(), |m| m.to_string()),
+        );
         line("zookeeper connect", z.connect.clone());
         for srv in &z.servers {
             line("zookeeper", srv.clone());
@@ -117,7 +137,14 @@ pub fn render_plan(p: &Plan) -> String {
         line("storm zookeeper", join(&st.zookeeper_servers));
         line("storm nimbus seeds", join(&st.nimbus_seeds));
         line("storm local hostname", st.local_hostname.clone());
-        line("storm slots", st.slots.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" "));
+        line(
+            "storm slots",
+            st.slots
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
     }
     for a in &p.artifacts {
         line("artifact", format!("{} {}", a.name, a.version));
@@ -125,22 +152,39 @@ pub fn render_plan(p: &Plan) -> String {
             line("  url", u.clone());
         }
         match &a.digest {
-            DigestSource::Inline { algorithm, value } => line("  digest", format!("{algorithm:?} {value}").to_lowercase()),
-            DigestSource::ChecksumFile { algorithm, urls } => {
-                line("  digest", format!("{} from {}", format!("{algorithm:?}").to_lowercase(), urls[0]))
+            DigestSource::Inline { algorithm, value } => {
+                line("  digest", format!("{algorithm:?} {value}").to_lowercase())
             }
+            DigestSource::ChecksumFile { algorithm, urls } => line(
+                "  digest",
+                format!(
+                    "{} from {}",
+                    format!("{algorithm:?}").to_lowercase(),
+                    urls[0]
+                ),
+            ),
         }
         if let Some(sig) = &a.signature {
             let over = match sig.signs {
                 recipe::Signs::Artifact => "the file",
                 recipe::Signs::Checksums => "the checksum file",
             };
-            line("  signature", format!("{} over {over}, key {}", sig.urls[0], sig.fingerprints.join(" ")));
+            line(
+                "  signature",
+                format!(
+                    "{} over {over}, key {}",
+                    sig.urls[0],
+                    sig.fingerprints.join(" ")
+                ),
+            );
         }
     }
     s
 }
 
 fn join<T: ToString>(v: &[T]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -3,6 +3,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// Longest stretch of a source line shown under a diagnostic.
+const SNIPPET_WIDTH: usize = 120;
+
 /// A 1-based line and column in the recipe text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pos {
@@ -64,13 +67,23 @@ impl Diagnostic {
             self.pos.col,
             self.message
         );
-        if let Some(text) = source.lines().nth(self.pos.line.saturating_sub(1)) {
+        if let Some(line) = source.lines().nth(self.pos.line.saturating_sub(1)) {
             let gutter = self.pos.line.to_string();
             let pad = " ".repeat(gutter.len());
+            // Show at most a window of a long line around the column.
+            let col = self.pos.col.saturating_sub(1);
+            let skip = col.saturating_sub(SNIPPET_WIDTH / 2);
+            let mut text: String = line.chars().skip(skip).take(SNIPPET_WIDTH).collect();
+            if skip > 0 {
+                text.insert(0, '…');
+            }
+            if line.chars().count() > skip + SNIPPET_WIDTH {
+                text.push('…');
+            }
             // The caret is placed by characters, not bytes; tabs are kept so it lines up.
             let lead: String = text
                 .chars()
-                .take(self.pos.col.saturating_sub(1))
+                .take(col - skip + usize::from(skip > 0))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
             out.push_str(&format!("{pad} |\n{gutter} | {text}\n{pad} | {lead}^\n"));
@@ -99,12 +112,13 @@ impl fmt::Display for RecipeError {
             .filter(|d| d.severity == Severity::Error)
             .collect();
         for (i, d) in errors.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            // Drop the leading "error: ": main prints that once for the whole chain.
             let text = d.render(&self.file, &self.source_text);
-            f.write_str(text.strip_prefix("error: ").unwrap_or(&text).trim_end())?;
+            if i == 0 {
+                // main prints "error: " in front of the whole chain.
+                f.write_str(text.strip_prefix("error: ").unwrap_or(&text).trim_end())?;
+            } else {
+                write!(f, "\n\n{}", text.trim_end())?;
+            }
         }
         if errors.len() > 1 {
             write!(f, "\n\n{} errors in {}", errors.len(), self.file.display())?;
@@ -113,8 +127,19 @@ impl fmt::Display for RecipeError {
     }
 }
 
+/// The command line asks for something that does not exist (a node, a recipe file): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", hint.as_ref().map(|h| format!("\n\nhint: {h}")).unwrap_or_default())]
+pub struct UsageError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
 /// The closest candidate to `word`, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -140,13 +165,30 @@ mod tests {
     #[test]
     fn render_survives_position_past_end() {
         let d = Diagnostic::error(Pos { line: 9, col: 1 }, "eof");
-        assert_eq!(d.render(Path::new("r.yaml"), "a: 1\n"), "error: r.yaml:9:1: eof\n");
+        assert_eq!(
+            d.render(Path::new("r.yaml"), "a: 1\n"),
+            "error: r.yaml:9:1: eof\n"
+        );
+    }
+
+    #[test]
+    fn long_lines_are_windowed() {
+        let line = format!("{}X{}", "a".repeat(500), "b".repeat(500));
+        let d = Diagnostic::error(Pos { line: 1, col: 501 }, "here");
+        let text = d.render(Path::new("r"), &line);
+        let shown: Vec<&str> = text.lines().collect();
+        assert!(shown[2].len() < 140 * 3, "{}", shown[2]);
+        let caret = shown[3].find('^').unwrap();
+        assert_eq!(shown[2].chars().nth(caret), Some('X'), "{text}");
     }
 
     #[test]
     fn suggestions() {
         assert_eq!(did_you_mean("ipp", ["ip", "id", "mac"]), Some("ip"));
-        assert_eq!(did_you_mean("zookeper", ["zookeeper", "kafka"]), Some("zookeeper"));
+        assert_eq!(
+            did_you_mean("zookeper", ["zookeeper", "kafka"]),
+            Some("zookeeper")
+        );
         assert_eq!(did_you_mean("qqqq", ["ip", "id"]), None);
     }
 }

@@ -1,18 +1,11 @@
 //! imgbuild: parse arguments, run one subcommand, report errors, set the exit code.
 
-mod cli;
-mod cmd;
-mod diag;
-mod plan;
-mod recipe;
-mod srcmap;
-mod template;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use imgbuild::cli::{Cli, Command};
+use imgbuild::{cmd, diag};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,7 +21,9 @@ fn main() -> ExitCode {
                 eprintln!("caused by: {cause}");
             }
             // Recipe problems are the user's to fix (2); everything else is a failure (1).
-            if err.downcast_ref::<diag::RecipeError>().is_some() {
+            if err.downcast_ref::<diag::RecipeError>().is_some()
+                || err.downcast_ref::<diag::UsageError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

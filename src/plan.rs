@@ -23,8 +23,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Names a node may not take: they are (or will be) subcommands, and `imgbuild NODE` must stay unambiguous.
 pub const RESERVED_NAMES: &[&str] = &[
-    "all", "boot", "build", "cache", "down", "fetch", "flash", "help", "lock", "plan", "rootfs", "up", "validate",
-    "verify", "version",
+    "all", "boot", "build", "cache", "down", "fetch", "flash", "help", "lock", "plan", "rootfs",
+    "up", "validate", "verify", "version",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -208,7 +208,10 @@ pub enum DigestSource {
     /// The digest is written in the recipe.
     Inline { algorithm: Algorithm, value: String },
     /// The publisher's checksum file; `urls[i]` belongs to the artifact's `urls[i]`.
-    ChecksumFile { algorithm: Algorithm, urls: Vec<String> },
+    ChecksumFile {
+        algorithm: Algorithm,
+        urls: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -279,7 +282,10 @@ pub fn resolve(loaded: &Loaded) -> Result<ClusterPlan, RecipeError> {
         diags: Vec::new(),
     };
     let nodes = resolve_all(&mut cx);
-    let (errors, warnings): (Vec<_>, Vec<_>) = cx.diags.into_iter().partition(|d| d.severity == Severity::Error);
+    let (errors, warnings): (Vec<_>, Vec<_>) = cx
+        .diags
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
     if !errors.is_empty() || nodes.is_none() {
         return Err(loaded.error(errors));
     }
@@ -338,7 +344,10 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     if let Some(domain) = &r.cluster.domain {
         for label in domain.split('.') {
             if hostname_problem(label).is_some() {
-                cx.error(cx.at("cluster.domain"), format!("`{domain}` is not a valid DNS domain"));
+                cx.error(
+                    cx.at("cluster.domain"),
+                    format!("`{domain}` is not a valid DNS domain"),
+                );
                 break;
             }
         }
@@ -347,7 +356,10 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let nodes = resolve_nodes(cx, &network);
     check_ids(cx, &nodes);
     let kafka_mode = r.services.kafka.mode.unwrap_or(KafkaMode::Kraft);
-    let ensemble: Vec<&NodeDraft> = nodes.iter().filter(|n| n.roles.contains(&Role::Zookeeper)).collect();
+    let ensemble: Vec<&NodeDraft> = nodes
+        .iter()
+        .filter(|n| n.roles.contains(&Role::Zookeeper))
+        .collect();
     let controllers = resolve_controllers(cx, &nodes, kafka_mode);
     check_ensembles(cx, &nodes, &ensemble, kafka_mode);
     check_ports(cx, &nodes, kafka_mode);
@@ -355,7 +367,12 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let base = resolve_base(cx);
     let users = resolve_users(cx);
     let disk = resolve_disk(cx);
-    let kafka_version = r.components.kafka.as_ref().map(|c| c.version.clone()).unwrap_or_default();
+    let kafka_version = r
+        .components
+        .kafka
+        .as_ref()
+        .map(|c| c.version.clone())
+        .unwrap_or_default();
     check_kafka_version(cx, kafka_mode, &kafka_version, &nodes);
     let cluster_id = resolve_cluster_id(cx, kafka_mode);
     let overlay_dir = overlay_dir(cx.loaded);
@@ -373,7 +390,12 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         .join(",");
     let zk_servers: Vec<String> = ensemble
         .iter()
-        .map(|n| format!("server.{}={}:{}:{}", n.id, n.ip, n.zk.quorum_port, n.zk.election_port))
+        .map(|n| {
+            format!(
+                "server.{}={}:{}:{}",
+                n.id, n.ip, n.zk.quorum_port, n.zk.election_port
+            )
+        })
         .collect();
     let voters = controllers
         .iter()
@@ -415,7 +437,14 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
                             version: kafka_version.clone(),
                             node_id: Some(n.id),
                             broker_id: None,
-                            process_roles: Some(if is_controller { "broker,controller" } else { "broker" }.into()),
+                            process_roles: Some(
+                                if is_controller {
+                                    "broker,controller"
+                                } else {
+                                    "broker"
+                                }
+                                .into(),
+                            ),
                             cluster_id: cluster_id.clone(),
                             controller_quorum_voters: Some(voters.clone()),
                             zookeeper_connect: None,
@@ -533,7 +562,10 @@ fn overlay_dir(loaded: &Loaded) -> PathBuf {
 fn resolve_network(cx: &mut Ctx) -> Option<NetworkPlan> {
     let net = &cx.loaded.recipe.network;
     let Some((addr, prefix_len)) = parse_cidr(&net.cidr) else {
-        let d = cx.error(cx.at("network.cidr"), format!("`{}` is not an IPv4 network in CIDR form", net.cidr));
+        let d = cx.error(
+            cx.at("network.cidr"),
+            format!("`{}` is not an IPv4 network in CIDR form", net.cidr),
+        );
         Ctx::hint(d, "write it like 192.168.200.0/24");
         return None;
     };
@@ -543,7 +575,13 @@ fn resolve_network(cx: &mut Ctx) -> Option<NetworkPlan> {
             cx.at("network.cidr"),
             format!("`{}` has host bits set", net.cidr),
         );
-        Ctx::hint(d, format!("did you mean {}/{prefix_len}?", Ipv4Addr::from(u32::from(addr) & mask)));
+        Ctx::hint(
+            d,
+            format!(
+                "did you mean {}/{prefix_len}?",
+                Ipv4Addr::from(u32::from(addr) & mask)
+            ),
+        );
     }
     let gateway = match net.gateway.parse::<Ipv4Addr>() {
         Ok(g) => {
@@ -556,7 +594,10 @@ fn resolve_network(cx: &mut Ctx) -> Option<NetworkPlan> {
             g
         }
         Err(_) => {
-            cx.error(cx.at("network.gateway"), format!("`{}` is not an IPv4 address", net.gateway));
+            cx.error(
+                cx.at("network.gateway"),
+                format!("`{}` is not an IPv4 address", net.gateway),
+            );
             Ipv4Addr::UNSPECIFIED
         }
     };
@@ -565,7 +606,10 @@ fn resolve_network(cx: &mut Ctx) -> Option<NetworkPlan> {
         match s.parse::<Ipv4Addr>() {
             Ok(a) => dns.push(a),
             Err(_) => {
-                cx.error(cx.at(&index("network.dns", i)), format!("`{s}` is not an IPv4 address"));
+                cx.error(
+                    cx.at(&index("network.dns", i)),
+                    format!("`{s}` is not an IPv4 address"),
+                );
             }
         }
     }
@@ -586,7 +630,11 @@ fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
 }
 
 fn prefix_mask(prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) }
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
 }
 
 fn in_network(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
@@ -602,7 +650,10 @@ fn hostname_problem(s: &str) -> Option<&'static str> {
     if s.len() > 63 {
         return Some("it is longer than 63 characters");
     }
-    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Some("only lower-case letters, digits and `-` are allowed");
     }
     if s.starts_with('-') || s.ends_with('-') {
@@ -616,7 +667,10 @@ fn hostname_problem(s: &str) -> Option<&'static str> {
 
 fn check_hostname_like(cx: &mut Ctx, path: &str, value: &str, what: &str) {
     if let Some(why) = hostname_problem(value) {
-        cx.error(cx.at(path), format!("{what} `{value}` is not a valid hostname: {why}"));
+        cx.error(
+            cx.at(path),
+            format!("{what} `{value}` is not a valid hostname: {why}"),
+        );
     }
 }
 
@@ -634,10 +688,19 @@ fn resolve_nodes(cx: &mut Ctx, network: &NetworkPlan) -> Vec<NodeDraft> {
     for (i, (name, node)) in r.nodes.iter().enumerate() {
         let path = join("nodes", name);
         if let Some(why) = hostname_problem(name) {
-            let d = cx.error(cx.key_at(&path), format!("node name `{name}` is not a valid hostname: {why}"));
-            Ctx::hint(d, "node names become hostnames: use lower-case letters, digits and `-`, like node1");
+            let d = cx.error(
+                cx.key_at(&path),
+                format!("node name `{name}` is not a valid hostname: {why}"),
+            );
+            Ctx::hint(
+                d,
+                "node names become hostnames: use lower-case letters, digits and `-`, like node1",
+            );
         } else if RESERVED_NAMES.contains(&name.as_str()) {
-            let d = cx.error(cx.key_at(&path), format!("node name `{name}` clashes with the subcommand `imgbuild {name}`"));
+            let d = cx.error(
+                cx.key_at(&path),
+                format!("node name `{name}` clashes with the subcommand `imgbuild {name}`"),
+            );
             Ctx::hint(d, "pick another name, such as node1");
         }
         let ip_path = join(&path, "ip");
@@ -646,42 +709,76 @@ fn resolve_nodes(cx: &mut Ctx, network: &NetworkPlan) -> Vec<NodeDraft> {
                 if prefix > 0 && !in_network(ip, net_addr, prefix) {
                     cx.error(
                         cx.at(&ip_path),
-                        format!("ip {ip} of node `{name}` is outside the network {}", network.cidr),
+                        format!(
+                            "ip {ip} of node `{name}` is outside the network {}",
+                            network.cidr
+                        ),
                     );
                 } else if prefix < 31 && (ip == net_addr || ip == broadcast) {
                     cx.error(
                         cx.at(&ip_path),
-                        format!("ip {ip} of node `{name}` is the network or broadcast address of {}", network.cidr),
+                        format!(
+                            "ip {ip} of node `{name}` is the network or broadcast address of {}",
+                            network.cidr
+                        ),
                     );
                 } else if ip == network.gateway {
-                    cx.error(cx.at(&ip_path), format!("ip {ip} of node `{name}` is the gateway's address"));
+                    cx.error(
+                        cx.at(&ip_path),
+                        format!("ip {ip} of node `{name}` is the gateway's address"),
+                    );
                 }
                 if let Some(other) = seen_ip.insert(ip, name.clone()) {
-                    cx.error(cx.at(&ip_path), format!("duplicate ip {ip}: node `{name}` and node `{other}`"));
+                    cx.error(
+                        cx.at(&ip_path),
+                        format!("duplicate ip {ip}: node `{name}` and node `{other}`"),
+                    );
                 }
                 ip
             }
             Err(_) => {
-                cx.error(cx.at(&ip_path), format!("`{}` is not an IPv4 address", node.ip));
+                cx.error(
+                    cx.at(&ip_path),
+                    format!("`{}` is not an IPv4 address", node.ip),
+                );
                 Ipv4Addr::UNSPECIFIED
             }
         };
         let mac = node.mac.as_ref().map(|m| m.to_ascii_lowercase());
         if let Some(m) = &mac {
             let mac_path = join(&path, "mac");
-            let octets: Vec<Option<u8>> = m.split(':').map(|o| (o.len() == 2).then(|| u8::from_str_radix(o, 16).ok()).flatten()).collect();
+            let octets: Vec<Option<u8>> = m
+                .split(':')
+                .map(|o| {
+                    (o.len() == 2)
+                        .then(|| u8::from_str_radix(o, 16).ok())
+                        .flatten()
+                })
+                .collect();
             if octets.len() != 6 || octets.iter().any(Option::is_none) {
-                cx.error(cx.at(&mac_path), format!("`{m}` is not a MAC address (like 52:54:00:c8:00:97)"));
+                cx.error(
+                    cx.at(&mac_path),
+                    format!("`{m}` is not a MAC address (like 52:54:00:c8:00:97)"),
+                );
             } else if octets[0].is_some_and(|o| o & 1 == 1) {
-                cx.error(cx.at(&mac_path), format!("`{m}` is a multicast MAC address; a NIC needs a unicast one"));
+                cx.error(
+                    cx.at(&mac_path),
+                    format!("`{m}` is a multicast MAC address; a NIC needs a unicast one"),
+                );
             } else if let Some(other) = seen_mac.insert(m.clone(), name.clone()) {
-                cx.error(cx.at(&mac_path), format!("duplicate mac {m}: node `{name}` and node `{other}`"));
+                cx.error(
+                    cx.at(&mac_path),
+                    format!("duplicate mac {m}: node `{name}` and node `{other}`"),
+                );
             }
         }
-        if let Some(ifname) = &node.interface {
-            if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']) {
-                cx.error(cx.at(&join(&path, "interface")), format!("`{ifname}` is not a valid interface name"));
-            }
+        if let Some(ifname) = &node.interface
+            && (ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']))
+        {
+            cx.error(
+                cx.at(&join(&path, "interface")),
+                format!("`{ifname}` is not a valid interface name"),
+            );
         }
         let roles = resolve_roles(cx, &path, node.roles.as_deref());
         let overrides = node.services.as_ref();
@@ -694,7 +791,12 @@ fn resolve_nodes(cx: &mut Ctx, network: &NetworkPlan) -> Vec<NodeDraft> {
             ] {
                 if set {
                     let p = join(&join(&join(&path, "services"), "kafka"), field);
-                    cx.error(cx.key_at(&p), format!("`{field}` is cluster-wide: set it in services.kafka, not per node"));
+                    cx.error(
+                        cx.key_at(&p),
+                        format!(
+                            "`{field}` is cluster-wide: set it in services.kafka, not per node"
+                        ),
+                    );
                 }
             }
         }
@@ -723,7 +825,10 @@ fn resolve_roles(cx: &mut Ctx, node_path: &str, roles: Option<&[String]>) -> Vec
     for (i, s) in roles.iter().enumerate() {
         match Role::parse(s) {
             Some(r) if out.contains(&r) => {
-                cx.error(cx.at(&index(&path, i)), format!("role `{s}` is listed twice"));
+                cx.error(
+                    cx.at(&index(&path, i)),
+                    format!("role `{s}` is listed twice"),
+                );
             }
             Some(r) => out.push(r),
             None => {
@@ -740,13 +845,22 @@ fn resolve_roles(cx: &mut Ctx, node_path: &str, roles: Option<&[String]>) -> Vec
         }
     }
     if roles.is_empty() {
-        cx.warn(cx.at(&path), format!("node `{}` has no roles: it will run no service", node_path.trim_start_matches("nodes.")));
+        cx.warn(
+            cx.at(&path),
+            format!(
+                "node `{}` has no roles: it will run no service",
+                node_path.trim_start_matches("nodes.")
+            ),
+        );
     }
     out.sort();
     out
 }
 
-fn effective_services(cluster: &recipe::Services, node: Option<&recipe::Services>) -> (Zk, Kafka, Storm) {
+fn effective_services(
+    cluster: &recipe::Services,
+    node: Option<&recipe::Services>,
+) -> (Zk, Kafka, Storm) {
     let (cz, ck, cs) = (&cluster.zookeeper, &cluster.kafka, &cluster.storm);
     let d = recipe::Services::default();
     let n = node.unwrap_or(&d);
@@ -783,24 +897,51 @@ fn check_ids(cx: &mut Ctx, nodes: &[NodeDraft]) {
     let mut seen: HashMap<u32, &str> = HashMap::new();
     for n in nodes {
         let path = join(&join("nodes", &n.name), "id");
-        let pos = if cx.loaded.map.has(&path) { cx.at(&path) } else { cx.key_at(&join("nodes", &n.name)) };
+        let pos = if cx.loaded.map.has(&path) {
+            cx.at(&path)
+        } else {
+            cx.key_at(&join("nodes", &n.name))
+        };
         if let Some(other) = seen.insert(n.id, &n.name) {
-            let d = cx.error(pos, format!("duplicate id {}: node `{}` and node `{other}`", n.id, n.name));
-            Ctx::hint(d, "ids default to the node's position in `nodes`; give each node a distinct `id`");
+            let d = cx.error(
+                pos,
+                format!(
+                    "duplicate id {}: node `{}` and node `{other}`",
+                    n.id, n.name
+                ),
+            );
+            Ctx::hint(
+                d,
+                "ids default to the node's position in `nodes`; give each node a distinct `id`",
+            );
         }
         if n.roles.contains(&Role::Zookeeper) && !(1..=255).contains(&n.id) {
             cx.error(
                 pos,
-                format!("id {} of node `{}` cannot be a ZooKeeper myid, which must be 1 to 255", n.id, n.name),
+                format!(
+                    "id {} of node `{}` cannot be a ZooKeeper myid, which must be 1 to 255",
+                    n.id, n.name
+                ),
             );
         }
     }
 }
 
-fn resolve_controllers<'a>(cx: &mut Ctx, nodes: &'a [NodeDraft], mode: KafkaMode) -> Vec<&'a NodeDraft> {
-    let kafka_nodes: Vec<&NodeDraft> = nodes.iter().filter(|n| n.roles.contains(&Role::Kafka)).collect();
+fn resolve_controllers<'a>(
+    cx: &mut Ctx,
+    nodes: &'a [NodeDraft],
+    mode: KafkaMode,
+) -> Vec<&'a NodeDraft> {
+    let kafka_nodes: Vec<&NodeDraft> = nodes
+        .iter()
+        .filter(|n| n.roles.contains(&Role::Kafka))
+        .collect();
     let Some(names) = &cx.loaded.recipe.services.kafka.controllers else {
-        return if mode == KafkaMode::Kraft { kafka_nodes } else { Vec::new() };
+        return if mode == KafkaMode::Kraft {
+            kafka_nodes
+        } else {
+            Vec::new()
+        };
     };
     if mode == KafkaMode::Zookeeper {
         cx.error(
@@ -818,7 +959,10 @@ fn resolve_controllers<'a>(cx: &mut Ctx, nodes: &'a [NodeDraft], mode: KafkaMode
             }
             Some(n) => out.push(*n),
             None if nodes.iter().any(|n| &n.name == name) => {
-                cx.error(cx.at(&p), format!("controller `{name}` does not have the `kafka` role"));
+                cx.error(
+                    cx.at(&p),
+                    format!("controller `{name}` does not have the `kafka` role"),
+                );
             }
             None => {
                 let mut msg = format!("controller `{name}` is not a node of this recipe");
@@ -834,11 +978,18 @@ fn resolve_controllers<'a>(cx: &mut Ctx, nodes: &'a [NodeDraft], mode: KafkaMode
 
 fn check_ensembles(cx: &mut Ctx, nodes: &[NodeDraft], ensemble: &[&NodeDraft], mode: KafkaMode) {
     let any = |pred: &dyn Fn(Role) -> bool| nodes.iter().any(|n| n.roles.iter().any(|r| pred(*r)));
-    let needs_zk = any(&|r| r.is_storm()) || (mode == KafkaMode::Zookeeper && any(&|r| r == Role::Kafka));
+    let needs_zk =
+        any(&|r| r.is_storm()) || (mode == KafkaMode::Zookeeper && any(&|r| r == Role::Kafka));
     if ensemble.is_empty() && needs_zk {
-        let d = cx.error(cx.key_at("nodes"), "the ZooKeeper ensemble is empty: no node has the `zookeeper` role");
-        Ctx::hint(d, "Storm (and Kafka in ZooKeeper mode) needs ZooKeeper: give 3 nodes the `zookeeper` role");
-    } else if !ensemble.is_empty() && ensemble.len() % 2 == 0 {
+        let d = cx.error(
+            cx.key_at("nodes"),
+            "the ZooKeeper ensemble is empty: no node has the `zookeeper` role",
+        );
+        Ctx::hint(
+            d,
+            "Storm (and Kafka in ZooKeeper mode) needs ZooKeeper: give 3 nodes the `zookeeper` role",
+        );
+    } else if !ensemble.is_empty() && ensemble.len().is_multiple_of(2) {
         let d = cx.warn(
             cx.key_at("nodes"),
             format!(
@@ -854,7 +1005,10 @@ fn check_ensembles(cx: &mut Ctx, nodes: &[NodeDraft], ensemble: &[&NodeDraft], m
     }
     let voters = match &cx.loaded.recipe.services.kafka.controllers {
         Some(list) => list.len(),
-        None => nodes.iter().filter(|n| n.roles.contains(&Role::Kafka)).count(),
+        None => nodes
+            .iter()
+            .filter(|n| n.roles.contains(&Role::Kafka))
+            .count(),
     };
     let at = if cx.loaded.map.has("services.kafka.controllers") {
         cx.at("services.kafka.controllers")
@@ -862,45 +1016,93 @@ fn check_ensembles(cx: &mut Ctx, nodes: &[NodeDraft], ensemble: &[&NodeDraft], m
         cx.key_at("nodes")
     };
     if voters == 0 {
-        cx.error(at, "the KRaft voter set is empty: Kafka in KRaft mode needs at least one controller");
+        cx.error(
+            at,
+            "the KRaft voter set is empty: Kafka in KRaft mode needs at least one controller",
+        );
     } else if voters % 2 == 0 {
         let d = cx.warn(
             at,
             format!("the KRaft voter set has {voters} members: an even quorum tolerates no more failures than {}", voters - 1),
         );
-        Ctx::hint(d, "use an odd number of controllers (services.kafka.controllers)");
+        Ctx::hint(
+            d,
+            "use an odd number of controllers (services.kafka.controllers)",
+        );
     }
 }
 
 /// The recipe path that set a service field for a node, if any (for pointing at a clash).
 fn service_path(cx: &Ctx, node: &str, service: &str, field: &str) -> Option<String> {
-    let node_p = join(&join(&join(&join("nodes", node), "services"), service), field);
+    let node_p = join(
+        &join(&join(&join("nodes", node), "services"), service),
+        field,
+    );
     let cluster_p = join(&join("services", service), field);
-    [node_p, cluster_p].into_iter().find(|p| cx.loaded.map.has(p))
+    [node_p, cluster_p]
+        .into_iter()
+        .find(|p| cx.loaded.map.has(p))
 }
 
 fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode) {
+    // One clash set in the recipe usually hits every node alike: report each once, naming the nodes.
+    let mut clashes: BTreeMap<(Pos, String, String), Vec<&str>> = BTreeMap::new();
     for n in nodes {
         // (port, what, service, field)
         let mut bound: Vec<(u16, String, &str, &str)> = Vec::new();
         let has = |r: Role| n.roles.contains(&r);
         if has(Role::Zookeeper) {
-            bound.push((n.zk.client_port, "ZooKeeper client_port".into(), "zookeeper", "client_port"));
-            bound.push((n.zk.quorum_port, "ZooKeeper quorum_port".into(), "zookeeper", "quorum_port"));
-            bound.push((n.zk.election_port, "ZooKeeper election_port".into(), "zookeeper", "election_port"));
-            bound.push((n.zk.admin_port, "ZooKeeper admin_port (AdminServer)".into(), "zookeeper", "admin_port"));
+            bound.push((
+                n.zk.client_port,
+                "ZooKeeper client_port".into(),
+                "zookeeper",
+                "client_port",
+            ));
+            bound.push((
+                n.zk.quorum_port,
+                "ZooKeeper quorum_port".into(),
+                "zookeeper",
+                "quorum_port",
+            ));
+            bound.push((
+                n.zk.election_port,
+                "ZooKeeper election_port".into(),
+                "zookeeper",
+                "election_port",
+            ));
+            bound.push((
+                n.zk.admin_port,
+                "ZooKeeper admin_port (AdminServer)".into(),
+                "zookeeper",
+                "admin_port",
+            ));
         }
         if has(Role::Kafka) {
             bound.push((n.kafka.port, "Kafka port".into(), "kafka", "port"));
             if mode == KafkaMode::Kraft {
-                bound.push((n.kafka.controller_port, "Kafka controller_port".into(), "kafka", "controller_port"));
+                bound.push((
+                    n.kafka.controller_port,
+                    "Kafka controller_port".into(),
+                    "kafka",
+                    "controller_port",
+                ));
             }
         }
         if has(Role::StormNimbus) {
-            bound.push((n.storm.nimbus_port, "Storm nimbus_port".into(), "storm", "nimbus_port"));
+            bound.push((
+                n.storm.nimbus_port,
+                "Storm nimbus_port".into(),
+                "storm",
+                "nimbus_port",
+            ));
         }
         if has(Role::StormSupervisor) {
-            bound.push((n.storm.supervisor_port, "Storm supervisor_port".into(), "storm", "supervisor_port"));
+            bound.push((
+                n.storm.supervisor_port,
+                "Storm supervisor_port".into(),
+                "storm",
+                "supervisor_port",
+            ));
             for s in &n.storm.slots {
                 bound.push((*s, format!("Storm worker slot {s}"), "storm", "slots"));
             }
@@ -909,14 +1111,24 @@ fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode) {
             bound.push((n.storm.ui_port, "Storm ui_port".into(), "storm", "ui_port"));
         }
         if has(Role::StormLogviewer) {
-            bound.push((n.storm.logviewer_port, "Storm logviewer_port".into(), "storm", "logviewer_port"));
+            bound.push((
+                n.storm.logviewer_port,
+                "Storm logviewer_port".into(),
+                "storm",
+                "logviewer_port",
+            ));
         }
+        let node_pos = cx.key_at(&join("nodes", &n.name));
         let mut first: BTreeMap<u16, usize> = BTreeMap::new();
         for (i, (port, what, service, field)) in bound.iter().enumerate() {
             let set_at = service_path(cx, &n.name, service, field);
             if *port == 0 {
-                let pos = set_at.as_deref().map_or_else(|| cx.key_at(&join("nodes", &n.name)), |p| cx.at(p));
-                cx.error(pos, format!("{what} on node `{}` is 0, which is not a usable port", n.name));
+                let pos = set_at.as_deref().map_or(node_pos, |p| cx.at(p));
+                let msg = format!("{what} is 0, which is not a usable port");
+                clashes
+                    .entry((pos, msg, String::new()))
+                    .or_default()
+                    .push(&n.name);
                 continue;
             }
             let Some(&j) = first.get(port) else {
@@ -927,12 +1139,18 @@ fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode) {
             // Point at whichever of the two the recipe spelled out (the later one if both).
             let pos = set_at
                 .or_else(|| service_path(cx, &n.name, oservice, ofield))
-                .map_or_else(|| cx.key_at(&join("nodes", &n.name)), |p| cx.at(&p));
-            let d = cx.error(
-                pos,
-                format!("port {port} is bound twice on node `{}`: {other} and {what}", n.name),
-            );
-            Ctx::hint(d, format!("move one of them, e.g. services.{service}.{field}"));
+                .map_or(node_pos, |p| cx.at(&p));
+            let msg = format!("port {port} is bound twice: {other} and {what}");
+            let hint = format!("move one of them, e.g. services.{service}.{field}");
+            clashes.entry((pos, msg, hint)).or_default().push(&n.name);
+        }
+    }
+    for ((pos, msg, hint), names) in clashes {
+        let on = if names.len() == 1 { "node" } else { "nodes" };
+        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        let d = cx.error(pos, format!("{msg} (on {on} {})", list.join(", ")));
+        if !hint.is_empty() {
+            Ctx::hint(d, hint);
         }
     }
 }
@@ -943,7 +1161,10 @@ fn check_kafka_version(cx: &mut Ctx, mode: KafkaMode, version: &str, nodes: &[No
     }
     let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
     let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
-        cx.error(cx.at("components.kafka.version"), format!("`{version}` is not a Kafka version like 4.1.1"));
+        cx.error(
+            cx.at("components.kafka.version"),
+            format!("`{version}` is not a Kafka version like 4.1.1"),
+        );
         return;
     };
     let mode_at = if cx.loaded.map.has("services.kafka.mode") {
@@ -959,7 +1180,10 @@ fn check_kafka_version(cx: &mut Ctx, mode: KafkaMode, version: &str, nodes: &[No
         Ctx::hint(d, "use `mode: kraft`, or Kafka 3.9.x for ZooKeeper mode");
     }
     if mode == KafkaMode::Kraft && (major, minor) < (3, 3) {
-        let d = cx.error(mode_at, format!("Kafka {version} predates production KRaft (3.3)"));
+        let d = cx.error(
+            mode_at,
+            format!("Kafka {version} predates production KRaft (3.3)"),
+        );
         Ctx::hint(d, "use Kafka 3.3 or later, or `mode: zookeeper`");
     }
 }
@@ -972,16 +1196,25 @@ fn resolve_cluster_id(cx: &mut Ctx, mode: KafkaMode) -> Option<String> {
     }
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     if let Some(id) = &cx.loaded.recipe.services.kafka.cluster_id {
-        let ok = b64.decode(id).ok().filter(|b| b.len() == 16 && id.len() == 22);
+        let ok = b64
+            .decode(id)
+            .ok()
+            .filter(|b| b.len() == 16 && id.len() == 22);
         match ok {
             None => {
                 let d = cx.error(
                     cx.at("services.kafka.cluster_id"),
                     format!("`{id}` is not a Kafka cluster id (22 characters of base64url encoding 16 bytes)"),
                 );
-                Ctx::hint(d, "remove it to let imgbuild derive one, or use the output of `kafka-storage.sh random-uuid`");
+                Ctx::hint(
+                    d,
+                    "remove it to let imgbuild derive one, or use the output of `kafka-storage.sh random-uuid`",
+                );
             }
-            Some(bytes) if id.starts_with('-') || bytes.iter().take(15).all(|b| *b == 0) && bytes[15] <= 1 => {
+            Some(bytes)
+                if id.starts_with('-')
+                    || bytes.iter().take(15).all(|b| *b == 0) && bytes[15] <= 1 =>
+            {
                 cx.error(
                     cx.at("services.kafka.cluster_id"),
                     format!("`{id}` is a cluster id Kafka reserves or rejects (zero/one UUID, or leading `-`)"),
@@ -993,7 +1226,10 @@ fn resolve_cluster_id(cx: &mut Ctx, mode: KafkaMode) -> Option<String> {
     }
     // Kafka's generator: a random v4 UUID, base64url without padding, never starting with `-`.
     // Here the randomness is a hash of the cluster name, so the id is stable across rebuilds.
-    let mut seed = format!("imgbuild kafka cluster id\0{}", cx.loaded.recipe.cluster.name);
+    let mut seed = format!(
+        "imgbuild kafka cluster id\0{}",
+        cx.loaded.recipe.cluster.name
+    );
     loop {
         let h = Sha256::digest(seed.as_bytes());
         let mut b = [0u8; 16];
@@ -1014,10 +1250,30 @@ fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec<Artifact>>
     let any = |f: &dyn Fn(Role) -> bool| nodes.iter().any(|n| n.roles.iter().any(|r| f(*r)));
     let c = &cx.loaded.recipe.components;
     let wanted: [(&str, Option<&recipe::Component>, bool, &str); 5] = [
-        ("java", c.java.as_ref(), any(&|_| true), "ZooKeeper, Kafka and Storm run on Java"),
-        ("zookeeper", c.zookeeper.as_ref(), any(&|r| r == Role::Zookeeper), "a node has the `zookeeper` role"),
-        ("kafka", c.kafka.as_ref(), any(&|r| r == Role::Kafka), "a node has the `kafka` role"),
-        ("storm", c.storm.as_ref(), any(&|r| r.is_storm()), "a node has a `storm-*` role"),
+        (
+            "java",
+            c.java.as_ref(),
+            any(&|_| true),
+            "ZooKeeper, Kafka and Storm run on Java",
+        ),
+        (
+            "zookeeper",
+            c.zookeeper.as_ref(),
+            any(&|r| r == Role::Zookeeper),
+            "a node has the `zookeeper` role",
+        ),
+        (
+            "kafka",
+            c.kafka.as_ref(),
+            any(&|r| r == Role::Kafka),
+            "a node has the `kafka` role",
+        ),
+        (
+            "storm",
+            c.storm.as_ref(),
+            any(&|r| r.is_storm()),
+            "a node has a `storm-*` role",
+        ),
         ("python", c.python.as_ref(), false, ""),
     ];
     let mut out = Vec::new();
@@ -1029,8 +1285,14 @@ fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec<Artifact>>
                 None => ok = false,
             },
             None if needed => {
-                let d = cx.error(cx.key_at("components"), format!("missing component `{name}`: {why}"));
-                Ctx::hint(d, format!("add components.{name} (see recipes/cluster.yaml)"));
+                let d = cx.error(
+                    cx.key_at("components"),
+                    format!("missing component `{name}`: {why}"),
+                );
+                Ctx::hint(
+                    d,
+                    format!("add components.{name} (see recipes/cluster.yaml)"),
+                );
                 ok = false;
             }
             None => {}
@@ -1085,7 +1347,11 @@ fn component_defaults(name: &str) -> (Vec<&'static str>, Option<(&'static str, A
     }
 }
 
-fn component_vars(name: &str, version: &str, extra: &IndexMap<String, String>) -> IndexMap<String, String> {
+fn component_vars(
+    name: &str,
+    version: &str,
+    extra: &IndexMap<String, String>,
+) -> IndexMap<String, String> {
     let mut vars = IndexMap::new();
     vars.insert("version".to_string(), version.to_string());
     match name {
@@ -1106,7 +1372,10 @@ fn component_vars(name: &str, version: &str, extra: &IndexMap<String, String>) -
 fn resolve_component(cx: &mut Ctx, name: &str, comp: &recipe::Component) -> Option<Artifact> {
     let path = join("components", name);
     if comp.version.trim().is_empty() || comp.version.contains(['/', ' ']) {
-        cx.error(cx.at(&join(&path, "version")), format!("`{}` is not a version", comp.version));
+        cx.error(
+            cx.at(&join(&path, "version")),
+            format!("`{}` is not a version", comp.version),
+        );
         return None;
     }
     let vars = component_vars(name, &comp.version, &comp.vars);
@@ -1116,8 +1385,8 @@ fn resolve_component(cx: &mut Ctx, name: &str, comp: &recipe::Component) -> Opti
         &path,
         name,
         &comp.version,
-        Some(&comp.urls),
-        Some(&comp.digest),
+        comp.urls.as_ref(),
+        comp.digest.as_ref(),
         comp.signature.as_ref(),
         &vars,
         defaults,
@@ -1139,14 +1408,22 @@ fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
             }
             let defaults = if b.kind == BaseKind::UbuntuCloud {
                 (
-                    vec!["https://cloud-images.ubuntu.com/releases/{release}/release/ubuntu-{release}-server-cloudimg-amd64-root.tar.xz"],
-                    Some(("https://cloud-images.ubuntu.com/releases/{release}/release/SHA256SUMS", Algorithm::Sha256)),
+                    vec![
+                        "https://cloud-images.ubuntu.com/releases/{release}/release/ubuntu-{release}-server-cloudimg-amd64-root.tar.xz",
+                    ],
+                    Some((
+                        "https://cloud-images.ubuntu.com/releases/{release}/release/SHA256SUMS",
+                        Algorithm::Sha256,
+                    )),
                 )
             } else {
                 (Vec::new(), None)
             };
             if b.kind == BaseKind::Tarball && b.urls.is_none() {
-                cx.error(cx.key_at("base"), "missing required key `urls` in `base` (kind: tarball)");
+                cx.error(
+                    cx.key_at("base"),
+                    "missing required key `urls` in `base` (kind: tarball)",
+                );
                 return None;
             }
             let mut art = resolve_artifact(
@@ -1165,7 +1442,9 @@ fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
                 if let DigestSource::ChecksumFile { urls, .. } = &art.digest {
                     art.signature = Some(SignaturePlan {
                         urls: urls.iter().map(|u| format!("{u}.gpg")).collect(),
-                        keys: format!("https://keyserver.ubuntu.com/pks/lookup?op=get&search=0x{UBUNTU_CLOUD_KEY}"),
+                        keys: format!(
+                            "https://keyserver.ubuntu.com/pks/lookup?op=get&search=0x{UBUNTU_CLOUD_KEY}"
+                        ),
                         fingerprints: vec![UBUNTU_CLOUD_KEY.into()],
                         signs: Signs::Checksums,
                     });
@@ -1197,10 +1476,16 @@ fn resolve_base(cx: &mut Ctx) -> Option<BasePlan> {
             only(cx, f, set, "ubuntu-cloud and tarball");
         }
         if b.suite.is_none() {
-            cx.error(cx.key_at("base"), "missing required key `suite` in `base` (kind: mmdebstrap)");
+            cx.error(
+                cx.key_at("base"),
+                "missing required key `suite` in `base` (kind: mmdebstrap)",
+            );
         }
         if b.mirror.is_none() {
-            cx.error(cx.key_at("base"), "missing required key `mirror` in `base` (kind: mmdebstrap)");
+            cx.error(
+                cx.key_at("base"),
+                "missing required key `mirror` in `base` (kind: mmdebstrap)",
+            );
         }
     } else {
         for (f, set) in [
@@ -1213,48 +1498,83 @@ fn resolve_base(cx: &mut Ctx) -> Option<BasePlan> {
             only(cx, f, set, "mmdebstrap");
         }
     }
-    if let Some(m) = &b.mirror {
-        if !(m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file://")) {
-            cx.error(cx.at("base.mirror"), format!("`{m}` is not an http(s) or file URL"));
-        }
+    if let Some(m) = &b.mirror
+        && !(m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file://"))
+    {
+        cx.error(
+            cx.at("base.mirror"),
+            format!("`{m}` is not an http(s) or file URL"),
+        );
     }
     Some(BasePlan {
         kind: b.kind,
         release: (!is_deb).then(|| b.release.clone().unwrap_or_else(|| "24.04".into())),
         suite: b.suite.clone(),
         mirror: b.mirror.clone(),
-        apt_components: b.apt_components.clone().unwrap_or_else(|| if is_deb { vec!["main".into()] } else { vec![] }),
+        apt_components: b
+            .apt_components
+            .clone()
+            .unwrap_or_else(|| if is_deb { vec!["main".into()] } else { vec![] }),
         packages: b.packages.clone().unwrap_or_default(),
         keyring: b.keyring.clone(),
     })
 }
 
 /// Render one URL template at `path`, reporting a bad variable at its exact column.
-fn render_url(cx: &mut Ctx, path: &str, template: &str, vars: &IndexMap<String, String>, defaulted: bool) -> Option<String> {
-    let where_ = if defaulted { format!("the default URL `{template}`") } else { "URL".to_string() };
+fn render_url(
+    cx: &mut Ctx,
+    path: &str,
+    template: &str,
+    vars: &IndexMap<String, String>,
+    defaulted: bool,
+) -> Option<String> {
+    let where_ = if defaulted {
+        format!("the default URL `{template}`")
+    } else {
+        "URL".to_string()
+    };
     match template::render(template, vars) {
         Ok(u) => {
-            let rest = u.strip_prefix("https://").or_else(|| u.strip_prefix("http://"));
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"));
             if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
                 let d = cx.error(cx.at(path), format!("`{u}` is not an http(s) URL"));
-                Ctx::hint(d, "URLs start with https:// (or http:// with an inline digest)");
+                Ctx::hint(
+                    d,
+                    "URLs start with https:// (or http:// with an inline digest)",
+                );
                 return None;
             }
             Some(u)
         }
         Err(TemplateError::Unknown { name, offset }) => {
-            let pos = if defaulted { cx.key_at(path) } else { cx.loaded.map.within(path, offset, &cx.loaded.text) };
+            let pos = if defaulted {
+                cx.key_at(path)
+            } else {
+                cx.loaded.map.within(path, offset, &cx.loaded.text)
+            };
             let mut msg = format!("unknown variable `{{{name}}}` in {where_}");
             if let Some(m) = did_you_mean(&name, vars.keys().map(String::as_str)) {
                 msg.push_str(&format!(" (did you mean `{{{m}}}`?)"));
             }
             let known: Vec<String> = vars.keys().map(|k| format!("{{{k}}}")).collect();
             let d = cx.error(pos, msg);
-            Ctx::hint(d, format!("variables here: {}; add more under `vars`", known.join(", ")));
+            Ctx::hint(
+                d,
+                format!(
+                    "variables here: {}; add more under `vars`",
+                    known.join(", ")
+                ),
+            );
             None
         }
         Err(TemplateError::Unclosed { offset }) => {
-            let pos = if defaulted { cx.key_at(path) } else { cx.loaded.map.within(path, offset, &cx.loaded.text) };
+            let pos = if defaulted {
+                cx.key_at(path)
+            } else {
+                cx.loaded.map.within(path, offset, &cx.loaded.text)
+            };
             cx.error(pos, format!("unclosed `{{` in {where_}"));
             None
         }
@@ -1277,23 +1597,44 @@ fn resolve_artifact(
     let (templates, defaulted): (Vec<(String, String)>, bool) = match urls {
         Some(u) => {
             let list = u.to_vec();
-            let paths = (0..list.len()).map(|i| if u.is_list() { index(&urls_path, i) } else { urls_path.clone() });
+            let paths = (0..list.len()).map(|i| {
+                if u.is_list() {
+                    index(&urls_path, i)
+                } else {
+                    urls_path.clone()
+                }
+            });
             (paths.zip(list).collect(), false)
         }
-        None if !default_urls.is_empty() => (default_urls.iter().map(|t| (path.to_string(), t.to_string())).collect(), true),
+        None if !default_urls.is_empty() => (
+            default_urls
+                .iter()
+                .map(|t| (path.to_string(), t.to_string()))
+                .collect(),
+            true,
+        ),
         None => {
-            cx.error(cx.key_at(path), format!("missing required key `urls` in `{path}`"));
+            cx.error(
+                cx.key_at(path),
+                format!("missing required key `urls` in `{path}`"),
+            );
             return None;
         }
     };
     if templates.is_empty() {
-        cx.error(cx.at(&urls_path), format!("`{path}.urls` is empty: give at least one URL"));
+        cx.error(
+            cx.at(&urls_path),
+            format!("`{path}.urls` is empty: give at least one URL"),
+        );
         return None;
     }
     let mut rendered = Vec::new();
     for (p, t) in &templates {
         if t.contains("{url}") {
-            cx.error(cx.at(p), "`{url}` can only be used in checksum and signature URLs".to_string());
+            cx.error(
+                cx.at(p),
+                "`{url}` can only be used in checksum and signature URLs".to_string(),
+            );
             continue;
         }
         rendered.push(render_url(cx, p, t, vars, defaulted)?);
@@ -1328,14 +1669,25 @@ fn resolve_artifact(
                     cx.at(&digest_path),
                     format!("`{path}.digest` needs exactly one of sha256, sha512, sha256_url, sha512_url (found {})", set.len()),
                 );
-                Ctx::hint(d, "an inline digest pins the content; a *_url names the publisher's checksum file");
+                Ctx::hint(
+                    d,
+                    "an inline digest pins the content; a *_url names the publisher's checksum file",
+                );
                 return None;
             };
             let key_path = join(&digest_path, key);
             match key {
                 "sha256" | "sha512" => {
-                    let (algorithm, len) = if key == "sha256" { (Algorithm::Sha256, 64) } else { (Algorithm::Sha512, 128) };
-                    let v: String = value.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+                    let (algorithm, len) = if key == "sha256" {
+                        (Algorithm::Sha256, 64)
+                    } else {
+                        (Algorithm::Sha512, 128)
+                    };
+                    let v: String = value
+                        .chars()
+                        .filter(|c| !c.is_whitespace())
+                        .collect::<String>()
+                        .to_ascii_lowercase();
                     if v.len() != len || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                         cx.error(
                             cx.at(&key_path),
@@ -1343,18 +1695,34 @@ fn resolve_artifact(
                         );
                         return None;
                     }
-                    DigestSource::Inline { algorithm, value: v }
+                    DigestSource::Inline {
+                        algorithm,
+                        value: v,
+                    }
                 }
                 _ => {
-                    let algorithm = if key == "sha256_url" { Algorithm::Sha256 } else { Algorithm::Sha512 };
-                    DigestSource::ChecksumFile { algorithm, urls: per_url(cx, &key_path, value, false)? }
+                    let algorithm = if key == "sha256_url" {
+                        Algorithm::Sha256
+                    } else {
+                        Algorithm::Sha512
+                    };
+                    DigestSource::ChecksumFile {
+                        algorithm,
+                        urls: per_url(cx, &key_path, value, false)?,
+                    }
                 }
             }
         }
         None => match default_digest {
-            Some((t, algorithm)) => DigestSource::ChecksumFile { algorithm, urls: per_url(cx, path, t, true)? },
+            Some((t, algorithm)) => DigestSource::ChecksumFile {
+                algorithm,
+                urls: per_url(cx, path, t, true)?,
+            },
             None => {
-                cx.error(cx.key_at(path), format!("missing required key `digest` in `{path}`"));
+                cx.error(
+                    cx.key_at(path),
+                    format!("missing required key `digest` in `{path}`"),
+                );
                 return None;
             }
         },
@@ -1367,7 +1735,11 @@ fn resolve_artifact(
             let keys = render_url(cx, &join(&sig_path, "keys"), &s.keys, vars, false)?;
             let mut fingerprints = Vec::new();
             for (i, f) in s.fingerprints.iter().enumerate() {
-                let v: String = f.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+                let v: String = f
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect::<String>()
+                    .to_ascii_uppercase();
                 if !(v.len() == 40 || v.len() == 64) || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                     let d = cx.error(
                         cx.at(&index(&join(&sig_path, "fingerprints"), i)),
@@ -1379,8 +1751,14 @@ fn resolve_artifact(
                 fingerprints.push(v);
             }
             if fingerprints.is_empty() {
-                let d = cx.error(cx.at(&join(&sig_path, "fingerprints")), "a signature needs at least one pinned fingerprint");
-                Ctx::hint(d, "without a pinned key, anyone who can change the KEYS file can sign");
+                let d = cx.error(
+                    cx.at(&join(&sig_path, "fingerprints")),
+                    "a signature needs at least one pinned fingerprint",
+                );
+                Ctx::hint(
+                    d,
+                    "without a pinned key, anyone who can change the KEYS file can sign",
+                );
                 return None;
             }
             Some(SignaturePlan {
@@ -1393,12 +1771,20 @@ fn resolve_artifact(
     };
     // Plain http is only safe when nothing downloaded over it decides what is trusted.
     let digest_pinned = matches!(digest, DigestSource::Inline { .. })
-        || signature.as_ref().is_some_and(|s| s.signs == Signs::Checksums);
+        || signature
+            .as_ref()
+            .is_some_and(|s| s.signs == Signs::Checksums);
     for (i, u) in rendered.iter().enumerate() {
         if u.starts_with("http://") && !digest_pinned {
             let p = templates[i].0.clone();
-            let d = cx.error(cx.at(&p), format!("plain http URL `{u}` without a pinned digest"));
-            Ctx::hint(d, "use https, or write the digest inline (sha256/sha512) so the content is pinned");
+            let d = cx.error(
+                cx.at(&p),
+                format!("plain http URL `{u}` without a pinned digest"),
+            );
+            Ctx::hint(
+                d,
+                "use https, or write the digest inline (sha256/sha512) so the content is pinned",
+            );
             return None;
         }
     }
@@ -1414,7 +1800,11 @@ fn resolve_artifact(
 fn resolve_users(cx: &mut Ctx) -> Vec<UserPlan> {
     let users = &cx.loaded.recipe.users;
     if users.is_empty() {
-        let at = if cx.loaded.map.has("users") { cx.key_at("users") } else { Pos::START };
+        let at = if cx.loaded.map.has("users") {
+            cx.key_at("users")
+        } else {
+            Pos::START
+        };
         let d = cx.warn(
             at,
             "no users: images have no passwords, so without an SSH key nobody can log in",
@@ -1427,23 +1817,49 @@ fn resolve_users(cx: &mut Ctx) -> Vec<UserPlan> {
         let p = index("users", i);
         let valid = !u.name.is_empty()
             && u.name.len() <= 32
-            && u.name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-            && u.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            && u.name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && u.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if !valid {
-            cx.error(cx.at(&join(&p, "name")), format!("`{}` is not a valid user name", u.name));
+            cx.error(
+                cx.at(&join(&p, "name")),
+                format!("`{}` is not a valid user name", u.name),
+            );
         } else if u.name == "root" {
-            let d = cx.error(cx.at(&join(&p, "name")), "the user `root` cannot be created");
+            let d = cx.error(
+                cx.at(&join(&p, "name")),
+                "the user `root` cannot be created",
+            );
             Ctx::hint(d, "add a normal user with `sudo: true`");
         } else if let Some(j) = seen.insert(u.name.clone(), i) {
-            cx.error(cx.at(&join(&p, "name")), format!("user `{}` is defined twice (also users[{j}])", u.name));
+            cx.error(
+                cx.at(&join(&p, "name")),
+                format!("user `{}` is defined twice (also users[{j}])", u.name),
+            );
         }
         if u.ssh_authorized_keys.is_empty() {
-            cx.warn(cx.at(&join(&p, "ssh_authorized_keys")), format!("user `{}` has no SSH key and no password: it cannot log in", u.name));
+            cx.warn(
+                cx.at(&join(&p, "ssh_authorized_keys")),
+                format!(
+                    "user `{}` has no SSH key and no password: it cannot log in",
+                    u.name
+                ),
+            );
         }
         for (k, key) in u.ssh_authorized_keys.iter().enumerate() {
             let kind = key.split_whitespace().next().unwrap_or("");
-            let known = ["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"]
-                .contains(&kind)
+            let known = [
+                "ssh-ed25519",
+                "ssh-rsa",
+                "ecdsa-sha2-nistp256",
+                "ecdsa-sha2-nistp384",
+                "ecdsa-sha2-nistp521",
+            ]
+            .contains(&kind)
                 || kind.starts_with("sk-");
             if !known || key.split_whitespace().nth(1).is_none() {
                 let d = cx.error(
@@ -1483,18 +1899,20 @@ fn resolve_disk(cx: &mut Ctx) -> DiskPlan {
     let d = &cx.loaded.recipe.disk;
     let size_bytes = match &d.size {
         None => DEFAULT_DISK_SIZE,
-        Some(s) => match parse_size(s) {
-            Some(n) if n >= 1 << 30 && n % 512 == 0 => n,
-            Some(_) => {
-                cx.error(cx.at("disk.size"), format!("disk size `{s}` is too small or not a multiple of 512 bytes (minimum 1GiB)"));
-                DEFAULT_DISK_SIZE
+        Some(s) => {
+            match parse_size(s) {
+                Some(n) if n >= 1 << 30 && n % 512 == 0 => n,
+                Some(_) => {
+                    cx.error(cx.at("disk.size"), format!("disk size `{s}` is too small or not a multiple of 512 bytes (minimum 1GiB)"));
+                    DEFAULT_DISK_SIZE
+                }
+                None => {
+                    let diag = cx.error(cx.at("disk.size"), format!("`{s}` is not a size"));
+                    Ctx::hint(diag, "write it like 8GiB or 4096MiB");
+                    DEFAULT_DISK_SIZE
+                }
             }
-            None => {
-                let diag = cx.error(cx.at("disk.size"), format!("`{s}` is not a size"));
-                Ctx::hint(diag, "write it like 8GiB or 4096MiB");
-                DEFAULT_DISK_SIZE
-            }
-        },
+        }
     };
     let formats = d
         .formats
@@ -1510,7 +1928,10 @@ fn resolve_disk(cx: &mut Ctx) -> DiskPlan {
             Ctx::hint(diag, format!("formats are: {}", DISK_FORMATS.join(", ")));
         }
     }
-    DiskPlan { size_bytes, formats }
+    DiskPlan {
+        size_bytes,
+        formats,
+    }
 }
 
 #[cfg(test)]
@@ -1538,17 +1959,39 @@ mod tests {
     #[test]
     fn units_follow_roles() {
         assert_eq!(
-            units_for(&[Role::Zookeeper, Role::Kafka, Role::StormUi], KafkaMode::Kraft),
-            ["zookeeper.service", "kafka-format.service", "kafka.service", "storm-ui.service"]
+            units_for(
+                &[Role::Zookeeper, Role::Kafka, Role::StormUi],
+                KafkaMode::Kraft
+            ),
+            [
+                "zookeeper.service",
+                "kafka-format.service",
+                "kafka.service",
+                "storm-ui.service"
+            ]
         );
-        assert_eq!(units_for(&[Role::Kafka], KafkaMode::Zookeeper), ["kafka.service"]);
+        assert_eq!(
+            units_for(&[Role::Kafka], KafkaMode::Zookeeper),
+            ["kafka.service"]
+        );
     }
 
     #[test]
     fn cidr() {
-        assert_eq!(parse_cidr("10.0.0.0/8"), Some((Ipv4Addr::new(10, 0, 0, 0), 8)));
+        assert_eq!(
+            parse_cidr("10.0.0.0/8"),
+            Some((Ipv4Addr::new(10, 0, 0, 0), 8))
+        );
         assert_eq!(parse_cidr("10.0.0.0/33"), None);
-        assert!(in_network(Ipv4Addr::new(192, 168, 200, 151), Ipv4Addr::new(192, 168, 200, 0), 24));
-        assert!(!in_network(Ipv4Addr::new(192, 168, 201, 1), Ipv4Addr::new(192, 168, 200, 0), 24));
+        assert!(in_network(
+            Ipv4Addr::new(192, 168, 200, 151),
+            Ipv4Addr::new(192, 168, 200, 0),
+            24
+        ));
+        assert!(!in_network(
+            Ipv4Addr::new(192, 168, 201, 1),
+            Ipv4Addr::new(192, 168, 200, 0),
+            24
+        ));
     }
 }

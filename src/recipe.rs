@@ -114,8 +114,11 @@ pub struct Components {
 #[serde(deny_unknown_fields)]
 pub struct Component {
     pub version: String,
-    pub urls: OneOrMany,
-    pub digest: Digest,
+    /// Optional for components with upstream defaults (zookeeper, kafka, storm, python).
+    #[serde(default)]
+    pub urls: Option<OneOrMany>,
+    #[serde(default)]
+    pub digest: Option<Digest>,
     #[serde(default)]
     pub signature: Option<Signature>,
     /// Extra template variables for this component's URLs (`{scala}`, `{release}`, ...).
@@ -278,7 +281,15 @@ impl Loaded {
 /// content is a [`RecipeError`] pointing into the file.
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     use anyhow::Context;
-    let bytes = std::fs::read(path).with_context(|| format!("reading recipe {}", path.display()))?;
+    if !path.exists() {
+        return Err(crate::diag::UsageError {
+            message: format!("recipe {} does not exist", path.display()),
+            hint: Some("pass the recipe with -r FILE (default: recipes/cluster.yaml, run from the repository root)".into()),
+        }
+        .into());
+    }
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading recipe {}", path.display()))?;
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -289,7 +300,10 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             return Err(RecipeError {
                 file: path.to_path_buf(),
                 source_text: String::new(),
-                diagnostics: vec![Diagnostic::error(Pos { line, col }, "the recipe is not valid UTF-8")],
+                diagnostics: vec![Diagnostic::error(
+                    Pos { line, col },
+                    "the recipe is not valid UTF-8",
+                )],
             }
             .into());
         }
@@ -305,6 +319,16 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded, RecipeError> {
         source_text: text.clone(),
         diagnostics,
     };
+    // libyaml's loader is quadratic in nesting depth (100k `[` take 30 s): refuse before it runs.
+    if let Some(at) = map.too_deep {
+        return Err(fail(vec![Diagnostic::error(
+            at,
+            format!(
+                "the recipe nests deeper than {} levels",
+                crate::srcmap::MAX_DEPTH
+            ),
+        )]));
+    }
     if !map.duplicates.is_empty() {
         let diags = map
             .duplicates
@@ -312,7 +336,10 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded, RecipeError> {
             .map(|d| {
                 Diagnostic::error(
                     d.again,
-                    format!("duplicate key `{}` (first defined at line {})", d.path, d.first.line),
+                    format!(
+                        "duplicate key `{}` (first defined at line {})",
+                        d.path, d.first.line
+                    ),
                 )
             })
             .collect();
@@ -332,54 +359,97 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded, RecipeError> {
 /// Turn a serde_norway error into a diagnostic with a position and, for unknown keys, a suggestion.
 fn serde_diagnostic(e: &serde_norway::Error, map: &SourceMap) -> Diagnostic {
     let full = e.to_string();
-    // serde_norway appends " at line L column C"; we print the position ourselves.
-    let msg = match full.rfind(" at line ") {
-        Some(i) => full[..i].to_string(),
-        None => full.clone(),
-    };
-    let serde_pos = e.location().map(|l| Pos {
+    let mut serde_pos = e.location().map(|l| Pos {
         line: l.line(),
         col: l.column(),
     });
+    // libyaml: "PROBLEM at line A column B, while CONTEXT at line C column D". The context
+    // (where an unterminated quote or bracket began) is the useful place to point at.
+    let msg = if let Some((problem, context)) = full.split_once(", while ") {
+        let (context, at) = split_location(context);
+        serde_pos = at.or(serde_pos);
+        format!(
+            "{}, while {context} that starts here",
+            split_location(problem).0
+        )
+    } else {
+        // serde_norway appends " at line L column C"; we print the position ourselves.
+        split_location(&full).0.to_string()
+    };
     // "nodes.node1: unknown field `ipp`, expected one of `ip`, `id`"
     let (path, detail) = match msg.split_once(": ") {
         Some((p, d)) if !p.contains(' ') => (p.to_string(), d.to_string()),
         _ => (String::new(), msg.clone()),
     };
     let path = if path == "." { String::new() } else { path };
-    if let Some(rest) = detail.strip_prefix("unknown field `") {
-        if let Some((field, tail)) = rest.split_once('`') {
-            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            let key_path = join(&path, field);
-            let at = if map.has(&key_path) {
-                map.key(&key_path)
-            } else {
-                serde_pos.unwrap_or_else(|| map.key(&path))
-            };
-            let place = if path.is_empty() { "at the top level".to_string() } else { format!("in `{path}`") };
-            let mut message = format!("unknown key `{field}` {place}");
-            if let Some(s) = did_you_mean(field, expected.iter().copied()) {
-                message.push_str(&format!(" (did you mean `{s}`?)"));
-            }
-            let mut d = Diagnostic::error(at, message);
-            if matches!(field, "password" | "passwd" | "plain_text_passwd" | "hashed_passwd") {
-                d = d.with_hint("images never carry passwords; give users `ssh_authorized_keys` instead");
-            } else if !expected.is_empty() {
-                let list: Vec<String> = expected.iter().map(|s| format!("`{s}`")).collect();
-                d = d.with_hint(format!("valid keys here: {}", list.join(", ")));
-            }
-            return d;
+    if let Some(rest) = detail.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        let key_path = join(&path, field);
+        let at = if map.has(&key_path) {
+            map.key(&key_path)
+        } else {
+            serde_pos.unwrap_or_else(|| map.key(&path))
+        };
+        let place = if path.is_empty() {
+            "at the top level".to_string()
+        } else {
+            format!("in `{path}`")
+        };
+        let mut message = format!("unknown key `{field}` {place}");
+        if let Some(s) = did_you_mean(field, expected.iter().copied()) {
+            message.push_str(&format!(" (did you mean `{s}`?)"));
         }
+        let mut d = Diagnostic::error(at, message);
+        if matches!(
+            field,
+            "password" | "passwd" | "plain_text_passwd" | "hashed_passwd"
+        ) {
+            d = d.with_hint(
+                "images never carry passwords; give users `ssh_authorized_keys` instead",
+            );
+        } else if !expected.is_empty() {
+            let list: Vec<String> = expected.iter().map(|s| format!("`{s}`")).collect();
+            d = d.with_hint(format!("valid keys here: {}", list.join(", ")));
+        }
+        return d;
     }
     if let Some(rest) = detail.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);
-        let at = if path.is_empty() { serde_pos.unwrap_or(Pos::START) } else { map.key(&path) };
-        let place = if path.is_empty() { "at the top level".to_string() } else { format!("in `{path}`") };
+        let at = if path.is_empty() {
+            serde_pos.unwrap_or(Pos::START)
+        } else {
+            map.key(&path)
+        };
+        let place = if path.is_empty() {
+            "at the top level".to_string()
+        } else {
+            format!("in `{path}`")
+        };
         return Diagnostic::error(at, format!("missing required key `{field}` {place}"));
     }
     let at = serde_pos.unwrap_or_else(|| map.value(&path));
-    let message = if path.is_empty() { detail } else { format!("{path}: {detail}") };
+    let message = if path.is_empty() {
+        detail
+    } else {
+        format!("{path}: {detail}")
+    };
     Diagnostic::error(at, message)
+}
+
+/// Split "TEXT at line L column C" into TEXT and the position.
+fn split_location(s: &str) -> (&str, Option<Pos>) {
+    let Some(i) = s.rfind(" at line ") else {
+        return (s, None);
+    };
+    let pos = s[i + 9..].split_once(" column ").and_then(|(l, c)| {
+        Some(Pos {
+            line: l.trim().parse().ok()?,
+            col: c.trim().parse().ok()?,
+        })
+    });
+    (&s[..i], pos)
 }
 
 #[cfg(test)]
@@ -402,7 +472,10 @@ mod tests {
     #[test]
     fn duplicate_key_reported_at_second() {
         let e = err("cluster:\n  name: a\n  name: b\n");
-        assert!(e.starts_with("r.yaml:3:3: duplicate key `cluster.name` (first defined at line 2)"), "{e}");
+        assert!(
+            e.starts_with("r.yaml:3:3: duplicate key `cluster.name` (first defined at line 2)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct DuplicateKey {
 pub struct SourceMap {
     entries: HashMap<String, Entry>,
     pub duplicates: Vec<DuplicateKey>,
+    /// The first place where nesting went deeper than [`MAX_DEPTH`], if any.
+    pub too_deep: Option<Pos>,
 }
 
 enum Frame {
@@ -45,8 +47,13 @@ enum Frame {
         index: usize,
     },
     /// Inside a complex (non-scalar) mapping key, which recipes never use: skip it.
-    Skip { depth: usize },
+    Skip {
+        depth: usize,
+    },
 }
+
+/// Deeper than any recipe needs (about 6 levels), shallow enough to keep parsing linear.
+pub const MAX_DEPTH: usize = 32;
 
 /// Child path of a mapping key: `a.b`, or `b` at the root.
 pub fn join(path: &str, key: &str) -> String {
@@ -81,7 +88,13 @@ impl SourceMap {
         loop {
             let (event, marker) = match parser.next_token() {
                 Ok(t) => t,
-                Err(_) => break,
+                Err(e) => {
+                    // yaml-rust2 stops at 255 nested flow collections.
+                    if e.info().contains("recursion limit") {
+                        map.too_deep.get_or_insert(pos(e.marker()));
+                    }
+                    break;
+                }
             };
             let at = pos(&marker);
             match event {
@@ -98,7 +111,10 @@ impl SourceMap {
                         stack.pop();
                     }
                 },
-                Event::Scalar(..) | Event::Alias(_) | Event::MappingStart(..) | Event::SequenceStart(..) => {
+                Event::Scalar(..)
+                | Event::Alias(_)
+                | Event::MappingStart(..)
+                | Event::SequenceStart(..) => {
                     map.node(&mut stack, &event, at);
                 }
                 Event::Nothing | Event::StreamStart => {}
@@ -109,6 +125,12 @@ impl SourceMap {
 
     fn node(&mut self, stack: &mut Vec<Frame>, event: &Event, at: Pos) {
         let opens = matches!(event, Event::MappingStart(..) | Event::SequenceStart(..));
+        // Paths grow with depth, so recording a deeply nested (hostile) document would cost
+        // depth² memory. No recipe nests this deep; serde rejects such input anyway.
+        if opens && stack.len() >= MAX_DEPTH && !matches!(stack.last(), Some(Frame::Skip { .. })) {
+            self.too_deep.get_or_insert(at);
+            stack.push(Frame::Skip { depth: 0 });
+        }
         let path = match stack.last_mut() {
             Some(Frame::Skip { depth }) => {
                 if opens {
@@ -222,12 +244,16 @@ impl SourceMap {
     fn lookup(&self, path: &str, get: impl Fn(&Entry) -> Pos) -> Pos {
         let mut p = path;
         loop {
+            if p.is_empty() {
+                return Pos::START;
+            }
             if let Some(e) = self.entries.get(p) {
                 return get(e);
             }
             match p.rfind(['.', '[']) {
                 Some(i) => p = &p[..i],
-                None => return self.entries.get("").map(|e| e.value).unwrap_or(Pos::START),
+                // The document itself: its first line.
+                None => return Pos::START,
             }
         }
     }
@@ -279,6 +305,18 @@ c: [1, 2]
         let d = &m.duplicates[0];
         assert_eq!(d.path, "n.x");
         assert_eq!((d.first.line, d.again.line), (2, 4));
+    }
+
+    #[test]
+    fn deep_nesting_is_cut_off() {
+        let text = format!("a: {}", "[".repeat(10_000));
+        let m = SourceMap::scan(&text);
+        assert!(m.entries.len() <= MAX_DEPTH + 1);
+        assert!(m.too_deep.is_some());
+        let staircase: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
+            .collect();
+        assert!(SourceMap::scan(&staircase).too_deep.is_some());
     }
 
     #[test]

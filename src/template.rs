@@ -72,11 +72,20 @@ mod tests {
                 offset: 2
             })
         );
-        assert_eq!(render("é{x}", &vars()).unwrap_err(), TemplateError::Unknown { name: "x".into(), offset: 1 });
+        assert_eq!(
+            render("é{x}", &vars()).unwrap_err(),
+            TemplateError::Unknown {
+                name: "x".into(),
+                offset: 1
+            }
+        );
     }
 
     #[test]
     fn unclosed_brace() {
-        assert_eq!(render("a{version", &vars()), Err(TemplateError::Unclosed { offset: 1 }));
+        assert_eq!(
+            render("a{version", &vars()),
+            Err(TemplateError::Unclosed { offset: 1 })
+        );
     }
 }

@@ -1,0 +1,36 @@
+# imgbuild — developer entry points. `make help` lists them.
+CARGO ?= cargo
+BIN   := target/release/imgbuild
+NODE  ?= node1
+
+.PHONY: all build test lint fmt deps plan validate clean help
+
+all: build ## Build the release binary (default)
+
+build: ## Build target/release/imgbuild
+	$(CARGO) build --release --locked
+
+test: ## Run the whole test suite (unit, CLI snapshots, 10,000-case recipe property test)
+	$(CARGO) test --locked --all-targets
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt
+
+deps: ## Install what a fresh machine lacks (called by .ci/run)
+	bash scripts/deps.sh
+
+plan: build ## Show the resolved plan of NODE (default node1) from recipes/cluster.yaml
+	$(BIN) plan $(NODE)
+
+validate: build ## Check recipes/cluster.yaml
+	$(BIN) validate
+
+clean: ## Remove build output (images/ keeps only its README)
+	$(CARGO) clean
+
+help: ## This list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'

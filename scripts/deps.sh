@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what imgbuild's build and tests need on a fresh Debian/Ubuntu machine.
+# Idempotent: installs only what is missing, runs `apt-get update` at most once.
+set -euo pipefail
+
+# Debian packages the build and test suite use (none yet beyond the Rust toolchain; later stages
+# add mmdebstrap, e2fsprogs, qemu, ...). Format: "command package".
+NEEDED=()
+
+if ! command -v cargo >/dev/null; then
+    echo "deps: cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+    exit 1
+fi
+
+missing=()
+for entry in "${NEEDED[@]}"; do
+    cmd=${entry%% *} pkg=${entry#* }
+    command -v "$cmd" >/dev/null || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "deps: installing ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "deps: ok"
