@@ -5,7 +5,10 @@ set -euo pipefail
 
 # Debian packages the build and test suite use (none yet beyond the Rust toolchain; later stages
 # add mmdebstrap, e2fsprogs, qemu, ...). Format: "command package".
-NEEDED=()
+NEEDED=(
+    "gpg gnupg"          # test fixtures: throwaway signing keys, KEYS, .asc
+    "xz xz-utils"        # test fixtures: the .tar.xz base stand-in
+)
 
 if ! command -v cargo >/dev/null; then
     echo "deps: cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2

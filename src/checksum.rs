@@ -1,0 +1,251 @@
+//! Digests: hashing while streaming, and reading publishers' checksum files in all their formats.
+//!
+//! Formats (REFERENCE.md §2): `sha512sum` (`HEX  name`, optional `*name`), GPG `--print-md`
+//! (`name: HEX HEX …` over several upper-case lines, or `name:` alone first), bare hex (Maven),
+//! BSD (`SHA512 (name) = hex`), and multi-entry `SHA256SUMS` where the file name picks the line.
+
+use std::io::Write;
+
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::plan::Algorithm;
+
+impl Algorithm {
+    pub fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+}
+
+/// Both digests of some content, lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hashes {
+    pub size: u64,
+    pub sha256: String,
+    pub sha512: String,
+}
+
+impl Hashes {
+    pub fn get(&self, algorithm: Algorithm) -> &str {
+        match algorithm {
+            Algorithm::Sha256 => &self.sha256,
+            Algorithm::Sha512 => &self.sha512,
+        }
+    }
+}
+
+/// Computes SHA-256 and SHA-512 of everything written to it, in one pass.
+#[derive(Default, Clone)]
+pub struct Hasher {
+    size: u64,
+    sha256: Sha256,
+    sha512: Sha512,
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        self.size += data.len() as u64;
+        self.sha256.update(data);
+        self.sha512.update(data);
+    }
+    pub fn finish(self) -> Hashes {
+        Hashes {
+            size: self.size,
+            sha256: hex::encode(self.sha256.finalize()),
+            sha512: hex::encode(self.sha512.finalize()),
+        }
+    }
+}
+
+impl Write for Hasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hash a whole file (for imports and verification).
+pub fn hash_file(path: &std::path::Path) -> std::io::Result<Hashes> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Hasher::default();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finish())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChecksumFileError {
+    #[error("no {algorithm} entry for `{file}` in the checksum file")]
+    NoEntry { algorithm: &'static str, file: String },
+    #[error("the checksum file names `{found}`, not `{file}`")]
+    WrongFile { found: String, file: String },
+    #[error("not a {algorithm} checksum file (no {len}-character hex digest found)")]
+    Unrecognised { algorithm: &'static str, len: usize },
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Strip a leading `*` (binary mode) or `./` from a file name in a checksum line.
+fn clean_name(name: &str) -> &str {
+    let name = name.trim();
+    let name = name.strip_prefix('*').unwrap_or(name);
+    name.strip_prefix("./").unwrap_or(name)
+}
+
+/// Find the digest for `file` in a checksum file's `text`.
+pub fn parse_checksum_file(text: &str, file: &str, algorithm: Algorithm) -> Result<String, ChecksumFileError> {
+    let len = algorithm.hex_len();
+    let text = text.trim_start_matches('\u{feff}');
+    let entries = entries(text, len);
+    if entries.is_empty() {
+        // GPG --print-md: "name: HEX HEX\n      HEX …" or "name:\n HEX …" — join everything after
+        // the first colon and drop all whitespace.
+        if let Some((name, rest)) = text.split_once(':') {
+            let digest: String = rest.chars().filter(|c| !c.is_whitespace()).collect();
+            if is_hex(&digest, len) {
+                let name = clean_name(name);
+                return if name == file || name.rsplit('/').next() == Some(file) {
+                    Ok(digest.to_ascii_lowercase())
+                } else {
+                    Err(ChecksumFileError::WrongFile {
+                        found: name.to_string(),
+                        file: file.to_string(),
+                    })
+                };
+            }
+        }
+        return Err(ChecksumFileError::Unrecognised {
+            algorithm: algorithm.name(),
+            len,
+        });
+    }
+    // A single nameless digest (bare hex) applies to whatever file it was published beside.
+    if let [(None, digest)] = entries[..] {
+        return Ok(digest.to_ascii_lowercase());
+    }
+    let named: Vec<(&str, &str)> = entries.iter().filter_map(|(n, d)| n.map(|n| (n, *d))).collect();
+    if let Some((_, d)) = named.iter().find(|(n, _)| *n == file || n.rsplit('/').next() == Some(file)) {
+        return Ok(d.to_ascii_lowercase());
+    }
+    if let [(found, _)] = named[..] {
+        return Err(ChecksumFileError::WrongFile {
+            found: found.to_string(),
+            file: file.to_string(),
+        });
+    }
+    Err(ChecksumFileError::NoEntry {
+        algorithm: algorithm.name(),
+        file: file.to_string(),
+    })
+}
+
+/// One-line entries: (file name if any, digest).
+fn entries(text: &str, len: usize) -> Vec<(Option<&str>, &str)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // BSD: "SHA512 (name) = hex"
+        if let Some((head, digest)) = line.rsplit_once(") = ") {
+            if let Some((_, name)) = head.split_once(" (") {
+                if is_hex(digest.trim(), len) {
+                    out.push((Some(clean_name(name)), digest.trim()));
+                }
+                continue;
+            }
+        }
+        let mut parts = line.splitn(2, char::is_whitespace);
+        let first = parts.next().unwrap_or("");
+        if is_hex(first, len) {
+            let name = parts.next().map(clean_name).filter(|n| !n.is_empty());
+            out.push((name, first));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H512: &str = "63fdcd05b857a096d2e72804253590bd086e4f3046fbfa546f186602e48f54712ed6de2a346a5b05d5335870bf5268fcb2bfd3ef9c4f4bbea379091a79604556";
+
+    #[test]
+    fn sha512sum_format() {
+        let text = format!("{H512}  apache-zookeeper-3.9.5-bin.tar.gz\n");
+        assert_eq!(parse_checksum_file(&text, "apache-zookeeper-3.9.5-bin.tar.gz", Algorithm::Sha512).unwrap(), H512);
+        let text = format!("{H512} *apache-zookeeper-3.9.5-bin.tar.gz\n");
+        assert_eq!(parse_checksum_file(&text, "apache-zookeeper-3.9.5-bin.tar.gz", Algorithm::Sha512).unwrap(), H512);
+    }
+
+    #[test]
+    fn gpg_print_md_format() {
+        // The real Kafka 2.2.0 file (ScoopInstaller/Main#65).
+        let text = "kafka_2.12-2.2.0.tgz: 63FDCD05 B857A096 D2E72804 253590BD 086E4F30 46FBFA54\n                      6F186602 E48F5471 2ED6DE2A 346A5B05 D5335870 BF5268FC\n                      B2BFD3EF 9C4F4BBE A379091A 79604556\n";
+        assert_eq!(parse_checksum_file(text, "kafka_2.12-2.2.0.tgz", Algorithm::Sha512).unwrap(), H512);
+        // Newer gpg with a long name: the name alone, then indented hex lines.
+        let text = "kafka_2.13-4.3.1.tgz:\n 63FDCD05 B857A096 D2E72804 253590BD 086E4F30 46FBFA54 6F186602\n E48F5471 2ED6DE2A 346A5B05 D5335870 BF5268FC B2BFD3EF 9C4F4BBE\n A379091A 79604556\n";
+        assert_eq!(parse_checksum_file(text, "kafka_2.13-4.3.1.tgz", Algorithm::Sha512).unwrap(), H512);
+        assert_eq!(
+            parse_checksum_file(text, "other.tgz", Algorithm::Sha512),
+            Err(ChecksumFileError::WrongFile { found: "kafka_2.13-4.3.1.tgz".into(), file: "other.tgz".into() })
+        );
+    }
+
+    #[test]
+    fn bare_hex_format() {
+        assert_eq!(parse_checksum_file(&format!("{}\n", H512.to_uppercase()), "x.tgz", Algorithm::Sha512).unwrap(), H512);
+    }
+
+    #[test]
+    fn bsd_format() {
+        let text = format!("SHA512 (apache-storm-2.8.9.tar.gz) = {H512}\n");
+        assert_eq!(parse_checksum_file(&text, "apache-storm-2.8.9.tar.gz", Algorithm::Sha512).unwrap(), H512);
+    }
+
+    #[test]
+    fn multi_entry_picks_by_name() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        let text = format!("{a} *ubuntu-24.04-server-cloudimg-amd64.img\n{b} *ubuntu-24.04-server-cloudimg-amd64-root.tar.xz\n");
+        assert_eq!(
+            parse_checksum_file(&text, "ubuntu-24.04-server-cloudimg-amd64-root.tar.xz", Algorithm::Sha256).unwrap(),
+            b
+        );
+        assert_eq!(
+            parse_checksum_file(&text, "missing.tar.xz", Algorithm::Sha256),
+            Err(ChecksumFileError::NoEntry { algorithm: "sha256", file: "missing.tar.xz".into() })
+        );
+    }
+
+    #[test]
+    fn wrong_algorithm_or_garbage_is_unrecognised() {
+        let text = format!("{}  x.tgz\n", "a".repeat(64));
+        assert!(matches!(parse_checksum_file(&text, "x.tgz", Algorithm::Sha512), Err(ChecksumFileError::Unrecognised { .. })));
+        assert!(matches!(parse_checksum_file("<html>404</html>", "x", Algorithm::Sha512), Err(ChecksumFileError::Unrecognised { .. })));
+    }
+
+    #[test]
+    fn hasher_matches_known_vectors() {
+        let mut h = Hasher::default();
+        h.update(b"abc");
+        let d = h.finish();
+        assert_eq!(d.size, 3);
+        assert_eq!(d.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert!(d.sha512.starts_with("ddaf35a193617aba"));
+    }
+}

@@ -1,0 +1,32 @@
+//! Shared test helpers: the generated fixture mirror and a local HTTP server that can misbehave.
+#![allow(dead_code)]
+
+pub mod server;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The fixture mirror (tests/fixtures/make-mirror.sh), generated once per test binary.
+pub fn mirror() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // One per test binary, under target/: regenerated on every run, never left in /tmp.
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mirror-{name}"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-mirror.sh");
+        let out = std::process::Command::new("bash").arg(&script).arg(&dir).output().expect("running make-mirror.sh");
+        assert!(out.status.success(), "make-mirror.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+}
+
+/// Fingerprints of the fixture keys by role (release, other, cloud, expired, revoked).
+pub fn fingerprints() -> HashMap<String, String> {
+    std::fs::read_to_string(mirror().join("fingerprints"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
