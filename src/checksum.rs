@@ -86,7 +86,10 @@ pub fn hash_file(path: &std::path::Path) -> std::io::Result<Hashes> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChecksumFileError {
     #[error("no {algorithm} entry for `{file}` in the checksum file")]
-    NoEntry { algorithm: &'static str, file: String },
+    NoEntry {
+        algorithm: &'static str,
+        file: String,
+    },
     #[error("the checksum file names `{found}`, not `{file}`")]
     WrongFile { found: String, file: String },
     #[error("not a {algorithm} checksum file (no {len}-character hex digest found)")]
@@ -105,7 +108,11 @@ fn clean_name(name: &str) -> &str {
 }
 
 /// Find the digest for `file` in a checksum file's `text`.
-pub fn parse_checksum_file(text: &str, file: &str, algorithm: Algorithm) -> Result<String, ChecksumFileError> {
+pub fn parse_checksum_file(
+    text: &str,
+    file: &str,
+    algorithm: Algorithm,
+) -> Result<String, ChecksumFileError> {
     let len = algorithm.hex_len();
     let text = text.trim_start_matches('\u{feff}');
     let entries = entries(text, len);
@@ -135,8 +142,14 @@ pub fn parse_checksum_file(text: &str, file: &str, algorithm: Algorithm) -> Resu
     if let [(None, digest)] = entries[..] {
         return Ok(digest.to_ascii_lowercase());
     }
-    let named: Vec<(&str, &str)> = entries.iter().filter_map(|(n, d)| n.map(|n| (n, *d))).collect();
-    if let Some((_, d)) = named.iter().find(|(n, _)| *n == file || n.rsplit('/').next() == Some(file)) {
+    let named: Vec<(&str, &str)> = entries
+        .iter()
+        .filter_map(|(n, d)| n.map(|n| (n, *d)))
+        .collect();
+    if let Some((_, d)) = named
+        .iter()
+        .find(|(n, _)| *n == file || n.rsplit('/').next() == Some(file))
+    {
         return Ok(d.to_ascii_lowercase());
     }
     if let [(found, _)] = named[..] {
@@ -187,56 +200,108 @@ mod tests {
     #[test]
     fn sha512sum_format() {
         let text = format!("{H512}  apache-zookeeper-3.9.5-bin.tar.gz\n");
-        assert_eq!(parse_checksum_file(&text, "apache-zookeeper-3.9.5-bin.tar.gz", Algorithm::Sha512).unwrap(), H512);
+        assert_eq!(
+            parse_checksum_file(
+                &text,
+                "apache-zookeeper-3.9.5-bin.tar.gz",
+                Algorithm::Sha512
+            )
+            .unwrap(),
+            H512
+        );
         let text = format!("{H512} *apache-zookeeper-3.9.5-bin.tar.gz\n");
-        assert_eq!(parse_checksum_file(&text, "apache-zookeeper-3.9.5-bin.tar.gz", Algorithm::Sha512).unwrap(), H512);
+        assert_eq!(
+            parse_checksum_file(
+                &text,
+                "apache-zookeeper-3.9.5-bin.tar.gz",
+                Algorithm::Sha512
+            )
+            .unwrap(),
+            H512
+        );
     }
 
     #[test]
     fn gpg_print_md_format() {
         // The real Kafka 2.2.0 file (ScoopInstaller/Main#65).
         let text = "kafka_2.12-2.2.0.tgz: 63FDCD05 B857A096 D2E72804 253590BD 086E4F30 46FBFA54\n                      6F186602 E48F5471 2ED6DE2A 346A5B05 D5335870 BF5268FC\n                      B2BFD3EF 9C4F4BBE A379091A 79604556\n";
-        assert_eq!(parse_checksum_file(text, "kafka_2.12-2.2.0.tgz", Algorithm::Sha512).unwrap(), H512);
+        assert_eq!(
+            parse_checksum_file(text, "kafka_2.12-2.2.0.tgz", Algorithm::Sha512).unwrap(),
+            H512
+        );
         // Newer gpg with a long name: the name alone, then indented hex lines.
         let text = "kafka_2.13-4.3.1.tgz:\n 63FDCD05 B857A096 D2E72804 253590BD 086E4F30 46FBFA54 6F186602\n E48F5471 2ED6DE2A 346A5B05 D5335870 BF5268FC B2BFD3EF 9C4F4BBE\n A379091A 79604556\n";
-        assert_eq!(parse_checksum_file(text, "kafka_2.13-4.3.1.tgz", Algorithm::Sha512).unwrap(), H512);
+        assert_eq!(
+            parse_checksum_file(text, "kafka_2.13-4.3.1.tgz", Algorithm::Sha512).unwrap(),
+            H512
+        );
         assert_eq!(
             parse_checksum_file(text, "other.tgz", Algorithm::Sha512),
-            Err(ChecksumFileError::WrongFile { found: "kafka_2.13-4.3.1.tgz".into(), file: "other.tgz".into() })
+            Err(ChecksumFileError::WrongFile {
+                found: "kafka_2.13-4.3.1.tgz".into(),
+                file: "other.tgz".into()
+            })
         );
     }
 
     #[test]
     fn bare_hex_format() {
-        assert_eq!(parse_checksum_file(&format!("{}\n", H512.to_uppercase()), "x.tgz", Algorithm::Sha512).unwrap(), H512);
+        assert_eq!(
+            parse_checksum_file(
+                &format!("{}\n", H512.to_uppercase()),
+                "x.tgz",
+                Algorithm::Sha512
+            )
+            .unwrap(),
+            H512
+        );
     }
 
     #[test]
     fn bsd_format() {
         let text = format!("SHA512 (apache-storm-2.8.9.tar.gz) = {H512}\n");
-        assert_eq!(parse_checksum_file(&text, "apache-storm-2.8.9.tar.gz", Algorithm::Sha512).unwrap(), H512);
+        assert_eq!(
+            parse_checksum_file(&text, "apache-storm-2.8.9.tar.gz", Algorithm::Sha512).unwrap(),
+            H512
+        );
     }
 
     #[test]
     fn multi_entry_picks_by_name() {
         let a = "a".repeat(64);
         let b = "b".repeat(64);
-        let text = format!("{a} *ubuntu-24.04-server-cloudimg-amd64.img\n{b} *ubuntu-24.04-server-cloudimg-amd64-root.tar.xz\n");
+        let text = format!(
+            "{a} *ubuntu-24.04-server-cloudimg-amd64.img\n{b} *ubuntu-24.04-server-cloudimg-amd64-root.tar.xz\n"
+        );
         assert_eq!(
-            parse_checksum_file(&text, "ubuntu-24.04-server-cloudimg-amd64-root.tar.xz", Algorithm::Sha256).unwrap(),
+            parse_checksum_file(
+                &text,
+                "ubuntu-24.04-server-cloudimg-amd64-root.tar.xz",
+                Algorithm::Sha256
+            )
+            .unwrap(),
             b
         );
         assert_eq!(
             parse_checksum_file(&text, "missing.tar.xz", Algorithm::Sha256),
-            Err(ChecksumFileError::NoEntry { algorithm: "sha256", file: "missing.tar.xz".into() })
+            Err(ChecksumFileError::NoEntry {
+                algorithm: "sha256",
+                file: "missing.tar.xz".into()
+            })
         );
     }
 
     #[test]
     fn wrong_algorithm_or_garbage_is_unrecognised() {
         let text = format!("{}  x.tgz\n", "a".repeat(64));
-        assert!(matches!(parse_checksum_file(&text, "x.tgz", Algorithm::Sha512), Err(ChecksumFileError::Unrecognised { .. })));
-        assert!(matches!(parse_checksum_file("<html>404</html>", "x", Algorithm::Sha512), Err(ChecksumFileError::Unrecognised { .. })));
+        assert!(matches!(
+            parse_checksum_file(&text, "x.tgz", Algorithm::Sha512),
+            Err(ChecksumFileError::Unrecognised { .. })
+        ));
+        assert!(matches!(
+            parse_checksum_file("<html>404</html>", "x", Algorithm::Sha512),
+            Err(ChecksumFileError::Unrecognised { .. })
+        ));
     }
 
     #[test]
@@ -245,7 +310,10 @@ mod tests {
         h.update(b"abc");
         let d = h.finish();
         assert_eq!(d.size, 3);
-        assert_eq!(d.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            d.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert!(d.sha512.starts_with("ddaf35a193617aba"));
     }
 }

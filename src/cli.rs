@@ -20,6 +20,23 @@ pub struct Cli {
     )]
     pub recipe: PathBuf,
 
+    /// Download cache (default: $XDG_CACHE_HOME/imgbuild, or ~/.cache/imgbuild).
+    #[arg(long, global = true, env = "IMGBUILD_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Rewrite URLs starting with FROM to start with TO (repeatable; also $IMGBUILD_MIRRORS and
+    /// the recipe's `mirrors:`).
+    #[arg(long = "mirror", global = true, value_name = "FROM=TO")]
+    pub mirrors: Vec<String>,
+
+    /// Use only the download cache; fail naming every artifact it lacks.
+    #[arg(long, global = true)]
+    pub offline: bool,
+
+    /// Downloads to run at once.
+    #[arg(short, long, global = true, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,4 +53,27 @@ pub enum Command {
     },
     /// Check a recipe without building anything; prints warnings and errors.
     Validate,
+    /// Download and verify every artifact the recipe needs into the cache.
+    Fetch,
+    /// Resolve every artifact and write the lock file next to the recipe (<recipe>.lock.json).
+    Lock,
+    /// Inspect or fill the download cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Add files whose digest matches an artifact of the recipe (the air-gapped path).
+    Import {
+        /// Files copied from a machine that could download them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List cached artifacts (stdout: name, version, size, sha256, URL).
+    List,
+    /// Remove everything the recipe (and its lock file) no longer needs.
+    Prune,
 }

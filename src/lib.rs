@@ -1,9 +1,13 @@
 //! imgbuild as a library: the binary in `main.rs` dispatches into these modules.
 
+pub mod cache;
 pub mod checksum;
 pub mod cli;
 pub mod cmd;
 pub mod diag;
+pub mod fetch;
+pub mod lock;
+pub mod mirror;
 pub mod pgp;
 pub mod plan;
 pub mod recipe;

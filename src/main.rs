@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use imgbuild::cli::{Cli, Command};
+use imgbuild::cli::{CacheAction, Cli, Command};
 use imgbuild::{cmd, diag};
 
 fn main() -> ExitCode {
@@ -12,6 +12,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Plan { node, json } => cmd::plan(&cli.recipe, node, *json),
         Command::Validate => cmd::validate(&cli.recipe),
+        Command::Fetch => cmd::fetch(&cli).map(|_| ()),
+        Command::Lock => cmd::lock(&cli),
+        Command::Cache { action } => match action {
+            CacheAction::Import { files } => cmd::cache_import(&cli, files),
+            CacheAction::List => cmd::cache_list(&cli),
+            CacheAction::Prune => cmd::cache_prune(&cli),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

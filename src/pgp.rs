@@ -13,9 +13,13 @@ use pgp::types::KeyDetails;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
-    #[error("signature made by key {fingerprint}, which the recipe does not pin (pinned: {pinned})")]
+    #[error(
+        "signature made by key {fingerprint}, which the recipe does not pin (pinned: {pinned})"
+    )]
     NotPinned { fingerprint: String, pinned: String },
-    #[error("bad signature: it does not match the content for key {fingerprint} (tampered file or signature)")]
+    #[error(
+        "bad signature: it does not match the content for key {fingerprint} (tampered file or signature)"
+    )]
     Bad { fingerprint: String },
     #[error("signature by key {issuer}, which is not in the KEYS file")]
     UnknownKey { issuer: String },
@@ -43,7 +47,9 @@ pub fn parse_keys(bytes: &[u8]) -> Result<Vec<SignedPublicKey>, SignatureError> 
         Ok(text) if text.contains(BEGIN) => {
             let mut rest = text;
             while let Some(start) = rest.find(BEGIN) {
-                let Some(len) = rest[start..].find(END) else { break };
+                let Some(len) = rest[start..].find(END) else {
+                    break;
+                };
                 let block = &rest[start..start + len + END.len()];
                 rest = &rest[start + len + END.len()..];
                 match SignedPublicKey::from_armor_many(block.as_bytes()) {
@@ -79,7 +85,9 @@ pub fn parse_keys(bytes: &[u8]) -> Result<Vec<SignedPublicKey>, SignatureError> 
 
 /// The signatures in an armored or binary detached-signature file.
 pub fn parse_signatures(bytes: &[u8]) -> Result<Vec<Signature>, SignatureError> {
-    let iter = if bytes.starts_with(b"-----BEGIN") || bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+    let iter = if bytes.starts_with(b"-----BEGIN")
+        || bytes.trim_ascii_start().starts_with(b"-----BEGIN")
+    {
         DetachedSignature::from_armor_many(bytes).map(|(i, _)| i)
     } else {
         DetachedSignature::from_bytes_many(bytes)
@@ -87,33 +95,41 @@ pub fn parse_signatures(bytes: &[u8]) -> Result<Vec<Signature>, SignatureError> 
     .map_err(|e| SignatureError::Malformed(e.to_string()))?;
     let sigs: Vec<Signature> = iter.filter_map(|s| s.ok()).map(|s| s.signature).collect();
     if sigs.is_empty() {
-        return Err(SignatureError::Malformed("the file holds no signature packet".into()));
+        return Err(SignatureError::Malformed(
+            "the file holds no signature packet".into(),
+        ));
     }
     Ok(sigs)
 }
 
 fn is_revoked(key: &SignedPublicKey) -> bool {
-    key.details
-        .revocation_signatures
-        .iter()
-        .any(|s| s.typ() == Some(SignatureType::KeyRevocation) && s.verify_key(&key.primary_key).is_ok())
+    key.details.revocation_signatures.iter().any(|s| {
+        s.typ() == Some(SignatureType::KeyRevocation) && s.verify_key(&key.primary_key).is_ok()
+    })
 }
 
 /// When the key stops being valid (seconds since 1970), from its newest valid self-signature.
 fn expires_at(key: &SignedPublicKey) -> Option<u64> {
     let created = u64::from(key.primary_key.created_at().as_secs());
     let user_sigs = key.details.users.iter().flat_map(|u| {
-        u.signatures
-            .iter()
-            .filter(|s| s.verify_certification(&key.primary_key, pgp::types::Tag::UserId, &u.id).is_ok())
+        u.signatures.iter().filter(|s| {
+            s.verify_certification(&key.primary_key, pgp::types::Tag::UserId, &u.id)
+                .is_ok()
+        })
     });
-    let direct = key.details.direct_signatures.iter().filter(|s| s.verify_key(&key.primary_key).is_ok());
+    let direct = key
+        .details
+        .direct_signatures
+        .iter()
+        .filter(|s| s.verify_key(&key.primary_key).is_ok());
     let (_, validity) = user_sigs
         .chain(direct)
         .filter_map(|s| Some((s.created()?.as_secs(), s.key_expiration_time())))
         .max_by_key(|(t, _)| *t)?;
     // A zero or absent validity period means the key does not expire.
-    validity.filter(|d| d.as_secs() > 0).map(|d| created + u64::from(d.as_secs()))
+    validity
+        .filter(|d| d.as_secs() > 0)
+        .map(|d| created + u64::from(d.as_secs()))
 }
 
 /// Check that one of `signatures` is a valid signature over `data` by a key in `keys` whose
@@ -131,7 +147,11 @@ pub fn verify<R: Read + Seek>(
             .issuer_fingerprint()
             .iter()
             .map(|f| format!("{f:X}"))
-            .chain(sig.issuer_key_id().iter().map(|k| hex::encode_upper(k.as_ref())))
+            .chain(
+                sig.issuer_key_id()
+                    .iter()
+                    .map(|k| hex::encode_upper(k.as_ref())),
+            )
             .collect();
         let mut matched = false;
         for key in keys {
@@ -141,32 +161,46 @@ pub fn verify<R: Read + Seek>(
                 primary.clone(),
                 Box::new(|d: &mut R| sig.verify(key, d).is_ok()) as Box<dyn Fn(&mut R) -> bool>,
             ))
-            .chain(key.public_subkeys.iter().filter(|sk| sk.verify_bindings(&key.primary_key).is_ok()).map(|sk| {
-                (
-                    fpr(&sk.key),
-                    Box::new(move |d: &mut R| sig.verify(&sk.key, d).is_ok()) as Box<dyn Fn(&mut R) -> bool>,
-                )
-            }))
+            .chain(
+                key.public_subkeys
+                    .iter()
+                    .filter(|sk| sk.verify_bindings(&key.primary_key).is_ok())
+                    .map(|sk| {
+                        (
+                            fpr(&sk.key),
+                            Box::new(move |d: &mut R| sig.verify(&sk.key, d).is_ok())
+                                as Box<dyn Fn(&mut R) -> bool>,
+                        )
+                    }),
+            )
             .collect();
             for (sub_fpr, check) in candidates {
-                let named = issuers.is_empty() || issuers.iter().any(|i| sub_fpr.ends_with(i.as_str()));
+                let named =
+                    issuers.is_empty() || issuers.iter().any(|i| sub_fpr.ends_with(i.as_str()));
                 if !named {
                     continue;
                 }
                 matched = true;
-                data.seek(SeekFrom::Start(0)).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+                data.seek(SeekFrom::Start(0))
+                    .map_err(|e| SignatureError::Malformed(e.to_string()))?;
                 let good = check(&mut data);
                 let error = if !good {
-                    SignatureError::Bad { fingerprint: primary.clone() }
+                    SignatureError::Bad {
+                        fingerprint: primary.clone(),
+                    }
                 } else if !pinned.contains(&primary) {
                     SignatureError::NotPinned {
                         fingerprint: primary.clone(),
                         pinned: pinned.join(", "),
                     }
                 } else if is_revoked(key) {
-                    SignatureError::Revoked { fingerprint: primary.clone() }
+                    SignatureError::Revoked {
+                        fingerprint: primary.clone(),
+                    }
                 } else if expires_at(key).is_some_and(|t| t <= now) {
-                    SignatureError::Expired { fingerprint: primary.clone() }
+                    SignatureError::Expired {
+                        fingerprint: primary.clone(),
+                    }
                 } else {
                     return Ok(primary);
                 };
@@ -175,7 +209,10 @@ pub fn verify<R: Read + Seek>(
         }
         if !matched {
             first_error.get_or_insert(SignatureError::UnknownKey {
-                issuer: issuers.first().cloned().unwrap_or_else(|| "(unnamed)".into()),
+                issuer: issuers
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "(unnamed)".into()),
             });
         }
     }

@@ -234,6 +234,10 @@ pub struct DiskPlan {
 pub struct ClusterPlan {
     pub nodes: Vec<Plan>,
     pub warnings: Vec<String>,
+    /// Mirror rules from the recipe, `(from, to)`.
+    pub mirrors: Vec<(String, String)>,
+    /// The artifacts every node needs (the same list for all nodes).
+    pub artifacts: Vec<Artifact>,
 }
 
 impl ClusterPlan {
@@ -282,6 +286,7 @@ pub fn resolve(loaded: &Loaded) -> Result<ClusterPlan, RecipeError> {
         diags: Vec::new(),
     };
     let nodes = resolve_all(&mut cx);
+    let mirrors = resolve_mirrors(&mut cx);
     let (errors, warnings): (Vec<_>, Vec<_>) = cx
         .diags
         .into_iter()
@@ -293,10 +298,29 @@ pub fn resolve(loaded: &Loaded) -> Result<ClusterPlan, RecipeError> {
         .iter()
         .map(|d| d.render(&loaded.path, &loaded.text))
         .collect();
+    let nodes = nodes.unwrap_or_default();
     Ok(ClusterPlan {
-        nodes: nodes.unwrap_or_default(),
+        artifacts: nodes
+            .first()
+            .map(|n| n.artifacts.clone())
+            .unwrap_or_default(),
+        nodes,
         warnings,
+        mirrors,
     })
+}
+
+fn resolve_mirrors(cx: &mut Ctx) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (from, to) in &cx.loaded.recipe.mirrors {
+        match crate::mirror::parse_rule(&format!("{from}={to}")) {
+            Ok(rule) => out.push(rule),
+            Err(e) => {
+                cx.error(cx.key_at(&join("mirrors", from)), e.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// A node as seen during resolution, before the per-node plan is assembled.

@@ -26,6 +26,9 @@ pub struct Recipe {
     pub disk: Disk,
     #[serde(default)]
     pub overlays: Overlays,
+    /// URL prefix rewrites: `FROM: TO` (corporate mirrors, air-gapped sites).
+    #[serde(default)]
+    pub mirrors: IndexMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,8 +16,16 @@ pub fn mirror() -> &'static Path {
         let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mirror-{name}"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-mirror.sh");
-        let out = std::process::Command::new("bash").arg(&script).arg(&dir).output().expect("running make-mirror.sh");
-        assert!(out.status.success(), "make-mirror.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .expect("running make-mirror.sh");
+        assert!(
+            out.status.success(),
+            "make-mirror.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir
     })
 }
@@ -27,6 +35,9 @@ pub fn fingerprints() -> HashMap<String, String> {
     std::fs::read_to_string(mirror().join("fingerprints"))
         .unwrap()
         .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect()
 }
