@@ -173,13 +173,13 @@ fn entries(text: &str, len: usize) -> Vec<(Option<&str>, &str)> {
             continue;
         }
         // BSD: "SHA512 (name) = hex"
-        if let Some((head, digest)) = line.rsplit_once(") = ") {
-            if let Some((_, name)) = head.split_once(" (") {
-                if is_hex(digest.trim(), len) {
-                    out.push((Some(clean_name(name)), digest.trim()));
-                }
-                continue;
+        if let Some((head, digest)) = line.rsplit_once(") = ")
+            && let Some((_, name)) = head.split_once(" (")
+        {
+            if is_hex(digest.trim(), len) {
+                out.push((Some(clean_name(name)), digest.trim()));
             }
+            continue;
         }
         let mut parts = line.splitn(2, char::is_whitespace);
         let first = parts.next().unwrap_or("");

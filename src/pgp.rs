@@ -132,6 +132,13 @@ fn expires_at(key: &SignedPublicKey) -> Option<u64> {
         .map(|d| created + u64::from(d.as_secs()))
 }
 
+/// A key that may have made a signature: the primary key or a bound subkey.
+#[derive(Clone, Copy)]
+enum Signer<'a> {
+    Primary(&'a SignedPublicKey),
+    Sub(&'a pgp::composed::SignedPublicSubKey),
+}
+
 /// Check that one of `signatures` is a valid signature over `data` by a key in `keys` whose
 /// fingerprint is in `pinned` (upper-case hex). Returns that fingerprint.
 pub fn verify<R: Read + Seek>(
@@ -157,24 +164,15 @@ pub fn verify<R: Read + Seek>(
         for key in keys {
             let primary = fpr(key);
             // A signature names its issuer by fingerprint or 64-bit key id, of the primary key or a subkey.
-            let candidates: Vec<(String, Box<dyn Fn(&mut R) -> bool + '_>)> = std::iter::once((
-                primary.clone(),
-                Box::new(|d: &mut R| sig.verify(key, d).is_ok()) as Box<dyn Fn(&mut R) -> bool>,
-            ))
-            .chain(
-                key.public_subkeys
-                    .iter()
-                    .filter(|sk| sk.verify_bindings(&key.primary_key).is_ok())
-                    .map(|sk| {
-                        (
-                            fpr(&sk.key),
-                            Box::new(move |d: &mut R| sig.verify(&sk.key, d).is_ok())
-                                as Box<dyn Fn(&mut R) -> bool>,
-                        )
-                    }),
-            )
-            .collect();
-            for (sub_fpr, check) in candidates {
+            let subkeys = key
+                .public_subkeys
+                .iter()
+                .filter(|sk| sk.verify_bindings(&key.primary_key).is_ok());
+            for signer in std::iter::once(Signer::Primary(key)).chain(subkeys.map(Signer::Sub)) {
+                let sub_fpr = match signer {
+                    Signer::Primary(k) => fpr(k),
+                    Signer::Sub(sk) => fpr(&sk.key),
+                };
                 let named =
                     issuers.is_empty() || issuers.iter().any(|i| sub_fpr.ends_with(i.as_str()));
                 if !named {
@@ -183,7 +181,10 @@ pub fn verify<R: Read + Seek>(
                 matched = true;
                 data.seek(SeekFrom::Start(0))
                     .map_err(|e| SignatureError::Malformed(e.to_string()))?;
-                let good = check(&mut data);
+                let good = match signer {
+                    Signer::Primary(k) => sig.verify(k, &mut data).is_ok(),
+                    Signer::Sub(sk) => sig.verify(&sk.key, &mut data).is_ok(),
+                };
                 let error = if !good {
                     SignatureError::Bad {
                         fingerprint: primary.clone(),
