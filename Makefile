@@ -34,3 +34,9 @@ clean: ## Remove build output (images/ keeps only its README)
 
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: bench bench-fetch
+bench: bench-fetch ## Run every benchmark and rewrite BENCHMARKS.md
+
+bench-fetch: ## Fetch+verify of a 600 MiB artifact from a loopback server vs curl (BENCHMARKS.md)
+	bash bench/fetch.sh

@@ -8,6 +8,8 @@ set -euo pipefail
 NEEDED=(
     "gpg gnupg"          # test fixtures: throwaway signing keys, KEYS, .asc
     "xz xz-utils"        # test fixtures: the .tar.xz base stand-in
+    "curl curl"          # benchmarks: the plain-download baseline
+    "python3 python3"    # benchmarks: rewriting BENCHMARKS.md sections
 )
 
 if ! command -v cargo >/dev/null; then

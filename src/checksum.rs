@@ -75,10 +75,94 @@ impl Write for Hasher {
     }
 }
 
+/// Like [`Hasher`], but SHA-512 runs on a worker thread: SHA-512 is the slowest part of a
+/// download (about 600 MB/s against 1800 MB/s for SHA-256 with SHA-NI on the reference
+/// machine), so hashing it beside the network, SHA-256 and the disk write lets a download run at
+/// SHA-512's speed instead of the sum of all of them. Memory stays bounded: a few pooled buffers.
+pub struct PipelinedHasher {
+    size: u64,
+    sha256: Sha256,
+    work: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    worker: Option<std::thread::JoinHandle<Sha512>>,
+    buffers: usize,
+}
+
+const PIPE_BUFFERS: usize = 4;
+
+impl Default for PipelinedHasher {
+    fn default() -> Self {
+        let (work, jobs) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(PIPE_BUFFERS);
+        let (give_back, spare) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let mut h = Sha512::new();
+            for (buf, n) in jobs {
+                h.update(&buf[..n]);
+                // The receiver may be gone at the end; the buffer is then simply freed.
+                let _ = give_back.send(buf);
+            }
+            h
+        });
+        PipelinedHasher {
+            size: 0,
+            sha256: Sha256::new(),
+            work: Some(work),
+            spare,
+            worker: Some(worker),
+            buffers: 0,
+        }
+    }
+}
+
+impl PipelinedHasher {
+    pub fn update(&mut self, data: &[u8]) {
+        self.size += data.len() as u64;
+        self.sha256.update(data);
+        let mut buf = match self.spare.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.buffers < PIPE_BUFFERS + 1 => {
+                self.buffers += 1;
+                Vec::new()
+            }
+            Err(_) => self.spare.recv().unwrap_or_default(),
+        };
+        buf.clear();
+        buf.extend_from_slice(data);
+        let n = buf.len();
+        if let Some(w) = &self.work {
+            let _ = w.send((buf, n));
+        }
+    }
+
+    pub fn finish(mut self) -> Hashes {
+        drop(self.work.take());
+        let sha512 = self
+            .worker
+            .take()
+            .and_then(|w| w.join().ok())
+            .expect("the SHA-512 worker does not panic");
+        Hashes {
+            size: self.size,
+            sha256: hex::encode(std::mem::take(&mut self.sha256).finalize()),
+            sha512: hex::encode(sha512.finalize()),
+        }
+    }
+}
+
+impl Write for PipelinedHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Hash a whole file (for imports and verification).
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<Hashes> {
     let mut f = std::fs::File::open(path)?;
-    let mut h = Hasher::default();
+    let mut h = PipelinedHasher::default();
     std::io::copy(&mut f, &mut h)?;
     Ok(h.finish())
 }
@@ -302,6 +386,22 @@ mod tests {
             parse_checksum_file("<html>404</html>", "x", Algorithm::Sha512),
             Err(ChecksumFileError::Unrecognised { .. })
         ));
+    }
+
+    #[test]
+    fn pipelined_hasher_matches_plain() {
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut a = Hasher::default();
+        let mut b = PipelinedHasher::default();
+        for chunk in data.chunks(65_537) {
+            a.update(chunk);
+            b.update(chunk);
+        }
+        assert_eq!(a.finish(), b.finish());
+        assert_eq!(
+            PipelinedHasher::default().finish(),
+            Hasher::default().finish()
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER};
 
 use crate::cache::{Cache, Record};
-use crate::checksum::{self, Hasher, Hashes};
+use crate::checksum::{self, Hashes, PipelinedHasher};
 use crate::lock::{LockEntry, LockFile};
 use crate::mirror::Mirrors;
 use crate::pgp;
@@ -469,7 +469,7 @@ impl<'a> Fetcher<'a> {
                 ));
             }
             // Hash what is already on disk, then append the rest as it arrives.
-            let mut hasher = Hasher::default();
+            let mut hasher = PipelinedHasher::default();
             if start > 0 {
                 file.seek(SeekFrom::Start(0))
                     .map_err(|e| Attempt::fatal(e.into()))?;

@@ -1424,7 +1424,7 @@ fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
     match b.kind {
         BaseKind::Mmdebstrap => None,
         BaseKind::Tarball | BaseKind::UbuntuCloud => {
-            let release = b.release.clone().unwrap_or_else(|| "24.04".into());
+            let release = b.release.clone().unwrap_or_else(|| default_release(b.kind));
             let mut vars = IndexMap::new();
             vars.insert("release".to_string(), release.clone());
             for (k, v) in &b.vars {
@@ -1476,6 +1476,14 @@ fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
             }
             Some(art)
         }
+    }
+}
+
+/// Ubuntu cloud images default to 24.04 LTS; a bare tarball has no release unless the recipe names one.
+fn default_release(kind: BaseKind) -> String {
+    match kind {
+        BaseKind::UbuntuCloud => "24.04".into(),
+        _ => "unversioned".into(),
     }
 }
 
@@ -1532,7 +1540,7 @@ fn resolve_base(cx: &mut Ctx) -> Option<BasePlan> {
     }
     Some(BasePlan {
         kind: b.kind,
-        release: (!is_deb).then(|| b.release.clone().unwrap_or_else(|| "24.04".into())),
+        release: (!is_deb).then(|| b.release.clone().unwrap_or_else(|| default_release(b.kind))),
         suite: b.suite.clone(),
         mirror: b.mirror.clone(),
         apt_components: b

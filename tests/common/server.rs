@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[allow(dead_code)]
+const _: () = ();
+
 #[derive(Debug, Clone)]
 pub enum Fault {
     /// Answer with this status and no body.
@@ -48,7 +51,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(root: impl Into<PathBuf>) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(root, 0)
+    }
+
+    /// Serve on a given port of 127.0.0.1 (0: any free port).
+    pub fn start_on(root: impl Into<PathBuf>, port: u16) -> Server {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             root: root.into(),
