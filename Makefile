@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN   := target/release/imgbuild
 NODE  ?= node1
 
-.PHONY: all build test lint fmt deps plan validate clean help
+.PHONY: all build test lint fmt deps plan validate clean help demo-fetch
 
 all: build ## Build the release binary (default)
 
@@ -22,6 +22,9 @@ fmt: ## Format the code
 
 deps: ## Install what a fresh machine lacks (called by .ci/run)
 	bash scripts/deps.sh
+
+demo-fetch: ## Lock and fetch the reference recipe's artifacts from the local fixture mirror
+	bash scripts/demo-fetch.sh
 
 plan: build ## Show the resolved plan of NODE (default node1) from recipes/cluster.yaml
 	$(BIN) plan $(NODE)

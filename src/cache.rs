@@ -160,9 +160,12 @@ impl Cache {
         result
     }
 
-    /// Key of an artifact's record: its name, version and primary recipe URL.
-    pub fn record_key(name: &str, version: &str, url: &str) -> String {
-        hex::encode(&Sha256::digest(format!("{name}\0{version}\0{url}").as_bytes())[..16])
+    /// Key of an artifact's record: everything that decides what content is acceptable — name,
+    /// version, URLs, digest source and pinned signing keys. Changing any of them (say, dropping
+    /// a key you no longer trust) makes earlier verifications count for nothing.
+    pub fn record_key(artifact: &crate::plan::Artifact) -> String {
+        let policy = serde_json::to_string(artifact).unwrap_or_default();
+        hex::encode(&Sha256::digest(policy.as_bytes())[..16])
     }
 
     pub fn record(&self, key: &str) -> Option<Record> {

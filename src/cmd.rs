@@ -345,8 +345,7 @@ pub fn cache_import(cli: &Cli, files: &[std::path::PathBuf]) -> Result<()> {
             sha512: hashes.sha512.clone(),
             fingerprint: entry.and_then(|e| e.fingerprint.clone()),
         };
-        s.cache
-            .write_record(&Cache::record_key(&a.name, &a.version, &a.urls[0]), &record)?;
+        s.cache.write_record(&Cache::record_key(a), &record)?;
         eprintln!(
             "imported {} as {} {} (sha256 {})",
             file.display(),
@@ -411,10 +410,7 @@ pub fn cache_prune(cli: &Cli) -> Result<()> {
     let s = fetch_setup(cli)?;
     let mut keep = std::collections::HashSet::new();
     for a in &s.cluster.artifacts {
-        if let Some(r) = s
-            .cache
-            .record(&Cache::record_key(&a.name, &a.version, &a.urls[0]))
-        {
+        if let Some(r) = s.cache.record(&Cache::record_key(a)) {
             keep.insert(r.sha256);
         }
         if let DigestSource::Inline { algorithm, value } = &a.digest

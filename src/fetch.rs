@@ -171,7 +171,7 @@ impl<'a> Fetcher<'a> {
     }
 
     fn fetch_one(&self, a: &Artifact) -> Result<Fetched> {
-        let key = Cache::record_key(&a.name, &a.version, &a.urls[0]);
+        let key = Cache::record_key(a);
         let expect = self.expectation(a)?;
         // Cache hits: by pinned digest, else by the record of an earlier verified fetch.
         let hit = match &expect {
@@ -272,6 +272,11 @@ impl<'a> Fetcher<'a> {
         url: &str,
         expect: Option<&Expect>,
     ) -> Result<(PathBuf, Hashes, Option<String>, String)> {
+        if !plain_http_allowed(url, expect.is_some(), a.signature.is_some()) {
+            bail!(
+                "refusing plain http: nothing pins the content of {url}, and its checksum would come over the same unauthenticated channel\n\nhint: use https, pin the digest in the recipe, or run `imgbuild lock` over https first"
+            );
+        }
         // 1. What the content must hash to.
         let mut fingerprint = None;
         let expect = match expect {
@@ -297,16 +302,6 @@ impl<'a> Fetcher<'a> {
                 Expect::Digest(*algorithm, hex)
             }
         };
-        if url.starts_with("http://")
-            && !is_loopback(url)
-            && matches!(a.digest, DigestSource::ChecksumFile { .. })
-            && fingerprint.is_none()
-            && !matches!(expect, Expect::Locked(_))
-        {
-            bail!(
-                "refusing plain http: the digest of {url} would come over the same unauthenticated channel\n\nhint: use https, pin the digest in the recipe, or run `imgbuild lock`"
-            );
-        }
         // 2. Download, hashing as it streams.
         let partial = self.cache.partial_path(url);
         let guard = OpenOptions::new()
@@ -391,13 +386,24 @@ impl<'a> Fetcher<'a> {
             .with_context(|| format!("fetching keys {keys_url}"))?;
         let keys =
             pgp::parse_keys(&key_bytes).with_context(|| format!("reading keys {keys_url}"))?;
-        let sigs = pgp::parse_signatures(&sig_bytes)
-            .with_context(|| format!("reading signature {sig_url}"))?;
+        let sigs = pgp::parse_signatures(&sig_bytes).with_context(|| {
+            format!(
+                "reading signature {sig_url} (pinned key {})",
+                sig.fingerprints.join(", ")
+            )
+        })?;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Ok(pgp::verify(&keys, &sigs, data, &sig.fingerprints, now)?)
+        pgp::verify(&keys, &sigs, data, &sig.fingerprints, now)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "checking against pinned key {}",
+                    sig.fingerprints.join(", ")
+                )
+            })
     }
 
     /// A small file (checksums, signature, KEYS) into memory, with the same retries.
@@ -661,6 +667,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Plain http is acceptable when something other than the same channel authenticates the content:
+/// a digest pinned in the recipe or lock, or a signature from a pinned key. A loopback server
+/// counts as local files (the test suite, a local mirror).
+fn plain_http_allowed(url: &str, digest_pinned: bool, signed: bool) -> bool {
+    !url.starts_with("http://") || digest_pinned || signed || is_loopback(url)
+}
+
 fn is_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -801,6 +814,11 @@ mod tests {
         assert!(is_loopback("http://[::1]:80/x"));
         assert!(!is_loopback("http://mirror.example/x"));
         assert!(!is_loopback("http://127.0.0.1.evil.example/x"));
+        assert!(plain_http_allowed("https://x/y", false, false));
+        assert!(plain_http_allowed("http://127.0.0.1:9/y", false, false));
+        assert!(plain_http_allowed("http://mirror.example/y", true, false));
+        assert!(plain_http_allowed("http://mirror.example/y", false, true));
+        assert!(!plain_http_allowed("http://mirror.example/y", false, false));
     }
 
     #[test]

@@ -553,3 +553,24 @@ fn prune_keeps_what_the_recipe_needs() {
     assert!(!stray.exists());
     assert_eq!(env.cached().len(), 6);
 }
+
+/// Regression: a cached verification made under one pinned key must not satisfy a recipe that
+/// pins another (found by `make demo-fetch`, whose fixture keys change on every run).
+#[test]
+fn changing_the_pinned_key_forces_reverification() {
+    let env = Env::new();
+    ok(&env.run(&["fetch"]));
+    let f = common::fingerprints();
+    let text = std::fs::read_to_string(env.recipe())
+        .unwrap()
+        .replace(&f["release"], &f["other"]);
+    std::fs::write(env.recipe(), text).unwrap();
+    let err = failed(&env.run(&["fetch"]));
+    assert!(
+        err.contains(&format!(
+            "signature made by key {}, which the recipe does not pin",
+            f["release"]
+        )),
+        "{err}"
+    );
+}
