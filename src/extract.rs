@@ -280,7 +280,7 @@ pub fn extract(archive: impl Read, root: &Root, policy: &Policy, limits: Limits)
             }
         }
     }
-    dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
     for (dir, uid, gid, mode, mtime) in dirs {
         let (u, g) = if matches!(policy, Policy::Component { .. }) {
             (0, 0)
