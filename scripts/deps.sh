@@ -10,6 +10,9 @@ NEEDED=(
     "xz xz-utils"        # test fixtures: the .tar.xz base stand-in
     "curl curl"          # benchmarks: the plain-download baseline
     "python3 python3"    # benchmarks: rewriting BENCHMARKS.md sections
+    "mmdebstrap mmdebstrap"        # test base OS: Debian bookworm from the Debian mirror
+    "cloud-init cloud-init"        # tests: `cloud-init schema` and its network-config parser
+    "systemd-analyze systemd"      # tests: `systemd-analyze verify` of the generated units
 )
 
 if ! command -v cargo >/dev/null; then

@@ -33,6 +33,16 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub offline: bool,
 
+    /// Where intermediate trees are built (the shared tree, each node's tree).
+    #[arg(
+        long,
+        global = true,
+        env = "IMGBUILD_BUILD_DIR",
+        default_value = "build",
+        value_name = "DIR"
+    )]
+    pub build_dir: PathBuf,
+
     /// Downloads to run at once.
     #[arg(short, long, global = true, default_value_t = 4, value_name = "N")]
     pub jobs: usize,
@@ -57,6 +67,13 @@ pub enum Command {
     Fetch,
     /// Resolve every artifact and write the lock file next to the recipe (<recipe>.lock.json).
     Lock,
+    /// Compose NODE's root filesystem and write it as a deterministic tarball.
+    Rootfs {
+        node: String,
+        /// Output file (default: images/NODE/rootfs.tar).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Inspect or fill the download cache.
     Cache {
         #[command(subcommand)]

@@ -231,6 +231,10 @@ fn fetch_options(cli: &Cli) -> fetch::Options {
 /// `imgbuild fetch`: every artifact of the recipe, verified, into the cache.
 pub fn fetch(cli: &Cli) -> Result<Vec<Fetched>> {
     let s = fetch_setup(cli)?;
+    fetch_with(cli, &s)
+}
+
+fn fetch_with(cli: &Cli, s: &FetchSetup) -> Result<Vec<Fetched>> {
     let lock = s.lock.as_ref().map(|l| (l, s.lock_path.as_path()));
     if let Some((_, p)) = lock {
         eprintln!("using lock file {}", p.display());
@@ -430,4 +434,25 @@ pub fn cache_prune(cli: &Cli) -> Result<()> {
         keep.len()
     );
     Ok(())
+}
+
+/// `imgbuild rootfs NODE`: fetch, compose the shared tree (once), the node's tree, and tar it.
+pub fn rootfs(cli: &Cli, node: &str, output: Option<&std::path::Path>) -> Result<()> {
+    let s = fetch_setup(cli)?;
+    let plan = node_plan(&s.cluster, &cli.recipe, node)?.clone();
+    let fetched = fetch_with(cli, &s)?;
+    let common = crate::rootfs::common_tree(&plan, &fetched, &cli.build_dir)?;
+    let tree = crate::rootfs::node_tree(&plan, &common, &cli.build_dir, &plan.overlays)?;
+    let out = output.map_or_else(
+        || std::path::Path::new("images").join(node).join("rootfs.tar"),
+        |p| p.to_path_buf(),
+    );
+    let epoch = plan
+        .source_date_epoch
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
+        .unwrap_or(0);
+    crate::rootfs::stage("tar", || {
+        let n = crate::rootfs::write_tar(&tree, &out, epoch)?;
+        Ok(((), format!("{}: {n} entries, mtime {epoch}", out.display())))
+    })
 }

@@ -137,15 +137,17 @@ impl Root {
         Ok((fd, name))
     }
 
-    /// Create directory `rel` and any missing parents (existing directories are kept).
+    /// Create directory `rel` (with `mode`) and any missing parents (0755); existing directories are kept.
     pub fn mkdir_all(&self, rel: &Path, mode: u32, follow: Follow) -> Result<()> {
         let rel = clean_relative(rel)?;
         let mut sofar = PathBuf::new();
-        for c in rel.components() {
+        let last = rel.components().count();
+        for (i, c) in rel.components().enumerate() {
             sofar.push(c);
             let (dir, name) = self.parent(&sofar, follow)?;
             let n = cstr(Path::new(name))?;
-            let r = unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), mode) };
+            let m = if i + 1 == last { mode } else { 0o755 };
+            let r = unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), m) };
             if r < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::AlreadyExists {
@@ -201,6 +203,12 @@ impl Root {
     /// Remove a file or symlink if present (directories are left alone).
     pub fn remove(&self, rel: &Path, follow: Follow) -> Result<()> {
         let rel = clean_relative(rel)?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if let Err(e) = self.openat2(parent, libc::O_PATH | libc::O_DIRECTORY, 0, follow)
+            && e.kind() == io::ErrorKind::NotFound
+        {
+            return Ok(()); // nothing there to remove
+        }
         let (dir, name) = self.parent(&rel, follow)?;
         let n = cstr(Path::new(name))?;
         let r = unsafe { libc::unlinkat(dir.as_raw_fd(), n.as_ptr(), 0) };
@@ -377,14 +385,26 @@ mod tests {
     fn mkdir_all_and_files() {
         let top = tempfile::tempdir().unwrap();
         let root = Root::open(top.path()).unwrap();
-        root.mkdir_all(Path::new("a/b/c"), 0o755, Follow::Never)
+        root.mkdir_all(Path::new("a/b/c"), 0o700, Follow::Never)
             .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| {
+            std::fs::metadata(top.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(
+            (mode("a"), mode("a/b"), mode("a/b/c")),
+            (0o755, 0o755, 0o700),
+            "parents 0755, leaf as asked"
+        );
         root.write_file(Path::new("a/b/c/f"), b"hi", 0o640, Follow::Never)
             .unwrap();
         root.write_file(Path::new("a/b/c/f"), b"again", 0o640, Follow::Never)
             .unwrap();
         assert_eq!(std::fs::read(top.path().join("a/b/c/f")).unwrap(), b"again");
-        use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(top.path().join("a/b/c/f"))
                 .unwrap()

@@ -49,6 +49,8 @@ pub struct Report {
     pub bytes: u64,
     /// Files whose setuid/setgid/sticky bits were removed.
     pub stripped: Vec<PathBuf>,
+    /// POSIX ACLs the build filesystem could not store.
+    pub dropped_acls: u64,
 }
 
 /// Open an archive file, undoing gzip or xz compression (recognised by magic bytes).
@@ -273,9 +275,25 @@ pub fn extract(archive: impl Read, root: &Root, policy: &Policy, limits: Limits)
             for ext in exts.flatten() {
                 if let (Ok(key), value) = (ext.key(), ext.value_bytes())
                     && let Some(name) = key.strip_prefix("SCHILY.xattr.")
+                    && let Err(e) = root.set_xattr(&dest, name, value, follow)
                 {
-                    root.set_xattr(&dest, name, value, follow)
-                        .with_context(what)?;
+                    let unsupported = e
+                        .root_cause()
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(|e| e.raw_os_error())
+                        == Some(libc::EOPNOTSUPP);
+                    // POSIX ACLs are re-applied at boot by systemd-tmpfiles (the journal's,
+                    // for one); anything else, file capabilities above all, must not be lost.
+                    if unsupported && name.starts_with("system.posix_acl_") {
+                        report.dropped_acls += 1;
+                    } else if unsupported {
+                        return Err(e.context(format!(
+                            "{}: the build directory's filesystem does not support the extended attribute {name}; use one that does (ext4, xfs, btrfs)",
+                            what()
+                        )));
+                    } else {
+                        return Err(e.context(what()));
+                    }
                 }
             }
         }

@@ -13,5 +13,8 @@ pub mod mirror;
 pub mod pgp;
 pub mod plan;
 pub mod recipe;
+pub mod render;
+pub mod rootfs;
+pub mod run;
 pub mod srcmap;
 pub mod template;

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Validate => cmd::validate(&cli.recipe),
         Command::Fetch => cmd::fetch(&cli).map(|_| ()),
         Command::Lock => cmd::lock(&cli),
+        Command::Rootfs { node, output } => cmd::rootfs(&cli, node, output.as_deref()),
         Command::Cache { action } => match action {
             CacheAction::Import { files } => cmd::cache_import(&cli, files),
             CacheAction::List => cmd::cache_list(&cli),

@@ -41,3 +41,54 @@ pub fn fingerprints() -> HashMap<String, String> {
         })
         .collect()
 }
+
+/// The Debian base OS tarball (tests/fixtures/make-base.sh, minimal set), built once and cached
+/// under target/ keyed by the script's content; a file lock keeps parallel test binaries from
+/// building it twice.
+pub fn debian_base() -> PathBuf {
+    use sha2::Digest;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-base.sh");
+    let hash = hex::encode(&sha2::Sha256::digest(std::fs::read(&script).unwrap())[..6]);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let out = dir.join(format!("debian-base-{hash}.tar.xz"));
+    let lock = std::fs::File::create(dir.join("debian-base.lock")).unwrap();
+    lock.lock().unwrap();
+    if !out.is_file() {
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .arg("minimal")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "make-base.sh failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    out
+}
+
+/// The fixture mirror with the real Debian base in place of Ubuntu's root tarball.
+pub fn mirror_with_debian_base() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = debian_base();
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mirror-debian-{name}"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-mirror.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .env("BASE_TARBALL", &base)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make-mirror.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}

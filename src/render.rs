@@ -1,0 +1,393 @@
+//! What goes into a node's root filesystem, as text: service configs, systemd units, identity
+//! and the cloud-init seed. Pure functions of the [`Plan`]; `rootfs` writes them.
+//!
+//! Config choices follow REFERENCE.md §4–§6: autopurge on, 4lw whitelist, AdminServer off 8080,
+//! listeners on the node's IP (never localhost), `storm.local.hostname` set, no 127.0.1.1 line.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::plan::{KafkaPlan, Plan, StormPlan, ZookeeperPlan};
+use crate::recipe::KafkaMode;
+
+/// A file to place in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub path: PathBuf,
+    pub content: Vec<u8>,
+    pub mode: u32,
+    /// Owner by user name (resolved against the tree's passwd), root when None.
+    pub owner: Option<&'static str>,
+}
+
+fn file(path: &str, content: String, mode: u32) -> FileSpec {
+    FileSpec {
+        path: PathBuf::from(path),
+        content: content.into_bytes(),
+        mode,
+        owner: None,
+    }
+}
+
+/// A system user per service: (name, home/data directory, description).
+pub const SERVICE_USERS: &[(&str, &str, &str)] = &[
+    ("zookeeper", "/var/lib/zookeeper", "Apache ZooKeeper"),
+    ("kafka", "/var/lib/kafka", "Apache Kafka"),
+    ("storm", "/var/lib/storm", "Apache Storm"),
+];
+
+/// systemd units for every service (installed everywhere; roles decide which are enabled).
+pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
+    let common = "Restart=on-failure\nRestartSec=5\nSuccessExitStatus=143\nLimitNOFILE=100000\nTimeoutStopSec=180\n\
+                  NoNewPrivileges=true\nProtectSystem=full\nProtectHome=true\nPrivateTmp=true\n";
+    let mut out = vec![file(
+        "etc/systemd/system/zookeeper.service",
+        format!(
+            "[Unit]\nDescription=Apache ZooKeeper\nDocumentation=https://zookeeper.apache.org/doc/current/zookeeperAdmin.html\n\
+             Wants=network-online.target\nAfter=network-online.target\n\n\
+             [Service]\nType=simple\nUser=zookeeper\nGroup=zookeeper\nEnvironmentFile=/etc/default/zookeeper\n\
+             ExecStart=/opt/zookeeper/bin/zkServer.sh start-foreground\n{common}\n\
+             [Install]\nWantedBy=multi-user.target\n"
+        ),
+        0o644,
+    )];
+    let (kafka_after, format_unit) = match kafka_mode {
+        KafkaMode::Kraft => (
+            "Wants=network-online.target\nAfter=network-online.target kafka-format.service\nRequires=kafka-format.service\n",
+            true,
+        ),
+        // The ZooKeeper quorum is remote: order after the local member, but do not require it.
+        KafkaMode::Zookeeper => (
+            "Wants=network-online.target zookeeper.service\nAfter=network-online.target zookeeper.service\n",
+            false,
+        ),
+    };
+    out.push(file(
+        "etc/systemd/system/kafka.service",
+        format!(
+            "[Unit]\nDescription=Apache Kafka broker\nDocumentation=https://kafka.apache.org/documentation/\n{kafka_after}\n\
+             [Service]\nType=simple\nUser=kafka\nGroup=kafka\nEnvironmentFile=/etc/default/kafka\n\
+             ExecStart=/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties\n{common}\n\
+             [Install]\nWantedBy=multi-user.target\n"
+        ),
+        0o644,
+    ));
+    if format_unit {
+        // First boot only: format the KRaft log dir with the cluster id baked into the image.
+        out.push(file(
+            "etc/systemd/system/kafka-format.service",
+            "[Unit]\nDescription=Format Kafka KRaft storage (first boot)\nBefore=kafka.service\n\
+             ConditionPathExists=!/var/lib/kafka/data/meta.properties\n\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\nUser=kafka\nGroup=kafka\nEnvironmentFile=/etc/default/kafka\n\
+             ExecStart=/opt/kafka/bin/kafka-storage.sh format --cluster-id ${KAFKA_CLUSTER_ID} --config /etc/kafka/server.properties --ignore-formatted\n\n\
+             [Install]\nWantedBy=multi-user.target\n"
+                .to_string(),
+            0o644,
+        ));
+    }
+    for (daemon, what) in [
+        ("nimbus", "Apache Storm Nimbus"),
+        ("supervisor", "Apache Storm Supervisor"),
+        ("ui", "Apache Storm UI"),
+        ("logviewer", "Apache Storm log viewer"),
+    ] {
+        // The supervisor forks worker JVMs: the default KillMode=control-group stops them with it.
+        out.push(file(
+            &format!("etc/systemd/system/storm-{daemon}.service"),
+            format!(
+                "[Unit]\nDescription={what}\nDocumentation=https://storm.apache.org/releases/current/Setting-up-a-Storm-cluster.html\n\
+                 Wants=network-online.target\nAfter=network-online.target zookeeper.service\n\n\
+                 [Service]\nType=simple\nUser=storm\nGroup=storm\nEnvironmentFile=/etc/default/storm\n\
+                 ExecStart=/opt/storm/bin/storm {daemon}\n{common}\n\
+                 [Install]\nWantedBy=multi-user.target\n"
+            ),
+            0o644,
+        ));
+    }
+    out
+}
+
+/// `sysusers.d` entries and `tmpfiles.d` lines for the service users and their directories.
+pub fn sysusers_and_tmpfiles() -> Vec<FileSpec> {
+    let mut sysusers = String::from("# Service users of the imgbuild cluster image.\n");
+    let mut tmpfiles =
+        String::from("# Data and log directories of the imgbuild cluster services.\n");
+    for (name, home, desc) in SERVICE_USERS {
+        let _ = writeln!(sysusers, "u {name} - \"{desc}\" {home} /usr/sbin/nologin");
+        let _ = writeln!(tmpfiles, "d {home} 0750 {name} {name} -");
+        let _ = writeln!(tmpfiles, "d /var/log/{name} 0750 {name} {name} -");
+    }
+    tmpfiles.push_str("d /var/lib/kafka/data 0750 kafka kafka -\n");
+    vec![
+        file("usr/lib/sysusers.d/imgbuild.conf", sysusers, 0o644),
+        file("usr/lib/tmpfiles.d/imgbuild.conf", tmpfiles, 0o644),
+    ]
+}
+
+/// The files that make this node itself: identity, service configs, seed.
+pub fn node_files(p: &Plan) -> Vec<FileSpec> {
+    let mut out = vec![
+        file("etc/hostname", format!("{}\n", p.node.hostname), 0o644),
+        file("etc/hosts", hosts(p), 0o644),
+        // Empty: systemd generates a unique id on first boot (every node a distinct machine).
+        file("etc/machine-id", String::new(), 0o444),
+        file(
+            "etc/cloud/cloud.cfg.d/90_imgbuild_datasource.cfg",
+            "# Written by imgbuild: the seed is embedded in the image; look nowhere else.\ndatasource_list: [ NoCloud, None ]\n"
+                .to_string(),
+            0o644,
+        ),
+    ];
+    let java_env = "JAVA_HOME=/opt/java\n";
+    if let Some(z) = &p.zookeeper {
+        out.push(file("etc/zookeeper/zoo.cfg", zoo_cfg(z), 0o644));
+        out.push(file(
+            "etc/default/zookeeper",
+            format!(
+                "# Environment of zookeeper.service (written by imgbuild)\n{java_env}ZOOCFGDIR=/etc/zookeeper\nZOO_LOG_DIR=/var/log/zookeeper\nZK_SERVER_HEAP={}\n",
+                z.heap_mb
+            ),
+            0o644,
+        ));
+        if let Some(id) = z.myid {
+            let mut f = file("var/lib/zookeeper/myid", format!("{id}\n"), 0o644);
+            f.owner = Some("zookeeper");
+            out.push(f);
+        }
+    }
+    if let Some(k) = &p.kafka {
+        out.push(file(
+            "etc/kafka/server.properties",
+            server_properties(k),
+            0o644,
+        ));
+        let mut env = format!(
+            "# Environment of kafka.service (written by imgbuild)\n{java_env}KAFKA_HEAP_OPTS=-Xms{h}m -Xmx{h}m\nLOG_DIR=/var/log/kafka\n",
+            h = k.heap_mb
+        );
+        if let Some(id) = &k.cluster_id {
+            out.push(file("etc/kafka/cluster.id", format!("{id}\n"), 0o644));
+            let _ = writeln!(env, "KAFKA_CLUSTER_ID={id}");
+        }
+        out.push(file("etc/default/kafka", env, 0o644));
+    }
+    if let Some(s) = &p.storm {
+        out.push(file("etc/storm/storm.yaml", storm_yaml(s), 0o644));
+        out.push(file(
+            "etc/default/storm",
+            format!(
+                "# Environment of the storm-* services (written by imgbuild)\n{java_env}STORM_CONF_DIR=/etc/storm\n\
+                 PATH=/opt/python/bin:/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            ),
+            0o644,
+        ));
+    }
+    for (name, content) in seed(p) {
+        out.push(file(
+            &format!("var/lib/cloud/seed/nocloud/{name}"),
+            content,
+            0o600,
+        ));
+    }
+    out
+}
+
+/// `/etc/hosts`: loopback for localhost only, every node under its real address.
+pub fn hosts(p: &Plan) -> String {
+    let mut s = String::from(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n\n# cluster nodes (imgbuild)\n",
+    );
+    for h in &p.hosts {
+        let _ = writeln!(s, "{} {}", h.ip, h.names.join(" "));
+    }
+    s
+}
+
+pub fn zoo_cfg(z: &ZookeeperPlan) -> String {
+    let mut s = format!(
+        "# Written by imgbuild from the recipe; identical on every node.\n\
+         tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir=/var/lib/zookeeper\nclientPort={}\n\
+         autopurge.snapRetainCount=3\nautopurge.purgeInterval=24\n\
+         4lw.commands.whitelist=srvr,ruok,mntr,stat,conf,isro\n\
+         admin.serverPort={}\n",
+        z.client_port, z.admin_port
+    );
+    for srv in &z.servers {
+        let _ = writeln!(s, "{srv}");
+    }
+    s
+}
+
+pub fn server_properties(k: &KafkaPlan) -> String {
+    let mut s = String::from("# Written by imgbuild from the recipe.\n");
+    match k.mode {
+        KafkaMode::Kraft => {
+            let _ = writeln!(
+                s,
+                "process.roles={}",
+                k.process_roles.as_deref().unwrap_or("broker")
+            );
+            let _ = writeln!(s, "node.id={}", k.node_id.unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "controller.quorum.voters={}",
+                k.controller_quorum_voters.as_deref().unwrap_or("")
+            );
+            s.push_str("controller.listener.names=CONTROLLER\n");
+            s.push_str("listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n");
+        }
+        KafkaMode::Zookeeper => {
+            let _ = writeln!(s, "broker.id={}", k.broker_id.unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "zookeeper.connect={}",
+                k.zookeeper_connect.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let _ = writeln!(s, "listeners={}", k.listeners);
+    // The controller listener is not advertised to clients in KRaft (Kafka rejects it there).
+    let advertised: Vec<&str> = k
+        .advertised_listeners
+        .split(',')
+        .filter(|l| !l.starts_with("CONTROLLER://"))
+        .collect();
+    let _ = writeln!(s, "advertised.listeners={}", advertised.join(","));
+    s.push_str(
+        "inter.broker.listener.name=PLAINTEXT\nlog.dirs=/var/lib/kafka/data\n\
+         default.replication.factor=3\nmin.insync.replicas=2\n\
+         offsets.topic.replication.factor=3\ntransaction.state.log.replication.factor=3\ntransaction.state.log.min.isr=2\n\
+         unclean.leader.election.enable=false\n",
+    );
+    s
+}
+
+fn yaml_list<T: std::fmt::Display>(items: &[T]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+pub fn storm_yaml(s: &StormPlan) -> String {
+    format!(
+        "# Written by imgbuild from the recipe.\n\
+         storm.zookeeper.servers: {}\nstorm.zookeeper.port: {}\nstorm.zookeeper.root: \"/storm\"\n\
+         nimbus.seeds: {}\nnimbus.thrift.port: {}\n\
+         storm.local.dir: \"/var/lib/storm\"\nstorm.local.hostname: \"{}\"\nstorm.log.dir: \"/var/log/storm\"\n\
+         supervisor.slots.ports: [{}]\nsupervisor.thrift.port: {}\n\
+         ui.port: {}\nlogviewer.port: {}\n\
+         worker.heap.memory.mb: {}\n",
+        yaml_list(&s.zookeeper_servers),
+        s.zookeeper_port,
+        yaml_list(&s.nimbus_seeds),
+        s.nimbus_port,
+        s.local_hostname,
+        s.slots
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.supervisor_port,
+        s.ui_port,
+        s.logviewer_port,
+        s.heap_mb
+    )
+}
+
+/// The NoCloud seed: (file name, content) for meta-data, user-data and network-config.
+pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
+    let meta = format!(
+        "instance-id: {}-{}-{}\nlocal-hostname: {}\n",
+        p.cluster,
+        p.node.name,
+        &p.recipe_sha256[..12],
+        p.node.hostname
+    );
+    let mut user =
+        String::from("#cloud-config\n# Written by imgbuild. No passwords: SSH keys only.\n");
+    let _ = writeln!(user, "hostname: {}", p.node.hostname);
+    if let Some(f) = &p.node.fqdn {
+        let _ = writeln!(user, "fqdn: {f}");
+    }
+    // imgbuild writes /etc/hosts itself (node names → real IPs, no 127.0.1.1 line).
+    user.push_str("manage_etc_hosts: false\nlocale: C.UTF-8\nssh_pwauth: false\ndisable_root: true\nssh_genkeytypes: [ed25519]\n");
+    // An empty `users:` list is invalid cloud-config (minItems 1): with no users the key is left out.
+    if !p.users.is_empty() {
+        user.push_str("users:\n");
+        for u in &p.users {
+            let _ = writeln!(
+                user,
+                "  - name: {}\n    lock_passwd: true\n    shell: /bin/bash",
+                u.name
+            );
+            if u.sudo {
+                user.push_str("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n");
+            }
+            user.push_str("    ssh_authorized_keys:\n");
+            for k in &u.ssh_authorized_keys {
+                let _ = writeln!(
+                    user,
+                    "      - {}",
+                    serde_json::to_string(k).unwrap_or_default()
+                );
+            }
+        }
+    }
+    let n = &p.node;
+    let mut net = String::from("version: 2\nethernets:\n");
+    match &n.mac {
+        Some(mac) => {
+            let name = n.interface.clone().unwrap_or_else(|| "eth0".into());
+            let _ = writeln!(
+                net,
+                "  {name}:\n    match:\n      macaddress: \"{mac}\"\n    set-name: {name}"
+            );
+        }
+        None => {
+            let name = n.interface.clone().unwrap_or_else(|| "primary".into());
+            let pattern = n.interface.clone().unwrap_or_else(|| "e*".into());
+            let _ = writeln!(net, "  {name}:\n    match:\n      name: \"{pattern}\"");
+        }
+    }
+    let _ = writeln!(
+        net,
+        "    dhcp4: false\n    dhcp6: false\n    addresses: [{}/{}]",
+        n.ip, p.network.prefix_len
+    );
+    // `to: default` is newer netplan syntax that cloud-init 22.4 (Debian 12) rejects.
+    let _ = writeln!(
+        net,
+        "    routes:\n      - to: 0.0.0.0/0\n        via: {}",
+        p.network.gateway
+    );
+    if !p.network.dns.is_empty() || p.network.domain.is_some() {
+        net.push_str("    nameservers:\n");
+        if !p.network.dns.is_empty() {
+            let _ = writeln!(
+                net,
+                "      addresses: {}",
+                yaml_list(&p.network.dns).replace('"', "")
+            );
+        }
+        if let Some(d) = &p.network.domain {
+            let _ = writeln!(net, "      search: [{d}]");
+        }
+    }
+    vec![
+        ("meta-data", meta),
+        ("user-data", user),
+        ("network-config", net),
+    ]
+}
+
+/// Symlinks that enable this node's units: (link path, target).
+pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
+    p.units
+        .iter()
+        .map(|u| {
+            (
+                PathBuf::from("etc/systemd/system/multi-user.target.wants").join(u),
+                PathBuf::from("/etc/systemd/system").join(u),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,550 @@
+//! Composing root filesystems: the tree every node shares (base OS, components, service users,
+//! units), built once per input hash, then each node's tree on top of it, and a deterministic
+//! tarball of the result.
+//!
+//! Layout under the build directory:
+//! - `common/<hash>/rootfs`: the shared tree; `<hash>` covers every input, so a changed input
+//!   builds a new one and an unchanged one is reused ("common: cached").
+//! - `nodes/<node>/rootfs`: a hard-link copy of the shared tree plus the node's own files. Node
+//!   files are always written by unlink-and-create, never in place, so the shared inodes are
+//!   never modified.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::confined::{Follow, Root};
+use crate::extract::{self, Limits, Policy};
+use crate::fetch::Fetched;
+use crate::plan::Plan;
+use crate::recipe::BaseKind;
+use crate::render::{self, FileSpec, SERVICE_USERS};
+
+/// Log one stage line with its duration (stderr).
+pub fn stage<T>(name: &str, f: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
+    let t = Instant::now();
+    let (v, note) = f()?;
+    eprintln!("{name:<8} {note} ({:.1}s)", t.elapsed().as_secs_f64());
+    Ok(v)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "{what} needs root: the base OS keeps its file owners, device nodes and capabilities\n\nhint: run as root, or inside `unshare --map-root-user --mount`"
+        );
+    }
+    Ok(())
+}
+
+/// The input hash of the shared tree.
+fn common_key(plan: &Plan, fetched: &[Fetched]) -> String {
+    let mut h = Sha256::new();
+    h.update(concat!("imgbuild ", env!("CARGO_PKG_VERSION"), "\0"));
+    let kafka_mode = plan.kafka.as_ref().map(|k| k.mode);
+    h.update(format!("{kafka_mode:?}\0"));
+    for f in fetched {
+        h.update(format!("{}\0{}\0{}\0", f.name, f.version, f.record.sha256));
+    }
+    for spec in render::units(kafka_mode.unwrap_or(crate::recipe::KafkaMode::Kraft))
+        .iter()
+        .chain(&render::sysusers_and_tmpfiles())
+    {
+        h.update(spec.path.as_os_str().as_bytes());
+        h.update(&spec.content);
+    }
+    hex::encode(&h.finalize()[..10])
+}
+
+/// Build (or reuse) the shared tree for `plan`'s cluster. Returns its `rootfs` directory.
+pub fn common_tree(plan: &Plan, fetched: &[Fetched], build: &Path) -> Result<PathBuf> {
+    let key = common_key(plan, fetched);
+    let dir = build.join("common").join(&key);
+    if dir.join("complete").is_file() {
+        eprintln!("common   cached {key} (built once, shared by every node)");
+        return Ok(dir.join("rootfs"));
+    }
+    require_root("composing the base OS")?;
+    stage("common", || {
+        let staging = build
+            .join("common")
+            .join(format!("{key}.tmp-{}", std::process::id()));
+        let result = build_common(plan, fetched, &staging.join("rootfs"));
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        fs::write(staging.join("complete"), format!("{key}\n"))?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing incomplete {}", dir.display()))?;
+        }
+        fs::rename(&staging, &dir)
+            .with_context(|| format!("moving {} into place", dir.display()))?;
+        Ok((
+            dir.join("rootfs"),
+            format!(
+                "built {key}: base, {} components, users, units",
+                fetched.len().saturating_sub(1)
+            ),
+        ))
+    })
+}
+
+fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path) -> Result<()> {
+    let root = Root::open(dest)?;
+    let by_name = |n: &str| fetched.iter().find(|f| f.name == n);
+    // 1. The base OS.
+    match plan.base.kind {
+        BaseKind::Mmdebstrap => bail!(
+            "base kind `mmdebstrap` is not implemented yet: use `tarball` (an mmdebstrap-made tarball) or `ubuntu-cloud`"
+        ),
+        BaseKind::Tarball | BaseKind::UbuntuCloud => {
+            let base = by_name("base").context("the base artifact was not fetched")?;
+            let r = extract::extract(
+                extract::open_archive(&base.path)?,
+                &root,
+                &Policy::Base,
+                Limits::BASE,
+            )
+            .with_context(|| format!("extracting base {}", base.record.url))?;
+            eprintln!(
+                "common   base: {} entries, {}",
+                r.entries,
+                crate::fetch::human(r.bytes)
+            );
+            if r.dropped_acls > 0 {
+                eprintln!(
+                    "common   note: {} POSIX ACLs dropped (the build filesystem has no ACL support; systemd-tmpfiles re-applies the journal's at boot)",
+                    r.dropped_acls
+                );
+            }
+        }
+    }
+    // 2. Components at /opt/<name>-<version>, with /opt/<name> pointing at them.
+    root.mkdir_all(Path::new("opt"), 0o755, Follow::InRoot)?;
+    for f in fetched.iter().filter(|f| f.name != "base") {
+        let versioned = format!("{}-{}", f.name, f.version);
+        let into = Path::new("opt").join(&versioned);
+        let r = extract::extract(
+            extract::open_archive(&f.path)?,
+            &root,
+            &Policy::Component { into: into.clone() },
+            Limits::COMPONENT,
+        )
+        .with_context(|| format!("extracting {} {} ({})", f.name, f.version, f.record.url))?;
+        if !r.stripped.is_empty() {
+            eprintln!(
+                "common   {}: removed setuid/setgid bits from {} files",
+                f.name,
+                r.stripped.len()
+            );
+        }
+        root.remove(&Path::new("opt").join(&f.name), Follow::InRoot)?;
+        root.symlink(
+            Path::new(&versioned),
+            &Path::new("opt").join(&f.name),
+            Follow::InRoot,
+        )?;
+    }
+    // 3. Service users, present in the image itself so the first boot needs no sysusers run.
+    let ids = add_service_users(&root)?;
+    for (name, home, _) in SERVICE_USERS {
+        let (uid, gid) = ids[*name];
+        for d in [
+            home.trim_start_matches('/').to_string(),
+            format!("var/log/{name}"),
+        ] {
+            root.mkdir_all(Path::new(&d), 0o750, Follow::InRoot)?;
+            root.set_meta(Path::new(&d), uid, gid, Some(0o750), 0, Follow::InRoot)?;
+        }
+    }
+    let (kuid, kgid) = ids["kafka"];
+    root.mkdir_all(Path::new("var/lib/kafka/data"), 0o750, Follow::InRoot)?;
+    root.set_meta(
+        Path::new("var/lib/kafka/data"),
+        kuid,
+        kgid,
+        Some(0o750),
+        0,
+        Follow::InRoot,
+    )?;
+    // 4. Units (all installed; nodes enable theirs), sysusers.d and tmpfiles.d.
+    let mode = plan
+        .kafka
+        .as_ref()
+        .map(|k| k.mode)
+        .unwrap_or(crate::recipe::KafkaMode::Kraft);
+    for spec in render::units(mode)
+        .into_iter()
+        .chain(render::sysusers_and_tmpfiles())
+    {
+        write_spec(&root, &spec, &ids)?;
+    }
+    // 5. No identity in the shared tree: every machine gets its own id and SSH host keys at first boot.
+    root.remove(Path::new("var/lib/dbus/machine-id"), Follow::InRoot)?;
+    if let Ok(entries) = fs::read_dir(dest.join("etc/ssh")) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("ssh_host_") {
+                root.remove(&Path::new("etc/ssh").join(&name), Follow::InRoot)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Add the service users and groups to passwd/group/shadow/gshadow, keeping existing entries.
+/// Ids are allocated downwards from 999 like systemd-sysusers, so the same base gives the same ids.
+fn add_service_users(root: &Root) -> Result<BTreeMap<String, (u32, u32)>> {
+    let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap_or_default();
+    let (mut passwd, mut group, mut shadow, mut gshadow) = (
+        read("etc/passwd"),
+        read("etc/group"),
+        read("etc/shadow"),
+        read("etc/gshadow"),
+    );
+    let ids_in = |text: &str| -> Vec<(String, u32)> {
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                Some((f.first()?.to_string(), f.get(2)?.parse().ok()?))
+            })
+            .collect()
+    };
+    let mut out = BTreeMap::new();
+    for (name, home, desc) in SERVICE_USERS {
+        let users = ids_in(&passwd);
+        let groups = ids_in(&group);
+        if let Some((_, uid)) = users.iter().find(|(n, _)| n == name) {
+            let gid = groups.iter().find(|(n, _)| n == name).map_or(*uid, |g| g.1);
+            out.insert(name.to_string(), (*uid, gid));
+            continue;
+        }
+        let taken = |id: u32| users.iter().any(|u| u.1 == id) || groups.iter().any(|g| g.1 == id);
+        let id = (100..1000)
+            .rev()
+            .find(|id| !taken(*id))
+            .context("no free system user id below 1000")?;
+        for (text, line) in [
+            (
+                &mut passwd,
+                format!("{name}:x:{id}:{id}:{desc}:{home}:/usr/sbin/nologin"),
+            ),
+            (&mut group, format!("{name}:x:{id}:")),
+            (&mut shadow, format!("{name}:!*:::::::")),
+            (&mut gshadow, format!("{name}:!::")),
+        ] {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        out.insert(name.to_string(), (id, id));
+    }
+    root.mkdir_all(Path::new("etc"), 0o755, Follow::InRoot)?;
+    for (p, text, mode) in [
+        ("etc/passwd", &passwd, 0o644),
+        ("etc/group", &group, 0o644),
+        ("etc/shadow", &shadow, 0o640),
+        ("etc/gshadow", &gshadow, 0o640),
+    ] {
+        // Keep the base's owner (shadow is root:shadow on Debian/Ubuntu).
+        let meta = fs::symlink_metadata(root.path().join(p)).ok();
+        root.write_file(Path::new(p), text.as_bytes(), mode, Follow::InRoot)?;
+        if let Some(m) = meta {
+            root.set_meta(
+                Path::new(p),
+                m.uid(),
+                m.gid(),
+                Some(m.mode() & 0o7777),
+                m.mtime(),
+                Follow::InRoot,
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+fn write_spec(root: &Root, spec: &FileSpec, ids: &BTreeMap<String, (u32, u32)>) -> Result<()> {
+    if let Some(parent) = spec.path.parent() {
+        root.mkdir_all(parent, 0o755, Follow::InRoot)?;
+    }
+    root.write_file(&spec.path, &spec.content, spec.mode, Follow::InRoot)?;
+    if let Some(owner) = spec.owner {
+        let (uid, gid) = ids
+            .get(owner)
+            .copied()
+            .with_context(|| format!("no user {owner}"))?;
+        root.set_meta(&spec.path, uid, gid, Some(spec.mode), 0, Follow::InRoot)?;
+    }
+    Ok(())
+}
+
+fn service_ids(tree: &Path) -> BTreeMap<String, (u32, u32)> {
+    let passwd = fs::read_to_string(tree.join("etc/passwd")).unwrap_or_default();
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((
+                f.first()?.to_string(),
+                (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?),
+            ))
+        })
+        .collect()
+}
+
+/// Build the node's tree from the shared one. Returns its `rootfs` directory.
+pub fn node_tree(
+    plan: &Plan,
+    common: &Path,
+    build: &Path,
+    overlays: &[PathBuf],
+) -> Result<PathBuf> {
+    let name = &plan.node.name;
+    stage("node", || {
+        let dir = build.join("nodes").join(name);
+        let staging = build
+            .join("nodes")
+            .join(format!("{name}.tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging)?;
+        let result = (|| {
+            // A hard-link copy: cheap, and safe because node files never modify shared inodes in place.
+            crate::run::Cmd::new("cp")
+                .args(["-a", "-l", "--"])
+                .arg(common)
+                .arg(staging.join("rootfs"))
+                .run()?;
+            let root = Root::open(&staging.join("rootfs"))?;
+            let ids = service_ids(root.path());
+            for spec in render::node_files(plan) {
+                write_spec(&root, &spec, &ids)?;
+            }
+            for (link, target) in render::enablement(plan) {
+                root.mkdir_all(
+                    link.parent().unwrap_or(Path::new("")),
+                    0o755,
+                    Follow::InRoot,
+                )?;
+                root.remove(&link, Follow::InRoot)?;
+                root.symlink(&target, &link, Follow::InRoot)?;
+            }
+            let mut applied = 0;
+            for dir in overlays {
+                applied += apply_overlay(&root, dir)?;
+            }
+            Ok::<_, anyhow::Error>(applied)
+        })();
+        let applied = match result {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing old {}", dir.display()))?;
+        }
+        fs::rename(&staging, &dir)?;
+        Ok((
+            dir.join("rootfs"),
+            format!(
+                "{name}: identity, configs, {} units enabled, {applied} overlay files",
+                plan.units.len()
+            ),
+        ))
+    })
+}
+
+/// Copy an overlay directory over the tree (files replace, directories merge). Returns files applied.
+fn apply_overlay(root: &Root, dir: &Path) -> Result<usize> {
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(dir.join(&rel))
+            .with_context(|| format!("reading overlay {}", dir.join(&rel).display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            if name == ".gitkeep" || name == "README.md" && rel.as_os_str().is_empty() {
+                continue;
+            }
+            let r = rel.join(&name);
+            let src = dir.join(&r);
+            let m = fs::symlink_metadata(&src)?;
+            if m.file_type().is_symlink() {
+                root.remove(&r, Follow::InRoot)?;
+                root.symlink(&fs::read_link(&src)?, &r, Follow::InRoot)?;
+            } else if m.is_dir() {
+                root.mkdir_all(&r, m.mode() & 0o7777, Follow::InRoot)?;
+                stack.push(r);
+            } else if m.is_file() {
+                let bytes = fs::read(&src)
+                    .with_context(|| format!("reading overlay file {}", src.display()))?;
+                root.write_file(&r, &bytes, m.mode() & 0o777, Follow::InRoot)?;
+            } else {
+                bail!(
+                    "overlay {}: only files, directories and symlinks are allowed",
+                    src.display()
+                );
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Write `tree` as a deterministic tar: sorted entries, numeric owners, every mtime `mtime`,
+/// hard links kept, xattrs in PAX headers. Written to a temporary name and renamed.
+pub fn write_tar(tree: &Path, out: &Path, mtime: u64) -> Result<u64> {
+    let parent = out.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("rootfs.tar"),
+        std::process::id()
+    ));
+    let result = (|| -> Result<u64> {
+        let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        b.mode(tar::HeaderMode::Deterministic);
+        let mut paths = Vec::new();
+        collect(tree, Path::new(""), &mut paths)?;
+        paths.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+        let mut seen: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+        for rel in &paths {
+            let full = tree.join(rel);
+            let m = fs::symlink_metadata(&full)?;
+            let mut h = tar::Header::new_gnu();
+            h.set_mtime(mtime);
+            h.set_uid(u64::from(m.uid()));
+            h.set_gid(u64::from(m.gid()));
+            h.set_mode(m.mode() & 0o7777);
+            let xattrs = xattrs(&full);
+            if !xattrs.is_empty() {
+                b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+            }
+            let ft = m.file_type();
+            let name = if ft.is_dir() {
+                rel.join("")
+            } else {
+                rel.clone()
+            };
+            if ft.is_file() && m.nlink() > 1 {
+                if let Some(first) = seen.get(&(m.dev(), m.ino())) {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, &name, first)?;
+                    continue;
+                }
+                seen.insert((m.dev(), m.ino()), rel.clone());
+            }
+            if ft.is_dir() {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, &name, std::io::empty())?;
+            } else if ft.is_file() {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(m.len());
+                b.append_data(&mut h, &name, fs::File::open(&full)?)?;
+            } else if ft.is_symlink() {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, &name, fs::read_link(&full)?)?;
+            } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+                h.set_entry_type(if ft.is_char_device() {
+                    tar::EntryType::Char
+                } else if ft.is_block_device() {
+                    tar::EntryType::Block
+                } else {
+                    tar::EntryType::Fifo
+                });
+                h.set_size(0);
+                let rdev = m.rdev();
+                h.set_device_major(libc::major(rdev))?;
+                h.set_device_minor(libc::minor(rdev))?;
+                b.append_data(&mut h, &name, std::io::empty())?;
+            }
+        }
+        let mut w = b.into_inner()?;
+        w.flush()?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(paths.len() as u64)
+    })();
+    match result {
+        Ok(n) => {
+            fs::rename(&tmp, out)
+                .with_context(|| format!("moving {} into place", out.display()))?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e.context(format!("writing {}", out.display())))
+        }
+    }
+}
+
+fn collect(tree: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in fs::read_dir(tree.join(rel))
+        .with_context(|| format!("reading {}", tree.join(rel).display()))?
+    {
+        let e = e?;
+        let r = rel.join(e.file_name());
+        let is_dir = e.file_type()?.is_dir();
+        out.push(r.clone());
+        if is_dir {
+            collect(tree, &r, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Extended attributes of a path (not following symlinks), as PAX `SCHILY.xattr.*` pairs.
+fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return Vec::new();
+    };
+    let mut names = vec![0u8; 4096];
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+    {
+        let Ok(cn) = CString::new(name) else { continue };
+        let mut val = vec![0u8; 65536];
+        let len =
+            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
+        if len >= 0 {
+            val.truncate(len as usize);
+            out.push((
+                format!("SCHILY.xattr.{}", String::from_utf8_lossy(name)),
+                val,
+            ));
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,91 @@
+//! The one way imgbuild runs external tools: the command line is logged in a form that can be
+//! pasted into a shell, stdin is null, and a failure names the command, its exit status and the
+//! tail of its stderr.
+
+use std::ffi::{OsStr, OsString};
+use std::process::{Command, Stdio};
+
+use anyhow::{Result, bail};
+
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+}
+
+/// Quote a word for a POSIX shell when it needs it.
+fn shell_quote(s: &OsStr) -> String {
+    let s = s.to_string_lossy();
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Cmd {
+        Cmd {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+        }
+    }
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Cmd {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, a: I) -> Cmd {
+        self.args
+            .extend(a.into_iter().map(|s| s.as_ref().to_owned()));
+        self
+    }
+    /// The command as a shell line.
+    pub fn line(&self) -> String {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    /// Run to completion; Ok(stdout) on success.
+    pub fn run(self) -> Result<Vec<u8>> {
+        let line = self.line();
+        if std::env::var_os("IMGBUILD_VERBOSE").is_some() {
+            eprintln!("+ {line}");
+        }
+        let out = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("running `{line}`: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!("`{line}` failed ({}):\n{}", out.status, tail.join("\n"));
+        }
+        Ok(out.stdout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_failure() {
+        let c = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]);
+        assert_eq!(c.line(), "sh -c 'echo oops >&2; exit 3'");
+        let e = c.run().unwrap_err().to_string();
+        assert!(e.contains("exit status: 3") && e.contains("oops"), "{e}");
+        assert_eq!(Cmd::new("echo").arg("hi").run().unwrap(), b"hi\n");
+    }
+}

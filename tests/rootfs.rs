@@ -1,0 +1,294 @@
+//! `imgbuild rootfs NODE` from the fixture mirror with a real Debian base: the node's tree is
+//! wired for its IP and roles, its units verify with systemd-analyze, its seed with cloud-init,
+//! and the shared part is built once for all nodes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::server::Server;
+
+struct Env {
+    server: Server,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+enum Node {
+    File { data: Vec<u8>, uid: u64, mode: u32 },
+    Dir,
+    Link(PathBuf),
+    Other,
+}
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMvHBXpnCsuSN1Y5ZUeRz6G1Uxyd5Yx2Qz8CAKeNHmlo ops@test";
+
+impl Env {
+    /// The fixture recipe, with node2 given fewer roles and one SSH user.
+    fn new() -> Env {
+        let mirror = common::mirror_with_debian_base();
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(mirror.join("recipe.yaml"))
+            .unwrap()
+            .replace(
+                "  node2:\n    ip: 192.168.200.152\n",
+                "  node2:\n    ip: 192.168.200.152\n    roles: [zookeeper, kafka, storm-supervisor]\n",
+            )
+            .replace("users: []\n", &format!("users:\n  - name: ops\n    sudo: true\n    ssh_authorized_keys: [\"{KEY}\"]\n"));
+        assert!(
+            text.contains("storm-supervisor]") && text.contains("name: ops"),
+            "recipe edits applied"
+        );
+        std::fs::write(dir.path().join("recipe.yaml"), text).unwrap();
+        Env {
+            server: Server::start(mirror),
+            dir,
+        }
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("imgbuild"));
+        c.current_dir(self.dir.path());
+        c.args([
+            "-r",
+            "recipe.yaml",
+            "--cache-dir",
+            "cache",
+            "--build-dir",
+            "build",
+        ]);
+        c.arg("--mirror")
+            .arg(format!("https://={}", self.server.url()));
+        c.args(args)
+            .env("NO_PROXY", "*")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("HTTP_PROXY");
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "imgbuild {args:?} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+    fn tree(&self, node: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("build/nodes")
+            .join(node)
+            .join("rootfs")
+    }
+}
+
+fn read_tar(path: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut ar = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let mut out = BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().components().collect::<PathBuf>();
+        let h = e.header().clone();
+        let node = match h.entry_type() {
+            tar::EntryType::Regular => {
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+                Node::File {
+                    data,
+                    uid: h.uid().unwrap(),
+                    mode: h.mode().unwrap(),
+                }
+            }
+            tar::EntryType::Directory => Node::Dir,
+            tar::EntryType::Symlink => Node::Link(e.link_name().unwrap().unwrap().into_owned()),
+            _ => Node::Other,
+        };
+        out.insert(p, node);
+    }
+    out
+}
+
+fn text(t: &BTreeMap<PathBuf, Node>, p: &str) -> String {
+    match t.get(Path::new(p)) {
+        Some(Node::File { data, .. }) => String::from_utf8(data.clone()).unwrap(),
+        other => panic!("{p}: expected a file, found {other:?}"),
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn node2_rootfs_is_wired_for_its_ip_and_roles() {
+    let env = Env::new();
+    env.run(&["rootfs", "node2"]);
+    let t = read_tar(&env.dir.path().join("images/node2/rootfs.tar"));
+    assert!(
+        matches!(t.get(Path::new("opt/zookeeper")), Some(Node::Link(l)) if l == Path::new("zookeeper-3.9.5"))
+    );
+    assert!(matches!(
+        t.get(Path::new("opt/zookeeper-3.9.5/bin/zkServer.sh")),
+        Some(Node::File { .. })
+    ));
+    assert_eq!(text(&t, "var/lib/zookeeper/myid"), "2\n");
+    let props = text(&t, "etc/kafka/server.properties");
+    assert!(props.contains("\nnode.id=2\n"), "{props}");
+    assert!(
+        props.contains(
+            "\nlisteners=PLAINTEXT://192.168.200.152:9092,CONTROLLER://192.168.200.152:9093\n"
+        ),
+        "{props}"
+    );
+    assert!(props.contains("\ncontroller.quorum.voters=1@192.168.200.151:9093,2@192.168.200.152:9093,3@192.168.200.153:9093\n"));
+    assert!(text(&t, "etc/storm/storm.yaml").contains("storm.local.hostname: \"192.168.200.152\""));
+    assert_eq!(text(&t, "etc/hostname"), "node2\n");
+    let hosts = text(&t, "etc/hosts");
+    assert!(
+        hosts.contains("192.168.200.152 node2\n") && !hosts.contains("127.0.1.1"),
+        "{hosts}"
+    );
+    assert_eq!(text(&t, "etc/machine-id"), "");
+    assert!(
+        !t.keys()
+            .any(|p| p.starts_with("etc/ssh") && p.to_string_lossy().contains("ssh_host_")),
+        "no SSH host keys"
+    );
+    // Units for node2's roles are enabled, the others installed but not enabled.
+    let wants = Path::new("etc/systemd/system/multi-user.target.wants");
+    for unit in ["zookeeper", "kafka-format", "kafka", "storm-supervisor"] {
+        assert!(
+            t.contains_key(&wants.join(format!("{unit}.service"))),
+            "{unit} not enabled"
+        );
+    }
+    for unit in ["storm-nimbus", "storm-ui", "storm-logviewer"] {
+        assert!(
+            !t.contains_key(&wants.join(format!("{unit}.service"))),
+            "{unit} enabled but node2 lacks the role"
+        );
+        assert!(t.contains_key(&Path::new("etc/systemd/system").join(format!("{unit}.service"))));
+    }
+    // Service users exist on first boot, and own their data.
+    let passwd = text(&t, "etc/passwd");
+    let zk_uid: u64 = passwd
+        .lines()
+        .find(|l| l.starts_with("zookeeper:"))
+        .unwrap()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        matches!(t.get(Path::new("var/lib/zookeeper/myid")), Some(Node::File { uid, .. }) if *uid == zk_uid)
+    );
+    assert!(
+        passwd.starts_with("root:x:0:0:"),
+        "the base's own users are kept"
+    );
+    let shadow = text(&t, "etc/shadow");
+    assert!(
+        shadow.lines().all(|l| {
+            let pw = l.split(':').nth(1).unwrap_or("");
+            pw.starts_with('!') || pw.starts_with('*')
+        }),
+        "no passwords:\n{shadow}"
+    );
+    // The seed is embedded, with the static IP and the SSH key, and cloud-init looks only there.
+    let net = text(&t, "var/lib/cloud/seed/nocloud/network-config");
+    assert!(net.contains("addresses: [192.168.200.152/24]"), "{net}");
+    assert!(text(&t, "var/lib/cloud/seed/nocloud/user-data").contains(KEY));
+    assert!(
+        text(&t, "etc/cloud/cloud.cfg.d/90_imgbuild_datasource.cfg")
+            .contains("datasource_list: [ NoCloud, None ]")
+    );
+    assert!(
+        matches!(t.get(Path::new("var/lib/cloud/seed/nocloud/user-data")), Some(Node::File { mode, .. }) if mode & 0o077 == 0)
+    );
+}
+
+#[test]
+fn units_pass_systemd_analyze_and_seed_passes_cloud_init() {
+    let env = Env::new();
+    env.run(&["rootfs", "node1"]);
+    let tree = env.tree("node1");
+    let units: Vec<PathBuf> = [
+        "zookeeper",
+        "kafka-format",
+        "kafka",
+        "storm-nimbus",
+        "storm-supervisor",
+        "storm-ui",
+        "storm-logviewer",
+    ]
+    .iter()
+    .map(|u| tree.join(format!("etc/systemd/system/{u}.service")))
+    .collect();
+    assert!(units.iter().all(|u| u.is_file()), "{units:?}");
+    let o = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", tree.display()))
+        .args(&units)
+        .output()
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(
+        o.status.success() && report.trim().is_empty(),
+        "systemd-analyze verify:\n{report}"
+    );
+    let seed = tree.join("var/lib/cloud/seed/nocloud");
+    let o = std::process::Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(seed.join("user-data"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cloud-init schema:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Valid cloud-config"));
+    let checker =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check-network-config.py");
+    let o = std::process::Command::new("/usr/bin/python3")
+        .arg(&checker)
+        .arg(seed.join("network-config"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "network-config rejected:\n{}",
+        stderr(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("192.168.200.151"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn shared_tree_is_built_once_and_output_is_deterministic() {
+    let env = Env::new();
+    let logs: Vec<String> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| stderr(&env.run(&["rootfs", n])))
+        .collect();
+    assert!(logs[0].contains("common   built"), "{}", logs[0]);
+    for l in &logs[1..] {
+        assert!(
+            l.contains("common   cached") && !l.contains("common   built"),
+            "{l}"
+        );
+    }
+    // The same inputs in a fresh build directory give the same bytes.
+    let first =
+        imgbuild::checksum::hash_file(&env.dir.path().join("images/node1/rootfs.tar")).unwrap();
+    std::fs::remove_dir_all(env.dir.path().join("build")).unwrap();
+    env.run(&["rootfs", "node1"]);
+    let second =
+        imgbuild::checksum::hash_file(&env.dir.path().join("images/node1/rootfs.tar")).unwrap();
+    assert_eq!(first.sha256, second.sha256);
+}
