@@ -321,6 +321,61 @@ impl Root {
         Ok(())
     }
 
+    /// Read a whole file inside the root (symlinks resolve inside the root, never onto the host).
+    /// `Ok(None)` when it does not exist.
+    pub fn read_file(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
+        let rel = clean_relative(rel)?;
+        match self.openat2(&rel, libc::O_RDONLY, 0, Follow::InRoot) {
+            Ok(fd) => {
+                let mut f = File::from(fd);
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut buf)
+                    .with_context(|| format!("reading {}", rel.display()))?;
+                Ok(Some(buf))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("opening {}", rel.display())),
+        }
+    }
+
+    /// Owner, group and permission bits of `rel` (not following a final symlink), if it exists.
+    pub fn stat(&self, rel: &Path) -> Result<Option<(u32, u32, u32)>> {
+        let rel = clean_relative(rel)?;
+        let fd = match self.openat2(&rel, libc::O_PATH | libc::O_NOFOLLOW, 0, Follow::InRoot) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", rel.display())),
+        };
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let empty = CString::new("").expect("no NUL");
+        check(unsafe {
+            libc::fstatat(fd.as_raw_fd(), empty.as_ptr(), &mut st, libc::AT_EMPTY_PATH)
+        })
+        .with_context(|| format!("stat {}", rel.display()))?;
+        Ok(Some((st.st_uid, st.st_gid, st.st_mode & 0o7777)))
+    }
+
+    /// Names in directory `rel` inside the root (empty when it does not exist).
+    pub fn list_dir(&self, rel: &Path) -> Result<Vec<std::ffi::OsString>> {
+        let rel = clean_relative(rel)?;
+        let fd = match self.openat2(&rel, libc::O_RDONLY | libc::O_DIRECTORY, 0, Follow::InRoot) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening directory {}", rel.display()));
+            }
+        };
+        // Read it through /proc/self/fd: the handle is already confined.
+        let proc = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let mut names: Vec<_> = std::fs::read_dir(&proc)
+            .with_context(|| format!("listing {}", rel.display()))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Set an extended attribute on `rel` without following a final symlink.
     pub fn set_xattr(&self, rel: &Path, name: &str, value: &[u8], follow: Follow) -> Result<()> {
         let rel = clean_relative(rel)?;
@@ -378,6 +433,24 @@ mod tests {
         assert!(
             root.write_file(Path::new("/etc/escape"), b"x", 0o644, Follow::InRoot)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn reads_are_confined_too() {
+        let top = tempfile::tempdir().unwrap();
+        let secret = top.path().join("host-secret");
+        std::fs::write(&secret, b"host data").unwrap();
+        let root = Root::open(&top.path().join("root")).unwrap();
+        std::fs::create_dir_all(top.path().join("root/etc")).unwrap();
+        std::os::unix::fs::symlink(&secret, top.path().join("root/etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(top.path(), top.path().join("root/etc/dir")).unwrap();
+        // The absolute link resolves inside the root, where nothing is found.
+        assert_eq!(root.read_file(Path::new("etc/passwd")).unwrap(), None);
+        assert!(root.list_dir(Path::new("etc/dir")).unwrap().is_empty());
+        assert_eq!(
+            root.stat(Path::new("etc/passwd")).unwrap().map(|s| s.0),
+            Some(0)
         );
     }
 

@@ -18,3 +18,4 @@ pub mod rootfs;
 pub mod run;
 pub mod srcmap;
 pub mod template;
+pub mod tools;

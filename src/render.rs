@@ -173,11 +173,18 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     }
     if let Some(s) = &p.storm {
         out.push(file("etc/storm/storm.yaml", storm_yaml(s), 0o644));
+        let python = if p.artifacts.iter().any(|a| a.name == "python") {
+            "/opt/python/bin/python3"
+        } else {
+            "python3"
+        };
         out.push(file(
             "etc/default/storm",
             format!(
                 "# Environment of the storm-* services (written by imgbuild)\n{java_env}STORM_CONF_DIR=/etc/storm\n\
-                 PATH=/opt/python/bin:/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+                 PATH=/opt/python/bin:/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+                 # bin/storm runs storm.py with $PYTHON; multilang bolts find python3 first on PATH.\n\
+                 PYTHON={python}\n"
             ),
             0o644,
         ));
@@ -275,7 +282,8 @@ pub fn storm_yaml(s: &StormPlan) -> String {
          storm.local.dir: \"/var/lib/storm\"\nstorm.local.hostname: \"{}\"\nstorm.log.dir: \"/var/log/storm\"\n\
          supervisor.slots.ports: [{}]\nsupervisor.thrift.port: {}\n\
          ui.port: {}\nlogviewer.port: {}\n\
-         worker.heap.memory.mb: {}\n",
+         worker.heap.memory.mb: {h}\n\
+         nimbus.childopts: \"-Xmx{h}m\"\nsupervisor.childopts: \"-Xmx{h}m\"\nui.childopts: \"-Xmx{h}m\"\nlogviewer.childopts: \"-Xmx{h}m\"\n",
         yaml_list(&s.zookeeper_servers),
         s.zookeeper_port,
         yaml_list(&s.nimbus_seeds),
@@ -289,7 +297,7 @@ pub fn storm_yaml(s: &StormPlan) -> String {
         s.supervisor_port,
         s.ui_port,
         s.logviewer_port,
-        s.heap_mb
+        h = s.heap_mb
     )
 }
 

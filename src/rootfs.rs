@@ -51,6 +51,7 @@ fn common_key(plan: &Plan, fetched: &[Fetched]) -> String {
     h.update(concat!("imgbuild ", env!("CARGO_PKG_VERSION"), "\0"));
     let kafka_mode = plan.kafka.as_ref().map(|k| k.mode);
     h.update(format!("{kafka_mode:?}\0"));
+    h.update(serde_json::to_vec(&plan.base).unwrap_or_default());
     for f in fetched {
         h.update(format!("{}\0{}\0{}\0", f.name, f.version, f.record.sha256));
     }
@@ -77,7 +78,7 @@ pub fn common_tree(plan: &Plan, fetched: &[Fetched], build: &Path) -> Result<Pat
         let staging = build
             .join("common")
             .join(format!("{key}.tmp-{}", std::process::id()));
-        let result = build_common(plan, fetched, &staging.join("rootfs"));
+        let result = build_common(plan, fetched, &staging.join("rootfs"), build);
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -93,41 +94,44 @@ pub fn common_tree(plan: &Plan, fetched: &[Fetched], build: &Path) -> Result<Pat
             dir.join("rootfs"),
             format!(
                 "built {key}: base, {} components, users, units",
-                fetched.len().saturating_sub(1)
+                fetched.iter().filter(|f| f.name != "base").count()
             ),
         ))
     })
 }
 
-fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path) -> Result<()> {
+fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path, build: &Path) -> Result<()> {
     let root = Root::open(dest)?;
     let by_name = |n: &str| fetched.iter().find(|f| f.name == n);
-    // 1. The base OS.
-    match plan.base.kind {
-        BaseKind::Mmdebstrap => bail!(
-            "base kind `mmdebstrap` is not implemented yet: use `tarball` (an mmdebstrap-made tarball) or `ubuntu-cloud`"
-        ),
-        BaseKind::Tarball | BaseKind::UbuntuCloud => {
-            let base = by_name("base").context("the base artifact was not fetched")?;
-            let r = extract::extract(
-                extract::open_archive(&base.path)?,
-                &root,
-                &Policy::Base,
-                Limits::BASE,
-            )
-            .with_context(|| format!("extracting base {}", base.record.url))?;
-            eprintln!(
-                "common   base: {} entries, {}",
-                r.entries,
-                crate::fetch::human(r.bytes)
-            );
-            if r.dropped_acls > 0 {
-                eprintln!(
-                    "common   note: {} POSIX ACLs dropped (the build filesystem has no ACL support; systemd-tmpfiles re-applies the journal's at boot)",
-                    r.dropped_acls
-                );
-            }
+    // 1. The base OS: built with mmdebstrap, or the verified tarball.
+    let (tarball, what) = match plan.base.kind {
+        BaseKind::Mmdebstrap => {
+            let t = mmdebstrap_base(plan, build)?;
+            let what = t.display().to_string();
+            (t, what)
         }
+        _ => {
+            let base = by_name("base").context("the base artifact was not fetched")?;
+            (base.path.clone(), base.record.url.clone())
+        }
+    };
+    let r = extract::extract(
+        extract::open_archive(&tarball)?,
+        &root,
+        &Policy::Base,
+        Limits::BASE,
+    )
+    .with_context(|| format!("extracting base {what}"))?;
+    eprintln!(
+        "common   base: {} entries, {}",
+        r.entries,
+        crate::fetch::human(r.bytes)
+    );
+    if r.dropped_acls > 0 {
+        eprintln!(
+            "common   note: {} POSIX ACLs dropped (the build filesystem has no ACL support; systemd-tmpfiles re-applies the journal's at boot)",
+            r.dropped_acls
+        );
     }
     // 2. Components at /opt/<name>-<version>, with /opt/<name> pointing at them.
     root.mkdir_all(Path::new("opt"), 0o755, Follow::InRoot)?;
@@ -191,26 +195,96 @@ fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path) -> Result<()> {
     }
     // 5. No identity in the shared tree: every machine gets its own id and SSH host keys at first boot.
     root.remove(Path::new("var/lib/dbus/machine-id"), Follow::InRoot)?;
-    if let Ok(entries) = fs::read_dir(dest.join("etc/ssh")) {
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with("ssh_host_") {
-                root.remove(&Path::new("etc/ssh").join(&name), Follow::InRoot)?;
-            }
+    for name in root.list_dir(Path::new("etc/ssh"))? {
+        if name.to_string_lossy().starts_with("ssh_host_") {
+            root.remove(&Path::new("etc/ssh").join(&name), Follow::InRoot)?;
         }
     }
     Ok(())
 }
 
+/// Build the base OS with mmdebstrap into a tarball under the build directory, keyed by its
+/// inputs (suite, mirror, components, packages, keyring): built once, reused after.
+fn mmdebstrap_base(plan: &Plan, build: &Path) -> Result<PathBuf> {
+    let b = &plan.base;
+    let key = {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(b)?);
+        h.update(BASE_HOOKS.as_bytes());
+        hex::encode(&h.finalize()[..10])
+    };
+    let out = build.join("base").join(format!("mmdebstrap-{key}.tar"));
+    if out.is_file() {
+        eprintln!("base     cached {}", out.display());
+        return Ok(out);
+    }
+    crate::tools::require(&[crate::tools::MMDEBSTRAP])?;
+    stage("base", || {
+        fs::create_dir_all(out.parent().unwrap_or(build))?;
+        let tmp = out.with_extension(format!("tmp-{}.tar", std::process::id()));
+        let suite = b
+            .suite
+            .as_deref()
+            .context("mmdebstrap base without a suite")?;
+        let mirror = b
+            .mirror
+            .as_deref()
+            .context("mmdebstrap base without a mirror")?;
+        let mut cmd = crate::run::Cmd::new("mmdebstrap")
+            .args([
+                "--mode=root",
+                "--variant=minbase",
+                "--format=tar",
+                "--quiet",
+            ])
+            .arg(format!("--components={}", b.apt_components.join(",")))
+            .args(BASE_HOOKS.lines());
+        if !b.packages.is_empty() {
+            cmd = cmd.arg(format!("--include={}", b.packages.join(",")));
+        }
+        if let Some(k) = &b.keyring {
+            cmd = cmd.arg(format!("--keyring={k}"));
+        }
+        let result = cmd.arg(suite).arg(&tmp).arg(mirror).run();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.context(format!("building the {suite} base from {mirror}")));
+        }
+        fs::rename(&tmp, &out)?;
+        Ok((
+            out.clone(),
+            format!(
+                "built {suite} from {mirror} with mmdebstrap: {}",
+                out.display()
+            ),
+        ))
+    })
+}
+
+/// mmdebstrap options every base gets: no documentation or translations (some postinsts need
+/// man1 to exist anyway), and no machine identity.
+const BASE_HOOKS: &str = "--dpkgopt=path-exclude=/usr/share/man/*
+--dpkgopt=path-exclude=/usr/share/doc/*
+--dpkgopt=path-exclude=/usr/share/locale/*
+--dpkgopt=path-include=/usr/share/locale/locale.alias
+--setup-hook=mkdir -p \"$1/usr/share/man/man1\"
+--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*";
+
 /// Add the service users and groups to passwd/group/shadow/gshadow, keeping existing entries.
 /// Ids are allocated downwards from 999 like systemd-sysusers, so the same base gives the same ids.
 fn add_service_users(root: &Root) -> Result<BTreeMap<String, (u32, u32)>> {
-    let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap_or_default();
+    // Read through the confined root: a hostile base could make etc/passwd a link to the host's shadow.
+    let read = |p: &str| -> Result<String> {
+        Ok(
+            String::from_utf8_lossy(&root.read_file(Path::new(p))?.unwrap_or_default())
+                .into_owned(),
+        )
+    };
     let (mut passwd, mut group, mut shadow, mut gshadow) = (
-        read("etc/passwd"),
-        read("etc/group"),
-        read("etc/shadow"),
-        read("etc/gshadow"),
+        read("etc/passwd")?,
+        read("etc/group")?,
+        read("etc/shadow")?,
+        read("etc/gshadow")?,
     );
     let ids_in = |text: &str| -> Vec<(String, u32)> {
         text.lines()
@@ -259,17 +333,10 @@ fn add_service_users(root: &Root) -> Result<BTreeMap<String, (u32, u32)>> {
         ("etc/gshadow", &gshadow, 0o640),
     ] {
         // Keep the base's owner (shadow is root:shadow on Debian/Ubuntu).
-        let meta = fs::symlink_metadata(root.path().join(p)).ok();
+        let meta = root.stat(Path::new(p))?;
         root.write_file(Path::new(p), text.as_bytes(), mode, Follow::InRoot)?;
-        if let Some(m) = meta {
-            root.set_meta(
-                Path::new(p),
-                m.uid(),
-                m.gid(),
-                Some(m.mode() & 0o7777),
-                m.mtime(),
-                Follow::InRoot,
-            )?;
+        if let Some((uid, gid, mode)) = meta {
+            root.set_meta(Path::new(p), uid, gid, Some(mode), 0, Follow::InRoot)?;
         }
     }
     Ok(out)
@@ -290,9 +357,11 @@ fn write_spec(root: &Root, spec: &FileSpec, ids: &BTreeMap<String, (u32, u32)>) 
     Ok(())
 }
 
-fn service_ids(tree: &Path) -> BTreeMap<String, (u32, u32)> {
-    let passwd = fs::read_to_string(tree.join("etc/passwd")).unwrap_or_default();
-    passwd
+fn service_ids(root: &Root) -> Result<BTreeMap<String, (u32, u32)>> {
+    let passwd =
+        String::from_utf8_lossy(&root.read_file(Path::new("etc/passwd"))?.unwrap_or_default())
+            .into_owned();
+    Ok(passwd
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -301,7 +370,7 @@ fn service_ids(tree: &Path) -> BTreeMap<String, (u32, u32)> {
                 (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?),
             ))
         })
-        .collect()
+        .collect())
 }
 
 /// Build the node's tree from the shared one. Returns its `rootfs` directory.
@@ -320,6 +389,7 @@ pub fn node_tree(
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(&staging)?;
         let result = (|| {
+            crate::tools::require(&[crate::tools::CP])?;
             // A hard-link copy: cheap, and safe because node files never modify shared inodes in place.
             crate::run::Cmd::new("cp")
                 .args(["-a", "-l", "--"])
@@ -327,7 +397,7 @@ pub fn node_tree(
                 .arg(staging.join("rootfs"))
                 .run()?;
             let root = Root::open(&staging.join("rootfs"))?;
-            let ids = service_ids(root.path());
+            let ids = service_ids(&root)?;
             for spec in render::node_files(plan) {
                 write_spec(&root, &spec, &ids)?;
             }

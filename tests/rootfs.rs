@@ -141,7 +141,20 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         "{props}"
     );
     assert!(props.contains("\ncontroller.quorum.voters=1@192.168.200.151:9093,2@192.168.200.152:9093,3@192.168.200.153:9093\n"));
-    assert!(text(&t, "etc/storm/storm.yaml").contains("storm.local.hostname: \"192.168.200.152\""));
+    let storm = text(&t, "etc/storm/storm.yaml");
+    assert!(
+        storm.contains("storm.local.hostname: \"192.168.200.152\""),
+        "{storm}"
+    );
+    assert!(
+        storm.contains("supervisor.childopts: \"-Xmx1024m\""),
+        "heap from the recipe:\n{storm}"
+    );
+    assert!(
+        text(&t, "etc/default/storm").contains("\nPYTHON=/opt/python/bin/python3\n"),
+        "Storm's launcher uses /opt/python"
+    );
+    assert!(text(&t, "etc/zookeeper/zoo.cfg").contains("\nadmin.serverPort=8081\n"));
     assert_eq!(text(&t, "etc/hostname"), "node2\n");
     let hosts = text(&t, "etc/hosts");
     assert!(
@@ -291,4 +304,54 @@ fn shared_tree_is_built_once_and_output_is_deterministic() {
     let second =
         imgbuild::checksum::hash_file(&env.dir.path().join("images/node1/rootfs.tar")).unwrap();
     assert_eq!(first.sha256, second.sha256);
+}
+
+/// The configured Debian mirror (the only package mirror this machine reaches).
+fn debian_mirror() -> String {
+    std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("URIs:").map(|u| u.trim().to_string()))
+        })
+        .unwrap_or_else(|| "http://deb.debian.org/debian".into())
+}
+
+#[test]
+fn mmdebstrap_base_is_built_once_and_cached() {
+    let env = Env::new();
+    let text = std::fs::read_to_string(env.dir.path().join("recipe.yaml")).unwrap();
+    let start = text.find("base:\n").unwrap();
+    let end = text.find("# Example of the mmdebstrap kind").unwrap();
+    let base = format!(
+        "base:\n  kind: mmdebstrap\n  suite: bookworm\n  mirror: {}\n  packages: [systemd, systemd-sysv]\n",
+        debian_mirror()
+    );
+    std::fs::write(
+        env.dir.path().join("recipe.yaml"),
+        format!("{}{base}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    let first = stderr(&env.run(&["rootfs", "node1"]));
+    assert!(first.contains("base     built bookworm from"), "{first}");
+    let t = read_tar(&env.dir.path().join("images/node1/rootfs.tar"));
+    assert!(
+        matches!(
+            t.get(Path::new("usr/bin/systemctl")),
+            Some(Node::File { .. })
+        ),
+        "systemd installed from the mirror"
+    );
+    assert!(text_of(&t, "usr/lib/os-release").contains("bookworm"));
+    assert_eq!(text_of(&t, "var/lib/zookeeper/myid"), "1\n");
+    // Another node reuses both the base tarball and the shared tree.
+    let second = stderr(&env.run(&["rootfs", "node2"]));
+    assert!(
+        second.contains("common   cached") && !second.contains("base     built"),
+        "{second}"
+    );
+}
+
+fn text_of(t: &BTreeMap<PathBuf, Node>, p: &str) -> String {
+    text(t, p)
 }
