@@ -1,0 +1,505 @@
+//! Artifacts of a recipe: URLs from templates and upstream defaults, digest sources, signatures.
+
+use indexmap::IndexMap;
+
+use super::{Algorithm, Artifact, Ctx, DigestSource, NodeDraft, Role, SignaturePlan};
+use crate::diag::did_you_mean;
+use crate::recipe::{self, BaseKind, OneOrMany, Signs};
+use crate::srcmap::{index, join};
+use crate::template::{self, TemplateError};
+
+/// Which components the cluster's roles need (every node carries all of them: the shared part of
+/// the image is built once; roles only decide which units are enabled).
+pub(super) fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec<Artifact>> {
+    let any = |f: &dyn Fn(Role) -> bool| nodes.iter().any(|n| n.roles.iter().any(|r| f(*r)));
+    let c = &cx.loaded.recipe.components;
+    let wanted: [(&str, Option<&recipe::Component>, bool, &str); 5] = [
+        (
+            "java",
+            c.java.as_ref(),
+            any(&|_| true),
+            "ZooKeeper, Kafka and Storm run on Java",
+        ),
+        (
+            "zookeeper",
+            c.zookeeper.as_ref(),
+            any(&|r| r == Role::Zookeeper),
+            "a node has the `zookeeper` role",
+        ),
+        (
+            "kafka",
+            c.kafka.as_ref(),
+            any(&|r| r == Role::Kafka),
+            "a node has the `kafka` role",
+        ),
+        (
+            "storm",
+            c.storm.as_ref(),
+            any(&|r| r.is_storm()),
+            "a node has a `storm-*` role",
+        ),
+        ("python", c.python.as_ref(), false, ""),
+    ];
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, comp, needed, why) in wanted {
+        match comp {
+            Some(comp) => match resolve_component(cx, name, comp) {
+                Some(a) => out.push(a),
+                None => ok = false,
+            },
+            None if needed => {
+                let d = cx.error(
+                    cx.key_at("components"),
+                    format!("missing component `{name}`: {why}"),
+                );
+                Ctx::hint(
+                    d,
+                    format!("add components.{name} (see recipes/cluster.yaml)"),
+                );
+                ok = false;
+            }
+            None => {}
+        }
+    }
+    if c.python.is_none() && any(&|r| r == Role::StormSupervisor) {
+        cx.warn(
+            cx.key_at("components"),
+            "no `python` component: Storm topologies written in Python will have no /opt/python",
+        );
+    }
+    if let Some(base) = resolve_base_artifact(cx) {
+        out.insert(0, base);
+    }
+    ok.then_some(out)
+}
+
+/// Upstream defaults for a component's URLs and digest, used when the recipe leaves them out.
+fn component_defaults(name: &str) -> (Vec<&'static str>, Option<(&'static str, Algorithm)>) {
+    match name {
+        "zookeeper" => (
+            vec![
+                "https://downloads.apache.org/zookeeper/zookeeper-{version}/apache-zookeeper-{version}-bin.tar.gz",
+                "https://archive.apache.org/dist/zookeeper/zookeeper-{version}/apache-zookeeper-{version}-bin.tar.gz",
+            ],
+            Some(("{url}.sha512", Algorithm::Sha512)),
+        ),
+        "kafka" => (
+            vec![
+                "https://downloads.apache.org/kafka/{version}/kafka_{scala}-{version}.tgz",
+                "https://archive.apache.org/dist/kafka/{version}/kafka_{scala}-{version}.tgz",
+            ],
+            Some(("{url}.sha512", Algorithm::Sha512)),
+        ),
+        "storm" => (
+            vec![
+                "https://downloads.apache.org/storm/apache-storm-{version}/apache-storm-{version}.tar.gz",
+                "https://archive.apache.org/dist/storm/apache-storm-{version}/apache-storm-{version}.tar.gz",
+            ],
+            Some(("{url}.sha512", Algorithm::Sha512)),
+        ),
+        "python" => (
+            vec![
+                "https://github.com/astral-sh/python-build-standalone/releases/download/{release}/cpython-{version}+{release}-{triple}-install_only.tar.gz",
+            ],
+            Some((
+                "https://github.com/astral-sh/python-build-standalone/releases/download/{release}/SHA256SUMS",
+                Algorithm::Sha256,
+            )),
+        ),
+        _ => (Vec::new(), None),
+    }
+}
+
+fn component_vars(
+    name: &str,
+    version: &str,
+    extra: &IndexMap<String, String>,
+) -> IndexMap<String, String> {
+    let mut vars = IndexMap::new();
+    vars.insert("version".to_string(), version.to_string());
+    match name {
+        "kafka" => {
+            vars.insert("scala".into(), "2.13".into());
+        }
+        "python" => {
+            vars.insert("triple".into(), "x86_64-unknown-linux-gnu".into());
+        }
+        _ => {}
+    }
+    for (k, v) in extra {
+        vars.insert(k.clone(), v.clone());
+    }
+    vars
+}
+
+fn resolve_component(cx: &mut Ctx, name: &str, comp: &recipe::Component) -> Option<Artifact> {
+    let path = join("components", name);
+    if comp.version.trim().is_empty() || comp.version.contains(['/', ' ']) {
+        cx.error(
+            cx.at(&join(&path, "version")),
+            format!("`{}` is not a version", comp.version),
+        );
+        return None;
+    }
+    let vars = component_vars(name, &comp.version, &comp.vars);
+    let defaults = component_defaults(name);
+    resolve_artifact(
+        cx,
+        &path,
+        name,
+        &comp.version,
+        comp.urls.as_ref(),
+        comp.digest.as_ref(),
+        comp.signature.as_ref(),
+        &vars,
+        defaults,
+    )
+}
+
+const UBUNTU_CLOUD_KEY: &str = "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81";
+
+fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
+    let b = &cx.loaded.recipe.base;
+    match b.kind {
+        BaseKind::Mmdebstrap => None,
+        BaseKind::Tarball | BaseKind::UbuntuCloud => {
+            let release = b.release.clone().unwrap_or_else(|| default_release(b.kind));
+            let mut vars = IndexMap::new();
+            vars.insert("release".to_string(), release.clone());
+            for (k, v) in &b.vars {
+                vars.insert(k.clone(), v.clone());
+            }
+            let defaults = if b.kind == BaseKind::UbuntuCloud {
+                (
+                    vec![
+                        "https://cloud-images.ubuntu.com/releases/{release}/release/ubuntu-{release}-server-cloudimg-amd64-root.tar.xz",
+                    ],
+                    Some((
+                        "https://cloud-images.ubuntu.com/releases/{release}/release/SHA256SUMS",
+                        Algorithm::Sha256,
+                    )),
+                )
+            } else {
+                (Vec::new(), None)
+            };
+            if b.kind == BaseKind::Tarball && b.urls.is_none() {
+                cx.error(
+                    cx.key_at("base"),
+                    "missing required key `urls` in `base` (kind: tarball)",
+                );
+                return None;
+            }
+            let mut art = resolve_artifact(
+                cx,
+                "base",
+                "base",
+                &release,
+                b.urls.as_ref(),
+                b.digest.as_ref(),
+                b.signature.as_ref(),
+                &vars,
+                defaults,
+            )?;
+            if b.kind == BaseKind::UbuntuCloud && b.signature.is_none() {
+                // Canonical signs SHA256SUMS with the UEC Image Automatic Signing Key.
+                if let DigestSource::ChecksumFile { urls, .. } = &art.digest {
+                    art.signature = Some(SignaturePlan {
+                        urls: urls.iter().map(|u| format!("{u}.gpg")).collect(),
+                        keys: format!(
+                            "https://keyserver.ubuntu.com/pks/lookup?op=get&search=0x{UBUNTU_CLOUD_KEY}"
+                        ),
+                        fingerprints: vec![UBUNTU_CLOUD_KEY.into()],
+                        signs: Signs::Checksums,
+                    });
+                }
+            }
+            Some(art)
+        }
+    }
+}
+
+/// Ubuntu cloud images default to 24.04 LTS; a bare tarball has no release unless the recipe names one.
+pub(super) fn default_release(kind: BaseKind) -> String {
+    match kind {
+        BaseKind::UbuntuCloud => "24.04".into(),
+        _ => "unversioned".into(),
+    }
+}
+
+/// Render one URL template at `path`, reporting a bad variable at its exact column.
+fn render_url(
+    cx: &mut Ctx,
+    path: &str,
+    template: &str,
+    vars: &IndexMap<String, String>,
+    defaulted: bool,
+) -> Option<String> {
+    let where_ = if defaulted {
+        format!("the default URL `{template}`")
+    } else {
+        "URL".to_string()
+    };
+    match template::render(template, vars) {
+        Ok(u) => {
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                let d = cx.error(cx.at(path), format!("`{u}` is not an http(s) URL"));
+                Ctx::hint(
+                    d,
+                    "URLs start with https:// (or http:// with an inline digest)",
+                );
+                return None;
+            }
+            Some(u)
+        }
+        Err(TemplateError::Unknown { name, offset }) => {
+            let pos = if defaulted {
+                cx.key_at(path)
+            } else {
+                cx.loaded.map.within(path, offset, &cx.loaded.text)
+            };
+            let mut msg = format!("unknown variable `{{{name}}}` in {where_}");
+            if let Some(m) = did_you_mean(&name, vars.keys().map(String::as_str)) {
+                msg.push_str(&format!(" (did you mean `{{{m}}}`?)"));
+            }
+            let known: Vec<String> = vars.keys().map(|k| format!("{{{k}}}")).collect();
+            let d = cx.error(pos, msg);
+            Ctx::hint(
+                d,
+                format!(
+                    "variables here: {}; add more under `vars`",
+                    known.join(", ")
+                ),
+            );
+            None
+        }
+        Err(TemplateError::Unclosed { offset }) => {
+            let pos = if defaulted {
+                cx.key_at(path)
+            } else {
+                cx.loaded.map.within(path, offset, &cx.loaded.text)
+            };
+            cx.error(pos, format!("unclosed `{{` in {where_}"));
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_artifact(
+    cx: &mut Ctx,
+    path: &str,
+    name: &str,
+    version: &str,
+    urls: Option<&OneOrMany>,
+    digest: Option<&recipe::Digest>,
+    signature: Option<&recipe::Signature>,
+    vars: &IndexMap<String, String>,
+    (default_urls, default_digest): (Vec<&str>, Option<(&str, Algorithm)>),
+) -> Option<Artifact> {
+    let urls_path = join(path, "urls");
+    let (templates, defaulted): (Vec<(String, String)>, bool) = match urls {
+        Some(u) => {
+            let list = u.to_vec();
+            let paths = (0..list.len()).map(|i| {
+                if u.is_list() {
+                    index(&urls_path, i)
+                } else {
+                    urls_path.clone()
+                }
+            });
+            (paths.zip(list).collect(), false)
+        }
+        None if !default_urls.is_empty() => (
+            default_urls
+                .iter()
+                .map(|t| (path.to_string(), t.to_string()))
+                .collect(),
+            true,
+        ),
+        None => {
+            cx.error(
+                cx.key_at(path),
+                format!("missing required key `urls` in `{path}`"),
+            );
+            return None;
+        }
+    };
+    if templates.is_empty() {
+        cx.error(
+            cx.at(&urls_path),
+            format!("`{path}.urls` is empty: give at least one URL"),
+        );
+        return None;
+    }
+    let mut rendered = Vec::new();
+    for (p, t) in &templates {
+        if t.contains("{url}") {
+            cx.error(
+                cx.at(p),
+                "`{url}` can only be used in checksum and signature URLs".to_string(),
+            );
+            continue;
+        }
+        rendered.push(render_url(cx, p, t, vars, defaulted)?);
+    }
+    if rendered.len() != templates.len() {
+        return None;
+    }
+    // Checksum and signature URLs may use `{url}`: one per artifact URL.
+    let per_url = |cx: &mut Ctx, p: &str, t: &str, is_default: bool| -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        for u in &rendered {
+            let mut v = vars.clone();
+            v.insert("url".into(), u.clone());
+            out.push(render_url(cx, p, t, &v, is_default)?);
+        }
+        Some(out)
+    };
+    let digest_path = join(path, "digest");
+    let digest = match digest {
+        Some(d) => {
+            let set: Vec<(&str, &String)> = [
+                ("sha256", d.sha256.as_ref()),
+                ("sha512", d.sha512.as_ref()),
+                ("sha256_url", d.sha256_url.as_ref()),
+                ("sha512_url", d.sha512_url.as_ref()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            let [(key, value)] = set[..] else {
+                let d = cx.error(
+                    cx.at(&digest_path),
+                    format!("`{path}.digest` needs exactly one of sha256, sha512, sha256_url, sha512_url (found {})", set.len()),
+                );
+                Ctx::hint(
+                    d,
+                    "an inline digest pins the content; a *_url names the publisher's checksum file",
+                );
+                return None;
+            };
+            let key_path = join(&digest_path, key);
+            match key {
+                "sha256" | "sha512" => {
+                    let (algorithm, len) = if key == "sha256" {
+                        (Algorithm::Sha256, 64)
+                    } else {
+                        (Algorithm::Sha512, 128)
+                    };
+                    let v: String = value
+                        .chars()
+                        .filter(|c| !c.is_whitespace())
+                        .collect::<String>()
+                        .to_ascii_lowercase();
+                    if v.len() != len || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        cx.error(
+                            cx.at(&key_path),
+                            format!("{key} digest must be {len} hex characters, got {}", v.len()),
+                        );
+                        return None;
+                    }
+                    DigestSource::Inline {
+                        algorithm,
+                        value: v,
+                    }
+                }
+                _ => {
+                    let algorithm = if key == "sha256_url" {
+                        Algorithm::Sha256
+                    } else {
+                        Algorithm::Sha512
+                    };
+                    DigestSource::ChecksumFile {
+                        algorithm,
+                        urls: per_url(cx, &key_path, value, false)?,
+                    }
+                }
+            }
+        }
+        None => match default_digest {
+            Some((t, algorithm)) => DigestSource::ChecksumFile {
+                algorithm,
+                urls: per_url(cx, path, t, true)?,
+            },
+            None => {
+                cx.error(
+                    cx.key_at(path),
+                    format!("missing required key `digest` in `{path}`"),
+                );
+                return None;
+            }
+        },
+    };
+    let signature = match signature {
+        None => None,
+        Some(s) => {
+            let sig_path = join(path, "signature");
+            let urls = per_url(cx, &join(&sig_path, "url"), &s.url, false)?;
+            let keys = render_url(cx, &join(&sig_path, "keys"), &s.keys, vars, false)?;
+            let mut fingerprints = Vec::new();
+            for (i, f) in s.fingerprints.iter().enumerate() {
+                let v: String = f
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect::<String>()
+                    .to_ascii_uppercase();
+                if !(v.len() == 40 || v.len() == 64) || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    let d = cx.error(
+                        cx.at(&index(&join(&sig_path, "fingerprints"), i)),
+                        format!("`{f}` is not an OpenPGP fingerprint (40 or 64 hex characters)"),
+                    );
+                    Ctx::hint(d, "pin full fingerprints, never short key ids");
+                    return None;
+                }
+                fingerprints.push(v);
+            }
+            if fingerprints.is_empty() {
+                let d = cx.error(
+                    cx.at(&join(&sig_path, "fingerprints")),
+                    "a signature needs at least one pinned fingerprint",
+                );
+                Ctx::hint(
+                    d,
+                    "without a pinned key, anyone who can change the KEYS file can sign",
+                );
+                return None;
+            }
+            Some(SignaturePlan {
+                urls,
+                keys,
+                fingerprints,
+                signs: s.signs.unwrap_or(Signs::Artifact),
+            })
+        }
+    };
+    // Plain http is only safe when nothing downloaded over it decides what is trusted.
+    let digest_pinned = matches!(digest, DigestSource::Inline { .. })
+        || signature
+            .as_ref()
+            .is_some_and(|s| s.signs == Signs::Checksums);
+    for (i, u) in rendered.iter().enumerate() {
+        if u.starts_with("http://") && !digest_pinned {
+            let p = templates[i].0.clone();
+            let d = cx.error(
+                cx.at(&p),
+                format!("plain http URL `{u}` without a pinned digest"),
+            );
+            Ctx::hint(
+                d,
+                "use https, or write the digest inline (sha256/sha512) so the content is pinned",
+            );
+            return None;
+        }
+    }
+    Some(Artifact {
+        name: name.to_string(),
+        version: version.to_string(),
+        urls: rendered,
+        digest,
+        signature,
+    })
+}
