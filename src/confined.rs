@@ -376,14 +376,17 @@ impl Root {
         Ok(names)
     }
 
-    /// Set an extended attribute on `rel` without following a final symlink.
+    /// Set an extended attribute on `rel` without following a final symlink. The inode is pinned
+    /// by an O_PATH handle; the call then goes through `/proc/self/fd/N` with the *following*
+    /// `setxattr`: that path is itself a (magic) link, and `lsetxattr` would address the link
+    /// instead of the file (EOPNOTSUPP).
     pub fn set_xattr(&self, rel: &Path, name: &str, value: &[u8], follow: Follow) -> Result<()> {
         let rel = clean_relative(rel)?;
         let fd = self.openat2(&rel, libc::O_PATH | libc::O_NOFOLLOW, 0, follow)?;
         let proc = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
         let n = CString::new(name).with_context(|| format!("xattr name {name:?}"))?;
         check(unsafe {
-            libc::lsetxattr(
+            libc::setxattr(
                 proc.as_ptr(),
                 n.as_ptr(),
                 value.as_ptr().cast(),

@@ -325,3 +325,144 @@ fn garbage_is_an_error() {
     let (r, _t) = run(vec![0x55; 4096]);
     assert!(r.is_err());
 }
+
+/// Base OS archives are an operating system: owners, setuid bits, device nodes and file
+/// capabilities (security.capability xattr in a PAX header) are kept, and symlinks resolve inside
+/// the root, never onto the host.
+#[test]
+fn base_archives_keep_owners_modes_devices_and_capabilities() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let top = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let add = |b: &mut tar::Builder<Vec<u8>>,
+               name: &str,
+               kind: EntryType,
+               mode: u32,
+               uid: u64,
+               data: &[u8],
+               link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_767_225_600);
+        if kind == EntryType::Char {
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+        }
+        match link {
+            Some(l) => b.append_link(&mut h, name, l).unwrap(),
+            None => b.append_data(&mut h, name, data).unwrap(),
+        }
+    };
+    add(&mut b, "./usr/", EntryType::Directory, 0o755, 0, b"", None);
+    add(
+        &mut b,
+        "./usr/bin/",
+        EntryType::Directory,
+        0o755,
+        0,
+        b"",
+        None,
+    );
+    add(
+        &mut b,
+        "./bin",
+        EntryType::Symlink,
+        0o777,
+        0,
+        b"",
+        Some("usr/bin"),
+    );
+    add(
+        &mut b,
+        "./usr/bin/su",
+        EntryType::Regular,
+        0o4755,
+        0,
+        b"su",
+        None,
+    );
+    add(&mut b, "./dev/", EntryType::Directory, 0o755, 0, b"", None);
+    add(&mut b, "./dev/null", EntryType::Char, 0o666, 0, b"", None);
+    add(&mut b, "./etc/", EntryType::Directory, 0o755, 0, b"", None);
+    add(
+        &mut b,
+        "./etc/shadow",
+        EntryType::Regular,
+        0o640,
+        42,
+        b"root:*:::::::\n",
+        None,
+    );
+    add(
+        &mut b,
+        "./etc/host",
+        EntryType::Symlink,
+        0o777,
+        0,
+        b"",
+        Some("/"),
+    );
+    // File capability cap_net_raw+ep on ping, as Debian ships it.
+    let cap = [
+        0x01u8, 0, 0, 0x02, 0x00, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])])
+        .unwrap();
+    add(
+        &mut b,
+        "./usr/bin/ping",
+        EntryType::Regular,
+        0o755,
+        0,
+        b"ping",
+        None,
+    );
+    // Written through the in-tree absolute symlink: must land inside the root.
+    add(
+        &mut b,
+        "./etc/host/etc-written-through-link",
+        EntryType::Regular,
+        0o644,
+        0,
+        b"x",
+        None,
+    );
+    let bytes = b.into_inner().unwrap();
+    let rootdir = top.path().join("rootfs");
+    let root = Root::open(&rootdir).unwrap();
+    extract::extract(&bytes[..], &root, &Policy::Base, Limits::BASE).unwrap();
+    let meta = |p: &str| std::fs::symlink_metadata(rootdir.join(p)).unwrap();
+    assert_eq!(meta("usr/bin/su").mode() & 0o7777, 0o4755, "setuid kept");
+    assert!(meta("dev/null").file_type().is_char_device());
+    assert_eq!(meta("dev/null").rdev(), libc::makedev(1, 3));
+    assert_eq!(
+        (meta("etc/shadow").uid(), meta("etc/shadow").gid()),
+        (42, 42),
+        "owners kept"
+    );
+    assert_eq!(
+        std::fs::read_link(rootdir.join("bin")).unwrap(),
+        Path::new("usr/bin")
+    );
+    assert!(
+        rootdir.join("etc-written-through-link").is_file(),
+        "the absolute link resolved inside the root"
+    );
+    assert!(!Path::new("/etc-written-through-link").exists());
+    let c = std::ffi::CString::new(rootdir.join("usr/bin/ping").to_str().unwrap()).unwrap();
+    let name = std::ffi::CString::new("security.capability").unwrap();
+    let mut val = [0u8; 64];
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            val.as_mut_ptr().cast(),
+            val.len(),
+        )
+    };
+    assert_eq!(&val[..n.max(0) as usize], &cap[..], "file capability kept");
+}
