@@ -13,6 +13,8 @@ NEEDED=(
     "mmdebstrap mmdebstrap"        # test base OS: Debian bookworm from the Debian mirror
     "cloud-init cloud-init"        # tests: `cloud-init schema` and its network-config parser
     "systemd-analyze systemd"      # tests: `systemd-analyze verify` of the generated units
+    "sfdisk fdisk"                 # tests: the GPT writer is checked with `sfdisk --verify`
+    "bmaptool bmap-tools"          # tests: bmaps are checked with `bmaptool copy`
 )
 
 if ! command -v cargo >/dev/null; then

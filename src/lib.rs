@@ -1,5 +1,6 @@
 //! imgbuild as a library: the binary in `main.rs` dispatches into these modules.
 
+pub mod bmap;
 pub mod cache;
 pub mod checksum;
 pub mod cli;
@@ -8,6 +9,7 @@ pub mod confined;
 pub mod diag;
 pub mod extract;
 pub mod fetch;
+pub mod gpt;
 pub mod lock;
 pub mod mirror;
 pub mod pgp;

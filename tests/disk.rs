@@ -1,0 +1,195 @@
+//! Disk-image building blocks checked with the real tools: the GPT with `sfdisk`.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::Command;
+
+use imgbuild::gpt::{self, Gpt, Guid, Partition};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn sfdisk(args: &[&str], image: &Path) -> (bool, String) {
+    let o = Command::new("sfdisk")
+        .args(args)
+        .arg(image)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn two_partitions(sectors: u64) -> Gpt {
+    let (_, last) = gpt::usable(sectors);
+    Gpt {
+        disk_guid: Guid::derived("test disk"),
+        partitions: vec![
+            Partition {
+                type_guid: Guid::parse(gpt::ESP).unwrap(),
+                guid: Guid::derived("esp"),
+                first_lba: 2048,
+                last_lba: 2048 + 16 * 2048 - 1,
+                name: "esp".into(),
+            },
+            Partition {
+                type_guid: Guid::parse(gpt::LINUX_ROOT_X86_64).unwrap(),
+                guid: Guid::derived("root"),
+                first_lba: 2048 + 16 * 2048,
+                last_lba: last,
+                name: "root".into(),
+            },
+        ],
+    }
+}
+
+#[test]
+fn gpt_passes_sfdisk_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(&image)
+        .unwrap();
+    f.set_len(64 * MIB).unwrap();
+    let g = two_partitions(64 * MIB / 512);
+    g.write(&f, 64 * MIB).unwrap();
+    let (ok, out) = sfdisk(&["--verify"], &image);
+    assert!(ok && out.contains("No errors detected"), "{out}");
+    let (ok, json) = sfdisk(&["--json"], &image);
+    assert!(ok, "{json}");
+    let pt: Value = serde_json::from_str(&json).unwrap();
+    let t = &pt["partitiontable"];
+    assert_eq!(t["label"], "gpt");
+    assert_eq!(t["id"], g.disk_guid.0.as_str());
+    assert_eq!(t["lastlba"], 64 * MIB / 512 - 34);
+    let parts = t["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["type"], gpt::ESP);
+    assert_eq!(parts[0]["uuid"], g.partitions[0].guid.0.as_str());
+    assert_eq!(parts[0]["name"], "esp");
+    assert_eq!(parts[0]["start"], 2048);
+    assert_eq!(parts[1]["type"], gpt::LINUX_ROOT_X86_64);
+    assert_eq!(Gpt::read(&f).unwrap(), g);
+}
+
+#[test]
+fn backup_header_moves_to_the_end_of_a_bigger_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(&image)
+        .unwrap();
+    f.set_len(64 * MIB).unwrap();
+    two_partitions(64 * MIB / 512).write(&f, 64 * MIB).unwrap();
+    f.set_len(256 * MIB).unwrap(); // the image on a bigger disk
+    let (_, before) = sfdisk(&["--verify"], &image);
+    assert!(
+        !before.contains("No errors detected"),
+        "a moved disk must first look wrong:\n{before}"
+    );
+    gpt::relocate_backup(&f, 256 * MIB).unwrap();
+    let (ok, out) = sfdisk(&["--verify"], &image);
+    assert!(ok && out.contains("No errors detected"), "{out}");
+    let (_, json) = sfdisk(&["--json"], &image);
+    let pt: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(pt["partitiontable"]["lastlba"], 256 * MIB / 512 - 34);
+    let mut sig = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut sig, 256 * MIB - 512).unwrap();
+    assert_eq!(&sig, b"EFI PART", "backup header in the last sector");
+}
+
+#[test]
+fn identifiers_are_derived_and_validated() {
+    assert_eq!(Guid::derived("a"), Guid::derived("a"));
+    assert_ne!(Guid::derived("a"), Guid::derived("b"));
+    assert_eq!(&Guid::derived("a").0[14..15], "4", "version 4 layout");
+    assert!(Guid::parse("not-a-guid").is_err());
+    let f = tempfile::tempfile().unwrap();
+    f.set_len(MIB).unwrap();
+    let mut g = two_partitions(2048);
+    g.partitions[1].first_lba = 100; // overlaps the ESP and starts in the entry array
+    assert!(g.write(&f, MIB).is_err());
+}
+
+/// A sparse image with data at the start, in the middle and in a partial last block.
+fn sparse_image(path: &Path) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    let size = 32 * MIB + 1000; // ends mid-block
+    f.set_len(size).unwrap();
+    f.write_all_at(&vec![0xAB; 10_000], 0).unwrap();
+    f.write_all_at(&vec![0xCD; 3 * 4096], 8 * MIB).unwrap();
+    f.write_all_at(b"tail", size - 4).unwrap();
+    size
+}
+
+#[test]
+fn bmap_reproduces_the_image_with_bmaptool() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    sparse_image(&image);
+    let xml = imgbuild::bmap::create(&image).unwrap();
+    std::fs::write(dir.path().join("disk.bmap"), &xml).unwrap();
+    assert!(
+        xml.contains("<MappedBlocksCount> 7 </MappedBlocksCount>"),
+        "3 + 3 + 1 blocks:\n{xml}"
+    );
+    let dest = dir.path().join("copy.raw");
+    let o = Command::new("bmaptool")
+        .args(["copy", "--bmap"])
+        .arg(dir.path().join("disk.bmap"))
+        .arg(&image)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "bmaptool copy:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        std::fs::read(&dest).unwrap(),
+        "bmaptool reproduced the image"
+    );
+}
+
+#[test]
+fn bmaptool_rejects_a_tampered_bmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    sparse_image(&image);
+    let xml = imgbuild::bmap::create(&image).unwrap();
+    // Change one range checksum: bmaptool must notice (file checksum, then range checksum).
+    let i = xml.find("chksum=\"").unwrap() + 8;
+    let mut bad = xml.clone();
+    bad.replace_range(i..i + 1, if &xml[i..i + 1] == "0" { "1" } else { "0" });
+    std::fs::write(dir.path().join("bad.bmap"), bad).unwrap();
+    let o = Command::new("bmaptool")
+        .args(["copy", "--bmap"])
+        .arg(dir.path().join("bad.bmap"))
+        .arg(&image)
+        .arg(dir.path().join("copy.raw"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "bmaptool accepted a tampered bmap");
+}
