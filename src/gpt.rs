@@ -164,7 +164,7 @@ impl Gpt {
     /// Write protective MBR, primary and backup GPT onto a disk (or image file) of `bytes` bytes.
     pub fn write(&self, f: &File, bytes: u64) -> Result<()> {
         ensure!(
-            bytes % SECTOR == 0,
+            bytes.is_multiple_of(SECTOR),
             "disk size {bytes} is not a multiple of {SECTOR}"
         );
         let sectors = bytes / SECTOR;
