@@ -15,6 +15,7 @@ NEEDED=(
     "systemd-analyze systemd"      # tests: `systemd-analyze verify` of the generated units
     "sfdisk fdisk"                 # tests: the GPT writer is checked with `sfdisk --verify`
     "bmaptool bmap-tools"          # tests: bmaps are checked with `bmaptool copy`
+    "debugfs e2fsprogs"            # root filesystems (mkfs.ext4 -d), checked with e2fsck and debugfs
 )
 
 if ! command -v cargo >/dev/null; then

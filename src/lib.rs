@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cmd;
 pub mod confined;
 pub mod diag;
+pub mod disk;
 pub mod extract;
 pub mod fetch;
 pub mod gpt;

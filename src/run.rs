@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
 }
 
 /// Quote a word for a POSIX shell when it needs it.
@@ -30,6 +31,7 @@ impl Cmd {
         Cmd {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
+            envs: Vec::new(),
         }
     }
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Cmd {
@@ -41,13 +43,21 @@ impl Cmd {
             .extend(a.into_iter().map(|s| s.as_ref().to_owned()));
         self
     }
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Cmd {
+        self.envs
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
     /// The command as a shell line.
     pub fn line(&self) -> String {
-        std::iter::once(&self.program)
+        let envs = self
+            .envs
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(v)));
+        let words = std::iter::once(&self.program)
             .chain(&self.args)
-            .map(|a| shell_quote(a))
-            .collect::<Vec<_>>()
-            .join(" ")
+            .map(|a| shell_quote(a));
+        envs.chain(words).collect::<Vec<_>>().join(" ")
     }
     /// Run to completion; Ok(stdout) on success.
     pub fn run(self) -> Result<Vec<u8>> {
@@ -57,6 +67,7 @@ impl Cmd {
         }
         let out = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .map_err(|e| anyhow::anyhow!("running `{line}`: {e}"))?;
@@ -87,5 +98,8 @@ mod tests {
         let e = c.run().unwrap_err().to_string();
         assert!(e.contains("exit status: 3") && e.contains("oops"), "{e}");
         assert_eq!(Cmd::new("echo").arg("hi").run().unwrap(), b"hi\n");
+        let c = Cmd::new("sh").args(["-c", "echo $X"]).env("X", "a b");
+        assert_eq!(c.line(), "X='a b' sh -c 'echo $X'");
+        assert_eq!(c.run().unwrap(), b"a b\n");
     }
 }
