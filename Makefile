@@ -10,7 +10,7 @@ all: build ## Build the release binary (default)
 build: ## Build target/release/imgbuild
 	$(CARGO) build --release --locked
 
-test: ## Run the whole test suite (unit, CLI snapshots, 10,000-case recipe property test)
+test: deps ## Run the whole test suite (installs missing tools first; the rootfs tests need root)
 	$(CARGO) test --locked --all-targets
 
 lint: ## rustfmt check and clippy with warnings as errors
