@@ -304,21 +304,25 @@ impl<'a> Fetcher<'a> {
         };
         // 2. Download, hashing as it streams.
         let partial = self.cache.partial_path(url);
-        let guard = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&partial)
-            .with_context(|| format!("opening {}", partial.display()))?;
-        guard
-            .lock()
-            .with_context(|| format!("locking {}", partial.display()))?;
-        let label = format!("{} {}", a.name, a.version);
-        let (hashes, final_url) = self.download(url, &partial, &label)?;
-        // 3. Verify: digest, then signature over the file if the recipe asks for one.
+        let guard = lock_partial(&partial)?;
+        // Another process may have finished this download while we waited for the lock.
         let (alg, want) = match &expect {
             Expect::Locked(e) => (Algorithm::Sha256, e.sha256.clone()),
             Expect::Digest(alg, hex) => (*alg, hex.clone()),
         };
+        if let Some(path) = self.cache.find(alg, &want)
+            && a.signature
+                .as_ref()
+                .is_none_or(|s| s.signs == Signs::Checksums)
+        {
+            let hashes = checksum::hash_file(&path)
+                .with_context(|| format!("hashing {}", path.display()))?;
+            drop(guard);
+            return Ok((path, hashes, fingerprint, url.to_string()));
+        }
+        let label = format!("{} {}", a.name, a.version);
+        let (hashes, final_url) = self.download(url, &partial, &label)?;
+        // 3. Verify: digest, then signature over the file if the recipe asks for one.
         let got = hashes.get(alg).to_string();
         if got != want {
             let _ = fs::remove_file(&partial);
@@ -665,6 +669,26 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Open and lock the partial download at `path`, making sure the lock is on the file that is at
+/// `path` now: a process that waited while another finished (and renamed the partial into the
+/// cache) would otherwise hold a lock on the renamed file and none on the new partial.
+fn lock_partial(path: &Path) -> Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        let held = f.metadata()?.ino();
+        if std::fs::metadata(path).is_ok_and(|m| m.ino() == held) {
+            return Ok(f);
+        }
+    }
 }
 
 /// Plain http is acceptable when something other than the same channel authenticates the content:

@@ -503,22 +503,23 @@ fn stale_lock_is_reported() {
 }
 
 #[test]
-fn two_fetches_at_once_share_the_cache() {
+fn three_fetches_at_once_share_the_cache() {
     let env = Env::new();
+    // Hold kafka for a second so all three meet on its partial file.
     env.server
         .fault(KAFKA, Fault::Stall { after: 10, secs: 1 }, 1);
-    let a = env
-        .cmd(&["fetch"])
-        .env("IMGBUILD_HTTP_TIMEOUT", "10")
-        .spawn()
-        .unwrap();
-    let b = env
-        .cmd(&["fetch"])
-        .env("IMGBUILD_HTTP_TIMEOUT", "10")
-        .spawn()
-        .unwrap();
-    ok(&a.wait_with_output().unwrap());
-    ok(&b.wait_with_output().unwrap());
+    let procs: Vec<_> = (0..3)
+        .map(|_| {
+            env.cmd(&["fetch"])
+                .env("IMGBUILD_HTTP_TIMEOUT", "10")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in procs {
+        ok(&p.wait_with_output().unwrap());
+    }
     assert_eq!(env.cached().len(), 6);
     assert!(
         std::fs::read_dir(env.cache().join("tmp"))
