@@ -42,6 +42,15 @@ pub struct Record {
     pub fingerprint: Option<String>,
 }
 
+impl Record {
+    pub fn digest(&self, algorithm: Algorithm) -> &str {
+        match algorithm {
+            Algorithm::Sha256 => &self.sha256,
+            Algorithm::Sha512 => &self.sha512,
+        }
+    }
+}
+
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Write `bytes` to `path` atomically: a temporary name beside it, fsync, rename.

@@ -170,55 +170,57 @@ impl<'a> Fetcher<'a> {
         })
     }
 
-    fn fetch_one(&self, a: &Artifact) -> Result<Fetched> {
-        let key = Cache::record_key(a);
-        let expect = self.expectation(a)?;
-        // Cache hits: by pinned digest, else by the record of an earlier verified fetch.
-        let hit = match &expect {
+    /// The cached, verified content of `a`, if any: the record of an earlier verification under
+    /// the same policy, provided it matches what the lock or recipe pins now; else a blob with the
+    /// pinned digest (hashed once, and recorded so the next build need not hash it again).
+    fn cached(&self, a: &Artifact, key: &str, expect: Option<&Expect>) -> Result<Option<Record>> {
+        let matches = |r: &Record| match expect {
+            Some(Expect::Locked(e)) => r.sha256 == e.sha256,
+            Some(Expect::Digest(alg, hex)) => r.digest(*alg) == hex,
+            None => true,
+        };
+        if let Some(r) = self.cache.record(key).filter(matches) {
+            return Ok(Some(r));
+        }
+        let found = match expect {
             Some(Expect::Locked(e)) => self.cache.find(Algorithm::Sha256, &e.sha256),
             Some(Expect::Digest(alg, hex)) => self.cache.find(*alg, hex),
             None => None,
         };
-        let record = self.cache.record(&key);
-        let hit = hit.map(|p| (p, None)).or_else(|| match (&expect, &record) {
-            (None, Some(r)) => Some((self.cache.blob_path(&r.sha256), Some(r.clone()))),
-            _ => None,
-        });
-        if let Some((path, rec)) = hit {
-            let hashes = match &rec {
-                Some(r) => Hashes {
-                    size: r.size,
-                    sha256: r.sha256.clone(),
-                    sha512: r.sha512.clone(),
-                },
-                None => checksum::hash_file(&path)
-                    .with_context(|| format!("hashing cached {}", path.display()))?,
-            };
-            let record = rec
-                .or(record.filter(|r| r.sha256 == hashes.sha256))
-                .unwrap_or_else(|| Record {
-                    name: a.name.clone(),
-                    version: a.version.clone(),
-                    url: a.urls[0].clone(),
-                    fetched_from: "cache".into(),
-                    size: hashes.size,
-                    sha256: hashes.sha256.clone(),
-                    sha512: hashes.sha512.clone(),
-                    fingerprint: match &expect {
-                        Some(Expect::Locked(e)) => e.fingerprint.clone(),
-                        _ => None,
-                    },
-                });
+        let Some(path) = found else { return Ok(None) };
+        let h = checksum::hash_file(&path)
+            .with_context(|| format!("hashing cached {}", path.display()))?;
+        let record = Record {
+            name: a.name.clone(),
+            version: a.version.clone(),
+            url: a.urls[0].clone(),
+            fetched_from: "cache".into(),
+            size: h.size,
+            sha256: h.sha256,
+            sha512: h.sha512,
+            fingerprint: match expect {
+                Some(Expect::Locked(e)) => e.fingerprint.clone(),
+                _ => None,
+            },
+        };
+        self.cache.write_record(key, &record)?;
+        Ok(Some(record))
+    }
+
+    fn fetch_one(&self, a: &Artifact) -> Result<Fetched> {
+        let key = Cache::record_key(a);
+        let expect = self.expectation(a)?;
+        if let Some(record) = self.cached(a, &key, expect.as_ref())? {
             self.progress.line(&format!(
                 "{} {}: cached ({})",
                 a.name,
                 a.version,
-                human(hashes.size)
+                human(record.size)
             ));
             return Ok(Fetched {
                 name: a.name.clone(),
                 version: a.version.clone(),
-                path,
+                path: self.cache.blob_path(&record.sha256),
                 record,
                 from_cache: true,
             });
