@@ -9,7 +9,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use anyhow::{Context, Result, bail, ensure};
-use sha2::{Digest, Sha256};
 
 pub const SECTOR: u64 = 512;
 const ENTRIES: u64 = 128;
@@ -38,20 +37,7 @@ impl Guid {
 
     /// A stable random-looking (version 4 layout) GUID from a seed: same seed, same GUID.
     pub fn derived(seed: &str) -> Guid {
-        let h = Sha256::digest(seed.as_bytes());
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&h[..16]);
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        let x = hex::encode_upper(b);
-        Guid(format!(
-            "{}-{}-{}-{}-{}",
-            &x[..8],
-            &x[8..12],
-            &x[12..16],
-            &x[16..20],
-            &x[20..]
-        ))
+        Guid(crate::ids::uuid_text(&crate::ids::uuid_v4(seed.as_bytes())))
     }
 
     /// On-disk form: the first three fields little-endian, the rest as written.
@@ -67,16 +53,10 @@ impl Guid {
     }
 
     fn from_bytes(b: &[u8]) -> Guid {
-        let raw = [b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6]];
-        let x = hex::encode_upper([&raw[..], &b[8..16]].concat());
-        Guid(format!(
-            "{}-{}-{}-{}-{}",
-            &x[..8],
-            &x[8..12],
-            &x[12..16],
-            &x[16..20],
-            &x[20..]
-        ))
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&[b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6]]);
+        raw[8..].copy_from_slice(&b[8..16]);
+        Guid(crate::ids::uuid_text(&raw))
     }
 }
 

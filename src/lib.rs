@@ -11,6 +11,7 @@ pub mod disk;
 pub mod extract;
 pub mod fetch;
 pub mod gpt;
+pub mod ids;
 pub mod lock;
 pub mod mirror;
 pub mod pgp;

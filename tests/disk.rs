@@ -9,6 +9,19 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
+/// A new sparse image file of `size` bytes, open for reading and writing.
+fn new_image(path: &Path, size: u64) -> std::fs::File {
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.set_len(size).unwrap();
+    f
+}
+
 fn sfdisk(args: &[&str], image: &Path) -> (bool, String) {
     let o = Command::new("sfdisk")
         .args(args)
@@ -52,14 +65,7 @@ fn two_partitions(sectors: u64) -> Gpt {
 fn gpt_passes_sfdisk_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.raw");
-    let f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(true)
-        .open(&image)
-        .unwrap();
-    f.set_len(64 * MIB).unwrap();
+    let f = new_image(&image, 64 * MIB);
     let g = two_partitions(64 * MIB / 512);
     g.write(&f, 64 * MIB).unwrap();
     let (ok, out) = sfdisk(&["--verify"], &image);
@@ -85,14 +91,7 @@ fn gpt_passes_sfdisk_and_reads_back() {
 fn backup_header_moves_to_the_end_of_a_bigger_disk() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.raw");
-    let f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(true)
-        .open(&image)
-        .unwrap();
-    f.set_len(64 * MIB).unwrap();
+    let f = new_image(&image, 64 * MIB);
     two_partitions(64 * MIB / 512).write(&f, 64 * MIB).unwrap();
     f.set_len(256 * MIB).unwrap(); // the image on a bigger disk
     let (_, before) = sfdisk(&["--verify"], &image);
@@ -238,14 +237,7 @@ fn small_tree(dir: &Path) {
 
 fn disk_with_root(dir: &Path, tree: &Path) -> (std::path::PathBuf, u64) {
     let image = dir.join("disk.raw");
-    let f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(true)
-        .open(&image)
-        .unwrap();
-    f.set_len(64 * MIB).unwrap();
+    let f = new_image(&image, 64 * MIB);
     let g = two_partitions(64 * MIB / 512);
     g.write(&f, 64 * MIB).unwrap();
     let root = &g.partitions[1];

@@ -1256,11 +1256,7 @@ fn resolve_cluster_id(cx: &mut Ctx, mode: KafkaMode) -> Option<String> {
         cx.loaded.recipe.cluster.name
     );
     loop {
-        let h = Sha256::digest(seed.as_bytes());
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&h[..16]);
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
+        let b = crate::ids::uuid_v4(seed.as_bytes());
         let id = b64.encode(b);
         if !id.starts_with('-') {
             return Some(id);

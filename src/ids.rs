@@ -1,0 +1,42 @@
+//! Stable identifiers derived from the recipe: the same inputs always give the same UUID.
+
+use sha2::{Digest, Sha256};
+
+/// 16 bytes from a hash of `seed`, with the version-4/variant-1 bits set (so they look like,
+/// and are accepted wherever, a random UUID is expected).
+pub fn uuid_v4(seed: &[u8]) -> [u8; 16] {
+    let h = Sha256::digest(seed);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+/// `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX`, upper case.
+pub fn uuid_text(b: &[u8; 16]) -> String {
+    let x = hex::encode_upper(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_and_version_4() {
+        let a = uuid_v4(b"node1");
+        assert_eq!(a, uuid_v4(b"node1"));
+        assert_ne!(a, uuid_v4(b"node2"));
+        let t = uuid_text(&a);
+        assert_eq!((t.len(), &t[14..15]), (36, "4"));
+        assert!(matches!(&t[19..20], "8" | "9" | "A" | "B"));
+    }
+}
