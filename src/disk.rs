@@ -56,6 +56,48 @@ pub fn mkfs_ext4(image: &Path, offset: u64, size: u64, tree: &Path, id: &FsIdent
         .env("SOURCE_DATE_EPOCH", id.epoch.to_string())
         .run()
         .with_context(|| format!("writing the root filesystem of {}", image.display()))?;
+    reset_ctimes(image, offset, tree, id.epoch)
+}
+
+/// `mkfs -d` in e2fsprogs 1.47.0 copies every file's ctime, which the kernel sets to "now" on
+/// any change and nothing can set back; 1.47.1 clamps it (tytso/e2fsprogs#131). Until Debian
+/// has that, rewrite every inode's ctime inside the new filesystem with one `debugfs` script.
+fn reset_ctimes(image: &Path, offset: u64, tree: &Path, epoch: u64) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut script = format!("set_inode_field / ctime @{epoch}\n");
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let e = e?;
+            let rel = e
+                .path()
+                .strip_prefix(tree)
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
+            let name = rel
+                .to_str()
+                .with_context(|| format!("{} is not UTF-8", rel.display()))?;
+            anyhow::ensure!(
+                !name.contains(['"', '\n', '\\']),
+                "cannot script a path with quotes or newlines: {name:?}"
+            );
+            let _ = writeln!(script, "set_inode_field \"/{name}\" ctime @{epoch}");
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    let cmds = image.with_extension(format!("ctimes-{}.debugfs", std::process::id()));
+    std::fs::write(&cmds, script).with_context(|| format!("writing {}", cmds.display()))?;
+    let result = Cmd::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmds)
+        .arg(format!("{}?offset={offset}", image.display()))
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .run();
+    let _ = std::fs::remove_file(&cmds);
+    result.with_context(|| format!("fixing inode times in {}", image.display()))?;
     Ok(())
 }
 
