@@ -126,15 +126,8 @@ fn identifiers_are_derived_and_validated() {
 /// A sparse image with data at the start, in the middle and in a partial last block.
 fn sparse_image(path: &Path) -> u64 {
     use std::os::unix::fs::FileExt;
-    let f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
     let size = 32 * MIB + 1000; // ends mid-block
-    f.set_len(size).unwrap();
+    let f = new_image(path, size);
     f.write_all_at(&vec![0xAB; 10_000], 0).unwrap();
     f.write_all_at(&vec![0xCD; 3 * 4096], 8 * MIB).unwrap();
     f.write_all_at(b"tail", size - 4).unwrap();

@@ -7,27 +7,31 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The fixture mirror (tests/fixtures/make-mirror.sh), generated once per test binary.
+/// Run tests/fixtures/make-mirror.sh into `<target tmp>/<prefix>-<test binary>` (regenerated on
+/// every run, never left in /tmp), with `base` as the base tarball when given.
+fn make_mirror(prefix: &str, base: Option<&Path>) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-mirror.sh");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(&script).arg(&dir);
+    if let Some(b) = base {
+        cmd.env("BASE_TARBALL", b);
+    }
+    let out = cmd.output().expect("running make-mirror.sh");
+    assert!(
+        out.status.success(),
+        "make-mirror.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// The fixture mirror with the three-entry stand-in base, generated once per test binary.
 pub fn mirror() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // One per test binary, under target/: regenerated on every run, never left in /tmp.
-        let exe = std::env::current_exe().unwrap();
-        let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mirror-{name}"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-mirror.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .output()
-            .expect("running make-mirror.sh");
-        assert!(
-            out.status.success(),
-            "make-mirror.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    DIR.get_or_init(|| make_mirror("mirror", None))
 }
 
 /// Fingerprints of the fixture keys by role (release, other, cloud, expired, revoked).
@@ -72,23 +76,5 @@ pub fn debian_base() -> PathBuf {
 /// The fixture mirror with the real Debian base in place of Ubuntu's root tarball.
 pub fn mirror_with_debian_base() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = debian_base();
-        let exe = std::env::current_exe().unwrap();
-        let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mirror-debian-{name}"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-mirror.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .env("BASE_TARBALL", &base)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "make-mirror.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    DIR.get_or_init(|| make_mirror("mirror-debian", Some(&debian_base())))
 }
