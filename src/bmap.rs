@@ -96,3 +96,118 @@ pub fn create(image: &Path) -> Result<String> {
     let sum = hex::encode(Sha256::digest(xml.as_bytes()));
     Ok(xml.replacen(&zeros, &sum, 1))
 }
+/// A parsed bmap: what to write and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bmap {
+    pub image_size: u64,
+    pub block_size: u64,
+    /// (first block, last block inclusive, sha256 hex)
+    pub ranges: Vec<(u64, u64, String)>,
+}
+
+fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    Some(xml[start..end].trim())
+}
+
+/// Parse bmap 2.0 XML (as imgbuild and bmaptool write it) and check its own checksum.
+pub fn parse(xml: &str) -> Result<Bmap> {
+    let num = |name: &str| -> Result<u64> {
+        tag(xml, name)
+            .with_context(|| format!("no <{name}>"))?
+            .parse()
+            .with_context(|| format!("<{name}> is not a number"))
+    };
+    let image_size = num("ImageSize")?;
+    let block_size = num("BlockSize")?;
+    anyhow::ensure!(block_size > 0, "<BlockSize> is 0");
+    if let Some(t) = tag(xml, "ChecksumType") {
+        anyhow::ensure!(
+            t == "sha256",
+            "checksum type {t} is not supported (sha256 only)"
+        );
+    }
+    let sum = tag(xml, "BmapFileChecksum").context("no <BmapFileChecksum>")?;
+    anyhow::ensure!(
+        sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()),
+        "<BmapFileChecksum> is not a SHA-256"
+    );
+    let actual = hex::encode(Sha256::digest(
+        xml.replacen(sum, &"0".repeat(64), 1).as_bytes(),
+    ));
+    anyhow::ensure!(
+        actual.eq_ignore_ascii_case(sum),
+        "the bmap's own checksum does not match (the file was changed): expected {sum}, got {actual}"
+    );
+    let mut ranges = Vec::new();
+    let mut rest = tag(xml, "BlockMap").context("no <BlockMap>")?;
+    while let Some(i) = rest.find("<Range") {
+        rest = &rest[i..];
+        let end = rest.find("</Range>").context("unterminated <Range>")?;
+        let elem = &rest[..end];
+        let chk = elem
+            .split("chksum=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .context("<Range> without chksum")?
+            .to_ascii_lowercase();
+        let body = elem[elem.find('>').context("bad <Range>")? + 1..].trim();
+        let (a, b) = body.split_once('-').unwrap_or((body, body));
+        let (first, last): (u64, u64) = (
+            a.trim()
+                .parse()
+                .with_context(|| format!("bad range {body}"))?,
+            b.trim()
+                .parse()
+                .with_context(|| format!("bad range {body}"))?,
+        );
+        anyhow::ensure!(
+            first <= last && last * block_size < image_size + block_size,
+            "range {body} is outside the image"
+        );
+        ranges.push((first, last, chk));
+        rest = &rest[end..];
+    }
+    Ok(Bmap {
+        image_size,
+        block_size,
+        ranges,
+    })
+}
+
+/// Check every range of `map` against `image`; returns the mapped bytes.
+pub fn verify(map: &Bmap, image: &Path) -> Result<u64> {
+    let mut f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let size = f.metadata()?.len();
+    anyhow::ensure!(
+        size == map.image_size,
+        "{} is {size} bytes, the bmap says {}",
+        image.display(),
+        map.image_size
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    for (first, last, sum) in &map.ranges {
+        let start = first * map.block_size;
+        let mut left = ((last + 1) * map.block_size).min(size) - start;
+        total += left;
+        f.seek(SeekFrom::Start(start))?;
+        let mut h = Sha256::new();
+        while left > 0 {
+            let n = f.read(&mut buf[..left.min(1 << 20) as usize])?;
+            anyhow::ensure!(n > 0, "{} ended early", image.display());
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        let got = hex::encode(h.finalize());
+        anyhow::ensure!(
+            &got == sum,
+            "{}: blocks {first}-{last} do not match the bmap (sha256 {got}, expected {sum})",
+            image.display()
+        );
+    }
+    Ok(total)
+}

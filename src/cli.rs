@@ -43,6 +43,16 @@ pub struct Cli {
     )]
     pub build_dir: PathBuf,
 
+    /// Where finished images go: DIR/<node>/.
+    #[arg(
+        long,
+        global = true,
+        env = "IMGBUILD_IMAGES",
+        default_value = "images",
+        value_name = "DIR"
+    )]
+    pub images: PathBuf,
+
     /// Downloads to run at once.
     #[arg(short, long, global = true, default_value_t = 4, value_name = "N")]
     pub jobs: usize,
@@ -74,11 +84,25 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Build the images of NODE... (or `all`) into images/<node>/: raw GPT disk, qcow2, seed,
+    /// bmap, manifest.json, SHA256SUMS. `imgbuild NODE...` is the same.
+    Build {
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
+    /// Re-check images/NODE/: SHA256SUMS, the bmap's block checksums and the manifest.
+    Verify {
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
     /// Inspect or fill the download cache.
     Cache {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// `imgbuild NODE...`: build those nodes' images (see `build`).
+    #[command(external_subcommand)]
+    Nodes(Vec<String>),
 }
 
 #[derive(Debug, Subcommand)]

@@ -456,3 +456,210 @@ pub fn rootfs(cli: &Cli, node: &str, output: Option<&std::path::Path>) -> Result
         Ok(((), format!("{}: {n} entries, mtime {epoch}", out.display())))
     })
 }
+
+/// The plans `names` ask for (`all` = every node), in recipe order, each once.
+fn select<'a>(
+    cluster: &'a ClusterPlan,
+    recipe: &std::path::Path,
+    names: &[String],
+) -> Result<Vec<&'a Plan>> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(cluster.nodes.iter().collect());
+    }
+    let mut out: Vec<&Plan> = Vec::new();
+    for n in names {
+        let p = node_plan(cluster, recipe, n)?;
+        if !out.iter().any(|q| q.node.name == p.node.name) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// `imgbuild NODE...` / `imgbuild build NODE...`: fetch, compose, emit images/<node>/ for each.
+pub fn build(cli: &Cli, names: &[String]) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let s = fetch_setup(cli)?;
+    let plans = select(&s.cluster, &cli.recipe, names)?;
+    // Everything the build will need is checked before any work starts.
+    let mut formats: Vec<String> = plans.iter().flat_map(|p| p.disk.formats.clone()).collect();
+    formats.dedup();
+    let mut tools = crate::image::tools(&formats);
+    if plans
+        .iter()
+        .any(|p| p.base.kind == recipe::BaseKind::Mmdebstrap)
+    {
+        tools.push(crate::tools::MMDEBSTRAP);
+    }
+    crate::tools::require(&tools)?;
+    crate::rootfs::require_root("building images")?;
+    let names: Vec<&str> = plans.iter().map(|p| p.node.name.as_str()).collect();
+    eprintln!(
+        "building {} from {}",
+        names.join(", "),
+        cli.recipe.display()
+    );
+    let t = std::time::Instant::now();
+    let fetched = fetch_with(cli, &s)?;
+    let fetch_secs = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let common = crate::rootfs::common_tree(plans[0], &fetched, &cli.build_dir)?;
+    let common_secs = t.elapsed().as_secs_f64();
+    let mut built = Vec::new();
+    for plan in &plans {
+        let mut stages = crate::image::Stages::new(&plan.node.name);
+        if built.is_empty() {
+            stages.times.push(("fetch".into(), fetch_secs));
+            stages.times.push(("common".into(), common_secs));
+        }
+        let t = std::time::Instant::now();
+        let tree = crate::rootfs::node_tree(plan, &common, &cli.build_dir, &plan.overlays)?;
+        stages
+            .times
+            .push(("node".into(), t.elapsed().as_secs_f64()));
+        let epoch = plan
+            .source_date_epoch
+            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
+            .unwrap_or(0);
+        built.push(crate::image::build(
+            plan,
+            &tree,
+            &fetched,
+            &cli.images,
+            &cli.build_dir,
+            epoch,
+            &mut stages,
+        )?);
+    }
+    let mut out = std::io::stdout().lock();
+    for b in &built {
+        writeln!(out, "{}: {}", b.node, b.dir.display())?;
+        for o in &b.outputs {
+            writeln!(
+                out,
+                "  {:<22} {:>10}  sha256 {}",
+                o.file,
+                fetch::human(o.size),
+                o.sha256
+            )?;
+        }
+        let times: Vec<String> = b
+            .stages
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.1}s"))
+            .collect();
+        writeln!(out, "  time: {}", times.join(", "))?;
+    }
+    writeln!(
+        out,
+        "built {} node{} in {:.1}s",
+        built.len(),
+        if built.len() == 1 { "" } else { "s" },
+        t0.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}
+
+/// `imgbuild verify NODE...`: SHA256SUMS, the bmap and the manifest of images/<node>/.
+pub fn verify(cli: &Cli, names: &[String]) -> Result<()> {
+    let cluster = resolve(&cli.recipe)?;
+    let plans = select(&cluster, &cli.recipe, names)?;
+    let mut failed = Vec::new();
+    for p in plans {
+        let dir = cli.images.join(&p.node.name);
+        match verify_dir(&dir, &p.node.name) {
+            Ok(note) => eprintln!("{}: ok ({note})", dir.display()),
+            Err(e) => {
+                eprintln!("{}: FAILED\n  {e:#}", dir.display());
+                failed.push(p.node.name.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("verification failed for {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
+    let sums_path = dir.join("SHA256SUMS");
+    let sums = std::fs::read_to_string(&sums_path)
+        .with_context(|| format!("reading {}", sums_path.display()))?;
+    let mut problems = Vec::new();
+    let mut listed = std::collections::BTreeMap::new();
+    for (i, line) in sums.lines().enumerate() {
+        let Some((sha, file)) = line.split_once("  ") else {
+            problems.push(format!(
+                "{}:{}: not `SHA256  FILE`",
+                sums_path.display(),
+                i + 1
+            ));
+            continue;
+        };
+        if file.contains('/') || file.starts_with('.') {
+            problems.push(format!(
+                "{}:{}: {file:?} is not a file of this directory",
+                sums_path.display(),
+                i + 1
+            ));
+            continue;
+        }
+        match checksum::sha256_file(&dir.join(file)) {
+            Ok(got) if got == sha => {}
+            Ok(got) => problems.push(format!("{file}: sha256 {got}, SHA256SUMS says {sha}")),
+            Err(e) => problems.push(format!("{file}: {e}")),
+        }
+        listed.insert(file.to_string(), sha.to_string());
+    }
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name != "SHA256SUMS" && !listed.contains_key(&name) {
+            problems.push(format!("{name}: not listed in SHA256SUMS"));
+        }
+    }
+    // The manifest: this node's, and its outputs agree with SHA256SUMS.
+    let mpath = dir.join("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", mpath.display()))?;
+    if manifest["node"] != node {
+        problems.push(format!(
+            "manifest.json is for node {}, not {node}",
+            manifest["node"]
+        ));
+    }
+    let outputs: Vec<crate::image::Output> =
+        serde_json::from_value(manifest["outputs"].clone()).context("manifest.json outputs")?;
+    for o in &outputs {
+        if listed.get(&o.file) != Some(&o.sha256) {
+            problems.push(format!(
+                "manifest.json: {} sha256 {} differs from SHA256SUMS",
+                o.file, o.sha256
+            ));
+        }
+    }
+    // The bmap: its own checksum and every range against the raw image.
+    let bmap_path = dir.join(crate::image::bmap_name(node));
+    let mut bmap_note = String::from("no bmap");
+    if bmap_path.exists() {
+        let r = std::fs::read_to_string(&bmap_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|x| crate::bmap::parse(&x))
+            .and_then(|m| {
+                let bytes = crate::bmap::verify(&m, &dir.join(crate::image::raw_name(node)))?;
+                Ok((m.ranges.len(), bytes))
+            });
+        match r {
+            Ok((n, bytes)) => {
+                bmap_note = format!("bmap: {n} ranges, {} checked", fetch::human(bytes))
+            }
+            Err(e) => problems.push(format!("{}: {e:#}", bmap_path.display())),
+        }
+    }
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n  "));
+    Ok(format!(
+        "{} files match SHA256SUMS, manifest agrees, {bmap_note}",
+        listed.len()
+    ))
+}

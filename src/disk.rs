@@ -78,7 +78,7 @@ fn reset_ctimes(image: &Path, offset: u64, tree: &Path, epoch: u64) -> Result<()
                 .to_str()
                 .with_context(|| format!("{} is not UTF-8", rel.display()))?;
             anyhow::ensure!(
-                !name.contains(['"', '\n', '\\']),
+                !name.contains(['"', '\n']),
                 "cannot script a path with quotes or newlines: {name:?}"
             );
             let _ = writeln!(script, "set_inode_field \"/{name}\" ctime @{epoch}");

@@ -123,6 +123,7 @@ impl<'a> Fetcher<'a> {
                             .fetch_one(a)
                             .with_context(|| format!("fetching {} {}", a.name, a.version));
                         results.lock().unwrap()[i] = Some(r);
+                        crate::failpoint::hit("fetch");
                     }
                 });
             }

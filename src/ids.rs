@@ -26,6 +26,52 @@ pub fn uuid_text(b: &[u8; 16]) -> String {
     )
 }
 
+/// The identifiers of a node's disk image, each derived from (recipe, node, label): the same
+/// recipe gives the same disk, a changed recipe or another node a different one.
+#[derive(Debug, Clone)]
+pub struct DiskIds {
+    pub disk: crate::gpt::Guid,
+    pub esp_partition: crate::gpt::Guid,
+    pub root_partition: crate::gpt::Guid,
+    /// The root ext4's UUID (root=UUID=… on the kernel command line, fstab).
+    pub root_fs: crate::gpt::Guid,
+    pub root_hash_seed: crate::gpt::Guid,
+    /// The EFI system partition's FAT serial.
+    pub esp_serial: u32,
+    /// The FAT seed volume's serial.
+    pub seed_serial: u32,
+}
+
+impl DiskIds {
+    pub fn for_node(p: &crate::plan::Plan) -> DiskIds {
+        let g = |label: &str| {
+            crate::gpt::Guid::derived(&format!(
+                "imgbuild disk\0{}\0{}\0{label}",
+                p.recipe_sha256, p.node.name
+            ))
+        };
+        let serial = |label: &str| {
+            let b = uuid_v4(
+                format!(
+                    "imgbuild disk\0{}\0{}\0{label}",
+                    p.recipe_sha256, p.node.name
+                )
+                .as_bytes(),
+            );
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        };
+        DiskIds {
+            disk: g("disk"),
+            esp_partition: g("esp-partition"),
+            root_partition: g("root-partition"),
+            root_fs: g("root-fs"),
+            root_hash_seed: g("root-hash-seed"),
+            esp_serial: serial("esp"),
+            seed_serial: serial("cidata"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! imgbuild as a library: the binary in `main.rs` dispatches into these modules.
 
 pub mod bmap;
+pub mod boot;
 pub mod cache;
 pub mod checksum;
 pub mod cli;
@@ -9,9 +10,12 @@ pub mod confined;
 pub mod diag;
 pub mod disk;
 pub mod extract;
+pub mod failpoint;
+pub mod fat;
 pub mod fetch;
 pub mod gpt;
 pub mod ids;
+pub mod image;
 pub mod lock;
 pub mod mirror;
 pub mod pgp;

@@ -15,6 +15,8 @@ fn main() -> ExitCode {
         Command::Fetch => cmd::fetch(&cli).map(|_| ()),
         Command::Lock => cmd::lock(&cli),
         Command::Rootfs { node, output } => cmd::rootfs(&cli, node, output.as_deref()),
+        Command::Build { nodes } | Command::Nodes(nodes) => cmd::build(&cli, nodes),
+        Command::Verify { nodes } => cmd::verify(&cli, nodes),
         Command::Cache { action } => match action {
             CacheAction::Import { files } => cmd::cache_import(&cli, files),
             CacheAction::List => cmd::cache_list(&cli),

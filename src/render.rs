@@ -189,6 +189,7 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
             0o644,
         ));
     }
+    out.push(file("etc/fstab", fstab(p), 0o644));
     for (name, content) in seed(p) {
         out.push(file(
             &format!("var/lib/cloud/seed/nocloud/{name}"),
@@ -298,6 +299,19 @@ pub fn storm_yaml(s: &StormPlan) -> String {
         s.ui_port,
         s.logviewer_port,
         h = s.heap_mb
+    )
+}
+
+/// /etc/fstab: the root ext4 and the EFI system partition of the node's disk image, by the
+/// filesystem identifiers the image is built with.
+pub fn fstab(p: &Plan) -> String {
+    let ids = crate::ids::DiskIds::for_node(p);
+    format!(
+        "# Written by imgbuild: the disk image's filesystems, by UUID.\n\
+         UUID={} / ext4 defaults,errors=remount-ro 0 1\n\
+         UUID={} /boot/efi vfat umask=0077,nofail 0 2\n",
+        ids.root_fs.0.to_ascii_lowercase(),
+        crate::fat::serial_text(ids.esp_serial)
     )
 }
 

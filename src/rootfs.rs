@@ -36,7 +36,31 @@ pub fn stage<T>(name: &str, f: impl FnOnce() -> Result<(T, String)>) -> Result<T
     Ok(v)
 }
 
-fn require_root(what: &str) -> Result<()> {
+/// Remove `<prefix><pid>` entries of `dir` left by builds that died (killed, power loss).
+pub fn remove_stale(dir: &Path, prefix: &str) -> Result<()> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // Alive (or someone else's): kill(pid, 0) succeeds or says EPERM.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            fs::remove_dir_all(e.path())
+                .with_context(|| format!("removing stale {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn require_root(what: &str) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "{what} needs root: the base OS keeps its file owners, device nodes and capabilities\n\nhint: run as root, or inside `unshare --map-root-user --mount`"
@@ -74,6 +98,7 @@ pub fn common_tree(plan: &Plan, fetched: &[Fetched], build: &Path) -> Result<Pat
         return Ok(dir.join("rootfs"));
     }
     require_root("composing the base OS")?;
+    remove_stale(&build.join("common"), &format!("{key}.tmp-"))?;
     stage("common", || {
         let staging = build
             .join("common")
@@ -83,6 +108,7 @@ pub fn common_tree(plan: &Plan, fetched: &[Fetched], build: &Path) -> Result<Pat
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
         }
+        crate::failpoint::hit("common");
         fs::write(staging.join("complete"), format!("{key}\n"))?;
         if dir.exists() {
             fs::remove_dir_all(&dir)
@@ -386,6 +412,7 @@ pub fn node_tree(
         let staging = build
             .join("nodes")
             .join(format!("{name}.tmp-{}", std::process::id()));
+        remove_stale(&build.join("nodes"), &format!("{name}.tmp-"))?;
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(&staging)?;
         let result = (|| {
@@ -396,11 +423,14 @@ pub fn node_tree(
                 .arg(common)
                 .arg(staging.join("rootfs"))
                 .run()?;
+            crate::failpoint::hit("node");
             let root = Root::open(&staging.join("rootfs"))?;
             let ids = service_ids(&root)?;
             for spec in render::node_files(plan) {
                 write_spec(&root, &spec, &ids)?;
             }
+            // Where fstab mounts the EFI system partition.
+            root.mkdir_all(Path::new("boot/efi"), 0o755, Follow::InRoot)?;
             for (link, target) in render::enablement(plan) {
                 root.mkdir_all(
                     link.parent().unwrap_or(Path::new("")),

@@ -252,7 +252,7 @@ impl ClusterPlan {
 }
 
 pub const DISK_FORMATS: &[&str] = &["raw", "qcow2", "seed-iso", "seed-fat", "rootfs-tar"];
-const DEFAULT_DISK_SIZE: u64 = 8 << 30;
+const DEFAULT_DISK_SIZE: u64 = 4 << 30;
 
 /// Collects diagnostics with positions from the recipe's source map.
 struct Ctx<'a> {

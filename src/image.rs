@@ -1,0 +1,650 @@
+//! Emitting a node's images from its tree: the GPT/UEFI raw disk (ESP + root ext4 written in
+//! place), qcow2, NoCloud seed volumes, the rootfs tarball, a bmap, manifest.json and SHA256SUMS.
+//!
+//! Everything is written into `images/.<node>.tmp-<pid>/` and swapped with `images/<node>/` in
+//! one `renameat2(RENAME_EXCHANGE)` once complete and synced: a failed or killed build leaves
+//! the previous images as they were (a later build removes the stale temporary directory).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+
+use crate::boot;
+use crate::confined::Root;
+use crate::disk::{self, FsIdentity};
+use crate::fat;
+use crate::fetch::Fetched;
+use crate::gpt::{self, Gpt, Partition};
+use crate::ids::DiskIds;
+use crate::plan::Plan;
+use crate::run::Cmd;
+use crate::tools::Tool;
+
+const MIB: u64 = 1 << 20;
+const SECTOR: u64 = 512;
+
+pub const QEMU_IMG: Tool = Tool {
+    command: "qemu-img",
+    why: "converts the raw disk to qcow2",
+    package: "qemu-utils",
+};
+pub const XORRISO: Tool = Tool {
+    command: "xorriso",
+    why: "writes the ISO9660 NoCloud seed (cidata)",
+    package: "xorriso",
+};
+pub const DEBUGFS: Tool = Tool {
+    command: "debugfs",
+    why: "fixes inode times so the root filesystem is bit-identical across builds",
+    package: "e2fsprogs",
+};
+
+/// Every host tool building these formats needs (checked before any work starts).
+pub fn tools(formats: &[String]) -> Vec<Tool> {
+    let mut t = vec![
+        crate::tools::CP,
+        disk::MKFS_EXT4,
+        DEBUGFS,
+        fat::MKFS_FAT,
+        fat::MCOPY,
+    ];
+    if formats.iter().any(|f| f == "qcow2") {
+        t.push(QEMU_IMG);
+    }
+    if formats.iter().any(|f| f == "seed-iso") {
+        t.push(XORRISO);
+    }
+    t
+}
+
+/// File names inside `images/<node>/`.
+pub fn raw_name(node: &str) -> String {
+    format!("{node}.raw")
+}
+pub fn bmap_name(node: &str) -> String {
+    format!("{node}.bmap")
+}
+
+/// One output file: name, size, sha256.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Output {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What a node's build produced, for the summary.
+pub struct Built {
+    pub node: String,
+    pub dir: PathBuf,
+    pub outputs: Vec<Output>,
+    /// (stage, seconds)
+    pub stages: Vec<(String, f64)>,
+}
+
+/// Stage timing and the progress lines on stderr: `[node1] mkfs  root ext4 … (3.1s)`.
+pub struct Stages {
+    node: String,
+    pub times: Vec<(String, f64)>,
+}
+
+impl Stages {
+    pub fn new(node: &str) -> Stages {
+        Stages {
+            node: node.to_string(),
+            times: Vec::new(),
+        }
+    }
+
+    pub fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
+        let t = Instant::now();
+        let (v, note) = f().with_context(|| format!("{}: stage {name}", self.node))?;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("[{}] {name:<8} {note} ({secs:.1}s)", self.node);
+        self.times.push((name.to_string(), secs));
+        Ok(v)
+    }
+}
+
+/// Bytes a tree needs in ext4 (4 KiB blocks, hard links once) and its inode count.
+fn tree_usage(tree: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).with_context(|| format!("stat {}", p.display()))?;
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        inodes += 1;
+        if m.is_dir() {
+            bytes += 4096;
+            for e in fs::read_dir(&p).with_context(|| format!("reading {}", p.display()))? {
+                stack.push(e?.path());
+            }
+        } else if m.is_file() {
+            bytes += m.len().div_ceil(4096) * 4096;
+        } else if m.file_type().is_symlink() && m.len() >= 60 {
+            bytes += 4096;
+        }
+    }
+    Ok((bytes, inodes))
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+fn human(b: u64) -> String {
+    crate::fetch::human(b)
+}
+
+/// Partition layout: ESP then root, 1 MiB aligned; the root fills the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub size: u64,
+    pub esp: (u64, u64),
+    pub root: (u64, u64),
+}
+
+/// Lay out a disk of `size` bytes (the recipe's), refusing one smaller than the content needs.
+pub fn layout(size: u64, esp_content: u64, tree_bytes: u64, tree_inodes: u64) -> Result<Layout> {
+    // FAT overhead is small; keep room for a second kernel + initrd (upgrades install there).
+    let esp = round_up((esp_content * 2 + 64 * MIB).max(256 * MIB), MIB);
+    // ext4: metadata (~2% for inode tables at 16 KiB/inode), a 64 MiB journal and headroom.
+    let root_min = round_up(
+        tree_bytes + tree_bytes / 4 + tree_inodes * 256 + 192 * MIB,
+        MIB,
+    );
+    let min = MIB + esp + root_min + MIB;
+    ensure!(
+        size >= min,
+        "disk.size {} is too small: this node needs at least {} (root tree {} in {} files, EFI partition {})",
+        human(size),
+        human(round_up(min, MIB)),
+        human(tree_bytes),
+        tree_inodes,
+        human(esp)
+    );
+    let size = size / MIB * MIB;
+    let root_start = MIB + esp;
+    // The backup GPT takes the last 33 sectors; the root ends on a MiB boundary before it.
+    let (_, last_usable) = gpt::usable(size / SECTOR);
+    let root_end = (last_usable + 1) * SECTOR / MIB * MIB;
+    Ok(Layout {
+        size,
+        esp: (MIB, esp),
+        root: (root_start, root_end - root_start),
+    })
+}
+
+/// Build the raw disk at `raw`: root ext4, ESP, GPT.
+fn write_raw(
+    raw: &Path,
+    l: &Layout,
+    ids: &DiskIds,
+    tree: &Path,
+    esp: &Path,
+    epoch: u64,
+) -> Result<()> {
+    let f = File::create(raw).with_context(|| format!("creating {}", raw.display()))?;
+    f.set_len(l.size)?;
+    disk::mkfs_ext4(
+        raw,
+        l.root.0,
+        l.root.1,
+        tree,
+        &FsIdentity {
+            label: "root",
+            uuid: &ids.root_fs,
+            hash_seed: &ids.root_hash_seed,
+            epoch,
+        },
+    )?;
+    crate::failpoint::hit("raw");
+    fat::make(
+        raw,
+        l.esp.0,
+        l.esp.1,
+        esp,
+        &fat::Volume {
+            label: "ESP",
+            serial: ids.esp_serial,
+            epoch,
+            bits: 32,
+        },
+    )?;
+    let part = |name: &str, type_guid: &str, guid: &crate::gpt::Guid, (start, len): (u64, u64)| {
+        Partition {
+            type_guid: crate::gpt::Guid(type_guid.to_string()),
+            guid: guid.clone(),
+            first_lba: start / SECTOR,
+            last_lba: (start + len) / SECTOR - 1,
+            name: name.to_string(),
+        }
+    };
+    let table = Gpt {
+        disk_guid: ids.disk.clone(),
+        partitions: vec![
+            part("ESP", gpt::ESP, &ids.esp_partition, l.esp),
+            part("root", gpt::LINUX_ROOT_X86_64, &ids.root_partition, l.root),
+        ],
+    };
+    let f = fs::OpenOptions::new().write(true).open(raw)?;
+    table.write(&f, l.size)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Write `files` (relative path, content) under `dir` with every time set to `epoch`.
+fn write_tree(dir: &Path, files: &[(PathBuf, Vec<u8>)], epoch: u64) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    for (rel, content) in files {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().unwrap_or(dir))?;
+        fs::write(&p, content).with_context(|| format!("writing {}", p.display()))?;
+    }
+    disk::clamp_times(dir, epoch)?;
+    // clamp_times caps mtimes at the epoch; these files are new, so set them to it exactly.
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+        File::open(&p)?.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ManifestInput<'a> {
+    name: &'a str,
+    version: &'a str,
+    url: &'a str,
+    size: u64,
+    sha256: &'a str,
+    sha512: &'a str,
+    signed_by: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ManifestPartition {
+    name: &'static str,
+    type_guid: &'static str,
+    partition_guid: String,
+    filesystem: &'static str,
+    filesystem_id: String,
+    first_lba: u64,
+    last_lba: u64,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    manifest_version: u32,
+    imgbuild: &'static str,
+    node: &'a str,
+    hostname: &'a str,
+    ip: String,
+    recipe_sha256: &'a str,
+    source_date_epoch: u64,
+    components: BTreeMap<&'a str, &'a str>,
+    inputs: Vec<ManifestInput<'a>>,
+    boot: BTreeMap<&'static str, String>,
+    disk_size: u64,
+    disk_guid: String,
+    partitions: Vec<ManifestPartition>,
+    base_packages: BTreeMap<String, String>,
+    outputs: Vec<Output>,
+}
+
+/// Installed packages and versions from the tree's dpkg database (empty when it has none).
+fn packages(root: &Root) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let Some(status) = root.read_file(Path::new("var/lib/dpkg/status"))? else {
+        return Ok(out);
+    };
+    for para in String::from_utf8_lossy(&status).split("\n\n") {
+        let field = |k: &str| {
+            para.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':').map(str::trim))
+        };
+        if let (Some(name), Some(version), Some(st)) =
+            (field("Package"), field("Version"), field("Status"))
+            && st.ends_with(" installed")
+        {
+            out.insert(name.to_string(), version.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn output(dir: &Path, name: &str) -> Result<Output> {
+    let p = dir.join(name);
+    Ok(Output {
+        file: name.to_string(),
+        size: fs::metadata(&p)
+            .with_context(|| format!("stat {}", p.display()))?
+            .len(),
+        sha256: crate::checksum::sha256_file(&p)
+            .with_context(|| format!("hashing {}", p.display()))?,
+    })
+}
+
+/// Swap `staging` into place as `dest` atomically; the previous `dest` is removed afterwards.
+fn publish(staging: &Path, dest: &Path) -> Result<()> {
+    for e in fs::read_dir(staging)? {
+        File::open(e?.path())?.sync_all()?;
+    }
+    File::open(staging)?.sync_all()?;
+    if dest.exists() {
+        let (a, b) = (
+            std::ffi::CString::new(staging.as_os_str().as_encoded_bytes())?,
+            std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())?,
+        );
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if r != 0 {
+            bail!(
+                "swapping {} into {}: {}",
+                staging.display(),
+                dest.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        // `staging` now holds the previous images.
+        fs::remove_dir_all(staging)
+            .with_context(|| format!("removing the previous images at {}", staging.display()))?;
+    } else {
+        fs::rename(staging, dest)
+            .with_context(|| format!("renaming {} to {}", staging.display(), dest.display()))?;
+    }
+    if let Some(parent) = dest.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Everything after the node's tree: emit `images/<node>/` for `plan`.
+pub fn build(
+    plan: &Plan,
+    tree: &Path,
+    fetched: &[Fetched],
+    images: &Path,
+    build_dir: &Path,
+    epoch: u64,
+    stages: &mut Stages,
+) -> Result<Built> {
+    let node = plan.node.name.as_str();
+    let formats = &plan.disk.formats;
+    let want = |f: &str| formats.iter().any(|x| x == f);
+    fs::create_dir_all(images).with_context(|| format!("creating {}", images.display()))?;
+    crate::rootfs::remove_stale(images, &format!(".{node}.tmp-"))?;
+    let dest = images.join(node);
+    let staging = images.join(format!(".{node}.tmp-{}", std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let result = emit(
+        plan, tree, fetched, &staging, build_dir, epoch, stages, &want,
+    );
+    let outputs = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e.context(format!(
+                "building images for {node}; {} is unchanged",
+                dest.display()
+            )));
+        }
+    };
+    stages.run("publish", || {
+        crate::failpoint::hit("publish");
+        publish(&staging, &dest)?;
+        Ok(((), format!("{} ({} files)", dest.display(), outputs.len())))
+    })?;
+    Ok(Built {
+        node: node.to_string(),
+        dir: dest,
+        outputs,
+        stages: stages.times.clone(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    plan: &Plan,
+    tree: &Path,
+    fetched: &[Fetched],
+    out: &Path,
+    build_dir: &Path,
+    epoch: u64,
+    stages: &mut Stages,
+    want: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Output>> {
+    let node = plan.node.name.as_str();
+    let ids = DiskIds::for_node(plan);
+    let scratch = build_dir.join("nodes").join(format!("{node}.disk"));
+    fs::create_dir_all(&scratch)?;
+    let root = Root::open(tree)?;
+    let root_uuid = ids.root_fs.0.to_ascii_lowercase();
+
+    let (esp, layout) = stages.run("esp", || {
+        let esp = boot::esp(&root, &root_uuid)?;
+        write_tree(&scratch.join("esp"), &esp.files, epoch)?;
+        crate::failpoint::hit("esp");
+        let (bytes, inodes) = tree_usage(tree)?;
+        let layout = layout(plan.disk.size_bytes, esp.bytes(), bytes, inodes)?;
+        let note = format!(
+            "{} kernel {}, {} on the ESP; root tree {}",
+            esp.loader,
+            esp.kernel_version,
+            human(esp.bytes()),
+            human(bytes)
+        );
+        Ok(((esp, layout), note))
+    })?;
+
+    let raw = out.join(raw_name(node));
+    stages.run("raw", || {
+        write_raw(&raw, &layout, &ids, tree, &scratch.join("esp"), epoch)?;
+        Ok((
+            (),
+            format!(
+                "{} GPT: ESP {} + root ext4 {} (UUID {root_uuid})",
+                human(layout.size),
+                human(layout.esp.1),
+                human(layout.root.1)
+            ),
+        ))
+    })?;
+
+    let mut names = vec![];
+    stages.run("bmap", || {
+        let xml = crate::bmap::create(&raw)?;
+        crate::failpoint::hit("bmap");
+        let name = bmap_name(node);
+        fs::write(out.join(&name), &xml)?;
+        let mapped = crate::bmap::mapped_ranges(&File::open(&raw)?)?
+            .iter()
+            .map(|(a, b)| (b - a + 1) * 4096)
+            .sum::<u64>();
+        names.push(raw_name(node));
+        names.push(name);
+        Ok((
+            (),
+            format!("{} of {} mapped", human(mapped), human(layout.size)),
+        ))
+    })?;
+
+    if want("qcow2") {
+        stages.run("qcow2", || {
+            let name = format!("{node}.qcow2");
+            Cmd::new("qemu-img")
+                .args([
+                    "convert",
+                    "-q",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "qcow2",
+                    "-o",
+                    "compat=1.1",
+                ])
+                .arg(&raw)
+                .arg(out.join(&name))
+                .run()
+                .context("converting to qcow2")?;
+            crate::failpoint::hit("qcow2");
+            let size = fs::metadata(out.join(&name))?.len();
+            names.push(name.clone());
+            Ok(((), format!("{name} {}", human(size))))
+        })?;
+    }
+
+    if want("seed-iso") || want("seed-fat") {
+        stages.run("seed", || {
+            let files: Vec<(PathBuf, Vec<u8>)> = crate::render::seed(plan)
+                .into_iter()
+                .map(|(n, c)| (PathBuf::from(n), c.into_bytes()))
+                .collect();
+            let dir = scratch.join("seed");
+            write_tree(&dir, &files, epoch)?;
+            let mut made = vec![];
+            if want("seed-iso") {
+                let name = format!("{node}-seed.iso");
+                Cmd::new("xorriso")
+                    .args(["-as", "mkisofs", "-quiet", "-V", "cidata", "-J", "-R", "-o"])
+                    .arg(out.join(&name))
+                    .arg(&dir)
+                    .env("SOURCE_DATE_EPOCH", epoch.to_string())
+                    .run()
+                    .context("writing the ISO seed")?;
+                made.push(name);
+            }
+            crate::failpoint::hit("seed");
+            if want("seed-fat") {
+                let name = format!("{node}-seed.img");
+                let p = out.join(&name);
+                File::create(&p)?.set_len(4 * MIB)?;
+                fat::make(
+                    &p,
+                    0,
+                    4 * MIB,
+                    &dir,
+                    &fat::Volume {
+                        label: "CIDATA",
+                        serial: ids.seed_serial,
+                        epoch,
+                        bits: 16,
+                    },
+                )?;
+                made.push(name);
+            }
+            let note = format!("cidata: {}", made.join(", "));
+            names.extend(made);
+            Ok(((), note))
+        })?;
+    }
+
+    if want("rootfs-tar") {
+        stages.run("tar", || {
+            let n = crate::rootfs::write_tar(tree, &out.join("rootfs.tar"), epoch)?;
+            names.push("rootfs.tar".into());
+            Ok(((), format!("rootfs.tar: {n} entries")))
+        })?;
+    }
+
+    stages.run("manifest", || {
+        let mut outputs = names
+            .iter()
+            .map(|n| output(out, n))
+            .collect::<Result<Vec<_>>>()?;
+        outputs.sort_by(|a, b| a.file.cmp(&b.file));
+        let m = Manifest {
+            manifest_version: 1,
+            imgbuild: env!("CARGO_PKG_VERSION"),
+            node,
+            hostname: &plan.node.hostname,
+            ip: plan.node.ip.to_string(),
+            recipe_sha256: &plan.recipe_sha256,
+            source_date_epoch: epoch,
+            components: plan
+                .artifacts
+                .iter()
+                .map(|a| (a.name.as_str(), a.version.as_str()))
+                .collect(),
+            inputs: fetched
+                .iter()
+                .map(|f| ManifestInput {
+                    name: &f.name,
+                    version: &f.version,
+                    url: &f.record.url,
+                    size: f.record.size,
+                    sha256: &f.record.sha256,
+                    sha512: &f.record.sha512,
+                    signed_by: f.record.fingerprint.as_deref(),
+                })
+                .collect(),
+            boot: BTreeMap::from([
+                ("loader", esp.loader.to_string()),
+                ("kernel", esp.kernel_version.clone()),
+                ("cmdline", esp.cmdline.clone()),
+            ]),
+            disk_size: layout.size,
+            disk_guid: ids.disk.0.clone(),
+            partitions: vec![
+                ManifestPartition {
+                    name: "ESP",
+                    type_guid: gpt::ESP,
+                    partition_guid: ids.esp_partition.0.clone(),
+                    filesystem: "vfat",
+                    filesystem_id: fat::serial_text(ids.esp_serial),
+                    first_lba: layout.esp.0 / SECTOR,
+                    last_lba: (layout.esp.0 + layout.esp.1) / SECTOR - 1,
+                },
+                ManifestPartition {
+                    name: "root",
+                    type_guid: gpt::LINUX_ROOT_X86_64,
+                    partition_guid: ids.root_partition.0.clone(),
+                    filesystem: "ext4",
+                    filesystem_id: root_uuid.clone(),
+                    first_lba: layout.root.0 / SECTOR,
+                    last_lba: (layout.root.0 + layout.root.1) / SECTOR - 1,
+                },
+            ],
+            base_packages: packages(&root)?,
+            outputs: outputs.clone(),
+        };
+        let mut json = serde_json::to_vec_pretty(&m)?;
+        json.push(b'\n');
+        fs::write(out.join("manifest.json"), json)?;
+        crate::failpoint::hit("manifest");
+        outputs.push(output(out, "manifest.json")?);
+        outputs.sort_by(|a, b| a.file.cmp(&b.file));
+        let sums: String = outputs
+            .iter()
+            .map(|o| format!("{}  {}\n", o.sha256, o.file))
+            .collect();
+        fs::write(out.join("SHA256SUMS"), sums)?;
+        let note = format!("manifest.json, SHA256SUMS ({} files)", outputs.len());
+        Ok((outputs, note))
+    })
+}
