@@ -95,6 +95,27 @@ pub enum Command {
         #[arg(required = true, value_name = "NODE")]
         nodes: Vec<String>,
     },
+    /// Boot images/NODE/ in QEMU (UEFI, snapshot mode: the image never changes), serial
+    /// console on this terminal and in a log file.
+    Boot {
+        node: String,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048, value_name = "MIB")]
+        memory: u32,
+        /// Guest CPUs.
+        #[arg(long, default_value_t = 2, value_name = "N")]
+        cpus: u32,
+        /// Do not show the console: wait for cloud-init to finish, check the hostname and address
+        /// the console shows against the plan, power off. Exit 1 when a check fails.
+        #[arg(long)]
+        check: bool,
+        /// Give up after this many seconds (with --check).
+        #[arg(long, default_value_t = 900, value_name = "SECS")]
+        timeout: u64,
+        /// The serial log (default: BUILD_DIR/boot/NODE/serial.log).
+        #[arg(long, value_name = "FILE")]
+        serial_log: Option<PathBuf>,
+    },
     /// Inspect or fill the download cache.
     Cache {
         #[command(subcommand)]

@@ -663,3 +663,123 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
         listed.len()
     ))
 }
+
+pub struct BootOptions {
+    pub memory: u32,
+    pub cpus: u32,
+    pub check: bool,
+    pub timeout: u64,
+    pub serial_log: Option<std::path::PathBuf>,
+}
+
+/// `imgbuild boot NODE`: the node's qcow2 (or raw) in QEMU with UEFI firmware.
+pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
+    use crate::qemu;
+    let cluster = resolve(&cli.recipe)?;
+    let plan = node_plan(&cluster, &cli.recipe, node)?;
+    let dir = cli.images.join(node);
+    let image = [format!("{node}.qcow2"), crate::image::raw_name(node)]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no image of {node} in {}: build it first with `imgbuild {node}`",
+                dir.display()
+            )
+        })?;
+    crate::tools::require(&[qemu::QEMU])?;
+    let fw = qemu::firmware()?;
+    let work = cli.build_dir.join("boot").join(node);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let vars = work.join("OVMF_VARS.fd");
+    std::fs::copy(&fw.vars, &vars)
+        .with_context(|| format!("copying {} to {}", fw.vars.display(), vars.display()))?;
+    let kvm = qemu::kvm_works(&fw, &work);
+    if !kvm {
+        eprintln!("note: KVM is not usable here; software emulation (a boot takes a minute or two)");
+    }
+    let log = o.serial_log.clone().unwrap_or_else(|| work.join("serial.log"));
+    let _ = std::fs::remove_file(&log);
+    let (local, peer) = qemu::free_udp_ports()?;
+    let mac = plan
+        .node
+        .mac
+        .clone()
+        .unwrap_or_else(|| qemu::default_mac(node));
+    let vm = qemu::Vm {
+        name: node,
+        image: &image,
+        firmware: &fw,
+        vars: &vars,
+        kvm,
+        memory_mb: o.memory,
+        cpus: o.cpus,
+        mac,
+        net: qemu::Net::Isolated { local, peer },
+        serial_log: &log,
+        console: !o.check,
+        cdrom: None,
+    };
+    eprintln!(
+        "booting {} ({}, {}, snapshot mode); serial log {}",
+        image.display(),
+        fw.code.display(),
+        if kvm { "KVM" } else { "TCG" },
+        log.display()
+    );
+    let mut cmd = vm.command();
+    if !o.check {
+        let status = cmd.status().context("running qemu-system-x86_64")?;
+        anyhow::ensure!(status.success(), "QEMU exited with {status}");
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let seen = qemu::watch(
+        &mut child,
+        &log,
+        std::time::Duration::from_secs(o.timeout),
+        None,
+        |s| s.cloud_init_finished && s.login_hostname.is_some(),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = seen?;
+    let ip = plan.node.ip.to_string();
+    println!(
+        "{node}: cloud-init finished after {:.0}s; console shows hostname {} and addresses {}",
+        t.elapsed().as_secs_f64(),
+        seen.login_hostname.as_deref().unwrap_or("-"),
+        seen.addresses.join(", ")
+    );
+    let mut failures = Vec::new();
+    if seen.login_hostname.as_deref() != Some(plan.node.hostname.as_str()) {
+        failures.push(format!(
+            "hostname: expected {}, the console shows {}",
+            plan.node.hostname,
+            seen.login_hostname.as_deref().unwrap_or("none")
+        ));
+    }
+    if !seen.addresses.contains(&ip) {
+        failures.push(format!(
+            "address: expected {ip} on an interface, cloud-init shows {}",
+            if seen.addresses.is_empty() {
+                "none".to_string()
+            } else {
+                seen.addresses.join(", ")
+            }
+        ));
+    }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{node}: {} (serial log {})",
+        failures.join("; "),
+        log.display()
+    );
+    Ok(())
+}

@@ -20,6 +20,7 @@ pub mod lock;
 pub mod mirror;
 pub mod pgp;
 pub mod plan;
+pub mod qemu;
 pub mod recipe;
 pub mod render;
 pub mod rootfs;

@@ -17,6 +17,24 @@ fn main() -> ExitCode {
         Command::Rootfs { node, output } => cmd::rootfs(&cli, node, output.as_deref()),
         Command::Build { nodes } | Command::Nodes(nodes) => cmd::build(&cli, nodes),
         Command::Verify { nodes } => cmd::verify(&cli, nodes),
+        Command::Boot {
+            node,
+            memory,
+            cpus,
+            check,
+            timeout,
+            serial_log,
+        } => cmd::boot(
+            &cli,
+            node,
+            &cmd::BootOptions {
+                memory: *memory,
+                cpus: *cpus,
+                check: *check,
+                timeout: *timeout,
+                serial_log: serial_log.clone(),
+            },
+        ),
         Command::Cache { action } => match action {
             CacheAction::Import { files } => cmd::cache_import(&cli, files),
             CacheAction::List => cmd::cache_list(&cli),
