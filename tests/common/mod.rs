@@ -50,18 +50,31 @@ pub fn fingerprints() -> HashMap<String, String> {
 /// under target/ keyed by the script's content; a file lock keeps parallel test binaries from
 /// building it twice.
 pub fn debian_base() -> PathBuf {
+    debian_base_set("minimal")
+}
+
+/// The bootable Debian base (kernel, initramfs, systemd-boot, netplan, growpart).
+pub fn debian_base_full() -> PathBuf {
+    debian_base_set("full")
+}
+
+fn debian_base_set(set: &str) -> PathBuf {
     use sha2::Digest;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-base.sh");
     let hash = hex::encode(&sha2::Sha256::digest(std::fs::read(&script).unwrap())[..6]);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let out = dir.join(format!("debian-base-{hash}.tar.xz"));
+    let name = match set {
+        "minimal" => format!("debian-base-{hash}.tar.xz"),
+        _ => format!("debian-base-{set}-{hash}.tar.xz"),
+    };
+    let out = dir.join(name);
     let lock = std::fs::File::create(dir.join("debian-base.lock")).unwrap();
     lock.lock().unwrap();
     if !out.is_file() {
         let o = std::process::Command::new("bash")
             .arg(&script)
             .arg(&out)
-            .arg("minimal")
+            .arg(set)
             .output()
             .unwrap();
         assert!(
@@ -71,6 +84,12 @@ pub fn debian_base() -> PathBuf {
         );
     }
     out
+}
+
+/// The fixture mirror with the bootable Debian base in place of Ubuntu's root tarball.
+pub fn mirror_with_bootable_base() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| make_mirror("mirror-bootable", Some(&debian_base_full())))
 }
 
 /// The fixture mirror with the real Debian base in place of Ubuntu's root tarball.

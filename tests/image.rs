@@ -1,0 +1,457 @@
+//! `imgbuild node1` end to end from the fixture mirror with a bootable Debian base: the images
+//! pass the standard tools' checks, two builds are bit-identical, a build killed in any stage
+//! leaves the previous images untouched, and the qcow2 boots under OVMF to cloud-init "finished"
+//! with node1's hostname and address. Needs root (the base keeps its owners) and QEMU/OVMF.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use common::server::Server;
+
+struct Env {
+    server: Server,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A fresh directory with the fixture recipe; every format asked for.
+    fn new() -> Env {
+        let mirror = common::mirror_with_bootable_base();
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(mirror.join("recipe.yaml"))
+            .unwrap()
+            .replace(
+                "  formats: [raw, qcow2, seed-iso]",
+                "  formats: [raw, qcow2, seed-iso, seed-fat, rootfs-tar]",
+            );
+        assert!(text.contains("seed-fat, rootfs-tar]"), "recipe edit applied");
+        std::fs::write(dir.path().join("recipe.yaml"), text).unwrap();
+        Env {
+            server: Server::start(mirror),
+            dir,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn command(&self, build_dir: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("imgbuild"));
+        c.current_dir(self.dir.path())
+            .args(["-r", "recipe.yaml", "--cache-dir", "cache", "--build-dir"])
+            .arg(build_dir)
+            .arg("--mirror")
+            .arg(format!("https://={}", self.server.url()))
+            .args(args)
+            .env("NO_PROXY", "*")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("HTTP_PROXY")
+            .env_remove("IMGBUILD_FAILPOINT");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let o = self.command("build", args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "imgbuild {args:?} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+}
+
+/// One environment with node1 built, shared by the read-only tests.
+fn built() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let env = Env::new();
+        env.run(&["node1"]);
+        env
+    })
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn sha256(p: &Path) -> String {
+    let o = sh("sha256sum", &[p.to_str().unwrap()]);
+    ok(&o, "sha256sum")[..64].to_string()
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// Copy `len` bytes at `offset` of `image` into a new file (to check one partition alone).
+fn extract(image: &Path, offset: u64, len: u64, out: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut o = std::fs::File::create(out).unwrap();
+    std::io::copy(&mut f.take(len), &mut o).unwrap();
+}
+
+#[test]
+fn node1_images_pass_the_standard_tools() {
+    let env = built();
+    let dir = env.path("images/node1");
+    let raw = dir.join("node1.raw");
+    let m = manifest(&dir);
+
+    // GPT with an ESP and a Linux root, as sfdisk reads it.
+    let dump = ok(&sh("sfdisk", &["-d", raw.to_str().unwrap()]), "sfdisk -d");
+    assert!(dump.contains("label: gpt"), "{dump}");
+    assert!(
+        dump.contains("type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B") && dump.contains("name=\"ESP\""),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709") && dump.contains("name=\"root\""),
+        "{dump}"
+    );
+    ok(
+        &sh("sfdisk", &["--verify", raw.to_str().unwrap()]),
+        "sfdisk --verify",
+    );
+    let parts = m["partitions"].as_array().unwrap();
+    let lba = |i: usize, k: &str| parts[i][k].as_u64().unwrap();
+
+    // The root ext4: e2fsck clean, labelled, with the UUID the manifest and the loader name.
+    let root_at = lba(1, "first_lba") * 512;
+    let fsck = sh(
+        "e2fsck",
+        &["-fn", &format!("{}?offset={root_at}", raw.display())],
+    );
+    ok(&fsck, "e2fsck -fn on the root partition");
+    let root_uuid = parts[1]["filesystem_id"].as_str().unwrap();
+    let sb = ok(
+        &sh(
+            "dumpe2fs",
+            &["-h", &format!("{}?offset={root_at}", raw.display())],
+        ),
+        "dumpe2fs",
+    );
+    assert!(
+        sb.contains(&format!("Filesystem UUID:          {root_uuid}")),
+        "{sb}"
+    );
+
+    // The ESP: fsck.fat clean, systemd-boot as the fallback loader, an entry booting that UUID.
+    let esp = env.path("esp.img");
+    let esp_len = (lba(0, "last_lba") + 1 - lba(0, "first_lba")) * 512;
+    extract(&raw, lba(0, "first_lba") * 512, esp_len, &esp);
+    ok(
+        &sh("fsck.fat", &["-n", esp.to_str().unwrap()]),
+        "fsck.fat -n on the ESP",
+    );
+    let mtype = |img: &Path, file: &str| {
+        ok(
+            &Command::new("mtype")
+                .args(["-i", img.to_str().unwrap(), file])
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .output()
+                .unwrap(),
+            "mtype",
+        )
+    };
+    let entry = mtype(&esp, "::/loader/entries/imgbuild.conf");
+    assert!(
+        entry.contains(&format!("root=UUID={root_uuid}")) && entry.contains("console=ttyS0"),
+        "{entry}"
+    );
+    let listing = ok(
+        &Command::new("mdir")
+            .args(["-i", esp.to_str().unwrap(), "-/", "-b", "::/"])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .unwrap(),
+        "mdir",
+    );
+    assert!(listing.contains("::/EFI/BOOT/BOOTX64.EFI"), "{listing}");
+
+    // qcow2: qemu-img check clean and the same disk as the raw image.
+    let qcow2 = dir.join("node1.qcow2");
+    ok(
+        &sh("qemu-img", &["check", qcow2.to_str().unwrap()]),
+        "qemu-img check",
+    );
+    ok(
+        &sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "qcow2",
+                raw.to_str().unwrap(),
+                qcow2.to_str().unwrap(),
+            ],
+        ),
+        "qemu-img compare",
+    );
+
+    // Seeds: the FAT one checks clean and holds node1's user-data; the ISO is labelled cidata.
+    let fat = dir.join("node1-seed.img");
+    ok(&sh("fsck.fat", &["-n", fat.to_str().unwrap()]), "fsck.fat -n on the seed");
+    assert!(mtype(&fat, "::/user-data").contains("hostname: node1"));
+    assert!(mtype(&fat, "::/network-config").contains("192.168.200.151/24"));
+    let iso = std::fs::read(dir.join("node1-seed.iso")).unwrap();
+    assert_eq!(&iso[32808..32814], b"cidata", "ISO volume id");
+
+    // SHA256SUMS as sha256sum -c reads it; manifest and `imgbuild verify` agree.
+    let c = Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let out = ok(&c, "sha256sum -c SHA256SUMS");
+    for f in [
+        "node1.raw",
+        "node1.qcow2",
+        "node1.bmap",
+        "node1-seed.iso",
+        "node1-seed.img",
+        "rootfs.tar",
+        "manifest.json",
+    ] {
+        assert!(out.contains(&format!("{f}: OK")), "{f} missing:\n{out}");
+    }
+    let verify = env.run(&["verify", "node1"]);
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("ok ("),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // bmaptool copy with our bmap onto a file reproduces the raw image.
+    let copy = env.path("bmap-copy.raw");
+    ok(
+        &sh(
+            "bmaptool",
+            &[
+                "copy",
+                "--bmap",
+                dir.join("node1.bmap").to_str().unwrap(),
+                raw.to_str().unwrap(),
+                copy.to_str().unwrap(),
+            ],
+        ),
+        "bmaptool copy",
+    );
+    assert_eq!(sha256(&copy), sha256(&raw));
+    let _ = std::fs::remove_file(&copy);
+
+    // The manifest: recipe hash, inputs with URL/digest/signer, versions, packages, outputs.
+    assert_eq!(m["node"], "node1");
+    assert_eq!(m["recipe_sha256"].as_str().unwrap().len(), 64);
+    let inputs = m["inputs"].as_array().unwrap();
+    let zk = inputs.iter().find(|i| i["name"] == "zookeeper").unwrap();
+    assert!(zk["url"].as_str().unwrap().starts_with("https://"), "{zk}");
+    assert_eq!(zk["sha512"].as_str().unwrap().len(), 128);
+    let release = std::fs::read_to_string(common::mirror_with_bootable_base().join("fingerprints"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("release=").map(str::to_string))
+        .unwrap();
+    assert_eq!(zk["signed_by"].as_str().unwrap(), release);
+    assert_eq!(m["components"]["zookeeper"], "3.9.5");
+    assert!(m["base_packages"]["systemd"].is_string(), "dpkg list");
+    assert_eq!(m["boot"]["loader"], "systemd-boot");
+    let outputs = m["outputs"].as_array().unwrap();
+    let raw_out = outputs.iter().find(|o| o["file"] == "node1.raw").unwrap();
+    assert_eq!(raw_out["sha256"].as_str().unwrap(), sha256(&raw));
+}
+
+#[test]
+fn verify_names_a_changed_file() {
+    let env = built();
+    // A copy of the images, so the shared ones stay intact for the other tests.
+    let other = env.path("tampered");
+    std::fs::create_dir_all(&other).unwrap();
+    ok(
+        &sh(
+            "cp",
+            &[
+                "-a",
+                "--sparse=always",
+                env.path("images/node1").to_str().unwrap(),
+                other.to_str().unwrap(),
+            ],
+        ),
+        "cp",
+    );
+    let raw = other.join("node1/node1.raw");
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    // One byte inside the root filesystem's first mapped blocks.
+    let m = manifest(&other.join("node1"));
+    let at = m["partitions"][1]["first_lba"].as_u64().unwrap() * 512 + 1024 + 100;
+    std::os::unix::fs::FileExt::write_all_at(&f, b"X", at).unwrap();
+    drop(f);
+    let o = env
+        .command("build", &["--images", "tampered", "verify", "node1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("node1.raw: sha256") && err.contains("do not match the bmap"),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_builds_are_bit_identical() {
+    let a = Env::new();
+    let b = Env::new();
+    a.run(&["node1"]);
+    b.run(&["node1"]);
+    for f in [
+        "node1.raw",
+        "node1.qcow2",
+        "node1-seed.iso",
+        "node1-seed.img",
+        "rootfs.tar",
+        "manifest.json",
+        "SHA256SUMS",
+    ] {
+        let (x, y) = (
+            sha256(&a.path("images/node1").join(f)),
+            sha256(&b.path("images/node1").join(f)),
+        );
+        assert_eq!(x, y, "{f} differs between two builds");
+    }
+}
+
+/// Name → (inode, size, mtime ns) of every file in `dir` (a rewrite changes at least one).
+fn listing(dir: &Path) -> BTreeMap<String, (u64, u64, i64)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (m.ino(), m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_build_killed_in_any_stage_leaves_the_previous_images() {
+    let env = Env::new();
+    env.run(&["node1"]);
+    let images = env.path("images");
+    let before = listing(&images.join("node1"));
+    let sums = std::fs::read(images.join("node1/SHA256SUMS")).unwrap();
+    let stages = [
+        "fetch", "common", "node", "esp", "raw", "bmap", "qcow2", "seed", "manifest", "publish",
+    ];
+    for stage in stages {
+        // The shared tree is cached after the first build: kill its stage in a fresh build dir.
+        let build_dir = if stage == "common" {
+            "build-kill"
+        } else {
+            "build"
+        };
+        let mut child = env
+            .command(build_dir, &["node1"])
+            .env("IMGBUILD_FAILPOINT", stage)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut reached = false;
+        let mut log = String::new();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            log.push_str(&line);
+            log.push('\n');
+            if line.starts_with(&format!("failpoint {stage}:")) {
+                reached = true;
+                break;
+            }
+        }
+        assert!(reached, "the build never reached stage {stage}:\n{log}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            listing(&images.join("node1")),
+            before,
+            "images/node1 changed after a kill in stage {stage}"
+        );
+        assert_eq!(std::fs::read(images.join("node1/SHA256SUMS")).unwrap(), sums);
+    }
+    // The previous images still verify, and the next build succeeds and cleans up.
+    env.run(&["verify", "node1"]);
+    env.run(&["node1"]);
+    let leftovers: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "stale temporary dirs: {leftovers:?}");
+    env.run(&["verify", "node1"]);
+}
+
+#[test]
+fn qcow2_boots_to_cloud_init_with_node1_identity() {
+    let env = built();
+    let qcow2 = env.path("images/node1/node1.qcow2");
+    let digest = sha256(&qcow2);
+    let o = env
+        .command("build", &["boot", "node1", "--check", "--timeout", "900"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let log = std::fs::read_to_string(env.path("build/boot/node1/serial.log")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "boot --check failed: {}\n{}\nserial log tail:\n{}",
+        out,
+        String::from_utf8_lossy(&o.stderr),
+        log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+    );
+    // Read from the serial log itself, not only from imgbuild's summary.
+    assert!(log.contains("node1 login:"), "no node1 login prompt");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ci-info:") && l.contains("| True |") && l.contains("192.168.200.151")),
+        "no interface with 192.168.200.151 in cloud-init's table"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Cloud-init v.") && l.contains("finished at")),
+        "cloud-init did not finish"
+    );
+    assert!(
+        out.contains("hostname node1") && out.contains("192.168.200.151"),
+        "{out}"
+    );
+    assert_eq!(sha256(&qcow2), digest, "booting changed the image");
+}
