@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN   := target/release/imgbuild
 NODE  ?= node1
 
-.PHONY: all build test lint fmt deps plan validate clean help demo-fetch
+.PHONY: all build test lint fmt deps plan validate clean help demo images demo-fetch
 
 all: build ## Build the release binary (default)
 
@@ -22,6 +22,12 @@ fmt: ## Format the code
 
 deps: ## Install what a fresh machine lacks (called by .ci/run)
 	bash scripts/deps.sh
+
+demo: deps ## Build node1..3's images from a local fixture mirror (machines without upstream access)
+	bash scripts/demo.sh $(NODES)
+
+images: deps build ## Build images from the real upstream URLs (NODES=node1 for one node; default all)
+	$(BIN) $(or $(NODES),all)
 
 demo-fetch: ## Lock and fetch the reference recipe's artifacts from the local fixture mirror
 	bash scripts/demo-fetch.sh

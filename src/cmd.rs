@@ -521,15 +521,18 @@ pub fn build(cli: &Cli, names: &[String]) -> Result<()> {
             .source_date_epoch
             .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
             .unwrap_or(0);
-        built.push(crate::image::build(
-            plan,
-            &tree,
-            &fetched,
-            &cli.images,
-            &cli.build_dir,
-            epoch,
-            &mut stages,
-        )?);
+        built.push(
+            crate::image::build(
+                plan,
+                &tree,
+                &fetched,
+                &cli.images,
+                &cli.build_dir,
+                epoch,
+                &mut stages,
+            )
+            .with_context(|| format!("{}: node {}", cli.recipe.display(), plan.node.name))?,
+        );
     }
     let mut out = std::io::stdout().lock();
     for b in &built {
@@ -697,9 +700,14 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         .with_context(|| format!("copying {} to {}", fw.vars.display(), vars.display()))?;
     let kvm = qemu::kvm_works(&fw, &work);
     if !kvm {
-        eprintln!("note: KVM is not usable here; software emulation (a boot takes a minute or two)");
+        eprintln!(
+            "note: KVM is not usable here; software emulation (a boot takes a minute or two)"
+        );
     }
-    let log = o.serial_log.clone().unwrap_or_else(|| work.join("serial.log"));
+    let log = o
+        .serial_log
+        .clone()
+        .unwrap_or_else(|| work.join("serial.log"));
     let _ = std::fs::remove_file(&log);
     let (local, peer) = qemu::free_udp_ports()?;
     let mac = plan

@@ -648,3 +648,29 @@ fn emit(
         Ok((outputs, note))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_fills_the_disk_on_mib_boundaries() {
+        let l = layout(4 << 30, 30 * MIB, 400 * MIB, 15_000).unwrap();
+        assert_eq!(l.esp, (MIB, 256 * MIB));
+        assert_eq!(l.root.0, 257 * MIB);
+        // The root ends on a MiB boundary before the 33-sector backup GPT.
+        assert_eq!(l.root.0 + l.root.1, (4 << 30) - MIB);
+        assert!(l.root.1.is_multiple_of(MIB));
+    }
+
+    #[test]
+    fn too_small_a_disk_names_the_minimum() {
+        let e = layout(1 << 30, 30 * MIB, 900 * MIB, 15_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("disk.size 1.0 GiB is too small") && e.contains("needs at least"),
+            "{e}"
+        );
+    }
+}

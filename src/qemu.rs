@@ -37,7 +37,10 @@ const FALLBACK: &[(&str, &str)] = &[
         "/usr/share/OVMF/OVMF_CODE_4M.fd",
         "/usr/share/OVMF/OVMF_VARS_4M.fd",
     ),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
     (
         "/usr/share/edk2/ovmf/OVMF_CODE.fd",
         "/usr/share/edk2/ovmf/OVMF_VARS.fd",
@@ -60,9 +63,10 @@ fn suitable(d: &serde_json::Value) -> Option<Firmware> {
     let targets = d["targets"].as_array()?;
     let q35 = targets.iter().any(|t| {
         t["architecture"] == "x86_64"
-            && t["machines"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m.as_str().is_some_and(|m| m.contains("q35"))))
+            && t["machines"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|m| m.as_str().is_some_and(|m| m.contains("q35")))
+            })
     });
     let map = &d["mapping"];
     if !q35 || map["device"] != "flash" {
@@ -129,8 +133,18 @@ pub fn kvm_works(fw: &Firmware, work: &Path) -> bool {
         return false;
     }
     let child = Command::new(QEMU.command)
-        .args(["-machine", "q35", "-accel", "kvm", "-m", "256", "-nodefaults"])
-        .args(["-display", "none", "-serial", "none", "-monitor", "none", "-net", "none"])
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-m",
+            "256",
+            "-nodefaults",
+        ])
+        .args([
+            "-display", "none", "-serial", "none", "-monitor", "none", "-net", "none",
+        ])
         .arg("-drive")
         .arg(format!(
             "if=pflash,format=raw,readonly=on,file={}",
@@ -220,7 +234,10 @@ impl Vm<'_> {
             ))
             .arg("-chardev")
             .arg(if self.console {
-                format!("stdio,id=s0,signal=on,logfile={}", self.serial_log.display())
+                format!(
+                    "stdio,id=s0,signal=on,logfile={}",
+                    self.serial_log.display()
+                )
             } else {
                 format!("file,id=s0,path={}", self.serial_log.display())
             })

@@ -30,7 +30,10 @@ impl Env {
                 "  formats: [raw, qcow2, seed-iso]",
                 "  formats: [raw, qcow2, seed-iso, seed-fat, rootfs-tar]",
             );
-        assert!(text.contains("seed-fat, rootfs-tar]"), "recipe edit applied");
+        assert!(
+            text.contains("seed-fat, rootfs-tar]"),
+            "recipe edit applied"
+        );
         std::fs::write(dir.path().join("recipe.yaml"), text).unwrap();
         Env {
             server: Server::start(mirror),
@@ -129,7 +132,8 @@ fn node1_images_pass_the_standard_tools() {
         "{dump}"
     );
     assert!(
-        dump.contains("type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709") && dump.contains("name=\"root\""),
+        dump.contains("type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
+            && dump.contains("name=\"root\""),
         "{dump}"
     );
     ok(
@@ -216,7 +220,10 @@ fn node1_images_pass_the_standard_tools() {
 
     // Seeds: the FAT one checks clean and holds node1's user-data; the ISO is labelled cidata.
     let fat = dir.join("node1-seed.img");
-    ok(&sh("fsck.fat", &["-n", fat.to_str().unwrap()]), "fsck.fat -n on the seed");
+    ok(
+        &sh("fsck.fat", &["-n", fat.to_str().unwrap()]),
+        "fsck.fat -n on the seed",
+    );
     assert!(mtype(&fat, "::/user-data").contains("hostname: node1"));
     assert!(mtype(&fat, "::/network-config").contains("192.168.200.151/24"));
     let iso = std::fs::read(dir.join("node1-seed.iso")).unwrap();
@@ -405,7 +412,10 @@ fn a_build_killed_in_any_stage_leaves_the_previous_images() {
             before,
             "images/node1 changed after a kill in stage {stage}"
         );
-        assert_eq!(std::fs::read(images.join("node1/SHA256SUMS")).unwrap(), sums);
+        assert_eq!(
+            std::fs::read(images.join("node1/SHA256SUMS")).unwrap(),
+            sums
+        );
     }
     // The previous images still verify, and the next build succeeds and cleans up.
     env.run(&["verify", "node1"]);
@@ -440,8 +450,9 @@ fn qcow2_boots_to_cloud_init_with_node1_identity() {
     // Read from the serial log itself, not only from imgbuild's summary.
     assert!(log.contains("node1 login:"), "no node1 login prompt");
     assert!(
-        log.lines()
-            .any(|l| l.contains("ci-info:") && l.contains("| True |") && l.contains("192.168.200.151")),
+        log.lines().any(|l| l.contains("ci-info:")
+            && l.contains("| True |")
+            && l.contains("192.168.200.151")),
         "no interface with 192.168.200.151 in cloud-init's table"
     );
     assert!(
