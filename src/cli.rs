@@ -116,6 +116,29 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         serial_log: Option<PathBuf>,
     },
+    /// Write NODE's raw image onto a disk: checks the target first (whole disk, unused, not the
+    /// running system's, big enough), writes only the bmap's mapped ranges and reads each back,
+    /// and writes the partition table last.
+    Flash {
+        node: String,
+        /// The target: a block device such as /dev/sdb (or a file, with --to-file).
+        device: PathBuf,
+        /// Do not ask: the device is the right one.
+        #[arg(long)]
+        yes: bool,
+        /// Show the target and what would be written where; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow a regular file as the target (created if missing).
+        #[arg(long)]
+        to_file: bool,
+        /// The raw image (default: images/NODE/NODE.raw).
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Its bmap (default: the image's .bmap beside it; without one, every block is written).
+        #[arg(long, value_name = "FILE")]
+        bmap: Option<PathBuf>,
+    },
     /// Inspect or fill the download cache.
     Cache {
         #[command(subcommand)]

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod failpoint;
 pub mod fat;
 pub mod fetch;
+pub mod flash;
 pub mod gpt;
 pub mod ids;
 pub mod image;

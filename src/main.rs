@@ -17,6 +17,26 @@ fn main() -> ExitCode {
         Command::Rootfs { node, output } => cmd::rootfs(&cli, node, output.as_deref()),
         Command::Build { nodes } | Command::Nodes(nodes) => cmd::build(&cli, nodes),
         Command::Verify { nodes } => cmd::verify(&cli, nodes),
+        Command::Flash {
+            node,
+            device,
+            yes,
+            dry_run,
+            to_file,
+            image,
+            bmap,
+        } => cmd::flash(
+            &cli,
+            node,
+            device,
+            &cmd::FlashOptions {
+                yes: *yes,
+                dry_run: *dry_run,
+                to_file: *to_file,
+                image: image.clone(),
+                bmap: bmap.clone(),
+            },
+        ),
         Command::Boot {
             node,
             memory,

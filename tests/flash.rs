@@ -1,0 +1,426 @@
+//! `imgbuild flash` against loop devices and files the tests create (never a real disk):
+//! refusals write nothing, a flash onto a bigger device verifies with the backup GPT at its end,
+//! and a flash killed mid-write or failing verification leaves no valid partition table.
+//! Needs root (loop devices, mounts).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use imgbuild::gpt::{Gpt, Guid, Partition};
+
+const MIB: u64 = 1 << 20;
+
+fn sh(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn sha256(p: &Path) -> String {
+    ok(&sh("sha256sum", &[p.to_str().unwrap()]), "sha256sum")[..64].to_string()
+}
+
+/// A loop device over a file; detached on drop.
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn new(file: &Path, partitions: bool) -> Loop {
+        let mut args = vec!["-f", "--show"];
+        if partitions {
+            args.push("-P");
+        }
+        args.push(file.to_str().unwrap());
+        let dev = ok(&sh("losetup", &args), "losetup").trim().to_string();
+        let l = Loop { dev };
+        if partitions {
+            // Without udev the partition nodes may not appear by themselves.
+            let _ = sh("partx", &["-a", &l.dev]);
+            let name = l.dev.trim_start_matches("/dev/").to_string();
+            for n in 1..=2 {
+                let p = format!("{}p{n}", l.dev);
+                let sys = format!("/sys/block/{name}/{name}p{n}/dev");
+                if !Path::new(&p).exists()
+                    && let Ok(mm) = std::fs::read_to_string(&sys)
+                {
+                    let (ma, mi) = mm.trim().split_once(':').unwrap();
+                    ok(&sh("mknod", &[&p, "b", ma, mi]), "mknod");
+                }
+            }
+        }
+        l
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = sh("losetup", &["-d", &self.dev]);
+    }
+}
+
+/// A read-only mount; unmounted on drop.
+struct Mount {
+    dir: tempfile::TempDir,
+}
+
+impl Mount {
+    fn new(dev: &str) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        ok(
+            &sh(
+                "mount",
+                &["-o", "ro,noload", dev, dir.path().to_str().unwrap()],
+            ),
+            "mount",
+        );
+        Mount { dir }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = sh("umount", &[self.dir.path().to_str().unwrap()]);
+    }
+}
+
+/// A small GPT disk image with an ext4 "root" partition and scattered data, plus its bmap.
+struct Image {
+    dir: tempfile::TempDir,
+    raw: PathBuf,
+    size: u64,
+}
+
+fn image(size: u64) -> Image {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    drop(f);
+    // A real filesystem in partition 2 holding a file of noise (a quarter of the disk), so
+    // mounts and fsck have something to read and the bmap has real data ranges.
+    let content = dir.path().join("content");
+    std::fs::create_dir(&content).unwrap();
+    let mut x = 0x1234_5678u32;
+    let noise: Vec<u8> = (0..size / 4)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    std::fs::write(content.join("noise"), noise).unwrap();
+    let root = (2 * MIB, size - 4 * MIB);
+    ok(
+        &sh(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-L",
+                "root",
+                "-d",
+                content.to_str().unwrap(),
+                "-E",
+                &format!("offset={}", root.0),
+                raw.to_str().unwrap(),
+                &format!("{}k", root.1 / 1024),
+            ],
+        ),
+        "mkfs.ext4",
+    );
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    let part = |n: &str, t: &str, (a, l): (u64, u64)| Partition {
+        type_guid: Guid(t.into()),
+        guid: Guid::derived(n),
+        first_lba: a / 512,
+        last_lba: (a + l) / 512 - 1,
+        name: n.into(),
+    };
+    Gpt {
+        disk_guid: Guid::derived("test disk"),
+        partitions: vec![
+            part("ESP", imgbuild::gpt::ESP, (MIB, MIB)),
+            part("root", imgbuild::gpt::LINUX_ROOT_X86_64, root),
+        ],
+    }
+    .write(&f, size)
+    .unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::write(
+        raw.with_extension("bmap"),
+        imgbuild::bmap::create(&raw).unwrap(),
+    )
+    .unwrap();
+    Image { dir, raw, size }
+}
+
+fn flash(img: &Image, target: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("imgbuild"));
+    c.args([
+        "flash",
+        "node1",
+        target,
+        "--image",
+        img.raw.to_str().unwrap(),
+    ])
+    .args(extra)
+    .env_remove("IMGBUILD_FAILPOINT")
+    .stdin(Stdio::null());
+    c
+}
+
+fn refused(img: &Image, target: &str, backing: &Path, extra: &[&str], expect: &str) {
+    let before = sha256(backing);
+    let o = flash(img, target, extra).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "not refused:\n{err}");
+    assert!(err.contains(expect), "expected {expect:?} in:\n{err}");
+    assert_eq!(sha256(backing), before, "{target} was written to");
+}
+
+fn backing(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(size).unwrap();
+    // Something recognisable, so "unchanged" means something.
+    f.write_all_at(b"previous contents", 0).unwrap();
+    f.write_all_at(b"previous contents", size / 2).unwrap();
+    p
+}
+
+#[test]
+fn unsafe_targets_are_refused_with_nothing_written() {
+    let img = image(64 * MIB);
+    let dir = img.dir.path();
+
+    // A mounted loop device.
+    let fs_file = backing(dir, "mounted.img", 96 * MIB);
+    ok(
+        &sh("mkfs.ext4", &["-q", "-F", fs_file.to_str().unwrap()]),
+        "mkfs",
+    );
+    let l = Loop::new(&fs_file, false);
+    {
+        let _m = Mount::new(&l.dev);
+        refused(&img, &l.dev, &fs_file, &["--yes"], "is mounted");
+    }
+
+    // A loop device one of whose partitions is mounted (the image itself, partitioned).
+    let disk = dir.join("partitioned.img");
+    std::fs::copy(&img.raw, &disk).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(96 * MIB)
+        .unwrap();
+    let lp = Loop::new(&disk, true);
+    {
+        let _m = Mount::new(&format!("{}p2", lp.dev));
+        refused(&img, &lp.dev, &disk, &["--yes"], "p2 is mounted");
+        // And the partition itself is not a disk.
+        refused(
+            &img,
+            &format!("{}p2", lp.dev),
+            &disk,
+            &["--yes"],
+            "is a partition",
+        );
+    }
+
+    // Too small a device.
+    let small = backing(dir, "small.img", 32 * MIB);
+    let ls = Loop::new(&small, false);
+    refused(&img, &ls.dev, &small, &["--yes"], "is too small");
+
+    // A regular file without --to-file.
+    let file = backing(dir, "plain.img", 96 * MIB);
+    refused(
+        &img,
+        file.to_str().unwrap(),
+        &file,
+        &["--yes"],
+        "pass --to-file",
+    );
+
+    // No --yes and no terminal: nothing happens.
+    let free = backing(dir, "free.img", 96 * MIB);
+    let lf = Loop::new(&free, false);
+    refused(&img, &lf.dev, &free, &[], "not confirmed");
+
+    // --dry-run shows the plan and writes nothing.
+    let before = sha256(&free);
+    let o = flash(&img, &lf.dev, &["--dry-run"]).output().unwrap();
+    let out = ok(&o, "flash --dry-run");
+    assert!(
+        out.contains("would write bytes 0..") && out.contains("dry run: nothing written"),
+        "{out}"
+    );
+    assert_eq!(sha256(&free), before);
+}
+
+#[test]
+fn flash_onto_a_bigger_device_verifies_and_moves_the_backup_gpt() {
+    let img = image(64 * MIB);
+    let target = backing(img.dir.path(), "big.img", 100 * MIB);
+    let l = Loop::new(&target, false);
+    let o = flash(&img, &l.dev, &["--yes"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("read back and verified") && err.contains("backup GPT moved"),
+        "{err}"
+    );
+    let v = ok(&sh("sfdisk", &["--verify", &l.dev]), "sfdisk --verify");
+    assert!(v.contains("No errors detected"), "{v}");
+    // The backup header in the device's last sector, named by the primary.
+    let f = std::fs::File::open(&l.dev).unwrap();
+    let mut h = [0u8; 512];
+    f.read_exact_at(&mut h, 100 * MIB - 512).unwrap();
+    assert_eq!(&h[..8], b"EFI PART", "backup header at the end");
+    f.read_exact_at(&mut h, 512).unwrap();
+    assert_eq!(
+        u64::from_le_bytes(h[32..40].try_into().unwrap()),
+        100 * MIB / 512 - 1,
+        "primary names the last LBA as its backup"
+    );
+    // Every mapped range of the image is on the device (but the GPT headers, rewritten).
+    let g = Gpt::read(&f).unwrap();
+    assert_eq!(g.partitions.len(), 2);
+    let map =
+        imgbuild::bmap::parse(&std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap())
+            .unwrap();
+    let src = std::fs::File::open(&img.raw).unwrap();
+    for (first, last, _) in &map.ranges {
+        // The primary header (LBA 1) was rewritten to name the new backup location.
+        let (a, b) = (
+            (first * 4096).max(1024),
+            ((last + 1) * 4096).min(img.size - 33 * 512),
+        );
+        if a >= b {
+            continue;
+        }
+        let (mut x, mut y) = (vec![0u8; (b - a) as usize], vec![0u8; (b - a) as usize]);
+        src.read_exact_at(&mut x, a).unwrap();
+        f.read_exact_at(&mut y, a).unwrap();
+        assert!(x == y, "bytes {a}..{b} differ from the image");
+    }
+    let root = &g.partitions[1];
+    let a = root.first_lba * 512;
+    let fsck = sh("e2fsck", &["-fn", &format!("{}?offset={a}", l.dev)]);
+    ok(&fsck, "e2fsck on the flashed root");
+    drop(f);
+    // Holes are skipped, not zeroed: the old contents in an unmapped block are still there.
+    let mut old = [0u8; 17];
+    std::fs::File::open(&target)
+        .unwrap()
+        .read_exact_at(&mut old, 100 * MIB / 2)
+        .unwrap();
+    let hole =
+        imgbuild::bmap::parse(&std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap())
+            .unwrap()
+            .ranges
+            .iter()
+            .all(|(a, b, _)| !(a * 4096..=b * 4096 + 4095).contains(&(100 * MIB / 2)));
+    if hole {
+        assert_eq!(&old, b"previous contents", "a hole was written");
+    }
+}
+
+#[test]
+fn a_file_target_and_an_image_without_bmap_work_too() {
+    let img = image(64 * MIB);
+    std::fs::remove_file(img.raw.with_extension("bmap")).unwrap();
+    let target = img.dir.path().join("out.raw");
+    let o = flash(&img, target.to_str().unwrap(), &["--yes", "--to-file"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("no bmap") && err.contains("verified"), "{err}");
+    assert_eq!(sha256(&target), sha256(&img.raw));
+}
+
+fn has_valid_gpt(dev: &str) -> bool {
+    let o = sh("sfdisk", &["-d", dev]);
+    o.status.success() && String::from_utf8_lossy(&o.stdout).contains("label: gpt")
+}
+
+#[test]
+fn a_flash_killed_mid_write_leaves_no_partition_table() {
+    let img = image(96 * MIB);
+    let target = backing(img.dir.path(), "victim.img", 96 * MIB);
+    let l = Loop::new(&target, false);
+    // First a good flash: the device has a valid table to lose.
+    ok(&flash(&img, &l.dev, &["--yes"]).output().unwrap(), "flash");
+    assert!(has_valid_gpt(&l.dev));
+    let mut child = flash(&img, &l.dev, &["--yes"])
+        .env("IMGBUILD_FAILPOINT", "flash")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reached = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().starts_with("failpoint flash:") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the flash never got halfway");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !has_valid_gpt(&l.dev),
+        "a half-written disk still has a partition table"
+    );
+    let f = std::fs::File::open(&l.dev).unwrap();
+    let mut h = [0u8; 512];
+    for at in [512, 96 * MIB - 512] {
+        f.read_exact_at(&mut h, at).unwrap();
+        assert_ne!(&h[..8], b"EFI PART", "a GPT header survives at byte {at}");
+    }
+}
+
+#[test]
+fn a_range_failing_verification_wipes_the_table_and_says_so() {
+    let img = image(64 * MIB);
+    let target = backing(img.dir.path(), "t.img", 64 * MIB);
+    let l = Loop::new(&target, false);
+    ok(&flash(&img, &l.dev, &["--yes"]).output().unwrap(), "flash");
+    // The image changes after its bmap was made: a late range no longer matches.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.raw)
+        .unwrap();
+    let map =
+        imgbuild::bmap::parse(&std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap())
+            .unwrap();
+    let (a, b, _) = map.ranges.iter().max_by_key(|(a, b, _)| b - a).unwrap();
+    f.write_all_at(b"changed", (a + b) / 2 * 4096).unwrap();
+    drop(f);
+    let o = flash(&img, &l.dev, &["--yes"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("do not match the bmap") && err.contains("partition table regions were wiped"),
+        "{err}"
+    );
+    assert!(!has_valid_gpt(&l.dev));
+}
