@@ -315,7 +315,13 @@ pub struct Report {
     pub relocated: bool,
 }
 
+/// Zero `len` bytes at `at` (nothing to do, and nothing written, when they are zero already).
 fn wipe(f: &File, at: u64, len: u64) -> std::io::Result<()> {
+    let mut cur = vec![0u8; len as usize];
+    let n = f.read_at(&mut cur, at)?;
+    if cur[..n].iter().all(|b| *b == 0) {
+        return Ok(());
+    }
     f.write_all_at(&vec![0u8; len as usize], at)?;
     f.sync_data()
 }
@@ -334,21 +340,24 @@ fn drop_cache(f: &File, at: u64, len: u64) {
 }
 
 /// Copy `[a, b)` of the image to the target, writing only the bytes inside `window`; returns
-/// the SHA-256 of the image bytes of the whole range.
+/// the SHA-256 of the image bytes of the whole range when `hash`.
 fn copy_range(
     img: &File,
     dst: &File,
     (a, b): (u64, u64),
     window: (u64, u64),
+    hash: bool,
     buf: &mut [u8],
-) -> Result<Vec<u8>> {
-    let mut h = Sha256::new();
+) -> Result<Option<Vec<u8>>> {
+    let mut h = hash.then(Sha256::new);
     let mut pos = a;
     while pos < b {
         let n = (b - pos).min(buf.len() as u64) as usize;
         img.read_exact_at(&mut buf[..n], pos)
             .with_context(|| format!("reading the image at byte {pos}"))?;
-        h.update(&buf[..n]);
+        if let Some(h) = h.as_mut() {
+            h.update(&buf[..n]);
+        }
         let (lo, hi) = (pos.max(window.0), (pos + n as u64).min(window.1));
         if lo < hi {
             let from = (lo - pos) as usize;
@@ -358,7 +367,7 @@ fn copy_range(
         }
         pos += n as u64;
     }
-    Ok(h.finalize().to_vec())
+    Ok(h.map(|h| h.finalize().to_vec()))
 }
 
 /// Bytes of `[a, b)` inside `[lo, hi)`.
@@ -457,48 +466,58 @@ fn write_body(dst: &File, img: &File, o: &Options, target_size: u64) -> Result<R
         size.saturating_sub(HEAD).max(HEAD.min(size)),
     );
     let halfway = total / 2;
+    // What each range must read back as: the bmap's SHA-256, or (without a bmap) the image's.
+    let mut expect: Vec<Vec<u8>> = Vec::with_capacity(o.plan.ranges.len());
     for (i, (a, b, sum)) in o.plan.ranges.iter().enumerate() {
-        let image_sum = copy_range(img, dst, (*a, *b), body, &mut buf)?;
-        if let Some(s) = sum {
-            ensure!(
-                hex::encode(&image_sum) == *s,
-                "{}: bytes {a}..{b} do not match the bmap (the image changed since it was built?)",
-                o.image.display()
-            );
-        }
+        let image_sum = copy_range(img, dst, (*a, *b), body, sum.is_none(), &mut buf)?;
+        expect.push(match (sum, image_sum) {
+            (Some(s), _) => hex::decode(s).context("a bmap checksum is not hex")?,
+            (None, Some(h)) => h,
+            (None, None) => unreachable!("hashed when there is no bmap checksum"),
+        });
         written += overlap((*a, *b), body);
         bar.inc(b - a);
         if overlap((*a, *b), body) < b - a {
             deferred.push(i);
-        } else {
-            dst.sync_data()?;
-            let back = read_back(dst, *a, *b, &mut buf)?;
-            ensure!(
-                back == image_sum,
-                "read-back of bytes {a}..{b} does not match what was written"
-            );
         }
         if written >= halfway {
             crate::failpoint::hit("flash");
+        }
+    }
+    // One sync, then every range is read back from the device (its cached pages dropped).
+    dst.sync_data()?;
+    let check = |i: usize, buf: &mut [u8]| -> Result<()> {
+        let (a, b, _) = &o.plan.ranges[i];
+        if read_back(dst, *a, *b, buf)? == expect[i] {
+            return Ok(());
+        }
+        // Tell a changed image from a bad write.
+        if let Some(Some(h)) = copy_range(img, dst, (*a, *b), (0, 0), true, buf).ok()
+            && h != expect[i]
+        {
+            bail!(
+                "{}: bytes {a}..{b} do not match the bmap (the image changed since it was built?)",
+                o.image.display()
+            );
+        }
+        bail!("read-back of bytes {a}..{b} does not match what was written")
+    };
+    for i in 0..o.plan.ranges.len() {
+        if !deferred.contains(&i) {
+            check(i, &mut buf)?;
         }
     }
     // Last: the backup table, then the primary; then the ranges holding them are read back.
     for window in [(body.1, size), (0, body.0)] {
         for &i in &deferred {
             let (a, b, _) = &o.plan.ranges[i];
-            copy_range(img, dst, (*a, *b), window, &mut buf)?;
+            copy_range(img, dst, (*a, *b), window, false, &mut buf)?;
             written += overlap((*a, *b), window);
         }
         dst.sync_all()?;
     }
     for &i in &deferred {
-        let (a, b, _) = &o.plan.ranges[i];
-        let want = read_back(img, *a, *b, &mut buf)?;
-        let got = read_back(dst, *a, *b, &mut buf)?;
-        ensure!(
-            got == want,
-            "read-back of bytes {a}..{b} (a partition table) does not match"
-        );
+        check(i, &mut buf)?;
     }
     bar.finish_and_clear();
     // On a bigger disk, move the backup GPT to its end so the root can grow at first boot.
