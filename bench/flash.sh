@@ -6,6 +6,7 @@
 # Writes the "flash" section of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 runs=${RUNS:-3}
 out=build/bench-flash
 mkdir -p "$out"
@@ -59,14 +60,5 @@ PY
 echo "$report"
 section=$(printf '<!-- flash:begin -->\n## Flashing: imgbuild flash vs bmaptool and dd\n\nMeasured %s on %s (%s cores) by `make bench-flash`: node1 image from `make demo`, file target on the same filesystem.\n\n%s\n<!-- flash:end -->' \
     "$(date -u +%Y-%m-%d)" "$(uname -m)" "$(nproc)" "$report")
-python3 - "$section" <<'PY'
-import re, sys
-section = sys.argv[1]
-text = open("BENCHMARKS.md").read()
-if "<!-- flash:begin -->" in text:
-    text = re.sub(r"<!-- flash:begin -->.*?<!-- flash:end -->", lambda m: section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open("BENCHMARKS.md", "w").write(text)
-PY
+write_section flash "$section"
 rm -f "$out/target.raw"

@@ -6,6 +6,7 @@
 # usage: bench/rootfs.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 runs=${1:-3}
 out=target/bench/rootfs
 mkdir -p "$out"
@@ -48,13 +49,4 @@ report=$(awk -v a="$m1" -v b="$m2" -v c="$m3" -v s="$mc" -v n="$runs" -v e="$ent
 echo "$report"
 section=$(printf '<!-- rootfs:begin -->\n## Root filesystems: shared tree built once\n\nMeasured %s on %s (%s cores) by `make bench-rootfs`, Debian bookworm base made by mmdebstrap.\n\n%s\n<!-- rootfs:end -->' \
     "$(date -u +%Y-%m-%d)" "$(uname -m)" "$(nproc)" "$report")
-python3 - "$section" <<'PY'
-import re, sys
-section = sys.argv[1]
-text = open("BENCHMARKS.md").read()
-if "<!-- rootfs:begin -->" in text:
-    text = re.sub(r"<!-- rootfs:begin -->.*?<!-- rootfs:end -->", lambda m: section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open("BENCHMARKS.md", "w").write(text)
-PY
+write_section rootfs "$section"

@@ -6,33 +6,14 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+mod common;
+
+use common::{ok, sh, sha256};
 use imgbuild::gpt::{Gpt, Guid, Partition};
 
 const MIB: u64 = 1 << 20;
-
-fn sh(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n{}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn sha256(p: &Path) -> String {
-    ok(&sh("sha256sum", &[p.to_str().unwrap()]), "sha256sum")[..64].to_string()
-}
 
 /// A loop device over a file; detached on drop.
 struct Loop {

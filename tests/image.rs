@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use common::server::Server;
+use common::{ok, sh, sha256};
 
 struct Env {
     server: Server,
@@ -79,29 +80,6 @@ fn built() -> &'static Env {
         env.run(&["node1"]);
         env
     })
-}
-
-fn sh(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n{}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn sha256(p: &Path) -> String {
-    let o = sh("sha256sum", &[p.to_str().unwrap()]);
-    ok(&o, "sha256sum")[..64].to_string()
 }
 
 fn manifest(dir: &Path) -> serde_json::Value {

@@ -97,3 +97,28 @@ pub fn mirror_with_debian_base() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| make_mirror("mirror-debian", Some(&debian_base())))
 }
+
+/// Run a command, capturing its output.
+pub fn sh(cmd: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+/// Its stdout, after asserting it succeeded (the message shows both streams).
+pub fn ok(o: &std::process::Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// sha256sum of a file (or device).
+pub fn sha256(p: &Path) -> String {
+    ok(&sh("sha256sum", &[p.to_str().unwrap()]), "sha256sum")[..64].to_string()
+}
