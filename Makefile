@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN   := target/release/imgbuild
 NODE  ?= node1
 
-.PHONY: all build test lint fmt deps plan validate clean help demo images demo-fetch
+.PHONY: all build test lint fmt deps plan validate clean help demo e2e images demo-fetch
 
 all: build ## Build the release binary (default)
 
@@ -23,8 +23,11 @@ fmt: ## Format the code
 deps: ## Install what a fresh machine lacks (called by .ci/run)
 	bash scripts/deps.sh
 
-demo: deps ## Build node1..3's images from a local fixture mirror (machines without upstream access)
+demo: deps ## From a local fixture mirror: build node1..3's images, boot the cluster, print its health
 	bash scripts/demo.sh $(NODES)
+
+e2e: deps ## demo, judged: cluster checks must pass, and a deliberately broken cluster must fail
+	bash scripts/e2e.sh
 
 images: deps build ## Build images from the real upstream URLs (NODES=node1 for one node; default all)
 	$(BIN) $(or $(NODES),all)

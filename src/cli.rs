@@ -116,6 +116,28 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         serial_log: Option<PathBuf>,
     },
+    /// Boot the cluster (or NODE...) in QEMU on one private virtual network, show each node's
+    /// health as its imgbuild-health unit reports it on the serial console; Ctrl-C stops all.
+    Up {
+        /// Nodes to boot (default: all).
+        nodes: Vec<String>,
+        /// Guest memory per VM in MiB.
+        #[arg(long, default_value_t = 2048, value_name = "MIB")]
+        memory: u32,
+        /// CPUs per VM.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        cpus: u32,
+        /// Stop once every node has reported (or at the timeout), judge the cluster — one
+        /// ZooKeeper leader, every Kafka voter seen, a Storm nimbus leader and every supervisor —
+        /// and exit 1 naming each failed node and check.
+        #[arg(long)]
+        check: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 1800, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Stop VMs an interrupted `imgbuild up` left running.
+    Down,
     /// Write NODE's raw image onto a disk: checks the target first (whole disk, unused, not the
     /// running system's, big enough), writes only the bmap's mapped ranges and reads each back,
     /// and writes the partition table last.

@@ -258,7 +258,11 @@ fn fetch_with(cli: &Cli, s: &FetchSetup) -> Result<Vec<Fetched>> {
 /// `imgbuild lock`: resolve every artifact afresh (ignoring any existing lock) and pin it.
 pub fn lock(cli: &Cli) -> Result<()> {
     let s = fetch_setup(cli)?;
-    let fetcher = Fetcher::new(&s.cache, &s.mirrors, None, fetch_options(cli))?;
+    let opts = fetch::Options {
+        refresh: true,
+        ..fetch_options(cli)
+    };
+    let fetcher = Fetcher::new(&s.cache, &s.mirrors, None, opts)?;
     let fetched = fetcher.fetch_all(&s.cluster.artifacts)?;
     let artifacts = fetched
         .iter()
@@ -904,5 +908,49 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
             ""
         }
     );
+    Ok(())
+}
+
+/// `imgbuild up [NODE...]`
+pub fn up(cli: &Cli, names: &[String], o: &crate::cluster::UpOptions) -> Result<()> {
+    let cluster = resolve(&cli.recipe)?;
+    let all = vec!["all".to_string()];
+    let plans = select(
+        &cluster,
+        &cli.recipe,
+        if names.is_empty() { &all } else { names },
+    )?;
+    crate::tools::require(&[
+        crate::qemu::QEMU,
+        crate::tools::Tool {
+            command: "ip",
+            why: "sets up the private network namespace the VMs share",
+            package: "iproute2",
+        },
+    ])?;
+    crate::rootfs::require_root("imgbuild up (a private network namespace)")?;
+    let work = cli.build_dir.join("up");
+    let Some(failures) = crate::cluster::up(&cluster, &plans, &cli.images, &work, o)? else {
+        anyhow::ensure!(!o.check, "interrupted before the cluster could be judged");
+        return Ok(());
+    };
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "cluster check failed ({} problem{}):\n  {}",
+            failures.len(),
+            if failures.len() == 1 { "" } else { "s" },
+            failures.join("\n  ")
+        );
+    }
+    if o.check {
+        println!("cluster ok: {} nodes healthy", plans.len());
+    }
+    Ok(())
+}
+
+/// `imgbuild down`
+pub fn down(cli: &Cli) -> Result<()> {
+    let n = crate::cluster::down(&cli.build_dir.join("up"))?;
+    eprintln!("stopped {n} VM{}", if n == 1 { "" } else { "s" });
     Ok(())
 }

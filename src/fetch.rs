@@ -40,6 +40,9 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// First backoff delay; doubles per retry.
     pub backoff: Duration,
+    /// Resolve afresh (`imgbuild lock`): an artifact pinned only by the publisher's checksum file
+    /// is looked up again instead of trusting the cache's record of an earlier resolution.
+    pub refresh: bool,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             retries: env_num("IMGBUILD_HTTP_RETRIES").unwrap_or(4) as u32,
             idle_timeout: Duration::from_secs(env_num("IMGBUILD_HTTP_TIMEOUT").unwrap_or(30)),
             backoff: Duration::from_millis(env_num("IMGBUILD_HTTP_BACKOFF_MS").unwrap_or(500)),
+            refresh: false,
         }
     }
 }
@@ -178,7 +182,7 @@ impl<'a> Fetcher<'a> {
         let matches = |r: &Record| match expect {
             Some(Expect::Locked(e)) => r.sha256 == e.sha256,
             Some(Expect::Digest(alg, hex)) => r.digest(*alg) == hex,
-            None => true,
+            None => !self.opts.refresh,
         };
         if let Some(r) = self.cache.record(key).filter(matches) {
             return Ok(Some(r));

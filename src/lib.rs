@@ -5,6 +5,7 @@ pub mod boot;
 pub mod cache;
 pub mod checksum;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod confined;
 pub mod diag;

@@ -17,6 +17,23 @@ fn main() -> ExitCode {
         Command::Rootfs { node, output } => cmd::rootfs(&cli, node, output.as_deref()),
         Command::Build { nodes } | Command::Nodes(nodes) => cmd::build(&cli, nodes),
         Command::Verify { nodes } => cmd::verify(&cli, nodes),
+        Command::Up {
+            nodes,
+            memory,
+            cpus,
+            check,
+            timeout,
+        } => cmd::up(
+            &cli,
+            nodes,
+            &imgbuild::cluster::UpOptions {
+                memory: *memory,
+                cpus: *cpus,
+                check: *check,
+                timeout: std::time::Duration::from_secs(*timeout),
+            },
+        ),
+        Command::Down => cmd::down(&cli),
         Command::Flash {
             node,
             device,

@@ -104,7 +104,76 @@ pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
             0o644,
         ));
     }
+    out.push(file(
+        "etc/systemd/system/imgbuild-health.service",
+        "[Unit]\nDescription=imgbuild health report on the serial console\n\
+         Documentation=file:/usr/lib/imgbuild/health.py\n\
+         Wants=network-online.target\n\
+         After=network-online.target zookeeper.service kafka.service storm-nimbus.service storm-supervisor.service\n\n\
+         [Service]\nType=simple\nExecStart=/usr/bin/python3 /usr/lib/imgbuild/health.py\n\
+         StandardOutput=journal+console\nNoNewPrivileges=true\nProtectHome=true\nPrivateTmp=true\n\n\
+         [Install]\nWantedBy=multi-user.target\n"
+            .to_string(),
+        0o644,
+    ));
+    out.push(file(
+        "usr/lib/imgbuild/health.py",
+        include_str!("health.py").to_string(),
+        0o755,
+    ));
     out
+}
+
+/// /etc/imgbuild/health.json: what imgbuild-health checks on this node.
+pub fn health_config(p: &Plan) -> String {
+    let mut c = serde_json::json!({
+        "node": p.node.name,
+        "hostname": p.node.hostname,
+        "ip": p.node.ip.to_string(),
+        "interval_seconds": 10,
+        "timeout_seconds": 1800,
+    });
+    if let Some(z) = &p.zookeeper
+        && z.myid.is_some()
+    {
+        c["zookeeper"] = serde_json::json!({"client_port": z.client_port});
+    }
+    if let Some(k) = &p.kafka
+        && let Some(voters) = &k.controller_quorum_voters
+    {
+        // "1@192.168.200.151:9093,2@…": ask this node's own controller when it is one.
+        let entries: Vec<(u32, &str)> = voters
+            .split(',')
+            .filter_map(|v| {
+                let (id, addr) = v.split_once('@')?;
+                Some((id.parse().ok()?, addr))
+            })
+            .collect();
+        let own = entries
+            .iter()
+            .find(|(id, _)| Some(*id) == k.node_id && k.controller_port.is_some())
+            .or(entries.first())
+            .map(|(_, a)| a.to_string())
+            .unwrap_or_default();
+        c["kafka"] = serde_json::json!({
+            "quorum_tool": "/opt/kafka/bin/kafka-metadata-quorum.sh",
+            "controller": own,
+            "voters": entries.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        });
+    }
+    if let Some(s) = &p.storm {
+        c["storm"] = serde_json::json!({
+            "zookeeper": s.zookeeper_servers.iter().map(|ip| format!("{ip}:{}", s.zookeeper_port)).collect::<Vec<_>>(),
+            "root": "/storm",
+            "supervisors": 1,
+        });
+    }
+    if p.artifacts.iter().any(|a| a.name == "python") {
+        c["python"] = serde_json::json!("/opt/python/bin/python3");
+    }
+    let mut text = serde_json::to_string_pretty(&c).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// `sysusers.d` entries and `tmpfiles.d` lines for the service users and their directories.
@@ -190,6 +259,7 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
         ));
     }
     out.push(file("etc/fstab", fstab(p), 0o644));
+    out.push(file("etc/imgbuild/health.json", health_config(p), 0o644));
     for (name, content) in seed(p) {
         out.push(file(
             &format!("var/lib/cloud/seed/nocloud/{name}"),
@@ -405,6 +475,8 @@ pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
 pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
     p.units
         .iter()
+        .map(String::as_str)
+        .chain(["imgbuild-health.service"])
         .map(|u| {
             (
                 PathBuf::from("etc/systemd/system/multi-user.target.wants").join(u),

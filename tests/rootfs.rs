@@ -234,6 +234,7 @@ fn units_pass_systemd_analyze_and_seed_passes_cloud_init() {
         "storm-supervisor",
         "storm-ui",
         "storm-logviewer",
+        "imgbuild-health",
     ]
     .iter()
     .map(|u| tree.join(format!("etc/systemd/system/{u}.service")))

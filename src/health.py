@@ -1,0 +1,163 @@
+#!/usr/bin/python3
+# imgbuild-health: checks this node from the inside and reports on the console, one parseable
+# line per check, until every check passes (or the time is up):
+#   imgbuild-health node=NODE check=NAME ok=yes|no key=value ...
+#   imgbuild-health node=NODE summary=healthy|unhealthy round=N
+# Reads /etc/imgbuild/health.json (written by imgbuild). Standard library only. No SSH needed:
+# `imgbuild up` reads these lines from each VM's serial console.
+import json
+import re
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+CONF = "/etc/imgbuild/health.json"
+
+
+def say(node, **kv):
+    fields = " ".join(f"{k}={v}" for k, v in kv.items())
+    line = f"imgbuild-health node={node} {fields}"
+    print(line, flush=True)  # the unit sends stdout to the journal and the console
+
+
+def four_letter(host, port, cmd, timeout=5):
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(cmd.encode())
+        out = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return out.decode(errors="replace")
+            out += chunk
+
+
+def zk_children(servers, path, timeout=5):
+    """getChildren over ZooKeeper's own protocol (a read-only session, no watches)."""
+    last = None
+    for server in servers:
+        host, _, port = server.partition(":")
+        try:
+            with socket.create_connection((host, int(port or 2181)), timeout=timeout) as s:
+                def send(payload):
+                    s.sendall(struct.pack(">i", len(payload)) + payload)
+
+                def recv():
+                    n = struct.unpack(">i", read_exact(s, 4))[0]
+                    return read_exact(s, n)
+
+                send(struct.pack(">iqiqi", 0, 0, 10000, 0, 16) + b"\0" * 16 + b"\0")
+                recv()
+                p = path.encode()
+                send(struct.pack(">ii", 1, 8) + struct.pack(">i", len(p)) + p + b"\0")
+                r = recv()
+                _xid, _zxid, err = struct.unpack(">iqi", r[:16])
+                if err == -101:
+                    return []
+                if err != 0:
+                    raise OSError(f"zookeeper error {err}")
+                count = struct.unpack(">i", r[16:20])[0]
+                out, at = [], 20
+                for _ in range(max(count, 0)):
+                    n = struct.unpack(">i", r[at:at + 4])[0]
+                    out.append(r[at + 4:at + 4 + n].decode())
+                    at += 4 + n
+                send(struct.pack(">ii", 2, -11))  # close the session
+                return sorted(out)
+        except (OSError, struct.error) as e:
+            last = e
+    raise OSError(f"no ZooKeeper server answered: {last}")
+
+
+def read_exact(s, n):
+    b = b""
+    while len(b) < n:
+        chunk = s.recv(n - len(b))
+        if not chunk:
+            raise OSError("connection closed")
+        b += chunk
+    return b
+
+
+def check_all(c):
+    """Yield (check, ok, fields) for every check this node's roles call for."""
+    host = socket.gethostname()
+    yield "hostname", host == c["hostname"], {"value": host}
+    try:
+        addrs = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True,
+                               text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        addrs = ""
+    has_ip = any(f" {c['ip']}/" in line for line in addrs.splitlines())
+    yield "ip", has_ip, {"value": c["ip"] if has_ip else "missing"}
+    if c.get("zookeeper"):
+        try:
+            srvr = four_letter(c["ip"], c["zookeeper"]["client_port"], "srvr")
+            mode = next((l.split(":", 1)[1].strip() for l in srvr.splitlines()
+                         if l.startswith("Mode:")), "unknown")
+        except OSError:
+            mode = "down"
+        yield "zookeeper", mode in ("leader", "follower", "standalone"), {"mode": mode}
+    if c.get("kafka"):
+        k = c["kafka"]
+        try:
+            out = subprocess.run([k["quorum_tool"], "--bootstrap-controller", k["controller"],
+                                  "describe", "--status"], capture_output=True, text=True,
+                                 timeout=120).stdout
+            fields = dict(l.split(":", 1) for l in out.splitlines() if ":" in l)
+            voters = fields.get("CurrentVoters", "").strip()
+            # Kafka < 3.9: [1,2,3]; 3.9 and 4.x: [{"id": 1, "directoryId": …, "endpoints": […]}, …]
+            found = re.findall(r'"id":\s*(\d+)', voters) if "{" in voters else re.findall(r"\d+", voters)
+            ids = sorted(int(x) for x in found)
+            leader = fields.get("LeaderId", "").strip() or "none"
+        except (OSError, subprocess.SubprocessError, ValueError):
+            ids, leader = [], "none"
+        want = sorted(k["voters"])
+        yield "kafka", ids == want and leader != "none" and leader != "-1", {
+            "voters": ",".join(map(str, ids)) or "none", "leader": leader}
+    if c.get("storm"):
+        s = c["storm"]
+        try:
+            root = s["root"]
+            nimbuses = zk_children(s["zookeeper"], f"{root}/nimbuses")
+            supervisors = zk_children(s["zookeeper"], f"{root}/supervisors")
+            latch = zk_children(s["zookeeper"], f"{root}/leader-lock")
+            ok = bool(nimbuses) and bool(latch) and len(supervisors) >= s["supervisors"]
+            yield "storm", ok, {"nimbuses": len(nimbuses), "leader_latch": len(latch),
+                                "supervisors": len(supervisors)}
+        except OSError:
+            yield "storm", False, {"zookeeper": "unreachable"}
+    if c.get("python"):
+        try:
+            v = subprocess.run([c["python"], "-c",
+                                "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                               capture_output=True, text=True, timeout=60)
+            version = v.stdout.strip()
+            yield "python", v.returncode == 0 and bool(version), {"version": version or "none"}
+        except (OSError, subprocess.SubprocessError):
+            yield "python", False, {"version": "none"}
+
+
+def main():
+    with open(CONF) as f:
+        c = json.load(f)
+    node = c["node"]
+    deadline = time.monotonic() + c.get("timeout_seconds", 1800)
+    rnd = 0
+    while True:
+        rnd += 1
+        results = list(check_all(c))
+        for name, ok, fields in results:
+            say(node, check=name, ok="yes" if ok else "no", round=rnd, **fields)
+        if all(ok for _, ok, _ in results):
+            say(node, summary="healthy", round=rnd)
+            return 0
+        if time.monotonic() > deadline:
+            say(node, summary="unhealthy", round=rnd)
+            return 1
+        time.sleep(c.get("interval_seconds", 10))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
