@@ -35,7 +35,7 @@ ib -r "$broken" lock 2>/dev/null
 ib -r "$broken" --images "$out/images-broken" --build-dir build/broken all >/dev/null
 set +e
 target/release/imgbuild -r "$broken" --images "$out/images-broken" --build-dir build/broken \
-    up --check --timeout "${E2E_BROKEN_TIMEOUT:-600}" >/dev/null 2>"$out/e2e-broken.err"
+    up --check --timeout "${E2E_BROKEN_TIMEOUT:-420}" >/dev/null 2>"$out/e2e-broken.err"
 rc=$?
 set -e
 p_neg=$(since "$t")

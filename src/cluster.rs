@@ -494,6 +494,91 @@ pub fn down(work: &Path) -> Result<usize> {
 mod tests {
     use super::*;
 
+    fn reference() -> ClusterPlan {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/cluster.yaml");
+        crate::plan::resolve(&crate::recipe::load(&path).unwrap()).unwrap()
+    }
+
+    /// The serial-console lines of a healthy node of the reference cluster.
+    fn healthy(p: &Plan, zk_mode: &str) -> NodeState {
+        let n = &p.node.name;
+        let mut s = NodeState::default();
+        for l in [
+            format!(
+                "imgbuild-health node={n} check=hostname ok=yes round=1 value={}",
+                p.node.hostname
+            ),
+            format!(
+                "imgbuild-health node={n} check=ip ok=yes round=1 value={}",
+                p.node.ip
+            ),
+            format!("imgbuild-health node={n} check=zookeeper ok=yes round=1 mode={zk_mode}"),
+            format!("imgbuild-health node={n} check=kafka ok=yes round=1 voters=1,2,3 leader=1"),
+            format!(
+                "imgbuild-health node={n} check=storm ok=yes round=1 nimbuses=3 leader_latch=3 supervisors=3"
+            ),
+            format!("imgbuild-health node={n} check=python ok=yes round=1 version=3.13.12"),
+            format!("imgbuild-health node={n} summary=healthy round=1"),
+        ] {
+            s.line(&l);
+        }
+        s
+    }
+
+    #[test]
+    fn judge_passes_a_healthy_cluster_and_names_what_breaks() {
+        let c = reference();
+        let nodes: Vec<&Plan> = c.nodes.iter().collect();
+        let modes = ["follower", "follower", "leader"];
+        let good: BTreeMap<String, NodeState> = nodes
+            .iter()
+            .zip(modes)
+            .map(|(p, m)| (p.node.name.clone(), healthy(p, m)))
+            .collect();
+        assert_eq!(judge(&c, &nodes, &good), Vec::<String>::new());
+
+        // node3's ZooKeeper never joins; its health unit keeps reporting it.
+        let mut bad = good.clone();
+        let n3 = bad.get_mut("node3").unwrap();
+        n3.summary = None;
+        n3.line("imgbuild-health node=node3 check=zookeeper ok=no round=9 mode=down");
+        let f = judge(&c, &nodes, &bad);
+        assert!(
+            f.iter().any(|m| m == "node3: zookeeper: mode=down"),
+            "{f:?}"
+        );
+        assert!(
+            f.iter()
+                .any(|m| m.contains("node3: zookeeper: mode down, expected leader or follower")),
+            "{f:?}"
+        );
+
+        // Two leaders, a missing voter, a missing supervisor.
+        let mut bad = good.clone();
+        bad.get_mut("node1")
+            .unwrap()
+            .line("imgbuild-health node=node1 check=zookeeper ok=yes round=2 mode=leader");
+        bad.get_mut("node2")
+            .unwrap()
+            .line("imgbuild-health node=node2 check=kafka ok=yes round=2 voters=1,2 leader=1");
+        bad.get_mut("node3").unwrap().line("imgbuild-health node=node3 check=storm ok=yes round=2 nimbuses=3 leader_latch=3 supervisors=2");
+        let f = judge(&c, &nodes, &bad);
+        assert!(
+            f.iter().any(|m| m.starts_with("zookeeper: 2 leaders")),
+            "{f:?}"
+        );
+        assert!(
+            f.iter()
+                .any(|m| m == "node2: kafka: sees voters 1,2, expected 1,2,3"),
+            "{f:?}"
+        );
+        assert!(
+            f.iter()
+                .any(|m| m == "node3: storm: 2 supervisors registered, expected 3"),
+            "{f:?}"
+        );
+    }
+
     #[test]
     fn health_lines_are_parsed() {
         let mut s = NodeState::default();

@@ -488,6 +488,52 @@ fn lock_detects_changed_upstream_content() {
 }
 
 #[test]
+fn lock_resolves_checksum_file_artifacts_afresh() {
+    // A private copy of the mirror, whose python tarball (pinned only by the publisher's
+    // SHA256SUMS) is then republished with new content under the same URL.
+    let mirror = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", common::mirror().display()))
+        .arg(mirror.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let mut env = Env::new();
+    env.server = Server::start(mirror.path());
+    ok(&env.run(&["lock"]));
+    let lock =
+        |env: &Env| std::fs::read_to_string(env.dir.path().join("recipe.lock.json")).unwrap();
+    let before = lock(&env);
+    let dir = mirror
+        .path()
+        .join("github.com/astral-sh/python-build-standalone/releases/download/20260203");
+    let file = "cpython-3.13.12+20260203-x86_64-unknown-linux-gnu-install_only.tar.gz";
+    std::fs::write(dir.join(file), b"republished content").unwrap();
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let new_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"republished content"))
+    };
+    let sums: String = sums
+        .lines()
+        .map(|l| {
+            if l.ends_with(file) {
+                format!("{new_sha}  {file}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+    // The cache still holds the old content and a record of it: lock must not trust that.
+    ok(&env.run(&["lock"]));
+    let after = lock(&env);
+    assert_ne!(before, after);
+    assert!(after.contains(&new_sha), "{after}");
+}
+
+#[test]
 fn stale_lock_is_reported() {
     let env = Env::new();
     ok(&env.run(&["lock"]));
