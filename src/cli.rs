@@ -89,6 +89,9 @@ pub enum Command {
     Build {
         #[arg(required = true, value_name = "NODE")]
         nodes: Vec<String>,
+        /// Rebuild even nodes whose images already match their inputs.
+        #[arg(long)]
+        force: bool,
     },
     /// Re-check images/NODE/: SHA256SUMS, the bmap's block checksums and the manifest.
     Verify {

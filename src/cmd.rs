@@ -481,7 +481,7 @@ fn select<'a>(
 }
 
 /// `imgbuild NODE...` / `imgbuild build NODE...`: fetch, compose, emit images/<node>/ for each.
-pub fn build(cli: &Cli, names: &[String]) -> Result<()> {
+pub fn build(cli: &Cli, names: &[String], force: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     let s = fetch_setup(cli)?;
     let plans = select(&s.cluster, &cli.recipe, names)?;
@@ -506,25 +506,65 @@ pub fn build(cli: &Cli, names: &[String]) -> Result<()> {
     let t = std::time::Instant::now();
     let fetched = fetch_with(cli, &s)?;
     let fetch_secs = t.elapsed().as_secs_f64();
+    let epoch_of = |plan: &Plan| {
+        plan.source_date_epoch
+            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
+            .unwrap_or(0)
+    };
+    // Nodes whose images already match their inputs are left alone (nothing rewritten).
+    let mut keys = Vec::new();
+    for plan in &plans {
+        keys.push(crate::image::build_key(plan, &fetched, epoch_of(plan))?);
+    }
+    let fresh: Vec<Option<Vec<crate::image::Output>>> = plans
+        .iter()
+        .zip(&keys)
+        .map(|(p, k)| {
+            (!force)
+                .then(|| crate::image::up_to_date(&cli.images, &p.node.name, k))
+                .flatten()
+        })
+        .collect();
     let t = std::time::Instant::now();
-    let common = crate::rootfs::common_tree(plans[0], &fetched, &cli.build_dir)?;
+    let common = if fresh.iter().all(Option::is_some) {
+        None
+    } else {
+        Some(crate::rootfs::common_tree(
+            plans[0],
+            &fetched,
+            &cli.build_dir,
+        )?)
+    };
     let common_secs = t.elapsed().as_secs_f64();
     let mut built = Vec::new();
-    for plan in &plans {
+    for ((plan, key), fresh) in plans.iter().zip(&keys).zip(fresh) {
         let mut stages = crate::image::Stages::new(&plan.node.name);
         if built.is_empty() {
             stages.times.push(("fetch".into(), fetch_secs));
             stages.times.push(("common".into(), common_secs));
         }
+        if let Some(outputs) = fresh {
+            crate::rootfs::remove_stale(&cli.images, &format!(".{}.tmp-", plan.node.name))?;
+            eprintln!(
+                "[{}] up to date: {} matches its inputs (build key {}); nothing rewritten",
+                plan.node.name,
+                cli.images.join(&plan.node.name).display(),
+                &key[..12]
+            );
+            built.push(crate::image::Built {
+                node: plan.node.name.clone(),
+                dir: cli.images.join(&plan.node.name),
+                outputs,
+                stages: stages.times,
+            });
+            continue;
+        }
+        let common = common.as_deref().expect("built when a node needs it");
         let t = std::time::Instant::now();
-        let tree = crate::rootfs::node_tree(plan, &common, &cli.build_dir, &plan.overlays)?;
+        let tree = crate::rootfs::node_tree(plan, common, &cli.build_dir, &plan.overlays)?;
         stages
             .times
             .push(("node".into(), t.elapsed().as_secs_f64()));
-        let epoch = plan
-            .source_date_epoch
-            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
-            .unwrap_or(0);
         built.push(
             crate::image::build(
                 plan,
@@ -532,7 +572,8 @@ pub fn build(cli: &Cli, names: &[String]) -> Result<()> {
                 &fetched,
                 &cli.images,
                 &cli.build_dir,
-                epoch,
+                epoch_of(plan),
+                key,
                 &mut stages,
             )
             .with_context(|| format!("{}: node {}", cli.recipe.display(), plan.node.name))?,

@@ -26,8 +26,9 @@ pub fn uuid_text(b: &[u8; 16]) -> String {
     )
 }
 
-/// The identifiers of a node's disk image, each derived from (recipe, node, label): the same
-/// recipe gives the same disk, a changed recipe or another node a different one.
+/// The identifiers of a node's disk image, each derived from (cluster, node, label): the same
+/// recipe gives the same disk, another node or cluster a different one, and editing the recipe
+/// elsewhere leaves this node's identifiers (and so its unchanged image) alone.
 #[derive(Debug, Clone)]
 pub struct DiskIds {
     pub disk: crate::gpt::Guid,
@@ -47,16 +48,12 @@ impl DiskIds {
         let g = |label: &str| {
             crate::gpt::Guid::derived(&format!(
                 "imgbuild disk\0{}\0{}\0{label}",
-                p.recipe_sha256, p.node.name
+                p.cluster, p.node.name
             ))
         };
         let serial = |label: &str| {
             let b = uuid_v4(
-                format!(
-                    "imgbuild disk\0{}\0{}\0{label}",
-                    p.recipe_sha256, p.node.name
-                )
-                .as_bytes(),
+                format!("imgbuild disk\0{}\0{}\0{label}", p.cluster, p.node.name).as_bytes(),
             );
             u32::from_be_bytes([b[0], b[1], b[2], b[3]])
         };

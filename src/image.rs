@@ -292,6 +292,8 @@ struct ManifestPartition {
 struct Manifest<'a> {
     manifest_version: u32,
     imgbuild: &'static str,
+    /// What the images are a function of (see [`build_key`]): equal keys, identical images.
+    build_key: &'a str,
     node: &'a str,
     hostname: &'a str,
     ip: String,
@@ -381,7 +383,61 @@ fn publish(staging: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The key of a node's images: imgbuild's version, the node's plan (without the recipe's path and
+/// hash, so an edit elsewhere in the recipe does not touch this node), the content of every
+/// input, the epoch and the overlays' files. Equal keys give identical images.
+pub fn build_key(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut p = plan.clone();
+    p.recipe = String::new();
+    p.recipe_sha256 = String::new();
+    let mut h = Sha256::new();
+    h.update(concat!("imgbuild ", env!("CARGO_PKG_VERSION"), "\0"));
+    h.update(serde_json::to_vec(&p)?);
+    for f in fetched {
+        h.update(format!("{}\0{}\0", f.name, f.record.sha256));
+    }
+    h.update(epoch.to_le_bytes());
+    for dir in &plan.overlays {
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for e in entries {
+                use std::os::unix::fs::MetadataExt;
+                let m = fs::symlink_metadata(&e)?;
+                h.update(format!("{}\0{:o}\0", e.display(), m.mode()));
+                if m.is_dir() {
+                    stack.push(e);
+                } else if m.file_type().is_symlink() {
+                    h.update(fs::read_link(&e)?.as_os_str().as_encoded_bytes());
+                } else {
+                    h.update(fs::read(&e).with_context(|| format!("reading {}", e.display()))?);
+                }
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The outputs of `images/<node>/` when it was built with `key` and is still complete.
+pub fn up_to_date(images: &Path, node: &str, key: &str) -> Option<Vec<Output>> {
+    let dir = images.join(node);
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    if m["build_key"] != key || !dir.join("SHA256SUMS").is_file() {
+        return None;
+    }
+    let outputs: Vec<Output> = serde_json::from_value(m["outputs"].clone()).ok()?;
+    outputs
+        .iter()
+        .all(|o| fs::metadata(dir.join(&o.file)).is_ok_and(|md| md.len() == o.size))
+        .then_some(outputs)
+}
+
 /// Everything after the node's tree: emit `images/<node>/` for `plan`.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     plan: &Plan,
     tree: &Path,
@@ -389,6 +445,7 @@ pub fn build(
     images: &Path,
     build_dir: &Path,
     epoch: u64,
+    key: &str,
     stages: &mut Stages,
 ) -> Result<Built> {
     let node = plan.node.name.as_str();
@@ -403,7 +460,7 @@ pub fn build(
     }
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let result = emit(
-        plan, tree, fetched, &staging, build_dir, epoch, stages, &want,
+        plan, tree, fetched, &staging, build_dir, epoch, key, stages, &want,
     );
     let outputs = match result {
         Ok(o) => o,
@@ -436,6 +493,7 @@ fn emit(
     out: &Path,
     build_dir: &Path,
     epoch: u64,
+    key: &str,
     stages: &mut Stages,
     want: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Output>> {
@@ -581,6 +639,7 @@ fn emit(
         let m = Manifest {
             manifest_version: 1,
             imgbuild: env!("CARGO_PKG_VERSION"),
+            build_key: key,
             node,
             hostname: &plan.node.hostname,
             ip: plan.node.ip.to_string(),

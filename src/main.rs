@@ -15,7 +15,13 @@ fn main() -> ExitCode {
         Command::Fetch => cmd::fetch(&cli).map(|_| ()),
         Command::Lock => cmd::lock(&cli),
         Command::Rootfs { node, output } => cmd::rootfs(&cli, node, output.as_deref()),
-        Command::Build { nodes } | Command::Nodes(nodes) => cmd::build(&cli, nodes),
+        Command::Build { nodes, force } => cmd::build(&cli, nodes, *force),
+        // `imgbuild node1 node2 [--force]`
+        Command::Nodes(args) => {
+            let force = args.iter().any(|a| a == "--force");
+            let nodes: Vec<String> = args.iter().filter(|a| *a != "--force").cloned().collect();
+            cmd::build(&cli, &nodes, force)
+        }
         Command::Verify { nodes } => cmd::verify(&cli, nodes),
         Command::Up {
             nodes,

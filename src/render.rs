@@ -387,13 +387,6 @@ pub fn fstab(p: &Plan) -> String {
 
 /// The NoCloud seed: (file name, content) for meta-data, user-data and network-config.
 pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
-    let meta = format!(
-        "instance-id: {}-{}-{}\nlocal-hostname: {}\n",
-        p.cluster,
-        p.node.name,
-        &p.recipe_sha256[..12],
-        p.node.hostname
-    );
     let mut user =
         String::from("#cloud-config\n# Written by imgbuild. No passwords: SSH keys only.\n");
     let _ = writeln!(user, "hostname: {}", p.node.hostname);
@@ -464,6 +457,22 @@ pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
             let _ = writeln!(net, "      search: [{d}]");
         }
     }
+    // The instance id changes exactly when this node's own seed does, so cloud-init re-runs its
+    // per-instance modules after such a change, and edits elsewhere in the recipe leave it alone.
+    let h = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(format!(
+            "{}\0{user}\0{net}",
+            p.node.hostname
+        )))
+    };
+    let meta = format!(
+        "instance-id: {}-{}-{}\nlocal-hostname: {}\n",
+        p.cluster,
+        p.node.name,
+        &h[..12],
+        p.node.hostname
+    );
     vec![
         ("meta-data", meta),
         ("user-data", user),

@@ -365,7 +365,7 @@ fn a_build_killed_in_any_stage_leaves_the_previous_images() {
             "build"
         };
         let mut child = env
-            .command(build_dir, &["node1"])
+            .command(build_dir, &["node1", "--force"])
             .env("IMGBUILD_FAILPOINT", stage)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -397,7 +397,7 @@ fn a_build_killed_in_any_stage_leaves_the_previous_images() {
     }
     // The previous images still verify, and the next build succeeds and cleans up.
     env.run(&["verify", "node1"]);
-    env.run(&["node1"]);
+    env.run(&["node1", "--force"]);
     let leftovers: Vec<String> = std::fs::read_dir(&images)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -405,6 +405,40 @@ fn a_build_killed_in_any_stage_leaves_the_previous_images() {
         .collect();
     assert!(leftovers.is_empty(), "stale temporary dirs: {leftovers:?}");
     env.run(&["verify", "node1"]);
+}
+
+#[test]
+fn unchanged_nodes_are_not_rebuilt_and_a_node_change_rebuilds_only_that_node() {
+    let env = Env::new();
+    env.run(&["node1", "node2"]);
+    let (d1, d2) = (env.path("images/node1"), env.path("images/node2"));
+    let (l1, l2) = (listing(&d1), listing(&d2));
+    // Nothing changed: both up to date, not a file rewritten.
+    let o = env.run(&["node1", "node2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("[node1] up to date") && err.contains("[node2] up to date"),
+        "{err}"
+    );
+    assert_eq!((listing(&d1), listing(&d2)), (l1.clone(), l2.clone()));
+    // One line for node2 only: node2 is rebuilt, node1 left alone.
+    let text = std::fs::read_to_string(env.path("recipe.yaml"))
+        .unwrap()
+        .replace(
+            "  node2:\n    ip: 192.168.200.152\n",
+            "  node2:\n    ip: 192.168.200.152\n    services: {kafka: {heap_mb: 2048}}\n",
+        );
+    assert!(text.contains("heap_mb: 2048}}"), "recipe edit applied");
+    std::fs::write(env.path("recipe.yaml"), text).unwrap();
+    let o = env.run(&["node1", "node2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("[node1] up to date") && !err.contains("[node2] up to date"),
+        "{err}"
+    );
+    assert_eq!(listing(&d1), l1, "node1 was rewritten");
+    assert_ne!(listing(&d2), l2, "node2 was not rebuilt");
+    env.run(&["verify", "node1", "node2"]);
 }
 
 #[test]
