@@ -47,8 +47,8 @@ clean: ## Remove build output (images/ keeps only its README)
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-.PHONY: bench bench-fetch bench-rootfs bench-flash
-bench: bench-fetch bench-rootfs bench-flash ## Run every benchmark and rewrite BENCHMARKS.md
+.PHONY: bench bench-fetch bench-rootfs bench-flash bench-build
+bench: bench-fetch bench-rootfs bench-flash bench-build ## Run every benchmark and rewrite BENCHMARKS.md
 
 bench-fetch: ## Fetch+verify of a 600 MiB artifact from a loopback server vs curl (BENCHMARKS.md)
 	bash bench/fetch.sh
@@ -58,3 +58,6 @@ bench-rootfs: ## Compose node1..3 root filesystems: shared tree once, marginal c
 
 bench-flash: ## Flash node1's image to a file: imgbuild flash vs bmaptool copy and dd conv=sparse (BENCHMARKS.md)
 	bash bench/flash.sh
+
+bench-build: ## Build node1..3: cold vs shell floor, marginal node, no-op rebuild, one change, peak memory (BENCHMARKS.md)
+	bash bench/build.sh

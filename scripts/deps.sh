@@ -21,6 +21,9 @@ NEEDED=(
     "qemu-img qemu-utils"          # qcow2 images; `qemu-img check` in tests
     "qemu-system-x86_64 qemu-system-x86"  # booting images (tests, `imgbuild boot`/`up`)
     "ovmf.fd ovmf"                 # UEFI firmware for QEMU (checked as a file, see below)
+    "ip iproute2"                  # imgbuild up: the private network namespace
+    "mkosi mkosi"                  # make bench: the mkosi comparison
+    "debootstrap debootstrap"      # make bench: mkosi's Debian bootstrap
 )
 
 if ! command -v cargo >/dev/null; then
