@@ -23,7 +23,7 @@ for node in "$@"; do
     cp -a -l "$work/common" "$n"
     (cd "$trees/$node/rootfs" && tar -cf - etc/hostname etc/hosts etc/machine-id etc/fstab etc/zookeeper etc/kafka \
         etc/storm etc/default etc/imgbuild etc/systemd/system etc/cloud/cloud.cfg.d var/lib/cloud/seed var/lib/zookeeper) |
-        tar -xf - -C "$n" --unlink-first
+        tar -xf - -C "$n" --recursive-unlink
     size=$((4096 * MiB)) esp=$((256 * MiB))
     root_off=$((MiB + esp)) root_len=$((size - MiB - esp - MiB))
     truncate -s "$size" "$work/$node.raw"
