@@ -14,9 +14,13 @@ mkdir -p "$work/cache"
 for node in "$@"; do
     extra=$work/extra-$node
     rm -rf "$extra"; mkdir -p "$extra"
-    (cd "$trees/$node/rootfs" && tar -cf - opt etc/hostname etc/hosts etc/fstab etc/zookeeper etc/kafka etc/storm \
-        etc/default etc/imgbuild etc/systemd/system etc/cloud/cloud.cfg.d etc/sysusers.d etc/tmpfiles.d \
-        usr/lib/imgbuild var/lib/cloud/seed var/lib/zookeeper 2>/dev/null) | tar -xf - -C "$extra"
+    paths=()
+    for p in opt etc/hostname etc/hosts etc/fstab etc/zookeeper etc/kafka etc/storm etc/default etc/imgbuild \
+        etc/systemd/system etc/cloud/cloud.cfg.d usr/lib/sysusers.d usr/lib/tmpfiles.d usr/lib/imgbuild \
+        var/lib/cloud/seed var/lib/zookeeper; do
+        [ -e "$trees/$node/rootfs/$p" ] && paths+=("$p")
+    done
+    (cd "$trees/$node/rootfs" && tar -cf - "${paths[@]}") | tar -xf - -C "$extra"
     mkosi -d debian -r bookworm ${mirror:+-m "$mirror"} -t gpt_ext4 --qcow2 --with-docs --cache "$work/cache" \
         -p "$pkgs" --extra-tree "$extra" --root-size 3700M --hostname "$node" -o "$work/$node.qcow2" -f build >"$work/$node.log" 2>&1 ||
         { tail -20 "$work/$node.log" >&2; exit 1; }
