@@ -317,17 +317,7 @@ pub fn up(
     let start = Instant::now();
     for p in nodes {
         let name = &p.node.name;
-        let dir = images.join(name);
-        let image = [format!("{name}.qcow2"), crate::image::raw_name(name)]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|f| f.is_file())
-            .with_context(|| {
-                format!(
-                    "no image of {name} in {}: run `imgbuild {name}` first",
-                    dir.display()
-                )
-            })?;
+        let image = crate::image::bootable(images, name)?;
         let nwork = work.join(name);
         std::fs::create_dir_all(&nwork)?;
         let vars = nwork.join("OVMF_VARS.fd");

@@ -725,17 +725,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
     use crate::qemu;
     let cluster = resolve(&cli.recipe)?;
     let plan = node_plan(&cluster, &cli.recipe, node)?;
-    let dir = cli.images.join(node);
-    let image = [format!("{node}.qcow2"), crate::image::raw_name(node)]
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no image of {node} in {}: build it first with `imgbuild {node}`",
-                dir.display()
-            )
-        })?;
+    let image = crate::image::bootable(&cli.images, node)?;
     crate::tools::require(&[qemu::QEMU])?;
     let fw = qemu::firmware()?;
     let work = cli.build_dir.join("boot").join(node);

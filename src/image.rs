@@ -69,6 +69,21 @@ pub fn bmap_name(node: &str) -> String {
     format!("{node}.bmap")
 }
 
+/// The image of `node` to boot: its qcow2, else its raw disk.
+pub fn bootable(images: &Path, node: &str) -> Result<PathBuf> {
+    let dir = images.join(node);
+    [format!("{node}.qcow2"), raw_name(node)]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "no image of {node} in {}: build it first with `imgbuild {node}`",
+                dir.display()
+            )
+        })
+}
+
 /// One output file: name, size, sha256.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Output {
