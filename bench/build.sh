@@ -18,34 +18,41 @@ ib -r "$R" fetch >/dev/null 2>&1 # warm download cache: not measured
 awk '{print} /^  node2:$/ {getline; print; print "    services: {kafka: {heap_mb: 2048}}"}' "$R" >"$R2"
 grep -q 'heap_mb: 2048}}' "$R2"
 ib -r "$R2" lock >/dev/null 2>&1
-run() { # recipe build-dir args... -> "seconds peak_kib"
-    local r=$1 b=$2; shift 2
-    python3 bench/measure.py target/release/imgbuild -r "$r" --cache-dir "$out/cache" --mirror "https://=$url" \
+# measure CMD... -> sets $t (seconds) and $r (peak KiB); a failing command stops the benchmark
+# (a time of a failed build would be a lie).
+measure() {
+    local res
+    res=$(python3 bench/measure.py "$@") || { echo "bench: failed (exit $?): $*" >&2; exit 1; }
+    read -r t r <<<"$res"
+}
+run() { # recipe build-dir args...
+    local rc=$1 b=$2; shift 2
+    measure target/release/imgbuild -r "$rc" --cache-dir "$out/cache" --mirror "https://=$url" \
         --build-dir "$b/build" --images "$b/images" "$@"
 }
 listing() { find "$1" -type f -printf '%p %i %s %T@\n' | sort | sha256sum | cut -c1-16; }
 cold=() floor=() rss=() n1=() n2=() n3=() noop=() change=() rebuilt=() mk=()
 for i in $(seq "$runs"); do
     rm -rf "$bb"; sync
-    read -r t r < <(run "$R" "$bb" all); cold+=("$t"); rss+=("$r")
+    run "$R" "$bb" all; cold+=("$t"); rss+=("$r")
     before=$(listing "$bb/images")
-    read -r t _ < <(run "$R" "$bb" all); noop+=("$t")
+    run "$R" "$bb" all; noop+=("$t")
     [ "$(listing "$bb/images")" = "$before" ] || { echo "bench: the no-op rebuild rewrote files" >&2; exit 1; }
     n1b=$(listing "$bb/images/node1")
-    read -r t _ < <(run "$R2" "$bb" all); change+=("$t")
+    run "$R2" "$bb" all; change+=("$t")
     [ "$(listing "$bb/images/node1")" = "$n1b" ] && rebuilt+=(node2) || rebuilt+=(more)
-    read -r t _ < <(python3 bench/measure.py bash bench/floor.sh "$out/mirror" "$bb/build/nodes" "$bb/floor" node1 node2 node3)
+    measure bash bench/floor.sh "$out/mirror" "$bb/build/nodes" "$bb/floor" node1 node2 node3
     floor+=("$t"); rm -rf "$bb/floor"
     if command -v mkosi >/dev/null && [ "$i" -le "${MKOSI_RUNS:-1}" ]; then
         # Warm mkosi's package cache first (downloads are not measured on either side).
         [ -d build/bench-mkosi/cache ] || bash bench/mkosi.sh "$bb/build/nodes" build/bench-mkosi node1 >/dev/null
-        read -r t _ < <(python3 bench/measure.py bash bench/mkosi.sh "$bb/build/nodes" build/bench-mkosi node1 node2 node3)
+        measure bash bench/mkosi.sh "$bb/build/nodes" build/bench-mkosi node1 node2 node3
         mk+=("$t")
     fi
     rm -rf "$bb"; sync
-    read -r t _ < <(run "$R" "$bb" node1); n1+=("$t")
-    read -r t _ < <(run "$R" "$bb" node2); n2+=("$t")
-    read -r t _ < <(run "$R" "$bb" node3); n3+=("$t")
+    run "$R" "$bb" node1; n1+=("$t")
+    run "$R" "$bb" node2; n2+=("$t")
+    run "$R" "$bb" node3; n3+=("$t")
 done
 rm -rf "$bb"
 med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

@@ -346,15 +346,35 @@ fn packages(root: &Root) -> Result<BTreeMap<String, String>> {
 }
 
 fn output(dir: &Path, name: &str) -> Result<Output> {
-    let p = dir.join(name);
-    Ok(Output {
-        file: name.to_string(),
-        size: fs::metadata(&p)
-            .with_context(|| format!("stat {}", p.display()))?
-            .len(),
-        sha256: crate::checksum::sha256_file(&p)
-            .with_context(|| format!("hashing {}", p.display()))?,
-    })
+    Hashing::start(dir, name).finish(dir, name)
+}
+
+/// A file's SHA-256 computed on a thread of its own, started as soon as the file is complete, so
+/// the big ones (the raw disk: gigabytes, mostly holes that still have to be hashed as zeros; the
+/// qcow2) are hashed while the next stages run instead of one after another at the end.
+struct Hashing(std::thread::JoinHandle<std::io::Result<String>>);
+
+impl Hashing {
+    fn start(dir: &Path, name: &str) -> Hashing {
+        let p = dir.join(name);
+        Hashing(std::thread::spawn(move || crate::checksum::sha256_file(&p)))
+    }
+
+    fn finish(self, dir: &Path, name: &str) -> Result<Output> {
+        let p = dir.join(name);
+        let sha256 = self
+            .0
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread hashing {} panicked", p.display()))?
+            .with_context(|| format!("hashing {}", p.display()))?;
+        Ok(Output {
+            file: name.to_string(),
+            size: fs::metadata(&p)
+                .with_context(|| format!("stat {}", p.display()))?
+                .len(),
+            sha256,
+        })
+    }
 }
 
 /// Swap `staging` into place as `dest` atomically; the previous `dest` is removed afterwards.
@@ -549,6 +569,9 @@ fn emit(
         ))
     })?;
 
+    // Every output file's digest, hashed in the background from the moment the file is complete.
+    let mut hashing: Vec<(String, Hashing)> =
+        vec![(raw_name(node), Hashing::start(out, &raw_name(node)))];
     let mut names = vec![];
     stages.run("bmap", || {
         let xml = crate::bmap::create(&raw)?;
@@ -559,7 +582,6 @@ fn emit(
             .iter()
             .map(|(a, b)| (b - a + 1) * 4096)
             .sum::<u64>();
-        names.push(raw_name(node));
         names.push(name);
         Ok((
             (),
@@ -587,7 +609,7 @@ fn emit(
                 .context("converting to qcow2")?;
             crate::failpoint::hit("qcow2");
             let size = fs::metadata(out.join(&name))?.len();
-            names.push(name.clone());
+            hashing.push((name.clone(), Hashing::start(out, &name)));
             Ok(((), format!("{name} {}", human(size))))
         })?;
     }
@@ -650,6 +672,9 @@ fn emit(
             .iter()
             .map(|n| output(out, n))
             .collect::<Result<Vec<_>>>()?;
+        for (n, h) in hashing {
+            outputs.push(h.finish(out, &n)?);
+        }
         outputs.sort_by(|a, b| a.file.cmp(&b.file));
         let m = Manifest {
             manifest_version: 1,
