@@ -47,8 +47,8 @@ clean: ## Remove build output (images/ keeps only its README)
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-.PHONY: bench bench-fetch bench-rootfs bench-flash bench-build
-bench: bench-fetch bench-rootfs bench-flash bench-build ## Run every benchmark and rewrite BENCHMARKS.md
+.PHONY: bench bench-fetch bench-rootfs bench-flash bench-build bench-profile
+bench: bench-fetch bench-rootfs bench-flash bench-build bench-profile ## Run every benchmark and rewrite BENCHMARKS.md
 
 bench-fetch: ## Fetch+verify of a 600 MiB artifact from a loopback server vs curl (BENCHMARKS.md)
 	bash bench/fetch.sh
@@ -61,3 +61,6 @@ bench-flash: ## Flash node1's image to a file: imgbuild flash vs bmaptool copy a
 
 bench-build: ## Build node1..3: cold vs shell floor, marginal node, no-op rebuild, one change, peak memory (BENCHMARKS.md)
 	bash bench/build.sh
+
+bench-profile: ## perf profile of a marginal node's build: CPU per process, hottest symbols (BENCHMARKS.md)
+	bash bench/profile.sh

@@ -24,6 +24,7 @@ NEEDED=(
     "ip iproute2"                  # imgbuild up: the private network namespace
     "mkosi mkosi"                  # make bench: the mkosi comparison
     "debootstrap debootstrap"      # make bench: mkosi's Debian bootstrap
+    "perf linux-perf"              # make bench: the profile of a marginal node (bench-profile)
 )
 
 if ! command -v cargo >/dev/null; then

@@ -575,6 +575,7 @@ pub fn build(cli: &Cli, names: &[String], force: bool) -> Result<()> {
                 epoch_of(plan),
                 key,
                 &mut stages,
+                Some(common),
             )
             .with_context(|| format!("{}: node {}", cli.recipe.display(), plan.node.name))?,
         );

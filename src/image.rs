@@ -49,6 +49,8 @@ pub fn tools(formats: &[String]) -> Vec<Tool> {
         crate::tools::CP,
         disk::MKFS_EXT4,
         DEBUGFS,
+        disk::TUNE2FS,
+        disk::E2FSCK,
         fat::MKFS_FAT,
         fat::MCOPY,
     ];
@@ -199,28 +201,70 @@ pub fn layout(size: u64, esp_content: u64, tree_bytes: u64, tree_inodes: u64) ->
 }
 
 /// Build the raw disk at `raw`: root ext4, ESP, GPT.
+///
+/// The root filesystem: when the node's tree is the shared tree (`common`) plus changes that a
+/// `debugfs` script can make, a copy of the shared tree's filesystem (made once by `mkfs -d`,
+/// see [`disk::template`]) given the node's UUID, hash seed and files; otherwise `mkfs -d` of
+/// the node's whole tree. Returns which of the two, for the progress line.
 fn write_raw(
     raw: &Path,
     l: &Layout,
     ids: &DiskIds,
     tree: &Path,
+    common: Option<&Path>,
     esp: &Path,
     epoch: u64,
-) -> Result<()> {
+) -> Result<String> {
     let f = File::create(raw).with_context(|| format!("creating {}", raw.display()))?;
     f.set_len(l.size)?;
-    disk::mkfs_ext4(
-        raw,
-        l.root.0,
-        l.root.1,
-        tree,
-        &FsIdentity {
-            label: "root",
-            uuid: &ids.root_fs,
-            hash_seed: &ids.root_hash_seed,
-            epoch,
-        },
-    )?;
+    let id = FsIdentity {
+        label: "root",
+        uuid: &ids.root_fs,
+        hash_seed: &ids.root_hash_seed,
+        epoch,
+    };
+    let script = match common {
+        _ if std::env::var_os("IMGBUILD_NO_TEMPLATE").is_some() => {
+            Err("IMGBUILD_NO_TEMPLATE is set".to_string())
+        }
+        Some(common) => disk::delta_script(common, tree, epoch)?,
+        None => Err("no shared tree".to_string()),
+    };
+    let how = match (script, common) {
+        (Ok(script), Some(common)) => {
+            let shared = common.parent().unwrap_or(Path::new("."));
+            let key = shared.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let name = format!("root-v1-{}-{epoch}.ext4", l.root.1);
+            let derive = |what: &str| {
+                crate::gpt::Guid::derived(&format!("imgbuild shared root\0{key}\0{name}\0{what}"))
+            };
+            let (uuid, hash_seed) = (derive("uuid"), derive("hash_seed"));
+            let template = shared.join(&name);
+            disk::template(
+                &template,
+                l.root.1,
+                common,
+                &FsIdentity {
+                    label: "root",
+                    uuid: &uuid,
+                    hash_seed: &hash_seed,
+                    epoch,
+                },
+            )?;
+            disk::copy_sparse(&template, raw, l.root.0)?;
+            disk::personalise(raw, l.root.0, &id, &script)?;
+            let changes = script
+                .lines()
+                .filter(|l| !l.starts_with("set_inode_field"))
+                .count();
+            format!("shared root filesystem + {changes} node changes")
+        }
+        (Err(why), _) => {
+            disk::mkfs_ext4(raw, l.root.0, l.root.1, tree, &id)?;
+            format!("mkfs of the node's whole tree: {why}")
+        }
+        (Ok(_), None) => unreachable!("a delta needs the shared tree"),
+    };
     crate::failpoint::hit("raw");
     fat::make(
         raw,
@@ -253,7 +297,7 @@ fn write_raw(
     let f = fs::OpenOptions::new().write(true).open(raw)?;
     table.write(&f, l.size)?;
     f.sync_all()?;
-    Ok(())
+    Ok(how)
 }
 
 /// Write `files` (relative path, content) under `dir` with every time set to `epoch`.
@@ -482,6 +526,7 @@ pub fn build(
     epoch: u64,
     key: &str,
     stages: &mut Stages,
+    common: Option<&Path>,
 ) -> Result<Built> {
     let node = plan.node.name.as_str();
     let formats = &plan.disk.formats;
@@ -495,7 +540,7 @@ pub fn build(
     }
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let result = emit(
-        plan, tree, fetched, &staging, build_dir, epoch, key, stages, &want,
+        plan, tree, fetched, &staging, build_dir, epoch, key, stages, &want, common,
     );
     let outputs = match result {
         Ok(o) => o,
@@ -531,6 +576,7 @@ fn emit(
     key: &str,
     stages: &mut Stages,
     want: &dyn Fn(&str) -> bool,
+    common: Option<&Path>,
 ) -> Result<Vec<Output>> {
     let node = plan.node.name.as_str();
     let ids = DiskIds::for_node(plan);
@@ -557,11 +603,19 @@ fn emit(
 
     let raw = out.join(raw_name(node));
     stages.run("raw", || {
-        write_raw(&raw, &layout, &ids, tree, &scratch.join("esp"), epoch)?;
+        let how = write_raw(
+            &raw,
+            &layout,
+            &ids,
+            tree,
+            common,
+            &scratch.join("esp"),
+            epoch,
+        )?;
         Ok((
             (),
             format!(
-                "{} GPT: ESP {} + root ext4 {} (UUID {root_uuid})",
+                "{} GPT: ESP {} + root ext4 {} (UUID {root_uuid}; {how})",
                 human(layout.size),
                 human(layout.esp.1),
                 human(layout.root.1)

@@ -53,8 +53,13 @@ pub fn remove_stale(dir: &Path, prefix: &str) -> Result<()> {
         let alive = unsafe { libc::kill(pid, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
-            fs::remove_dir_all(e.path())
-                .with_context(|| format!("removing stale {}", e.path().display()))?;
+            let p = e.path();
+            if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            }
+            .with_context(|| format!("removing stale {}", p.display()))?;
         }
     }
     Ok(())

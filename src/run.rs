@@ -59,6 +59,21 @@ impl Cmd {
             .map(|a| shell_quote(a));
         envs.chain(words).collect::<Vec<_>>().join(" ")
     }
+    /// Run to completion and return what it did, whatever its exit status (for tools whose
+    /// status or stderr needs reading: `debugfs` reports failed commands only on stderr).
+    pub fn output(self) -> Result<std::process::Output> {
+        let line = self.line();
+        if std::env::var_os("IMGBUILD_VERBOSE").is_some() {
+            eprintln!("+ {line}");
+        }
+        Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("running `{line}`: {e}"))
+    }
+
     /// Run to completion; Ok(stdout) on success.
     pub fn run(self) -> Result<Vec<u8>> {
         let line = self.line();

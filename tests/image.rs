@@ -332,6 +332,78 @@ fn two_builds_are_bit_identical() {
     }
 }
 
+/// Every entry of the root filesystem inside `raw`, dumped by debugfs, as sorted lines of path,
+/// type, mode, owner, mtime and size (symlinks: path and target; rdump does not keep their
+/// owner or times), plus the SHA-256 of every regular file.
+fn root_listing(raw: &Path, work: &Path) -> Vec<String> {
+    let m = manifest(raw.parent().unwrap());
+    let lba = m["partitions"][1]["first_lba"].as_u64().unwrap();
+    let out = work.join("dump");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = format!("{}?offset={}", raw.display(), lba * 512);
+    let o = Command::new("debugfs")
+        .args(["-R", &format!("rdump / {}", out.display()), &spec])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "debugfs rdump of {spec}");
+    let script = format!(
+        "cd '{}' && find . ! -type l -printf '%P %y %m %U %G %T@ %s\\n' | sort && \
+         find . -type l -printf '%P -> %l\\n' | sort && \
+         find . -type f -print0 | sort -z | xargs -0 sha256sum",
+        out.display()
+    );
+    let list = ok(&sh("sh", &["-c", &script]), "listing the dumped tree");
+    list.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn the_shared_root_filesystem_plus_node_changes_equals_mkfs_of_the_node_tree() {
+    let a = Env::new();
+    let b = Env::new();
+    let oa = a.run(&["node1"]);
+    let ob = b
+        .command("build", &["node1"])
+        .env("IMGBUILD_NO_TEMPLATE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        ob.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ob.stderr)
+    );
+    let (ea, eb) = (
+        String::from_utf8_lossy(&oa.stderr),
+        String::from_utf8_lossy(&ob.stderr),
+    );
+    assert!(ea.contains("shared root filesystem + "), "{ea}");
+    assert!(eb.contains("mkfs of the node's whole tree"), "{eb}");
+    let la = root_listing(&a.path("images/node1/node1.raw"), &a.path("la"));
+    let lb = root_listing(&b.path("images/node1/node1.raw"), &b.path("lb"));
+    assert!(la.len() > 10_000, "{} entries", la.len());
+    let only_a: Vec<_> = la.iter().filter(|l| !lb.contains(l)).take(20).collect();
+    let only_b: Vec<_> = lb.iter().filter(|l| !la.contains(l)).take(20).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "shared+changes has {only_a:#?}\nmkfs has {only_b:#?}"
+    );
+    // Both are clean filesystems, the node's own identity and hostname included.
+    for raw in [
+        a.path("images/node1/node1.raw"),
+        b.path("images/node1/node1.raw"),
+    ] {
+        let m = manifest(raw.parent().unwrap());
+        let lba = m["partitions"][1]["first_lba"].as_u64().unwrap();
+        let spec = format!("{}?offset={}", raw.display(), lba * 512);
+        ok(&sh("e2fsck", &["-fn", &spec]), "e2fsck -fn");
+        let head = ok(&sh("dumpe2fs", &["-h", &spec]), "dumpe2fs -h");
+        let want = format!(
+            "Filesystem UUID:          {}",
+            m["partitions"][1]["filesystem_id"].as_str().unwrap()
+        );
+        assert!(head.lines().any(|l| l == want), "{want} in\n{head}");
+    }
+}
+
 /// Name → (inode, size, mtime ns) of every file in `dir` (a rewrite changes at least one).
 fn listing(dir: &Path) -> BTreeMap<String, (u64, u64, i64)> {
     std::fs::read_dir(dir)
