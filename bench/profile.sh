@@ -25,7 +25,7 @@ wall=$(since "$t")
 procs=$(perf script -i "$bp/perf.data" -F comm 2>/dev/null | sort | uniq -c | sort -rn |
     awk '{n = $1; $1 = ""; sub(/^ /, ""); printf "| %s | %.2f s |\n", $0, n / 999}')
 syms=$(perf report -i "$bp/perf.data" --comm imgbuild --no-children --sort sym --stdio -g none 2>/dev/null |
-    grep -E '^ +[0-9.]+%' | head -6 | awk '{p = $1; $1 = ""; $2 = ""; sub(/^ +/, ""); printf "| %s | %s of all samples |\n", $0, p}')
+    grep -E '^ +[0-9.]+%' | awk 'NR <= 6' | awk '{p = $1; $1 = ""; $2 = ""; sub(/^ +/, ""); printf "| %s | %s of all samples |\n", $0, p}')
 stages=$(grep -E '^\[node2\]|^node ' "$bp/node2.log" | sed 's/^/    /')
 rm -rf "$bp"
 section=$(printf '<!-- profile:begin -->\n## Profile of a marginal node: `make bench-profile`\n\nMeasured %s on %s (%s cores): `perf record -F 999 -g` of `imgbuild node2` after node1 (shared tree and download cache warm), children included; wall time %s s.\n\nCPU time by process (samples / 999 Hz):\n\n| process | CPU |\n|---|---|\n%s\n\nHottest symbols in imgbuild itself:\n\n| symbol | share |\n|---|---|\n%s\n\nStages (imgbuild'"'"'s own progress lines):\n\n%s\n<!-- profile:end -->' \

@@ -77,15 +77,7 @@ impl Cmd {
     /// Run to completion; Ok(stdout) on success.
     pub fn run(self) -> Result<Vec<u8>> {
         let line = self.line();
-        if std::env::var_os("IMGBUILD_VERBOSE").is_some() {
-            eprintln!("+ {line}");
-        }
-        let out = Command::new(&self.program)
-            .args(&self.args)
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| anyhow::anyhow!("running `{line}`: {e}"))?;
+        let out = self.output()?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = err

@@ -309,3 +309,157 @@ fn root_ext4_in_place_is_clean_keeps_metadata_and_is_reproducible() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// debugfs `rdump` of the root filesystem at `offset` of `image` into `out`, listed as sorted
+/// lines: path, type, mode, owner, mtime, size (symlinks: path and target), then file digests.
+fn dumped(image: &Path, offset: u64, out: &Path) -> Vec<String> {
+    std::fs::create_dir_all(out).unwrap();
+    let spec = format!("{}?offset={offset}", image.display());
+    let o = Command::new("debugfs")
+        .args(["-R", &format!("rdump / {}", out.display()), &spec])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let script = format!(
+        "cd '{}' && find . ! -type l -printf '%P %y %m %U %G %T@ %s\\n' | sort && \
+         find . -type l -printf '%P -> %l\\n' | sort && \
+         find . -type f -print0 | sort -z | xargs -0 sha256sum",
+        out.display()
+    );
+    let o = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_node_delta_on_the_shared_filesystem_equals_mkfs_of_the_node_tree() {
+    use imgbuild::disk;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (common, node) = (dir.path().join("common"), dir.path().join("node"));
+    small_tree(&common);
+    std::fs::create_dir_all(common.join("etc/systemd/system")).unwrap();
+    std::fs::write(common.join("etc/hostname"), b"localhost\n").unwrap();
+    std::fs::write(common.join("etc/gone"), b"removed by the node\n").unwrap();
+    std::fs::write(
+        common.join("etc/systemd/system/system-systemd\\x2dcryptsetup.slice"),
+        b"[Slice]\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("hostname", common.join("etc/link")).unwrap();
+    // The node's tree as rootfs::node_tree makes it: a hard-link copy, files replaced, not edited.
+    assert!(
+        Command::new("cp")
+            .args(["-a", "-l"])
+            .arg(&common)
+            .arg(&node)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_file(node.join("etc/hostname")).unwrap();
+    std::fs::write(node.join("etc/hostname"), b"node2\n").unwrap();
+    std::fs::set_permissions(
+        node.join("etc/hostname"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(node.join("etc/hostname"), Some(123), Some(456)).unwrap();
+    std::fs::remove_file(node.join("etc/gone")).unwrap();
+    std::fs::remove_file(node.join("etc/link")).unwrap();
+    std::os::unix::fs::symlink("gone/elsewhere", node.join("etc/link")).unwrap();
+    std::fs::create_dir_all(node.join("etc/new/deeper")).unwrap();
+    std::fs::write(node.join("etc/new/deeper/file"), b"new\n").unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/x",
+        node.join("etc/systemd/system/multi\\x2duser.target"),
+    )
+    .unwrap();
+
+    let epoch = 1_767_225_600;
+    let size = 48 * MIB;
+    let (uuid, seed) = (Guid::derived("node fs"), Guid::derived("node seed"));
+    let id = disk::FsIdentity {
+        label: "root",
+        uuid: &uuid,
+        hash_seed: &seed,
+        epoch,
+    };
+    // A: mkfs of the node's whole tree.
+    let a = dir.path().join("a.raw");
+    new_image(&a, size + MIB);
+    disk::mkfs_ext4(&a, MIB, size, &node, &id).unwrap();
+    // B: the shared tree's filesystem, copied in, given the node's identity and changes.
+    let script = disk::delta_script(&common, &node, epoch)
+        .unwrap()
+        .expect("these changes are scriptable");
+    for want in [
+        "rm \"/etc/gone\"",
+        "mkdir \"/etc/new\"",
+        "write ",
+        "symlink \"/etc/link\"",
+    ] {
+        assert!(script.contains(want), "{want} in\n{script}");
+    }
+    assert!(
+        !script.contains("/usr/bin/su"),
+        "unchanged files are left alone:\n{script}"
+    );
+    let template = dir.path().join("template.ext4");
+    let (tu, ts) = (Guid::derived("template fs"), Guid::derived("template seed"));
+    let tid = disk::FsIdentity {
+        label: "root",
+        uuid: &tu,
+        hash_seed: &ts,
+        epoch,
+    };
+    disk::template(&template, size, &common, &tid).unwrap();
+    let b = dir.path().join("b.raw");
+    new_image(&b, size + MIB);
+    disk::copy_sparse(&template, &b, MIB).unwrap();
+    disk::personalise(&b, MIB, &id, &script).unwrap();
+
+    let (la, lb) = (
+        dumped(&a, MIB, &dir.path().join("da")),
+        dumped(&b, MIB, &dir.path().join("db")),
+    );
+    assert!(
+        la.iter()
+            .any(|l| l.starts_with("etc/hostname f 600 123 456")),
+        "{la:#?}"
+    );
+    assert_eq!(la, lb, "mkfs of the node tree vs shared filesystem + delta");
+    let spec = format!("{}?offset={MIB}", b.display());
+    let head = Command::new("dumpe2fs")
+        .args(["-h", &spec])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout);
+    assert!(head.contains(&format!(
+        "Filesystem UUID:          {}",
+        uuid.0.to_lowercase()
+    )));
+    assert!(head.contains(&format!(
+        "Directory Hash Seed:      {}",
+        seed.0.to_lowercase()
+    )));
+
+    // What a script cannot do sends the node to mkfs of its whole tree, with the reason.
+    std::fs::hard_link(node.join("etc/new/deeper/file"), node.join("etc/new/link2")).unwrap();
+    let why = disk::delta_script(&common, &node, epoch)
+        .unwrap()
+        .unwrap_err();
+    assert!(why.contains("hard link"), "{why}");
+    std::fs::remove_file(node.join("etc/new/link2")).unwrap();
+    std::fs::remove_dir_all(node.join("var/lib/zookeeper")).unwrap();
+    let why = disk::delta_script(&common, &node, epoch)
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        why.contains("directory /var/lib/zookeeper removed"),
+        "{why}"
+    );
+}
