@@ -75,8 +75,19 @@ impl Env {
 /// One environment with node1 built, shared by the read-only tests.
 fn built() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
+    // A static is never dropped, so its temporary directory (gigabytes of images) would outlive
+    // the test process: remove it at exit instead.
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove_shared_dir() {
+        if let Some(d) = DIR.get() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
     ENV.get_or_init(|| {
         let env = Env::new();
+        if DIR.set(env.dir.path().to_path_buf()).is_ok() {
+            unsafe { libc::atexit(remove_shared_dir) };
+        }
         env.run(&["node1"]);
         env
     })
