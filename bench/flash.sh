@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 runs=${RUNS:-3}
 out=build/bench-flash
 mkdir -p "$out"
-[ -f images/node1/node1.raw ] || bash scripts/demo.sh node1 >/dev/null
+[ -f images/node1/node1.raw ] || bash scripts/demo.sh --no-boot node1 >/dev/null
 cargo build --release --locked --quiet --bin imgbuild
 raw=images/node1/node1.raw
 bmap=images/node1/node1.bmap
