@@ -59,7 +59,7 @@ fn kernel(root: &Root) -> Result<String> {
     versions.sort_by_key(|v| version_key(v));
     versions.pop().with_context(|| {
         format!(
-            "{}: the base has no kernel with an initrd in /boot (vmlinuz-VERSION and initrd.img-VERSION)\n\nhint: the base must include a kernel and initramfs-tools (for mmdebstrap: add linux-image-amd64 and initramfs-tools to base.packages)",
+            "{}: the base has no kernel with an initrd in /boot (vmlinuz-VERSION and initrd.img-VERSION)\n\nhint: the base must include a kernel and initramfs-tools (for mmdebstrap: add linux-generic on Ubuntu or linux-image-amd64 on Debian, and initramfs-tools, to base.packages; a tarball base must be built with them). Canonical's cloud root tarball has none: its build purges linux-* and grub-*",
             root.path().display()
         )
     })
@@ -68,6 +68,26 @@ fn kernel(root: &Root) -> Result<String> {
 fn read(root: &Root, rel: &str) -> Result<Option<Vec<u8>>> {
     root.read_file(Path::new(rel))
         .with_context(|| format!("reading /{rel} from {}", root.path().display()))
+}
+
+/// The distribution's EFI vendor directory: `ID` of the tree's os-release (`ubuntu`, `debian`),
+/// which is where its signed GRUB looks for grub.cfg.
+fn vendor(root: &Root) -> Result<String> {
+    for rel in ["etc/os-release", "usr/lib/os-release"] {
+        if let Some(text) = read(root, rel)? {
+            let text = String::from_utf8_lossy(&text);
+            if let Some(id) = text.lines().find_map(|l| l.strip_prefix("ID=")) {
+                let id = id.trim().trim_matches('"');
+                if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    return Ok(id.to_string());
+                }
+            }
+        }
+    }
+    bail!(
+        "{}: the base has no os-release with an ID (needed to name the EFI vendor directory)",
+        root.path().display()
+    )
 }
 
 /// The ESP for the tree at `root`, booting the root filesystem `root_uuid`.
@@ -115,21 +135,29 @@ pub fn esp(root: &Root, root_uuid: &str) -> Result<Esp> {
             root.path().display()
         );
     };
-    // Signed GRUB reads grub.cfg from its built-in prefix (/EFI/ubuntu or /EFI/debian), then
-    // loads the kernel from the root filesystem it finds by UUID.
+    // Laid out as `grub-install --uefi-secure-boot --removable` plus the vendor directory
+    // (Debian/Ubuntu install-signed.patch): shim as the removable-media loader EFI/BOOT/BOOTX64.EFI
+    // with GRUB beside it (shim loads grubx64.efi from its own directory), and the same chain in
+    // EFI/<vendor>/ for firmware boot entries. The signed GRUB has its prefix baked in as
+    // /EFI/<vendor> (debian, ubuntu) and reads grub.cfg there, else from the directory it was
+    // started from; the menu loads the kernel from the root filesystem, found by UUID. No
+    // fbx64.efi next to BOOTX64.EFI: shim would run the fallback instead of GRUB.
+    let vendor = vendor(root)?;
     let cfg = format!(
         "set timeout=0\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\nmenuentry '{kver} (imgbuild)' {{\n  linux /boot/vmlinuz-{kver} {cmdline}\n  initrd /boot/initrd.img-{kver}\n}}\n"
     );
     let mut files = vec![
-        (PathBuf::from("EFI/BOOT/BOOTX64.EFI"), shim),
-        ("EFI/BOOT/grubx64.efi".into(), grub),
+        (PathBuf::from("EFI/BOOT/BOOTX64.EFI"), shim.clone()),
+        ("EFI/BOOT/grubx64.efi".into(), grub.clone()),
         ("EFI/BOOT/grub.cfg".into(), cfg.clone().into_bytes()),
-        ("EFI/ubuntu/grub.cfg".into(), cfg.clone().into_bytes()),
-        ("EFI/debian/grub.cfg".into(), cfg.into_bytes()),
+        (format!("EFI/{vendor}/shimx64.efi").into(), shim),
+        (format!("EFI/{vendor}/grubx64.efi").into(), grub),
+        (format!("EFI/{vendor}/grub.cfg").into(), cfg.into_bytes()),
     ];
     for m in MOKMANAGERS {
         if let Some(b) = read(root, m)? {
-            files.push(("EFI/BOOT/mmx64.efi".into(), b));
+            files.push(("EFI/BOOT/mmx64.efi".into(), b.clone()));
+            files.push((format!("EFI/{vendor}/mmx64.efi").into(), b));
             break;
         }
     }

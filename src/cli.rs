@@ -118,6 +118,18 @@ pub enum Command {
         /// The serial log (default: BUILD_DIR/boot/NODE/serial.log).
         #[arg(long, value_name = "FILE")]
         serial_log: Option<PathBuf>,
+        /// Boot with Secure Boot enforced: OVMF with Microsoft's keys enrolled, q35 with SMM.
+        /// With --check, the kernel must report Secure Boot enabled.
+        #[arg(long)]
+        secure_boot: bool,
+        /// Boot on a virtual disk of this size (a throwaway overlay over the image, e.g. 16GiB),
+        /// as on a bigger real disk: the root partition and filesystem grow at first boot.
+        #[arg(long, value_name = "SIZE")]
+        disk_size: Option<String>,
+        /// The virtual NIC's QEMU model: virtio-net-pci, or e1000e to see the names bare-metal
+        /// NICs get (enpXsY).
+        #[arg(long, default_value = "virtio-net-pci", value_name = "MODEL")]
+        nic: String,
     },
     /// Boot the cluster (or NODE...) in QEMU on one private virtual network, show each node's
     /// health as its imgbuild-health unit reports it on the serial console; Ctrl-C stops all.
@@ -138,6 +150,9 @@ pub enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 1800, value_name = "SECS")]
         timeout: u64,
+        /// Boot every VM with Secure Boot enforced (OVMF with Microsoft's keys enrolled).
+        #[arg(long)]
+        secure_boot: bool,
     },
     /// Stop VMs an interrupted `imgbuild up` left running.
     Down,

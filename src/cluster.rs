@@ -291,6 +291,8 @@ pub struct UpOptions {
     pub timeout: Duration,
     /// Stop once every node is healthy (or the time is up) and judge; exit status says.
     pub check: bool,
+    /// Boot with Secure Boot enforced (OVMF with Microsoft's keys enrolled).
+    pub secure_boot: bool,
 }
 
 /// Boot `nodes` from `images` and watch them; returns the judgement's failures (empty = ok), or
@@ -302,7 +304,7 @@ pub fn up(
     work: &Path,
     o: &UpOptions,
 ) -> Result<Option<Vec<String>>> {
-    let fw = qemu::firmware()?;
+    let fw = qemu::firmware(o.secure_boot)?;
     std::fs::create_dir_all(work)?;
     let kvm = qemu::kvm_works(&fw, work);
     if !kvm {
@@ -337,6 +339,7 @@ pub fn up(
                 .mac
                 .clone()
                 .unwrap_or_else(|| qemu::default_mac(name)),
+            nic: "virtio-net-pci",
             net: qemu::Net::Mcast {
                 group: "230.0.0.1:1234".into(),
             },

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::cache::{Cache, Record};
 use crate::checksum;
@@ -152,6 +152,50 @@ pub fn render_plan(p: &Plan) -> String {
                 .join(" "),
         );
     }
+    let b = &p.base;
+    match b.kind {
+        recipe::BaseKind::Mmdebstrap => line(
+            "base",
+            format!(
+                "mmdebstrap {} from {} [{}]",
+                b.suite.as_deref().unwrap_or("-"),
+                b.mirror.as_deref().unwrap_or("-"),
+                b.apt_components.join(" ")
+            ),
+        ),
+        recipe::BaseKind::UbuntuCloud => line("base", "ubuntu-cloud root tarball".into()),
+        recipe::BaseKind::Tarball => line("base", "root filesystem tarball".into()),
+    }
+    match &b.keyring {
+        Some(crate::plan::KeyringPlan::Pinned { url, fingerprints }) => line(
+            "base keyring",
+            format!("{} from {url}", fingerprints.join(" ")),
+        ),
+        Some(crate::plan::KeyringPlan::File { path }) => line("base keyring", path.clone()),
+        None => {}
+    }
+    if !b.packages.is_empty() {
+        line("base packages", b.packages.join(" "));
+    }
+    line(
+        "base boot",
+        match (&b.boot, b.boot.missing()) {
+            (_, Some(why)) => format!("CANNOT BOOT: {why}"),
+            (crate::plan::BaseBoot::Packages { kernel, loader }, None) => format!(
+                "{} UEFI chain, kernel package {}",
+                loader.as_deref().unwrap_or("-"),
+                kernel.as_deref().unwrap_or("-")
+            ),
+            _ => "kernel and boot chain found when the tarball is extracted".into(),
+        },
+    );
+    line(
+        "disk size",
+        match p.disk.size_bytes {
+            Some(n) => fetch::human(n),
+            None => "auto (the content plus headroom; grows to the disk at first boot)".into(),
+        },
+    );
     for a in &p.artifacts {
         line("artifact", format!("{} {}", a.name, a.version));
         for u in &a.urls {
@@ -241,7 +285,16 @@ fn fetch_with(cli: &Cli, s: &FetchSetup) -> Result<Vec<Fetched>> {
     }
     let fetcher = Fetcher::new(&s.cache, &s.mirrors, lock, fetch_options(cli))?;
     let t = std::time::Instant::now();
-    let fetched = fetcher.fetch_all(&s.cluster.artifacts)?;
+    let mut fetched = fetcher.fetch_all(&s.cluster.artifacts)?;
+    // An mmdebstrap base's pinned archive keys (every node shares the base).
+    if let Some(crate::plan::KeyringPlan::Pinned { url, fingerprints }) = s
+        .cluster
+        .nodes
+        .first()
+        .and_then(|p| p.base.keyring.as_ref())
+    {
+        fetched.push(fetcher.pinned_keyring(url, fingerprints)?);
+    }
     let total: u64 = fetched.iter().map(|f| f.record.size).sum();
     let new = fetched.iter().filter(|f| !f.from_cache).count();
     eprintln!(
@@ -485,6 +538,21 @@ pub fn build(cli: &Cli, names: &[String], force: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     let s = fetch_setup(cli)?;
     let plans = select(&s.cluster, &cli.recipe, names)?;
+    // A disk image needs a kernel and a boot chain: say so before downloading anything.
+    if let Some(why) = plans.first().and_then(|p| p.base.boot.missing()) {
+        let b = &plans[0].base;
+        let what = plans[0].base_description();
+        bail!(
+            "{}: base ({what}) cannot boot: {why}\n\nhint: {}",
+            cli.recipe.display(),
+            match b.kind {
+                recipe::BaseKind::UbuntuCloud =>
+                    "use `kind: mmdebstrap` with suite noble and linux-generic, initramfs-tools, shim-signed, grub-efi-amd64-signed (as recipes/cluster.yaml does), or build only the root filesystem with `imgbuild rootfs NODE`",
+                _ =>
+                    "add them to base.packages, e.g. linux-generic initramfs-tools shim-signed grub-efi-amd64-signed on Ubuntu (linux-image-amd64 on Debian)",
+            }
+        );
+    }
     // Everything the build will need is checked before any work starts.
     let mut formats: Vec<String> = plans.iter().flat_map(|p| p.disk.formats.clone()).collect();
     formats.dedup();
@@ -719,6 +787,10 @@ pub struct BootOptions {
     pub check: bool,
     pub timeout: u64,
     pub serial_log: Option<std::path::PathBuf>,
+    pub secure_boot: bool,
+    /// Boot on a bigger virtual disk (an overlay over the image).
+    pub disk_size: Option<String>,
+    pub nic: String,
 }
 
 /// `imgbuild boot NODE`: the node's qcow2 (or raw) in QEMU with UEFI firmware.
@@ -726,11 +798,45 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
     use crate::qemu;
     let cluster = resolve(&cli.recipe)?;
     let plan = node_plan(&cluster, &cli.recipe, node)?;
-    let image = crate::image::bootable(&cli.images, node)?;
+    let mut image = crate::image::bootable(&cli.images, node)?;
     crate::tools::require(&[qemu::QEMU])?;
-    let fw = qemu::firmware()?;
+    let fw = qemu::firmware(o.secure_boot)?;
     let work = cli.build_dir.join("boot").join(node);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let disk_size = match &o.disk_size {
+        None => None,
+        Some(text) => {
+            let size = crate::plan::parse_size(text)
+                .with_context(|| format!("--disk-size {text}: not a size (write it like 16GiB)"))?;
+            let have = std::fs::metadata(image.with_extension("raw"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            anyhow::ensure!(
+                size >= have,
+                "--disk-size {text} is smaller than the image ({})",
+                fetch::human(have)
+            );
+            // A throwaway qcow2 over the image: the guest sees a bigger disk, the image is untouched.
+            let overlay = work.join("bigger-disk.qcow2");
+            let _ = std::fs::remove_file(&overlay);
+            let format = if image.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            let backing = std::fs::canonicalize(&image)
+                .with_context(|| format!("resolving {}", image.display()))?;
+            crate::run::Cmd::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+                .arg(&backing)
+                .arg(&overlay)
+                .arg(size.to_string())
+                .run()
+                .context("making the bigger virtual disk")?;
+            image = overlay;
+            Some(size)
+        }
+    };
     let vars = work.join("OVMF_VARS.fd");
     std::fs::copy(&fw.vars, &vars)
         .with_context(|| format!("copying {} to {}", fw.vars.display(), vars.display()))?;
@@ -760,15 +866,17 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         memory_mb: o.memory,
         cpus: o.cpus,
         mac,
+        nic: &o.nic,
         net: qemu::Net::Isolated { local, peer },
         serial_log: &log,
         console: !o.check,
         cdrom: None,
     };
     eprintln!(
-        "booting {} ({}, {}, snapshot mode); serial log {}",
+        "booting {} ({}{}, {}, snapshot mode); serial log {}",
         image.display(),
         fw.code.display(),
+        if fw.secure { ", Secure Boot" } else { "" },
         if kvm { "KVM" } else { "TCG" },
         log.display()
     );
@@ -789,19 +897,42 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         &log,
         std::time::Duration::from_secs(o.timeout),
         None,
-        |s| s.cloud_init_finished && s.login_hostname.is_some(),
+        |s| s.cloud_init_finished && s.login_hostname.is_some() && s.disk.is_some(),
     );
     let _ = child.kill();
     let _ = child.wait();
     let seen = seen?;
     let ip = plan.node.ip.to_string();
+    let (root_mb, disk_mb) = seen.disk.unwrap_or_default();
     println!(
-        "{node}: cloud-init finished after {:.0}s; console shows hostname {} and addresses {}",
+        "{node}: cloud-init finished after {:.0}s; console shows hostname {} and addresses {}; Secure Boot {}; root filesystem {root_mb} MiB on a {disk_mb} MiB disk",
         t.elapsed().as_secs_f64(),
         seen.login_hostname.as_deref().unwrap_or("-"),
-        seen.addresses.join(", ")
+        seen.addresses.join(", "),
+        match seen.secure_boot {
+            Some(true) => "enabled",
+            Some(false) => "disabled",
+            None => "not reported",
+        }
     );
     let mut failures = Vec::new();
+    if o.secure_boot && seen.secure_boot != Some(true) {
+        failures.push("secure boot: the kernel did not report \"Secure boot enabled\"".to_string());
+    }
+    if let Some(size) = disk_size
+        && disk_mb != size >> 20
+    {
+        failures.push(format!(
+            "disk: the guest sees {disk_mb} MiB, expected {} MiB",
+            size >> 20
+        ));
+    }
+    // The root filesystem fills its disk: grown at first boot when the disk is bigger.
+    if root_mb * 100 < disk_mb * 85 {
+        failures.push(format!(
+            "root filesystem: {root_mb} MiB on a {disk_mb} MiB disk (did growpart and resize2fs run?)"
+        ));
+    }
     if seen.login_hostname.as_deref() != Some(plan.node.hostname.as_str()) {
         failures.push(format!(
             "hostname: expected {}, the console shows {}",

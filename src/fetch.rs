@@ -16,6 +16,8 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER};
 
+use sha2::{Digest, Sha256};
+
 use crate::cache::{Cache, Record};
 use crate::checksum::{self, Hashes, PipelinedHasher};
 use crate::lock::{LockEntry, LockFile};
@@ -63,6 +65,9 @@ fn env_num(name: &str) -> Option<u64> {
 }
 
 /// A verified artifact in the cache.
+/// The name of the fetched entry that holds an mmdebstrap base's pinned archive keys.
+pub const KEYRING: &str = "base-keyring";
+
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub name: String,
@@ -415,6 +420,64 @@ impl<'a> Fetcher<'a> {
                     sig.fingerprints.join(", ")
                 )
             })
+    }
+
+    /// The apt keyring for an mmdebstrap base with pinned keys: the key file at `url`, reduced
+    /// to the pinned keys, kept in the cache (`keyrings/`) so offline builds find it. Returns
+    /// its path and the record the manifest and build key list.
+    pub fn pinned_keyring(&self, url: &str, fingerprints: &[String]) -> Result<Fetched> {
+        let id = {
+            let mut h = Sha256::new();
+            h.update(url.as_bytes());
+            for f in fingerprints {
+                h.update(b"\0");
+                h.update(f.as_bytes());
+            }
+            hex::encode(&h.finalize()[..16])
+        };
+        let path = self.cache.root().join("keyrings").join(format!("{id}.gpg"));
+        let from_cache = path.is_file() && self.opts.offline;
+        let fetched_from = self.mirrors.rewrite(url);
+        if !from_cache {
+            if self.opts.offline {
+                bail!(
+                    "offline, and the cache holds no keyring from {url}\n\nhint: run `imgbuild fetch` once where the URL is reachable"
+                );
+            }
+            let bytes = self
+                .get_small(&fetched_from)
+                .with_context(|| format!("fetching the base's archive keys {fetched_from}"))?;
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let ring = pgp::pinned_keyring(&bytes, fingerprints, now)
+                .with_context(|| format!("reading the base's archive keys {fetched_from}"))?;
+            crate::cache::write_atomic(&path, &ring)?;
+        }
+        let hashes =
+            checksum::hash_file(&path).with_context(|| format!("reading {}", path.display()))?;
+        self.progress.line(&format!(
+            "base keyring: {} pinned key(s) {} from {url}",
+            fingerprints.len(),
+            fingerprints.join(", ")
+        ));
+        Ok(Fetched {
+            name: KEYRING.into(),
+            version: fingerprints.join(","),
+            path,
+            record: Record {
+                name: KEYRING.into(),
+                version: fingerprints.join(","),
+                url: url.to_string(),
+                fetched_from,
+                size: hashes.size,
+                sha256: hashes.sha256,
+                sha512: hashes.sha512,
+                fingerprint: fingerprints.first().cloned(),
+            },
+            from_cache,
+        })
     }
 
     /// A small file (checksums, signature, KEYS) into memory, with the same retries.

@@ -6,6 +6,7 @@
 # Reads /etc/imgbuild/health.json (written by imgbuild). Standard library only. No SSH needed:
 # `imgbuild up` reads these lines from each VM's serial console.
 import json
+import os
 import re
 import socket
 import struct
@@ -80,8 +81,28 @@ def read_exact(s, n):
     return b
 
 
+def root_and_disk_mb():
+    """The root filesystem's size and the size of the whole disk it is on, in MiB."""
+    st = os.statvfs("/")
+    root = st.f_blocks * st.f_frsize >> 20
+    dev = os.stat("/").st_dev
+    block = os.path.realpath(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if os.path.exists(os.path.join(block, "partition")):
+        block = os.path.dirname(block)
+    with open(os.path.join(block, "size")) as f:
+        disk = int(f.read()) * 512 >> 20
+    return root, disk
+
+
 def check_all(c):
     """Yield (check, ok, fields) for every check this node's roles call for."""
+    # First: the checks that need no service, so they are on the console early.
+    try:
+        root, disk = root_and_disk_mb()
+        # The root partition and filesystem fill the disk (grown at first boot on a bigger one).
+        yield "disk", root * 100 >= disk * 85, {"root_mb": root, "disk_mb": disk}
+    except (OSError, ValueError) as e:
+        yield "disk", False, {"error": type(e).__name__}
     host = socket.gethostname()
     yield "hostname", host == c["hostname"], {"value": host}
     try:
@@ -147,9 +168,10 @@ def main():
     rnd = 0
     while True:
         rnd += 1
-        results = list(check_all(c))
-        for name, ok, fields in results:
+        results = []
+        for name, ok, fields in check_all(c):  # each line as soon as its check is done
             say(node, check=name, ok="yes" if ok else "no", round=rnd, **fields)
+            results.append((name, ok, fields))
         if all(ok for _, ok, _ in results):
             say(node, summary="healthy", round=rnd)
             return 0

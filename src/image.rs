@@ -169,8 +169,20 @@ pub struct Layout {
     pub root: (u64, u64),
 }
 
-/// Lay out a disk of `size` bytes (the recipe's), refusing one smaller than the content needs.
-pub fn layout(size: u64, esp_content: u64, tree_bytes: u64, tree_inodes: u64) -> Result<Layout> {
+/// Room an automatically sized disk leaves beyond what the content needs (logs, Kafka and
+/// ZooKeeper data before the root grows onto a bigger disk at first boot); the size is then
+/// rounded up to a multiple of [`AUTO_ROUND`].
+pub const AUTO_HEADROOM: u64 = 1024 * MIB;
+pub const AUTO_ROUND: u64 = 256 * MIB;
+
+/// Lay out a disk of `size` bytes (the recipe's; None: the content plus [`AUTO_HEADROOM`]),
+/// refusing one smaller than the content needs.
+pub fn layout(
+    size: Option<u64>,
+    esp_content: u64,
+    tree_bytes: u64,
+    tree_inodes: u64,
+) -> Result<Layout> {
     // FAT overhead is small; keep room for a second kernel + initrd (upgrades install there).
     let esp = round_up((esp_content * 2 + 64 * MIB).max(256 * MIB), MIB);
     // ext4: metadata (~2% for inode tables at 16 KiB/inode), a 64 MiB journal and headroom.
@@ -179,6 +191,7 @@ pub fn layout(size: u64, esp_content: u64, tree_bytes: u64, tree_inodes: u64) ->
         MIB,
     );
     let min = MIB + esp + root_min + MIB;
+    let size = size.unwrap_or_else(|| round_up(min + AUTO_HEADROOM, AUTO_ROUND));
     ensure!(
         size >= min,
         "disk.size {} is too small: this node needs at least {} (root tree {} in {} files, EFI partition {})",
@@ -586,7 +599,8 @@ fn emit(
     let root_uuid = ids.root_fs.0.to_ascii_lowercase();
 
     let (esp, layout) = stages.run("esp", || {
-        let esp = boot::esp(&root, &root_uuid)?;
+        let esp = boot::esp(&root, &root_uuid)
+            .with_context(|| format!("the boot chain of base {}", plan.base_description()))?;
         write_tree(&scratch.join("esp"), &esp.files, epoch)?;
         crate::failpoint::hit("esp");
         let (bytes, inodes) = tree_usage(tree)?;
@@ -808,7 +822,7 @@ mod tests {
 
     #[test]
     fn layout_fills_the_disk_on_mib_boundaries() {
-        let l = layout(4 << 30, 30 * MIB, 400 * MIB, 15_000).unwrap();
+        let l = layout(Some(4 << 30), 30 * MIB, 400 * MIB, 15_000).unwrap();
         assert_eq!(l.esp, (MIB, 256 * MIB));
         assert_eq!(l.root.0, 257 * MIB);
         // The root ends on a MiB boundary before the 33-sector backup GPT.
@@ -818,12 +832,32 @@ mod tests {
 
     #[test]
     fn too_small_a_disk_names_the_minimum() {
-        let e = layout(1 << 30, 30 * MIB, 900 * MIB, 15_000)
+        let e = layout(Some(1 << 30), 30 * MIB, 900 * MIB, 15_000)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("disk.size 1.0 GiB is too small") && e.contains("needs at least"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn an_automatic_size_is_the_content_plus_headroom() {
+        let tree = 1500 * MIB;
+        let l = layout(None, 60 * MIB, tree, 40_000).unwrap();
+        assert!(l.size.is_multiple_of(AUTO_ROUND), "{}", l.size);
+        // The root holds the tree with room to spare, and the disk is no bigger than that needs:
+        // taking away the headroom and one rounding step leaves too small a disk.
+        assert!(l.root.1 >= tree + tree / 4 + AUTO_HEADROOM, "{l:?}");
+        assert!(l.size < tree * 2 + AUTO_HEADROOM + 2 * AUTO_ROUND, "{l:?}");
+        assert!(
+            layout(
+                Some(l.size - AUTO_HEADROOM - AUTO_ROUND),
+                60 * MIB,
+                tree,
+                40_000
+            )
+            .is_err()
         );
     }
 }

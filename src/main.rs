@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             cpus,
             check,
             timeout,
+            secure_boot,
         } => cmd::up(
             &cli,
             nodes,
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
                 memory: *memory,
                 cpus: *cpus,
                 check: *check,
+                secure_boot: *secure_boot,
                 timeout: std::time::Duration::from_secs(*timeout),
             },
         ),
@@ -67,6 +69,9 @@ fn main() -> ExitCode {
             check,
             timeout,
             serial_log,
+            secure_boot,
+            disk_size,
+            nic,
         } => cmd::boot(
             &cli,
             node,
@@ -76,6 +81,9 @@ fn main() -> ExitCode {
                 check: *check,
                 timeout: *timeout,
                 serial_log: serial_log.clone(),
+                secure_boot: *secure_boot,
+                disk_size: disk_size.clone(),
+                nic: nic.clone(),
             },
         ),
         Command::Cache { action } => match action {

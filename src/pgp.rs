@@ -219,3 +219,39 @@ pub fn verify<R: Read + Seek>(
     }
     Err(first_error.unwrap_or_else(|| SignatureError::Malformed("no signatures".into())))
 }
+
+/// The keys of `bytes` (a KEYS file, armored export or binary keyring) whose primary
+/// fingerprints are `pinned`, as a binary keyring (what apt's `Dir::Etc::Trusted` and
+/// mmdebstrap's `--keyring` read). Every pinned key must be there, unrevoked and unexpired.
+pub fn pinned_keyring(bytes: &[u8], pinned: &[String], now: u64) -> anyhow::Result<Vec<u8>> {
+    use pgp::ser::Serialize as _;
+    let keys = parse_keys(bytes)?;
+    let mut out = Vec::new();
+    for want in pinned {
+        let Some(key) = keys.iter().find(|k| &fpr(*k) == want) else {
+            let found: Vec<String> = keys.iter().map(fpr).collect();
+            anyhow::bail!(
+                "no key with the pinned fingerprint {want} (the file holds {})",
+                found.join(", ")
+            );
+        };
+        if is_revoked(key) {
+            anyhow::bail!(
+                "{}",
+                SignatureError::Revoked {
+                    fingerprint: want.clone()
+                }
+            );
+        }
+        if expires_at(key).is_some_and(|t| t <= now) {
+            anyhow::bail!(
+                "{}",
+                SignatureError::Expired {
+                    fingerprint: want.clone()
+                }
+            );
+        }
+        key.to_writer(&mut out)?;
+    }
+    Ok(out)
+}

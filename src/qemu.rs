@@ -23,6 +23,25 @@ pub struct Firmware {
     pub code: PathBuf,
     pub vars: PathBuf,
     pub description: String,
+    /// Secure Boot enforced, Microsoft's keys enrolled (needs SMM on q35).
+    pub secure: bool,
+}
+
+impl Firmware {
+    /// The machine type and flash options this firmware needs.
+    pub fn machine_args(&self) -> Vec<String> {
+        if self.secure {
+            // SMM keeps the variable store (and so the Secure Boot keys) out of the guest's reach.
+            vec![
+                "-machine".into(),
+                "q35,smm=on".into(),
+                "-global".into(),
+                "driver=cfi.pflash01,property=secure,value=on".into(),
+            ]
+        } else {
+            vec!["-machine".into(), "q35".into()]
+        }
+    }
 }
 
 const DESCRIPTOR_DIRS: &[&str] = &[
@@ -30,6 +49,12 @@ const DESCRIPTOR_DIRS: &[&str] = &[
     "/usr/share/qemu/firmware",
     "/usr/local/share/qemu/firmware",
 ];
+
+/// Known locations of Secure Boot firmware with Microsoft's keys enrolled (Debian's ovmf).
+const FALLBACK_SECURE: &[(&str, &str)] = &[(
+    "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+    "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+)];
 
 /// Known locations, used only when no descriptor matches.
 const FALLBACK: &[(&str, &str)] = &[
@@ -47,17 +72,20 @@ const FALLBACK: &[(&str, &str)] = &[
     ),
 ];
 
-/// Does this descriptor offer plain UEFI (no Secure Boot enforcement) for x86_64 q35 as flash?
-fn suitable(d: &serde_json::Value) -> Option<Firmware> {
+/// Does this descriptor offer UEFI for x86_64 q35 as flash: plain (no Secure Boot
+/// enforcement) when `secure` is false, else Secure Boot with enrolled keys?
+fn suitable(d: &serde_json::Value, secure: bool) -> Option<Firmware> {
     let types = d["interface-types"].as_array()?;
     if !types.iter().any(|t| t == "uefi") {
         return None;
     }
     let features = d["features"].as_array().cloned().unwrap_or_default();
-    if features
-        .iter()
-        .any(|f| f == "secure-boot" || f == "enrolled-keys" || f == "requires-smm")
-    {
+    let has = |name: &str| features.iter().any(|f| f == name);
+    if secure {
+        if !(has("secure-boot") && has("enrolled-keys") && has("requires-smm")) {
+            return None;
+        }
+    } else if has("secure-boot") || has("enrolled-keys") || has("requires-smm") {
         return None;
     }
     let targets = d["targets"].as_array()?;
@@ -78,12 +106,14 @@ fn suitable(d: &serde_json::Value) -> Option<Firmware> {
         code,
         vars,
         description: d["description"].as_str().unwrap_or("").to_string(),
+        secure,
     })
 }
 
-/// The UEFI firmware to boot with: the first suitable descriptor by file name (QEMU's own
-/// priority order), else a known path.
-pub fn firmware() -> Result<Firmware> {
+/// The UEFI firmware to boot with (`secure`: Secure Boot enforced with Microsoft's keys
+/// enrolled): the first suitable descriptor by file name (QEMU's own priority order), else a
+/// known path.
+pub fn firmware(secure: bool) -> Result<Firmware> {
     let mut files: Vec<PathBuf> = DESCRIPTOR_DIRS
         .iter()
         .filter_map(|d| std::fs::read_dir(d).ok())
@@ -96,23 +126,30 @@ pub fn firmware() -> Result<Firmware> {
         let Ok(d) = serde_json::from_slice::<serde_json::Value>(&text) else {
             continue;
         };
-        if let Some(fw) = suitable(&d) {
+        if let Some(fw) = suitable(&d, secure) {
             return Ok(fw);
         }
     }
-    for (code, vars) in FALLBACK {
+    let known = if secure { FALLBACK_SECURE } else { FALLBACK };
+    for (code, vars) in known {
         if Path::new(code).is_file() && Path::new(vars).is_file() {
             return Ok(Firmware {
                 code: code.into(),
                 vars: vars.into(),
                 description: "known path (no firmware descriptor matched)".into(),
+                secure,
             });
         }
     }
     bail!(
-        "no UEFI firmware for x86_64: looked for descriptors in {} and at {}\n\nhint: apt-get install ovmf",
+        "no {}UEFI firmware for x86_64: looked for descriptors in {} and at {}\n\nhint: apt-get install ovmf",
+        if secure {
+            "Secure Boot (enrolled keys, SMM) "
+        } else {
+            ""
+        },
         DESCRIPTOR_DIRS.join(", "),
-        FALLBACK[0].0
+        known[0].0
     )
 }
 
@@ -133,15 +170,8 @@ pub fn kvm_works(fw: &Firmware, work: &Path) -> bool {
         return false;
     }
     let child = Command::new(QEMU.command)
-        .args([
-            "-machine",
-            "q35",
-            "-accel",
-            "kvm",
-            "-m",
-            "256",
-            "-nodefaults",
-        ])
+        .args(fw.machine_args())
+        .args(["-accel", "kvm", "-m", "256", "-nodefaults"])
         .args([
             "-display", "none", "-serial", "none", "-monitor", "none", "-net", "none",
         ])
@@ -195,6 +225,8 @@ pub struct Vm<'a> {
     pub memory_mb: u32,
     pub cpus: u32,
     pub mac: String,
+    /// The NIC's QEMU device model (virtio-net-pci; e1000e for what bare metal names enpXsY).
+    pub nic: &'a str,
     pub net: Net,
     pub serial_log: &'a Path,
     /// Also show the serial console on this terminal (stdio).
@@ -206,7 +238,8 @@ pub struct Vm<'a> {
 impl Vm<'_> {
     pub fn command(&self) -> Command {
         let mut c = Command::new(QEMU.command);
-        c.args(["-name", self.name, "-machine", "q35"])
+        c.args(["-name", self.name])
+            .args(self.firmware.machine_args())
             .args(["-accel", if self.kvm { "kvm" } else { "tcg" }])
             .arg("-m")
             .arg(self.memory_mb.to_string())
@@ -261,7 +294,7 @@ impl Vm<'_> {
         c.arg("-netdev")
             .arg(netdev)
             .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={}", self.mac));
+            .arg(format!("{},netdev=n0,mac={}", self.nic, self.mac));
         c
     }
 }
@@ -285,6 +318,10 @@ pub struct Seen {
     pub login_hostname: Option<String>,
     pub addresses: Vec<String>,
     pub cloud_init_finished: bool,
+    /// The kernel's `secureboot:` line: enabled or not.
+    pub secure_boot: Option<bool>,
+    /// imgbuild-health's disk line: (root filesystem MiB, its disk's MiB).
+    pub disk: Option<(u64, u64)>,
     pub lines: usize,
 }
 
@@ -318,6 +355,24 @@ impl Seen {
                 && !self.addresses.iter().any(|a| a == addr)
             {
                 self.addresses.push(addr.to_string());
+            }
+        }
+        // Printed by the kernel's EFI setup (arch/x86/kernel/setup.c), from the firmware's state.
+        if clean.contains("secureboot: Secure boot enabled") {
+            self.secure_boot = Some(true);
+        } else if clean.contains("secureboot: Secure boot disabled") {
+            self.secure_boot = Some(false);
+        }
+        if let Some(i) = clean.find("imgbuild-health ")
+            && clean.contains(" check=disk ")
+        {
+            let field = |k: &str| {
+                clean[i..]
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(k)?.parse::<u64>().ok())
+            };
+            if let (Some(root), Some(disk)) = (field("root_mb="), field("disk_mb=")) {
+                self.disk = Some((root, disk));
             }
         }
         if clean.contains("Cloud-init v.") && clean.contains(" finished at ") {
@@ -388,6 +443,10 @@ mod tests {
         s.line("[   40.17] cloud-init[265]: ci-info: | enp0s2 | True |      192.168.200.151       | 255.255.255.0 | global | 52:54:00:12:34:51 |");
         s.line("[   40.17] cloud-init[265]: ci-info: |   lo   | True |         127.0.0.1          |   255.0.0.0   |  host  |         .         |");
         s.line("\x1b[0;32m  OK  \x1b[0m] Reached target");
+        s.line("[    0.000000] secureboot: Secure boot enabled");
+        assert_eq!(s.secure_boot, Some(true));
+        s.line("[   61.2] python3[512]: imgbuild-health node=node1 check=disk ok=yes round=1 root_mb=7890 disk_mb=8192");
+        assert_eq!(s.disk, Some((7890, 8192)));
         s.line("node1 login: [   55.18] cloud-init[387]: Cloud-init v. 22.4.2 finished at Wed, 25 Nov 2026 09:36:32 +0000. Datasource DataSourceNoCloud");
         assert_eq!(s.login_hostname.as_deref(), Some("node1"));
         assert_eq!(s.addresses, ["192.168.200.151"]);
@@ -402,6 +461,13 @@ mod tests {
             r#"{"interface-types":["uefi"],"mapping":{"device":"flash","executable":{"filename":"/nonexistent/CODE.fd"},"nvram-template":{"filename":"/nonexistent/VARS.fd"}},"targets":[{"architecture":"x86_64","machines":["pc-q35-*"]}],"features":["secure-boot"]}"#,
         )
         .unwrap();
-        assert!(suitable(&d).is_none(), "secure boot firmware is skipped");
+        assert!(
+            suitable(&d, false).is_none(),
+            "secure boot firmware is skipped"
+        );
+        assert!(
+            suitable(&d, true).is_none(),
+            "secure boot without enrolled keys and SMM is not what --secure-boot means"
+        );
     }
 }

@@ -66,7 +66,23 @@ pub struct Base {
     #[serde(default)]
     pub packages: Option<Vec<String>>,
     #[serde(default)]
-    pub keyring: Option<String>,
+    pub keyring: Option<Keyring>,
+}
+
+/// The keys an apt mirror's Release file must be signed with: a keyring file on this machine,
+/// or a key URL plus the fingerprints to take from it (nothing else in the file is trusted).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Keyring {
+    File(String),
+    Pinned(PinnedKeys),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedKeys {
+    pub url: String,
+    pub fingerprints: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -125,10 +125,15 @@ pub fn common_tree(plan: &Plan, fetched: &[Fetched], build: &Path) -> Result<Pat
             dir.join("rootfs"),
             format!(
                 "built {key}: base, {} components, users, units",
-                fetched.iter().filter(|f| f.name != "base").count()
+                fetched.iter().filter(|f| is_component(f)).count()
             ),
         ))
     })
+}
+
+/// A fetched component (laid out under /opt), not the base or its keyring.
+fn is_component(f: &Fetched) -> bool {
+    f.name != "base" && f.name != crate::fetch::KEYRING
 }
 
 fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path, build: &Path) -> Result<()> {
@@ -137,7 +142,7 @@ fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path, build: &Path) -> 
     // 1. The base OS: built with mmdebstrap, or the verified tarball.
     let (tarball, what) = match plan.base.kind {
         BaseKind::Mmdebstrap => {
-            let t = mmdebstrap_base(plan, build)?;
+            let t = mmdebstrap_base(plan, by_name(crate::fetch::KEYRING), build)?;
             let what = t.display().to_string();
             (t, what)
         }
@@ -166,7 +171,7 @@ fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path, build: &Path) -> 
     }
     // 2. Components at /opt/<name>-<version>, with /opt/<name> pointing at them.
     root.mkdir_all(Path::new("opt"), 0o755, Follow::InRoot)?;
-    for f in fetched.iter().filter(|f| f.name != "base") {
+    for f in fetched.iter().filter(|f| is_component(f)) {
         let versioned = format!("{}-{}", f.name, f.version);
         let into = Path::new("opt").join(&versioned);
         let r = extract::extract(
@@ -236,11 +241,14 @@ fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path, build: &Path) -> 
 
 /// Build the base OS with mmdebstrap into a tarball under the build directory, keyed by its
 /// inputs (suite, mirror, components, packages, keyring): built once, reused after.
-fn mmdebstrap_base(plan: &Plan, build: &Path) -> Result<PathBuf> {
+fn mmdebstrap_base(plan: &Plan, keyring: Option<&Fetched>, build: &Path) -> Result<PathBuf> {
     let b = &plan.base;
     let key = {
         let mut h = Sha256::new();
         h.update(serde_json::to_vec(b)?);
+        if let Some(k) = keyring {
+            h.update(k.record.sha256.as_bytes());
+        }
         h.update(BASE_HOOKS.as_bytes());
         hex::encode(&h.finalize()[..10])
     };
@@ -273,8 +281,17 @@ fn mmdebstrap_base(plan: &Plan, build: &Path) -> Result<PathBuf> {
         if !b.packages.is_empty() {
             cmd = cmd.arg(format!("--include={}", b.packages.join(",")));
         }
-        if let Some(k) = &b.keyring {
-            cmd = cmd.arg(format!("--keyring={k}"));
+        match (&b.keyring, keyring) {
+            (Some(crate::plan::KeyringPlan::File { path }), _) => {
+                cmd = cmd.arg(format!("--keyring={path}"));
+            }
+            (Some(crate::plan::KeyringPlan::Pinned { .. }), Some(k)) => {
+                cmd = cmd.arg(format!("--keyring={}", k.path.display()));
+            }
+            (Some(crate::plan::KeyringPlan::Pinned { url, .. }), None) => {
+                bail!("the base's archive keys from {url} were not fetched")
+            }
+            (None, _) => {}
         }
         let result = cmd.arg(suite).arg(&tmp).arg(mirror).run();
         if let Err(e) = result {

@@ -23,7 +23,10 @@ struct Env {
 impl Env {
     /// A fresh directory with the fixture recipe; every format asked for.
     fn new() -> Env {
-        let mirror = common::mirror_with_bootable_base();
+        Env::with_mirror(common::mirror_with_bootable_base())
+    }
+
+    fn with_mirror(mirror: &'static Path) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let text = std::fs::read_to_string(mirror.join("recipe.yaml"))
             .unwrap()
@@ -152,7 +155,9 @@ fn node1_images_pass_the_standard_tools() {
         "{sb}"
     );
 
-    // The ESP: fsck.fat clean, systemd-boot as the fallback loader, an entry booting that UUID.
+    // The ESP: fsck.fat clean, laid out as grub-install --uefi-secure-boot lays it out: shim as
+    // the removable-media loader with the signed GRUB beside it, the same chain in the vendor
+    // directory (debian: where Debian's signed GRUB looks), a grub.cfg booting that UUID.
     let esp = env.path("esp.img");
     let esp_len = (lba(0, "last_lba") + 1 - lba(0, "first_lba")) * 512;
     extract(&raw, lba(0, "first_lba") * 512, esp_len, &esp);
@@ -160,30 +165,41 @@ fn node1_images_pass_the_standard_tools() {
         &sh("fsck.fat", &["-n", esp.to_str().unwrap()]),
         "fsck.fat -n on the ESP",
     );
-    let mtype = |img: &Path, file: &str| {
-        ok(
-            &Command::new("mtype")
-                .args(["-i", img.to_str().unwrap(), file])
-                .env("MTOOLS_SKIP_CHECK", "1")
-                .output()
-                .unwrap(),
-            "mtype",
-        )
-    };
-    let entry = mtype(&esp, "::/loader/entries/imgbuild.conf");
+    let listing = esp_listing(&esp);
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/EFI/BOOT/grubx64.efi",
+        "::/EFI/BOOT/mmx64.efi",
+        "::/EFI/debian/shimx64.efi",
+        "::/EFI/debian/grubx64.efi",
+        "::/EFI/debian/mmx64.efi",
+        "::/EFI/debian/grub.cfg",
+    ] {
+        assert!(listing.contains(f), "{f} missing from the ESP:\n{listing}");
+    }
+    // No fallback next to shim (it would run instead of GRUB), no systemd-boot, no other vendor.
+    for f in ["fbx64.efi", "loader/", "systemd", "EFI/ubuntu"] {
+        assert!(!listing.contains(f), "{f} on the ESP:\n{listing}");
+    }
+    let shim = std::fs::read(env.path("build/nodes/node1/rootfs/usr/lib/shim/shimx64.efi.signed"))
+        .unwrap_or_default();
+    assert!(shim.len() > 100_000, "the base's signed shim");
+    assert_eq!(esp_file(&esp, "::/EFI/BOOT/BOOTX64.EFI", env), shim);
+    assert_eq!(esp_file(&esp, "::/EFI/debian/shimx64.efi", env), shim);
+    let grub = std::fs::read(
+        env.path("build/nodes/node1/rootfs/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"),
+    )
+    .unwrap();
+    assert_eq!(esp_file(&esp, "::/EFI/BOOT/grubx64.efi", env), grub);
+    let cfg = String::from_utf8(esp_file(&esp, "::/EFI/debian/grub.cfg", env)).unwrap();
     assert!(
-        entry.contains(&format!("root=UUID={root_uuid}")) && entry.contains("console=ttyS0"),
-        "{entry}"
+        cfg.contains(&format!(
+            "search --no-floppy --fs-uuid --set=root {root_uuid}"
+        )) && cfg.contains(&format!("root=UUID={root_uuid}"))
+            && cfg.contains("console=ttyS0")
+            && cfg.contains("linux /boot/vmlinuz-"),
+        "{cfg}"
     );
-    let listing = ok(
-        &Command::new("mdir")
-            .args(["-i", esp.to_str().unwrap(), "-/", "-b", "::/"])
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .output()
-            .unwrap(),
-        "mdir",
-    );
-    assert!(listing.contains("::/EFI/BOOT/BOOTX64.EFI"), "{listing}");
 
     // qcow2: qemu-img check clean and the same disk as the raw image.
     let qcow2 = dir.join("node1.qcow2");
@@ -213,8 +229,9 @@ fn node1_images_pass_the_standard_tools() {
         &sh("fsck.fat", &["-n", fat.to_str().unwrap()]),
         "fsck.fat -n on the seed",
     );
-    assert!(mtype(&fat, "::/user-data").contains("hostname: node1"));
-    assert!(mtype(&fat, "::/network-config").contains("192.168.200.151/24"));
+    let text = |f: &str| String::from_utf8(esp_file(&fat, f, env)).unwrap();
+    assert!(text("::/user-data").contains("hostname: node1"));
+    assert!(text("::/network-config").contains("192.168.200.151/24"));
     let iso = std::fs::read(dir.join("node1-seed.iso")).unwrap();
     assert_eq!(&iso[32808..32814], b"cidata", "ISO volume id");
 
@@ -277,10 +294,54 @@ fn node1_images_pass_the_standard_tools() {
     assert_eq!(zk["signed_by"].as_str().unwrap(), release);
     assert_eq!(m["components"]["zookeeper"], "3.9.5");
     assert!(m["base_packages"]["systemd"].is_string(), "dpkg list");
-    assert_eq!(m["boot"]["loader"], "systemd-boot");
+    for p in ["linux-image-amd64", "shim-signed", "grub-efi-amd64-signed"] {
+        assert!(m["base_packages"][p].is_string(), "{p} in the base");
+    }
+    assert!(
+        m["base_packages"]["systemd-boot"].is_null(),
+        "no systemd-boot in the base"
+    );
+    assert_eq!(m["boot"]["loader"], "shim+grub");
     let outputs = m["outputs"].as_array().unwrap();
     let raw_out = outputs.iter().find(|o| o["file"] == "node1.raw").unwrap();
     assert_eq!(raw_out["sha256"].as_str().unwrap(), sha256(&raw));
+}
+
+/// `mdir -/ -b` of a FAT image: every path, one per line.
+fn esp_listing(img: &Path) -> String {
+    ok(
+        &Command::new("mdir")
+            .args(["-i", img.to_str().unwrap(), "-/", "-b", "::/"])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .unwrap(),
+        "mdir",
+    )
+}
+
+/// The bytes of `file` in a FAT image.
+fn esp_file(img: &Path, file: &str, env: &Env) -> Vec<u8> {
+    let out = env.path(&format!(
+        "mcopy-{}",
+        sha256_str(&format!("{}{file}", img.display()))
+    ));
+    ok(
+        &Command::new("mcopy")
+            .args(["-n", "-i", img.to_str().unwrap(), file])
+            .arg(&out)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .unwrap(),
+        "mcopy",
+    );
+    let b = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    b
+}
+
+fn sha256_str(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
 
 #[test]
@@ -560,4 +621,176 @@ fn qcow2_boots_to_cloud_init_with_node1_identity() {
         "{out}"
     );
     assert_eq!(sha256(&qcow2), digest, "booting changed the image");
+}
+
+/// What QEMU's serial log says, for a failure message.
+fn log_tail(log: &str) -> String {
+    log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+}
+
+/// The same image under Secure Boot firmware with Microsoft's keys enrolled, on a virtual disk
+/// twice its size, with an e1000e NIC (named like a bare-metal one, enp0sN): shim verifies
+/// GRUB, GRUB the kernel; the kernel reports Secure Boot on; growpart + resize2fs grow the root
+/// to the disk; the network config's name glob matches the other NIC name.
+#[test]
+fn boots_under_secure_boot_grows_onto_a_bigger_disk_and_matches_another_nic_name() {
+    let env = built();
+    let raw = env.path("images/node1/node1.raw");
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let o = env
+        .command(
+            "build-secure",
+            &[
+                "boot",
+                "node1",
+                "--check",
+                "--timeout",
+                "900",
+                "--secure-boot",
+                "--disk-size",
+                &(2 * size).to_string(),
+                "--nic",
+                "e1000e",
+            ],
+        )
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let log =
+        std::fs::read_to_string(env.path("build-secure/boot/node1/serial.log")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "boot --check --secure-boot failed: {out}\n{}\nserial log tail:\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        log_tail(&log)
+    );
+    // From the guest itself: the kernel's view of the firmware ...
+    assert!(
+        log.contains("secureboot: Secure boot enabled"),
+        "{}",
+        log_tail(&log)
+    );
+    // ... the root filesystem as the guest measures it (imgbuild-health's disk line) ...
+    let disk_line = log
+        .lines()
+        .find(|l| l.contains("imgbuild-health") && l.contains(" check=disk "))
+        .expect("a disk line on the console");
+    let field = |k: &str| -> u64 {
+        disk_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.parse().ok())
+            .unwrap()
+    };
+    let (root_mb, disk_mb) = (field("root_mb="), field("disk_mb="));
+    assert_eq!(disk_mb, 2 * size >> 20, "{disk_line}");
+    assert!(
+        root_mb * 100 >= disk_mb * 85 && root_mb > size >> 20,
+        "the root did not grow to the disk: {disk_line}"
+    );
+    // ... and the address on an interface named as on real hardware (not eth0).
+    let nic = log
+        .lines()
+        .find(|l| l.contains("ci-info:") && l.contains("| True |") && l.contains("192.168.200.151"))
+        .unwrap_or_else(|| panic!("no interface with 192.168.200.151:\n{}", log_tail(&log)));
+    assert!(nic.contains("| enp"), "{nic}");
+    assert!(out.contains("Secure Boot enabled"), "{out}");
+}
+
+/// The second boot chain: a base with systemd-boot instead of shim + GRUB gets a loader entry
+/// with the kernel and initrd on the ESP, and boots to cloud-init with node1's identity.
+#[test]
+fn a_systemd_boot_base_boots_through_systemd_boot() {
+    let env = Env::with_mirror(common::mirror_with_sdboot_base());
+    env.run(&["node1"]);
+    let dir = env.path("images/node1");
+    let m = manifest(&dir);
+    assert_eq!(m["boot"]["loader"], "systemd-boot");
+    let raw = dir.join("node1.raw");
+    let parts = m["partitions"].as_array().unwrap();
+    let lba = |i: usize, k: &str| parts[i][k].as_u64().unwrap();
+    let esp = env.path("esp.img");
+    extract(
+        &raw,
+        lba(0, "first_lba") * 512,
+        (lba(0, "last_lba") + 1 - lba(0, "first_lba")) * 512,
+        &esp,
+    );
+    let listing = esp_listing(&esp);
+    assert!(listing.contains("::/EFI/BOOT/BOOTX64.EFI"), "{listing}");
+    assert!(!listing.contains("grubx64.efi"), "{listing}");
+    let entry = String::from_utf8(esp_file(&esp, "::/loader/entries/imgbuild.conf", &env)).unwrap();
+    let root_uuid = parts[1]["filesystem_id"].as_str().unwrap();
+    assert!(
+        entry.contains(&format!("root=UUID={root_uuid}")) && entry.contains("console=ttyS0"),
+        "{entry}"
+    );
+    let o = env
+        .command("build", &["boot", "node1", "--check", "--timeout", "900"])
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(env.path("build/boot/node1/serial.log")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "{}\n{}\nserial log tail:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        log_tail(&log)
+    );
+    assert!(log.contains("node1 login:"), "{}", log_tail(&log));
+    let _ = std::fs::remove_dir_all(env.dir.path());
+}
+
+/// Canonical's cloud root tarball has no kernel and no GRUB: a disk image from it is refused
+/// before anything is downloaded, naming the base and what to use instead.
+#[test]
+fn a_cloud_root_tarball_base_is_refused_for_disk_images() {
+    let mirror = common::mirror_with_bootable_base();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        mirror.join("recipe-cloud.yaml"),
+        dir.path().join("recipe.yaml"),
+    )
+    .unwrap();
+    let o = Command::new(assert_cmd::cargo::cargo_bin("imgbuild"))
+        .current_dir(dir.path())
+        .args([
+            "-r",
+            "recipe.yaml",
+            "--cache-dir",
+            "cache",
+            "--offline",
+            "node1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("recipe.yaml: base (ubuntu-cloud https://cloud-images.ubuntu.com/releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64-root.tar.xz) cannot boot")
+            && err.contains("no kernel")
+            && err.contains("hint: use `kind: mmdebstrap`")
+            && err.contains("linux-generic"),
+        "{err}"
+    );
+    assert!(!dir.path().join("images").exists(), "nothing built");
+}
+
+/// A tarball base without a kernel (the shape of Canonical's root tarball, a real Debian tree
+/// here) gets as far as the boot chain and stops there, naming the base and what to add.
+#[test]
+fn a_tarball_base_without_a_kernel_names_what_to_add() {
+    let env = Env::with_mirror(common::mirror_with_debian_base());
+    let o = env.command("build", &["node1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "the boot chain of base tarball https://imgbuild-fixtures.invalid/debian/debian-base-"
+        ) && err.contains("the base has no kernel with an initrd in /boot")
+            && err.contains("linux-image-amd64")
+            && err.contains("initramfs-tools"),
+        "{err}"
+    );
+    assert!(!env.path("images/node1").exists(), "no images left behind");
+    let _ = std::fs::remove_dir_all(env.dir.path());
 }

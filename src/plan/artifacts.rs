@@ -440,34 +440,12 @@ fn resolve_artifact(
             let sig_path = join(path, "signature");
             let urls = per_url(cx, &join(&sig_path, "url"), &s.url, false)?;
             let keys = render_url(cx, &join(&sig_path, "keys"), &s.keys, vars, false)?;
-            let mut fingerprints = Vec::new();
-            for (i, f) in s.fingerprints.iter().enumerate() {
-                let v: String = f
-                    .chars()
-                    .filter(|c| !c.is_whitespace())
-                    .collect::<String>()
-                    .to_ascii_uppercase();
-                if !(v.len() == 40 || v.len() == 64) || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    let d = cx.error(
-                        cx.at(&index(&join(&sig_path, "fingerprints"), i)),
-                        format!("`{f}` is not an OpenPGP fingerprint (40 or 64 hex characters)"),
-                    );
-                    Ctx::hint(d, "pin full fingerprints, never short key ids");
-                    return None;
-                }
-                fingerprints.push(v);
-            }
-            if fingerprints.is_empty() {
-                let d = cx.error(
-                    cx.at(&join(&sig_path, "fingerprints")),
-                    "a signature needs at least one pinned fingerprint",
-                );
-                Ctx::hint(
-                    d,
-                    "without a pinned key, anyone who can change the KEYS file can sign",
-                );
-                return None;
-            }
+            let fingerprints = pinned_fingerprints(
+                cx,
+                &join(&sig_path, "fingerprints"),
+                &s.fingerprints,
+                "without a pinned key, anyone who can change the KEYS file can sign",
+            )?;
             Some(SignaturePlan {
                 urls,
                 keys,
@@ -502,4 +480,36 @@ fn resolve_artifact(
         digest,
         signature,
     })
+}
+
+/// Full OpenPGP fingerprints at `path` (upper-case, spaces removed); at least one.
+pub(super) fn pinned_fingerprints(
+    cx: &mut Ctx,
+    path: &str,
+    list: &[String],
+    why_pin: &str,
+) -> Option<Vec<String>> {
+    let mut fingerprints = Vec::new();
+    for (i, f) in list.iter().enumerate() {
+        let v: String = f
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_uppercase();
+        if !(v.len() == 40 || v.len() == 64) || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let d = cx.error(
+                cx.at(&index(path, i)),
+                format!("`{f}` is not an OpenPGP fingerprint (40 or 64 hex characters)"),
+            );
+            Ctx::hint(d, "pin full fingerprints, never short key ids");
+            return None;
+        }
+        fingerprints.push(v);
+    }
+    if fingerprints.is_empty() {
+        let d = cx.error(cx.at(path), "at least one pinned fingerprint is needed");
+        Ctx::hint(d, why_pin);
+        return None;
+    }
+    Some(fingerprints)
 }

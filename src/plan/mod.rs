@@ -95,6 +95,29 @@ pub struct Plan {
     pub overlays: Vec<PathBuf>,
 }
 
+impl Plan {
+    /// The base in a few words, for messages: `mmdebstrap noble from URL`, `tarball URL`.
+    pub fn base_description(&self) -> String {
+        let b = &self.base;
+        let url = || {
+            self.artifacts
+                .iter()
+                .find(|a| a.name == "base")
+                .and_then(|a| a.urls.first().cloned())
+                .unwrap_or_default()
+        };
+        match b.kind {
+            BaseKind::Mmdebstrap => format!(
+                "mmdebstrap {} from {}",
+                b.suite.as_deref().unwrap_or("-"),
+                b.mirror.as_deref().unwrap_or("-")
+            ),
+            BaseKind::UbuntuCloud => format!("ubuntu-cloud {}", url()),
+            BaseKind::Tarball => format!("tarball {}", url()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeIdentity {
     pub name: String,
@@ -182,7 +205,85 @@ pub struct BasePlan {
     pub mirror: Option<String>,
     pub apt_components: Vec<String>,
     pub packages: Vec<String>,
-    pub keyring: Option<String>,
+    pub keyring: Option<KeyringPlan>,
+    /// What the base is known to bring for booting, before it is built (mmdebstrap: from its
+    /// package list; ubuntu-cloud: nothing, REFERENCE.md §8; tarball: unknown until extracted).
+    pub boot: BaseBoot,
+}
+
+/// The keys an mmdebstrap base's Release file is checked with.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum KeyringPlan {
+    /// A keyring file on the build machine.
+    File { path: String },
+    /// A key file downloaded from `url`, of which only the pinned keys are used.
+    Pinned {
+        url: String,
+        fingerprints: Vec<String>,
+    },
+}
+
+/// The boot pieces a base brings, as far as the plan can tell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum BaseBoot {
+    /// From the package list: the kernel package and the UEFI chain ("shim+grub", "systemd-boot").
+    Packages {
+        kernel: Option<String>,
+        loader: Option<String>,
+    },
+    /// Canonical's cloud root tarball: its build purges every linux-* and grub-* package.
+    None,
+    /// A tarball: known once it is extracted.
+    Unknown,
+}
+
+impl BaseBoot {
+    /// Why a disk image cannot boot from this base, with what to add; None when it can (or may).
+    pub fn missing(&self) -> Option<String> {
+        match self {
+            BaseBoot::Packages { kernel, loader } => {
+                let mut want = Vec::new();
+                if kernel.is_none() {
+                    want.push("a kernel (linux-generic on Ubuntu, linux-image-amd64 on Debian) and initramfs-tools");
+                }
+                if loader.is_none() {
+                    want.push("a UEFI boot chain (shim-signed and grub-efi-amd64-signed, or systemd-boot)");
+                }
+                (!want.is_empty()).then(|| format!("base.packages lacks {}", want.join(" and ")))
+            }
+            BaseBoot::None => Some(
+                "Canonical's cloud root tarball has no kernel, initrd, GRUB or shim (its build purges \
+                 linux-* and grub-*), so it cannot make a bootable disk"
+                    .into(),
+            ),
+            BaseBoot::Unknown => None,
+        }
+    }
+}
+
+/// The kernel and boot chain an apt package list brings.
+fn boot_from_packages(packages: &[String]) -> BaseBoot {
+    let has = |p: &str| packages.iter().any(|x| x == p);
+    let kernel = packages
+        .iter()
+        .find(|p| {
+            p.starts_with("linux-image-")
+                || matches!(
+                    p.as_str(),
+                    "linux-generic" | "linux-virtual" | "linux-kvm" | "linux-generic-hwe-24.04"
+                )
+        })
+        .cloned();
+    let loader = if has("shim-signed") && has("grub-efi-amd64-signed") {
+        Some("shim+grub".to_string())
+    } else if has("systemd-boot") {
+        Some("systemd-boot".to_string())
+    } else {
+        None
+    };
+    BaseBoot::Packages { kernel, loader }
 }
 
 /// A file to download and verify.
@@ -227,7 +328,8 @@ pub struct SignaturePlan {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskPlan {
-    pub size_bytes: u64,
+    /// The raw disk's size; None: the content plus headroom (see `image::layout`).
+    pub size_bytes: Option<u64>,
     pub formats: Vec<String>,
 }
 
@@ -252,7 +354,6 @@ impl ClusterPlan {
 }
 
 pub const DISK_FORMATS: &[&str] = &["raw", "qcow2", "seed-iso", "seed-fat", "rootfs-tar"];
-const DEFAULT_DISK_SIZE: u64 = 4 << 30;
 
 /// Collects diagnostics with positions from the recipe's source map.
 struct Ctx<'a> {
@@ -1316,6 +1417,37 @@ fn resolve_base(cx: &mut Ctx) -> Option<BasePlan> {
             format!("`{m}` is not an http(s) or file URL"),
         );
     }
+    let keyring = match &b.keyring {
+        None => None,
+        Some(recipe::Keyring::File(path)) => Some(KeyringPlan::File { path: path.clone() }),
+        Some(recipe::Keyring::Pinned(k)) => {
+            let url_ok = k.url.starts_with("https://")
+                || k.url.starts_with("http://")
+                || k.url.starts_with("file://");
+            if !url_ok {
+                cx.error(
+                    cx.at("base.keyring.url"),
+                    format!("`{}` is not an http(s) or file URL", k.url),
+                );
+            }
+            artifacts::pinned_fingerprints(
+                cx,
+                "base.keyring.fingerprints",
+                &k.fingerprints,
+                "the archive's Release file is trusted only through the keys pinned here",
+            )
+            .map(|fingerprints| KeyringPlan::Pinned {
+                url: k.url.clone(),
+                fingerprints,
+            })
+        }
+    };
+    let packages = b.packages.clone().unwrap_or_default();
+    let boot = match b.kind {
+        BaseKind::Mmdebstrap => boot_from_packages(&packages),
+        BaseKind::UbuntuCloud => BaseBoot::None,
+        BaseKind::Tarball => BaseBoot::Unknown,
+    };
     Some(BasePlan {
         kind: b.kind,
         release: (!is_deb).then(|| b.release.clone().unwrap_or_else(|| default_release(b.kind))),
@@ -1325,8 +1457,9 @@ fn resolve_base(cx: &mut Ctx) -> Option<BasePlan> {
             .apt_components
             .clone()
             .unwrap_or_else(|| if is_deb { vec!["main".into()] } else { vec![] }),
-        packages: b.packages.clone().unwrap_or_default(),
-        keyring: b.keyring.clone(),
+        packages,
+        keyring,
+        boot,
     })
 }
 
@@ -1430,19 +1563,19 @@ pub fn parse_size(s: &str) -> Option<u64> {
 
 fn resolve_disk(cx: &mut Ctx) -> DiskPlan {
     let d = &cx.loaded.recipe.disk;
-    let size_bytes = match &d.size {
-        None => DEFAULT_DISK_SIZE,
+    let size_bytes = match d.size.as_deref() {
+        None | Some("auto") => None,
         Some(s) => {
             match parse_size(s) {
-                Some(n) if n >= 1 << 30 && n % 512 == 0 => n,
+                Some(n) if n >= 1 << 30 && n % 512 == 0 => Some(n),
                 Some(_) => {
                     cx.error(cx.at("disk.size"), format!("disk size `{s}` is too small or not a multiple of 512 bytes (minimum 1GiB)"));
-                    DEFAULT_DISK_SIZE
+                    None
                 }
                 None => {
                     let diag = cx.error(cx.at("disk.size"), format!("`{s}` is not a size"));
-                    Ctx::hint(diag, "write it like 8GiB or 4096MiB");
-                    DEFAULT_DISK_SIZE
+                    Ctx::hint(diag, "write it like 8GiB or 4096MiB, or `auto`");
+                    None
                 }
             }
         }

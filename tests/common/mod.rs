@@ -53,7 +53,7 @@ pub fn debian_base() -> PathBuf {
     debian_base_set("minimal")
 }
 
-/// The bootable Debian base (kernel, initramfs, systemd-boot, netplan, growpart).
+/// The bootable Debian base (generic kernel, initramfs, shim + signed GRUB, netplan, growpart).
 pub fn debian_base_full() -> PathBuf {
     debian_base_set("full")
 }
@@ -86,13 +86,19 @@ fn debian_base_set(set: &str) -> PathBuf {
     out
 }
 
-/// The fixture mirror with the bootable Debian base in place of Ubuntu's root tarball.
+/// The fixture mirror with the bootable Debian base as recipe.yaml's tarball base.
 pub fn mirror_with_bootable_base() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| make_mirror("mirror-bootable", Some(&debian_base_full())))
 }
 
-/// The fixture mirror with the real Debian base in place of Ubuntu's root tarball.
+/// The fixture mirror with a bootable Debian base whose boot chain is systemd-boot.
+pub fn mirror_with_sdboot_base() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| make_mirror("mirror-sdboot", Some(&debian_base_set("sdboot"))))
+}
+
+/// The fixture mirror with the minimal Debian base (no kernel) as recipe.yaml's tarball base.
 pub fn mirror_with_debian_base() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| make_mirror("mirror-debian", Some(&debian_base())))
