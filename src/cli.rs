@@ -102,9 +102,9 @@ pub enum Command {
     /// console on this terminal and in a log file.
     Boot {
         node: String,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 2048, value_name = "MIB")]
-        memory: u32,
+        /// Guest memory in MiB (default: the node's memory budget, see `imgbuild plan`).
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u32>,
         /// Guest CPUs.
         #[arg(long, default_value_t = 2, value_name = "N")]
         cpus: u32,
@@ -136,9 +136,9 @@ pub enum Command {
     Up {
         /// Nodes to boot (default: all).
         nodes: Vec<String>,
-        /// Guest memory per VM in MiB.
-        #[arg(long, default_value_t = 2048, value_name = "MIB")]
-        memory: u32,
+        /// Guest memory per VM in MiB (default: each node's memory budget, see `imgbuild plan`).
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u32>,
         /// CPUs per VM.
         #[arg(long, default_value_t = 1, value_name = "N")]
         cpus: u32,

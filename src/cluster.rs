@@ -171,6 +171,25 @@ pub fn judge(
             }
         }
     }
+    // ZooKeeper-mode Kafka: every broker registered.
+    for p in nodes {
+        if let Some(k) = &p.kafka
+            && k.mode == crate::recipe::KafkaMode::Zookeeper
+            && let Some(c) = get(&p.node.name, "kafka")
+        {
+            let got = c
+                .fields
+                .get("brokers")
+                .map(|b| b.split(',').filter(|x| x.parse::<u32>().is_ok()).count())
+                .unwrap_or(0);
+            if got != k.brokers {
+                fail.push(format!(
+                    "{}: kafka: {got} brokers registered in ZooKeeper, expected {}",
+                    p.node.name, k.brokers
+                ));
+            }
+        }
+    }
     // ZooKeeper: exactly one leader, every other ensemble member a follower.
     let zk: Vec<&&Plan> = nodes
         .iter()
@@ -286,7 +305,8 @@ impl Running {
 }
 
 pub struct UpOptions {
-    pub memory: u32,
+    /// Memory per VM; None: each node's memory budget (`plan`).
+    pub memory: Option<u32>,
     pub cpus: u32,
     pub timeout: Duration,
     /// Stop once every node is healthy (or the time is up) and judge; exit status says.
@@ -332,7 +352,7 @@ pub fn up(
             firmware: &fw,
             vars: &vars,
             kvm,
-            memory_mb: o.memory,
+            memory_mb: qemu::guest_memory(p, o.memory)?,
             cpus: o.cpus,
             mac: p
                 .node

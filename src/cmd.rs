@@ -189,6 +189,20 @@ pub fn render_plan(p: &Plan) -> String {
             _ => "kernel and boot chain found when the tarball is extracted".into(),
         },
     );
+    let m = &p.memory;
+    line(
+        "memory",
+        format!(
+            "{} MiB for the VM: {} MiB of JVM heaps ({}), their overhead and the OS",
+            m.total_mb,
+            m.heap_mb,
+            m.jvms
+                .iter()
+                .map(|(what, h)| format!("{what} {h}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
     line(
         "disk size",
         match p.disk.size_bytes {
@@ -782,7 +796,8 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
 }
 
 pub struct BootOptions {
-    pub memory: u32,
+    /// Guest memory; None: the node's memory budget (`plan`).
+    pub memory: Option<u32>,
     pub cpus: u32,
     pub check: bool,
     pub timeout: u64,
@@ -863,7 +878,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         firmware: &fw,
         vars: &vars,
         kvm,
-        memory_mb: o.memory,
+        memory_mb: crate::qemu::guest_memory(plan, o.memory)?,
         cpus: o.cpus,
         mac,
         nic: &o.nic,

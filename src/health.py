@@ -120,12 +120,20 @@ def check_all(c):
         except OSError:
             mode = "down"
         yield "zookeeper", mode in ("leader", "follower", "standalone"), {"mode": mode}
-    if c.get("kafka"):
+    if c.get("kafka") and c["kafka"].get("mode") == "zookeeper":
         k = c["kafka"]
         try:
-            out = subprocess.run([k["quorum_tool"], "--bootstrap-controller", k["controller"],
+            ids = zk_children(k["zookeeper"], k["brokers_path"])
+            yield "kafka", len(ids) >= k["brokers"] and str(k["broker_id"]) in ids, {
+                "brokers": ",".join(sorted(ids, key=int)) or "none"}
+        except (OSError, ValueError):
+            yield "kafka", False, {"zookeeper": "unreachable"}
+    elif c.get("kafka"):
+        k = c["kafka"]
+        try:
+            out = subprocess.run([k["quorum_tool"], k["bootstrap_flag"], k["bootstrap"],
                                   "describe", "--status"], capture_output=True, text=True,
-                                 timeout=120).stdout
+                                 timeout=180).stdout
             fields = dict(l.split(":", 1) for l in out.splitlines() if ":" in l)
             voters = fields.get("CurrentVoters", "").strip()
             # Kafka < 3.9: [1,2,3]; 3.9 and 4.x: [{"id": 1, "directoryId": …, "endpoints": […]}, …]

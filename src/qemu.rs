@@ -299,6 +299,24 @@ impl Vm<'_> {
     }
 }
 
+/// The memory to boot `plan`'s node with: its budget, or `asked` — refused when that is less
+/// than the heaps of the JVMs the node starts (they would be OOM-killed or swap to a crawl).
+pub fn guest_memory(plan: &crate::plan::Plan, asked: Option<u32>) -> Result<u32> {
+    let m = &plan.memory;
+    match asked {
+        None => Ok(m.total_mb),
+        Some(mb) if mb < m.heap_mb + 256 => bail!(
+            "--memory {mb} is too little for {}: its JVMs alone have {} MiB of heap ({} MiB is its budget, see `imgbuild plan {}`)\n\nhint: give at least {} MiB, or lower the heaps in the recipe's services section",
+            plan.node.name,
+            m.heap_mb,
+            m.total_mb,
+            plan.node.name,
+            m.total_mb
+        ),
+        Some(mb) => Ok(mb),
+    }
+}
+
 /// Two free UDP ports on 127.0.0.1 (for an isolated NIC: bind one, send to the other).
 pub fn free_udp_ports() -> Result<(u16, u16)> {
     let a = std::net::UdpSocket::bind("127.0.0.1:0")?;

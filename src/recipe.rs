@@ -226,6 +226,7 @@ pub struct StormService {
     pub logviewer_port: Option<u16>,
     pub slots: Option<Vec<u16>>,
     pub heap_mb: Option<u32>,
+    pub worker_heap_mb: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -56,9 +56,11 @@ pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
             "Wants=network-online.target\nAfter=network-online.target kafka-format.service\nRequires=kafka-format.service\n",
             true,
         ),
-        // The ZooKeeper quorum is remote: order after the local member, but do not require it.
+        // The ZooKeeper quorum is remote: order after a local member when the node has one, but
+        // never pull one in (Wants= would start ZooKeeper on a broker outside the ensemble, which
+        // has no myid and restarts forever).
         KafkaMode::Zookeeper => (
-            "Wants=network-online.target zookeeper.service\nAfter=network-online.target zookeeper.service\n",
+            "Wants=network-online.target\nAfter=network-online.target zookeeper.service\n",
             false,
         ),
     };
@@ -111,6 +113,9 @@ pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
          Wants=network-online.target\n\
          After=network-online.target zookeeper.service kafka.service storm-nimbus.service storm-supervisor.service\n\n\
          [Service]\nType=simple\nExecStart=/usr/bin/python3 /usr/lib/imgbuild/health.py\n\
+         # Kafka's tools run `$JAVA_HOME/bin/java`, else plain `java`, which is not on PATH.\n\
+         Environment=JAVA_HOME=/opt/java\n\
+         Environment=PATH=/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
          StandardOutput=journal+console\nNoNewPrivileges=true\nProtectHome=true\nPrivateTmp=true\n\n\
          [Install]\nWantedBy=multi-user.target\n"
             .to_string(),
@@ -138,28 +143,8 @@ pub fn health_config(p: &Plan) -> String {
     {
         c["zookeeper"] = serde_json::json!({"client_port": z.client_port});
     }
-    if let Some(k) = &p.kafka
-        && let Some(voters) = &k.controller_quorum_voters
-    {
-        // "1@192.168.200.151:9093,2@…": ask this node's own controller when it is one.
-        let entries: Vec<(u32, &str)> = voters
-            .split(',')
-            .filter_map(|v| {
-                let (id, addr) = v.split_once('@')?;
-                Some((id.parse().ok()?, addr))
-            })
-            .collect();
-        let own = entries
-            .iter()
-            .find(|(id, _)| Some(*id) == k.node_id && k.controller_port.is_some())
-            .or(entries.first())
-            .map(|(_, a)| a.to_string())
-            .unwrap_or_default();
-        c["kafka"] = serde_json::json!({
-            "quorum_tool": "/opt/kafka/bin/kafka-metadata-quorum.sh",
-            "controller": own,
-            "voters": entries.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-        });
+    if let Some(k) = &p.kafka {
+        c["kafka"] = kafka_health(p, k);
     }
     if let Some(s) = &p.storm {
         c["storm"] = serde_json::json!({
@@ -174,6 +159,66 @@ pub fn health_config(p: &Plan) -> String {
     let mut text = serde_json::to_string_pretty(&c).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// How imgbuild-health checks Kafka on this node.
+///
+/// KRaft: `kafka-metadata-quorum.sh describe --status` must list every voter and a leader. It
+/// asks a controller (`--bootstrap-controller`, this node's own when it is one) from Kafka 3.7
+/// (KIP-919); earlier KRaft releases (3.3–3.6) only take `--bootstrap-server`, the broker.
+/// ZooKeeper mode: every broker registered under `<chroot>/brokers/ids` — read over ZooKeeper's
+/// protocol, no JVM needed.
+fn kafka_health(p: &Plan, k: &KafkaPlan) -> serde_json::Value {
+    match k.mode {
+        KafkaMode::Kraft => {
+            let voters: Vec<(u32, &str)> = k
+                .controller_quorum_voters
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|v| {
+                    let (id, addr) = v.split_once('@')?;
+                    Some((id.parse().ok()?, addr))
+                })
+                .collect();
+            let own = voters
+                .iter()
+                .find(|(id, _)| Some(*id) == k.node_id && k.controller_port.is_some())
+                .or(voters.first())
+                .map(|(_, a)| a.to_string())
+                .unwrap_or_default();
+            let (flag, target) = if version_at_least(&k.version, 3, 7) {
+                ("--bootstrap-controller", own)
+            } else {
+                ("--bootstrap-server", format!("{}:{}", p.node.ip, k.port))
+            };
+            serde_json::json!({
+                "mode": "kraft",
+                "quorum_tool": "/opt/kafka/bin/kafka-metadata-quorum.sh",
+                "bootstrap_flag": flag,
+                "bootstrap": target,
+                "voters": voters.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            })
+        }
+        KafkaMode::Zookeeper => {
+            let connect = k.zookeeper_connect.as_deref().unwrap_or("");
+            let (servers, chroot) = connect.split_once('/').unwrap_or((connect, ""));
+            serde_json::json!({
+                "mode": "zookeeper",
+                "zookeeper": servers.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+                "brokers_path": format!("/{chroot}/brokers/ids").replace("//", "/"),
+                "broker_id": k.broker_id,
+                "brokers": k.brokers,
+            })
+        }
+    }
+}
+
+/// Is `version` (like 4.3.1) at least major.minor?
+fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    v >= (major, minor)
 }
 
 /// `sysusers.d` entries and `tmpfiles.d` lines for the service users and their directories.
@@ -193,6 +238,25 @@ pub fn sysusers_and_tmpfiles() -> Vec<FileSpec> {
     ]
 }
 
+/// ZooKeeper's logging: INFO and above to the console (the journal), as upstream's
+/// conf/logback.xml does by default (`zookeeper.console.threshold`).
+const ZOOKEEPER_LOGBACK: &str = r#"<!-- Written by imgbuild: ZooKeeper logs INFO and above to the journal. -->
+<configuration>
+  <property name="zookeeper.console.threshold" value="INFO" />
+  <appender name="CONSOLE" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder>
+      <pattern>%d{ISO8601} [myid:%X{myid}] - %-5p [%t:%C{1}@%L] - %m%n</pattern>
+    </encoder>
+    <filter class="ch.qos.logback.classic.filter.ThresholdFilter">
+      <level>${zookeeper.console.threshold}</level>
+    </filter>
+  </appender>
+  <root level="INFO">
+    <appender-ref ref="CONSOLE" />
+  </root>
+</configuration>
+"#;
+
 /// The files that make this node itself: identity, service configs, seed.
 pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     let mut out = vec![
@@ -210,6 +274,13 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     let java_env = "JAVA_HOME=/opt/java\n";
     if let Some(z) = &p.zookeeper {
         out.push(file("etc/zookeeper/zoo.cfg", zoo_cfg(z), 0o644));
+        // zkEnv.sh puts ZOOCFGDIR first on the classpath: without a logback.xml there, logback
+        // falls back to its default (everything at DEBUG on the console, into the journal).
+        out.push(file(
+            "etc/zookeeper/logback.xml",
+            ZOOKEEPER_LOGBACK.to_string(),
+            0o644,
+        ));
         out.push(file(
             "etc/default/zookeeper",
             format!(
@@ -353,7 +424,8 @@ pub fn storm_yaml(s: &StormPlan) -> String {
          storm.local.dir: \"/var/lib/storm\"\nstorm.local.hostname: \"{}\"\nstorm.log.dir: \"/var/log/storm\"\n\
          supervisor.slots.ports: [{}]\nsupervisor.thrift.port: {}\n\
          ui.port: {}\nlogviewer.port: {}\n\
-         worker.heap.memory.mb: {h}\n\
+         worker.heap.memory.mb: {w}\ntopology.worker.max.heap.size.mb: {w}\n\
+         supervisor.memory.capacity.mb: {cap}\n\
          nimbus.childopts: \"-Xmx{h}m\"\nsupervisor.childopts: \"-Xmx{h}m\"\nui.childopts: \"-Xmx{h}m\"\nlogviewer.childopts: \"-Xmx{h}m\"\n",
         yaml_list(&s.zookeeper_servers),
         s.zookeeper_port,
@@ -368,7 +440,10 @@ pub fn storm_yaml(s: &StormPlan) -> String {
         s.supervisor_port,
         s.ui_port,
         s.logviewer_port,
-        h = s.heap_mb
+        h = s.heap_mb,
+        w = s.worker_heap_mb,
+        // The supervisor schedules no more than its slots' workers can hold.
+        cap = s.worker_heap_mb as usize * s.slots.len()
     )
 }
 
@@ -493,4 +568,204 @@ pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Regression tests for bugs found by reading the rendered files against upstream's scripts.
+    use super::*;
+    use std::path::Path;
+
+    fn cluster(text: &str) -> crate::plan::ClusterPlan {
+        let path = Path::new("recipe.yaml");
+        let loaded = crate::recipe::parse(path, text.to_string()).unwrap();
+        crate::plan::resolve(&loaded).unwrap()
+    }
+
+    fn reference_text() -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/cluster.yaml"))
+            .unwrap()
+    }
+
+    /// A ZooKeeper-mode (Kafka 3.9) cluster whose node4 is a broker outside the ensemble.
+    fn zookeeper_mode() -> crate::plan::ClusterPlan {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recipes/kafka-zookeeper-mode.yaml"),
+        )
+        .unwrap()
+        .replace(
+            "  node3: {ip: 192.168.200.153}\n",
+            "  node3: {ip: 192.168.200.153}\n  node4: {ip: 192.168.200.154, roles: [kafka]}\n",
+        );
+        assert!(text.contains("node4"));
+        cluster(&text)
+    }
+
+    fn unit<'a>(units: &'a [FileSpec], name: &str) -> &'a str {
+        let f = units
+            .iter()
+            .find(|f| f.path == Path::new("etc/systemd/system").join(name))
+            .unwrap();
+        std::str::from_utf8(&f.content).unwrap()
+    }
+
+    fn node_file(p: &Plan, path: &str) -> Option<String> {
+        node_files(p)
+            .into_iter()
+            .find(|f| f.path == Path::new(path))
+            .map(|f| String::from_utf8(f.content).unwrap())
+    }
+
+    /// Bug 1: kafka-run-class.sh runs `$JAVA_HOME/bin/java`, else `java` from PATH; the health
+    /// unit (which runs kafka-metadata-quorum.sh) had neither, so the Kafka check never passed.
+    #[test]
+    fn the_health_unit_gives_kafka_tools_a_java() {
+        let units = units(KafkaMode::Kraft);
+        let health = unit(&units, "imgbuild-health.service");
+        let env: Vec<&str> = health
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment="))
+            .collect();
+        let java_home = env.iter().find_map(|e| e.strip_prefix("JAVA_HOME="));
+        let path = env.iter().find_map(|e| e.strip_prefix("PATH="));
+        assert_eq!(java_home, Some("/opt/java"), "{health}");
+        assert!(
+            path.is_some_and(|p| p.split(':').any(|d| d == "/opt/java/bin")),
+            "{health}"
+        );
+    }
+
+    /// Bug 2: zkEnv.sh puts ZOOCFGDIR first on the classpath; with only zoo.cfg there, logback
+    /// found no configuration and logged everything at DEBUG into the journal.
+    #[test]
+    fn zookeeper_finds_a_logback_configuration_in_its_config_dir() {
+        let c = cluster(&reference_text());
+        let p = &c.nodes[0];
+        let env = node_file(p, "etc/default/zookeeper").unwrap();
+        let dir = env
+            .lines()
+            .find_map(|l| l.strip_prefix("ZOOCFGDIR="))
+            .unwrap();
+        let logback = node_file(p, &format!("{}/logback.xml", dir.trim_start_matches('/')))
+            .unwrap_or_else(|| panic!("no logback.xml in ZOOCFGDIR {dir}"));
+        assert!(logback.contains("<root level=\"INFO\">"), "{logback}");
+        assert!(!logback.contains("DEBUG"), "{logback}");
+    }
+
+    /// The heaps a node's rendered files give its JVMs, in MiB.
+    fn rendered_heaps(p: &Plan) -> u32 {
+        let mb = |s: &str, prefix: &str| -> u32 {
+            s.split_whitespace()
+                .chain(s.split('"'))
+                .find_map(|w| {
+                    w.strip_prefix(prefix)?
+                        .trim_end_matches(['m', '"'])
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        let mut total = 0;
+        if p.roles.contains(&crate::plan::Role::Zookeeper) {
+            let env = node_file(p, "etc/default/zookeeper").unwrap();
+            total += mb(&env, "ZK_SERVER_HEAP=");
+        }
+        if p.roles.contains(&crate::plan::Role::Kafka) {
+            let env = node_file(p, "etc/default/kafka").unwrap();
+            total += mb(&env, "-Xmx");
+        }
+        if let Some(storm) = node_file(p, "etc/storm/storm.yaml") {
+            let value = |k: &str| -> u32 {
+                storm
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| mb(v, "-Xmx").max(v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0)
+            };
+            for (role, key) in [
+                (crate::plan::Role::StormNimbus, "nimbus.childopts:"),
+                (crate::plan::Role::StormSupervisor, "supervisor.childopts:"),
+                (crate::plan::Role::StormUi, "ui.childopts:"),
+                (crate::plan::Role::StormLogviewer, "logviewer.childopts:"),
+            ] {
+                if p.roles.contains(&role) {
+                    total += value(key);
+                }
+            }
+            if p.roles.contains(&crate::plan::Role::StormSupervisor) {
+                // The supervisor launches as many workers as its capacity holds.
+                let cap = value("supervisor.memory.capacity.mb:");
+                let worker = value("worker.heap.memory.mb:");
+                let slots = p.storm.as_ref().unwrap().slots.len() as u32;
+                assert!(worker > 0 && cap == worker * slots, "{storm}");
+                total += cap;
+            }
+        }
+        total
+    }
+
+    /// Bug 3: six 1 GiB daemon heaps and four 1 GiB worker slots (with Storm's default 4096 MiB
+    /// supervisor capacity) in the 2 GiB VM `imgbuild up` gave every node.
+    #[test]
+    fn a_node_is_booted_with_more_memory_than_its_jvm_heaps() {
+        for c in [cluster(&reference_text()), zookeeper_mode()] {
+            for p in &c.nodes {
+                let heaps = rendered_heaps(p);
+                assert!(heaps > 0, "{}", p.node.name);
+                let vm = crate::qemu::guest_memory(p, None).unwrap();
+                // Heaps plus a tool JVM and the OS must fit.
+                assert!(
+                    vm >= heaps + 256 + 512,
+                    "{}: VM {vm} MiB for {heaps} MiB of heaps",
+                    p.node.name
+                );
+                assert!(crate::qemu::guest_memory(p, Some(heaps)).is_err());
+            }
+        }
+    }
+
+    /// Bug 4: ZooKeeper-mode kafka.service had Wants=zookeeper.service, which starts ZooKeeper
+    /// on a broker outside the ensemble (no myid: "myid file is missing", restarting forever).
+    #[test]
+    fn a_zookeeper_mode_broker_does_not_pull_in_zookeeper() {
+        let c = zookeeper_mode();
+        let node4 = c.nodes.iter().find(|p| p.node.name == "node4").unwrap();
+        assert!(node4.zookeeper.as_ref().is_some_and(|z| z.myid.is_none()));
+        assert!(!node4.units.iter().any(|u| u == "zookeeper.service"));
+        let units = units(KafkaMode::Zookeeper);
+        let kafka = unit(&units, "kafka.service");
+        for l in kafka.lines() {
+            if let Some(v) = l
+                .strip_prefix("Wants=")
+                .or_else(|| l.strip_prefix("Requires="))
+                .or_else(|| l.strip_prefix("BindsTo="))
+            {
+                assert!(!v.contains("zookeeper"), "{kafka}");
+            }
+        }
+    }
+
+    /// Bug 5: the health check always used --bootstrap-controller (Kafka 3.7+, KIP-919) though
+    /// KRaft recipes may use 3.3+, and ZooKeeper-mode Kafka had no check at all.
+    #[test]
+    fn the_kafka_health_check_fits_the_version_and_mode() {
+        let health =
+            |p: &Plan| -> serde_json::Value { serde_json::from_str(&health_config(p)).unwrap() };
+        let c = cluster(&reference_text());
+        let k = &health(&c.nodes[0])["kafka"];
+        assert_eq!(k["bootstrap_flag"], "--bootstrap-controller");
+        assert_eq!(k["bootstrap"], "192.168.200.151:9093");
+        let old = cluster(&reference_text().replace("version: 4.3.1", "version: 3.6.2"));
+        let k = &health(&old.nodes[1])["kafka"];
+        assert_eq!(k["bootstrap_flag"], "--bootstrap-server", "{k}");
+        assert_eq!(k["bootstrap"], "192.168.200.152:9092", "{k}");
+        let zk = zookeeper_mode();
+        for p in &zk.nodes {
+            let k = &health(p)["kafka"];
+            assert_eq!(k["mode"], "zookeeper", "{}: {k}", p.node.name);
+            assert_eq!(k["brokers_path"], "/kafka/brokers/ids");
+            assert_eq!(k["brokers"], 4);
+            assert_eq!(k["broker_id"], p.node.id);
+        }
+    }
 }

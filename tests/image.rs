@@ -682,7 +682,7 @@ fn boots_under_secure_boot_grows_onto_a_bigger_disk_and_matches_another_nic_name
             .unwrap()
     };
     let (root_mb, disk_mb) = (field("root_mb="), field("disk_mb="));
-    assert_eq!(disk_mb, 2 * size >> 20, "{disk_line}");
+    assert_eq!(disk_mb, (2 * size) >> 20, "{disk_line}");
     assert!(
         root_mb * 100 >= disk_mb * 85 && root_mb > size >> 20,
         "the root did not grow to the disk: {disk_line}"

@@ -92,6 +92,7 @@ pub struct Plan {
     pub base: BasePlan,
     pub artifacts: Vec<Artifact>,
     pub disk: DiskPlan,
+    pub memory: MemoryPlan,
     pub overlays: Vec<PathBuf>,
 }
 
@@ -174,6 +175,8 @@ pub struct KafkaPlan {
     pub port: u16,
     pub controller_port: Option<u16>,
     pub heap_mb: u32,
+    /// How many brokers the cluster has (every node with the kafka role).
+    pub brokers: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,7 +190,10 @@ pub struct StormPlan {
     pub ui_port: u16,
     pub logviewer_port: u16,
     pub slots: Vec<u16>,
+    /// Heap of each Storm daemon (nimbus, supervisor, ui, logviewer).
     pub heap_mb: u32,
+    /// Heap of one worker JVM; the supervisor offers `slots × worker_heap_mb`.
+    pub worker_heap_mb: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -462,6 +468,7 @@ struct Storm {
     logviewer_port: u16,
     slots: Vec<u16>,
     heap_mb: u32,
+    worker_heap_mb: u32,
 }
 
 fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
@@ -535,6 +542,10 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         .map(|n| n.ip)
         .collect();
 
+    let brokers = nodes
+        .iter()
+        .filter(|n| n.roles.contains(&Role::Kafka))
+        .count();
     let plans = nodes
         .iter()
         .map(|n| {
@@ -579,6 +590,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
                             port: n.kafka.port,
                             controller_port: Some(n.kafka.controller_port),
                             heap_mb: n.kafka.heap_mb,
+                            brokers,
                         }
                     }
                     KafkaMode::Zookeeper => KafkaPlan {
@@ -595,6 +607,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
                         port: n.kafka.port,
                         controller_port: None,
                         heap_mb: n.kafka.heap_mb,
+                        brokers,
                     },
                 }
             });
@@ -609,7 +622,9 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
                 logviewer_port: n.storm.logviewer_port,
                 slots: n.storm.slots.clone(),
                 heap_mb: n.storm.heap_mb,
+                worker_heap_mb: n.storm.worker_heap_mb,
             });
+            let memory = memory_budget(&n.roles, &n.zk, &n.kafka, &n.storm);
             Plan {
                 schema: SCHEMA_VERSION,
                 recipe: cx.loaded.path.display().to_string(),
@@ -636,11 +651,77 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
                 base: base.clone(),
                 artifacts: artifacts.clone(),
                 disk: disk.clone(),
+                memory,
                 overlays: vec![overlay_dir.join("common"), overlay_dir.join(&n.name)],
             }
         })
         .collect();
     Some(plans)
+}
+
+/// Default heaps, consistent with each other and with the memory a node is booted with
+/// (`MemoryPlan::total_mb`): ZooKeeper needs little, the broker most; Storm's daemons are
+/// small, its workers take what topologies need.
+pub struct DefaultHeaps {
+    pub zookeeper: u32,
+    pub kafka: u32,
+    pub storm: u32,
+    pub storm_worker: u32,
+}
+pub const DEFAULT_HEAP_MB: DefaultHeaps = DefaultHeaps {
+    zookeeper: 512,
+    kafka: 1024,
+    storm: 384,
+    storm_worker: 512,
+};
+
+/// A JVM's memory beyond its heap (metaspace, code cache, thread stacks, direct buffers).
+fn jvm_overhead_mb(heap: u32) -> u32 {
+    heap / 8 + 64
+}
+/// What the OS, systemd, cloud-init and the page cache need besides the JVMs.
+const OS_MB: u32 = 512;
+/// The heap of a command-line tool JVM (kafka-run-class.sh's default -Xmx256M): the health
+/// check runs one at a time.
+const TOOL_HEAP_MB: u32 = 256;
+
+/// The memory a node needs: every JVM its roles start, at its heap plus overhead, and the OS.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPlan {
+    /// (what, heap MiB), one per JVM (Storm workers: one per slot).
+    pub jvms: Vec<(String, u32)>,
+    pub heap_mb: u32,
+    /// The guest memory `imgbuild boot`/`up` give this node (heaps + overhead + OS, in 256 MiB steps).
+    pub total_mb: u32,
+}
+
+fn memory_budget(roles: &[Role], zk: &Zk, kafka: &Kafka, storm: &Storm) -> MemoryPlan {
+    let mut jvms = Vec::new();
+    for r in roles {
+        match r {
+            Role::Zookeeper => jvms.push(("zookeeper".to_string(), zk.heap_mb)),
+            Role::Kafka => jvms.push(("kafka".to_string(), kafka.heap_mb)),
+            Role::StormSupervisor => {
+                jvms.push(("storm-supervisor".to_string(), storm.heap_mb));
+                for s in &storm.slots {
+                    jvms.push((format!("storm-worker-{s}"), storm.worker_heap_mb));
+                }
+            }
+            r => jvms.push((r.name().to_string(), storm.heap_mb)),
+        }
+    }
+    jvms.push(("tool (health check)".to_string(), TOOL_HEAP_MB));
+    let heap_mb = jvms.iter().map(|(_, h)| h).sum();
+    let total: u32 = jvms
+        .iter()
+        .map(|(_, h)| h + jvm_overhead_mb(*h))
+        .sum::<u32>()
+        + OS_MB;
+    MemoryPlan {
+        jvms,
+        heap_mb,
+        total_mb: total.div_ceil(256) * 256,
+    }
 }
 
 /// systemd units enabled on a node with these roles, in start order.
@@ -997,12 +1078,15 @@ fn effective_services(
         election_port: nz.election_port.or(cz.election_port).unwrap_or(3888),
         // ZooKeeper's own default is 8080, which Storm UI also takes; imgbuild moves it to 8081.
         admin_port: nz.admin_port.or(cz.admin_port).unwrap_or(8081),
-        heap_mb: nz.heap_mb.or(cz.heap_mb).unwrap_or(1024),
+        heap_mb: nz
+            .heap_mb
+            .or(cz.heap_mb)
+            .unwrap_or(DEFAULT_HEAP_MB.zookeeper),
     };
     let kafka = Kafka {
         port: nk.port.or(ck.port).unwrap_or(9092),
         controller_port: nk.controller_port.or(ck.controller_port).unwrap_or(9093),
-        heap_mb: nk.heap_mb.or(ck.heap_mb).unwrap_or(1024),
+        heap_mb: nk.heap_mb.or(ck.heap_mb).unwrap_or(DEFAULT_HEAP_MB.kafka),
     };
     let storm = Storm {
         nimbus_port: ns.nimbus_port.or(cs.nimbus_port).unwrap_or(6627),
@@ -1013,8 +1097,12 @@ fn effective_services(
             .slots
             .clone()
             .or_else(|| cs.slots.clone())
-            .unwrap_or_else(|| vec![6700, 6701, 6702, 6703]),
-        heap_mb: ns.heap_mb.or(cs.heap_mb).unwrap_or(1024),
+            .unwrap_or_else(|| vec![6700, 6701]),
+        heap_mb: ns.heap_mb.or(cs.heap_mb).unwrap_or(DEFAULT_HEAP_MB.storm),
+        worker_heap_mb: ns
+            .worker_heap_mb
+            .or(cs.worker_heap_mb)
+            .unwrap_or(DEFAULT_HEAP_MB.storm_worker),
     };
     (zk, kafka, storm)
 }
