@@ -9,7 +9,7 @@ set -euo pipefail
 trees=$1 work=$2; shift 2
 mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 pkgs=systemd,systemd-sysv,udev,dbus,cloud-init,openssh-server,iproute2,netbase,ca-certificates,python3,procps
-pkgs=$pkgs,linux-image-cloud-amd64,initramfs-tools,systemd-boot,systemd-boot-efi,netplan.io,cloud-guest-utils
+pkgs=$pkgs,linux-image-amd64,initramfs-tools,shim-signed,grub-efi-amd64-signed,netplan.io,cloud-guest-utils,fdisk
 mkdir -p "$work/cache"
 for node in "$@"; do
     extra=$work/extra-$node

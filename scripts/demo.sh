@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: what `imgbuild all` + `imgbuild up` do against upstream, on a machine that cannot
-# reach it. Builds the fixture mirror (a real Debian bookworm base made with mmdebstrap in place
-# of Ubuntu's cloud root; a real JRE and ZooKeeper from Debian's packages; clearly named
+# reach it. Builds the fixture mirror (a real Debian bookworm base made with mmdebstrap with the
+# reference recipe's package roles — generic kernel, shim + signed GRUB — in place of its mmdebstrap
+# of Ubuntu noble; a real JRE and ZooKeeper from Debian's packages; clearly named
 # stand-ins for Kafka, Storm and Python that do their wiring), serves it on 127.0.0.1, builds
 # images/<node>/ for every node, then boots the cluster on a private virtual network and prints
 # each node's health.

@@ -406,7 +406,8 @@ fn two_builds_are_bit_identical() {
 
 /// Every entry of the root filesystem inside `raw`, dumped by debugfs, as sorted lines of path,
 /// type, mode, owner, mtime and size (symlinks: path and target; rdump does not keep their
-/// owner or times), plus the SHA-256 of every regular file.
+/// owner or times), plus the SHA-256 of every regular file. Directories carry no size: theirs is
+/// the dump directory's on the host, which depends on the order rdump created the entries in.
 fn root_listing(raw: &Path, work: &Path) -> Vec<String> {
     let m = manifest(raw.parent().unwrap());
     let lba = m["partitions"][1]["first_lba"].as_u64().unwrap();
@@ -419,7 +420,8 @@ fn root_listing(raw: &Path, work: &Path) -> Vec<String> {
         .unwrap();
     assert!(o.status.success(), "debugfs rdump of {spec}");
     let script = format!(
-        "cd '{}' && find . ! -type l -printf '%P %y %m %U %G %T@ %s\\n' | sort && \
+        "cd '{}' && find . ! -type l ! -type d -printf '%P %y %m %U %G %T@ %s\\n' | sort && \
+         find . -type d -printf '%P %y %m %U %G %T@\\n' | sort && \
          find . -type l -printf '%P -> %l\\n' | sort && \
          find . -type f -print0 | sort -z | xargs -0 sha256sum",
         out.display()

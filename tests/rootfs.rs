@@ -49,6 +49,15 @@ impl Env {
         }
     }
     fn run(&self, args: &[&str]) -> Output {
+        let o = self.command(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "imgbuild {args:?} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+    fn command(&self, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("imgbuild"));
         c.current_dir(self.dir.path());
         c.args([
@@ -65,13 +74,7 @@ impl Env {
             .env("NO_PROXY", "*")
             .env_remove("HTTPS_PROXY")
             .env_remove("HTTP_PROXY");
-        let o = c.output().unwrap();
-        assert!(
-            o.status.success(),
-            "imgbuild {args:?} failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o
+        c
     }
     fn tree(&self, node: &str) -> PathBuf {
         self.dir
@@ -318,14 +321,14 @@ fn debian_mirror() -> String {
         .unwrap_or_else(|| "http://deb.debian.org/debian".into())
 }
 
-#[test]
-fn mmdebstrap_base_is_built_once_and_cached() {
-    let env = Env::new();
+/// Debian's archive keys from the fixture mirror: the whole keyring in one file, of which the
+/// recipe pins `fingerprint`.
+fn with_mmdebstrap_base(env: &Env, fingerprint: &str) {
     let text = std::fs::read_to_string(env.dir.path().join("recipe.yaml")).unwrap();
     let start = text.find("base:\n").unwrap();
-    let end = text.find("# Example of the mmdebstrap kind").unwrap();
+    let end = text.find("components:\n").unwrap();
     let base = format!(
-        "base:\n  kind: mmdebstrap\n  suite: bookworm\n  mirror: {}\n  packages: [systemd, systemd-sysv]\n",
+        "base:\n  kind: mmdebstrap\n  suite: bookworm\n  mirror: {}\n  packages: [systemd, systemd-sysv]\n  keyring:\n    url: https://ftp-master.debian.org/keys/debian-archive-keyring.asc\n    fingerprints: [{fingerprint}]\n",
         debian_mirror()
     );
     std::fs::write(
@@ -333,7 +336,20 @@ fn mmdebstrap_base_is_built_once_and_cached() {
         format!("{}{base}{}", &text[..start], &text[end..]),
     )
     .unwrap();
+}
+
+/// Debian Archive Automatic Signing Key (12/bookworm): its subkeys sign bookworm's Release.
+const BOOKWORM_KEY: &str = "B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8";
+
+#[test]
+fn mmdebstrap_base_is_built_once_and_cached() {
+    let env = Env::new();
+    with_mmdebstrap_base(&env, BOOKWORM_KEY);
     let first = stderr(&env.run(&["rootfs", "node1"]));
+    assert!(
+        first.contains(&format!("base keyring: 1 pinned key(s) {BOOKWORM_KEY}")),
+        "{first}"
+    );
     assert!(first.contains("base     built bookworm from"), "{first}");
     let t = read_tar(&env.dir.path().join("images/node1/rootfs.tar"));
     assert!(
@@ -350,6 +366,33 @@ fn mmdebstrap_base_is_built_once_and_cached() {
     assert!(
         second.contains("common   cached") && !second.contains("base     built"),
         "{second}"
+    );
+}
+
+/// The Release file is checked against the pinned key only: a key the archive does not sign
+/// with (bullseye's, from the same file) makes mmdebstrap refuse it; a fingerprint the key
+/// file lacks is refused before mmdebstrap runs.
+#[test]
+fn mmdebstrap_trusts_only_the_pinned_archive_key() {
+    let env = Env::new();
+    with_mmdebstrap_base(&env, "1F89983E0081FDE018F3CC9673A4F27B8DD47936");
+    let o = env.command(&["rootfs", "node1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("building the bookworm base from"), "{err}");
+    assert!(
+        err.contains("NO_PUBKEY") || err.contains("not signed") || err.contains("signature"),
+        "mmdebstrap did not report the signature: {err}"
+    );
+    let absent = "0000000000000000000000000000000000000000";
+    with_mmdebstrap_base(&env, absent);
+    let o = env.command(&["rootfs", "node1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("reading the base's archive keys")
+            && err.contains(&format!("no key with the pinned fingerprint {absent}")),
+        "{err}"
     );
 }
 

@@ -20,7 +20,7 @@ mod artifacts;
 use artifacts::{default_release, resolve_artifacts};
 
 /// Version of the `plan --json` document; bumped on any incompatible change (docs/plan-json.md).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Names a node may not take: they are (or will be) subcommands, and `imgbuild NODE` must stay unambiguous.
 pub const RESERVED_NAMES: &[&str] = &[
