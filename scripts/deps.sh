@@ -22,6 +22,8 @@ NEEDED=(
     "qemu-system-x86_64 qemu-system-x86"  # booting images (tests, `imgbuild boot`/`up`)
     "ovmf.fd ovmf"                 # UEFI firmware for QEMU (checked as a file, see below)
     "ip iproute2"                  # imgbuild up: the private network namespace
+    "systemd-nspawn systemd-container"  # imgbuild up --runtime container (make e2e)
+    "script bsdutils"              # imgbuild up --runtime container: a terminal for each console
     "mvn maven"                    # test fixtures: ZooKeeper and Kafka jars from Maven Central
     "unzip unzip"                  # test fixtures: reading jar manifests
     "mkosi mkosi"                  # make bench: the mkosi comparison

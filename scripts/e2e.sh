@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # make e2e: the whole product against the fixture mirror, judged. Builds the fixtures and node1..3,
-# boots them together (`imgbuild up --check`: each node's hostname and IP, ZooKeeper one leader and
-# followers, every Kafka node seeing all voters, a Storm nimbus leader and every supervisor,
-# /opt/python/bin/python3 running), then proves the checker can fail: the same cluster with node3's
-# ZooKeeper peers at wrong addresses must be reported as broken, naming node3 and the check.
-# Prints the time of each phase and records them in BENCHMARKS.md.
+# boots them together in QEMU (`imgbuild up --check`: each node's hostname, IP and disk, ZooKeeper
+# one leader and followers, every Kafka node seeing all voters, a Storm nimbus leader and every
+# supervisor, /opt/python/bin/python3 running), then in containers at native speed
+# (`imgbuild up --runtime container --check`: the same, then the services' versions, a Kafka
+# round trip and the loss and return of node3), then proves the checker can fail: the same
+# cluster with node3's ZooKeeper peers at wrong addresses must be reported as broken, naming node3
+# and the check. Prints the time of each phase and records them in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/fixtures.sh
@@ -21,7 +23,16 @@ t=$(now)
 if [ -z "${E2E_SKIP_GOOD:-}" ]; then # (E2E_SKIP_GOOD=1: only the broken cluster, for working on the checker)
     target/release/imgbuild -r "$recipe" up --check --timeout "${E2E_TIMEOUT:-1500}" | tee "$out/e2e-health.txt"
 fi
-p_boot=$(since "$t"); echo "phase boot to healthy: $p_boot s" >&2
+p_boot=$(since "$t"); echo "phase boot to healthy (QEMU): $p_boot s" >&2
+
+# The data path and a node's loss, in containers booting the same trees (real JVMs are far too
+# slow for them under software emulation).
+t=$(now)
+if [ -z "${E2E_SKIP_GOOD:-}" ]; then
+    target/release/imgbuild -r "$recipe" up --runtime container --check --timeout "${E2E_CT_TIMEOUT:-900}" |
+        tee "$out/e2e-data.txt"
+fi
+p_data=$(since "$t"); echo "phase containers: healthy, data path, node loss and rejoin: $p_data s" >&2
 
 # The checker must be able to fail: node3's zoo.cfg (as an overlay) has wrong addresses in its
 # server list — its peers' and its own, so its ZooKeeper can neither reach the others nor bind its
@@ -45,10 +56,13 @@ mkdir -p "$out/images-broken"
 cp -al images/node1 images/node2 "$out/images-broken/"
 ib -r "$broken" --images "$out/images-broken" node3 >/dev/null
 set +e
+# In containers: the checker's judgement is the same, and it takes a minute instead of seven.
 target/release/imgbuild -r "$broken" --images "$out/images-broken" \
-    up --check --timeout "${E2E_BROKEN_TIMEOUT:-420}" >/dev/null 2>"$out/e2e-broken.err"
+    up --runtime container --check --timeout "${E2E_BROKEN_TIMEOUT:-300}" >/dev/null 2>"$out/e2e-broken.err"
 rc=$?
 set -e
+# build/nodes/node3 is the broken tree now: put the good one back.
+ib -r "$recipe" --force node3 >/dev/null
 p_neg=$(since "$t")
 if [ "$rc" -ne 1 ] || ! grep -q 'node3: zookeeper' "$out/e2e-broken.err" ||
     grep -q '^  node[12]: zookeeper' "$out/e2e-broken.err"; then
@@ -60,9 +74,9 @@ echo "e2e: broken wiring detected as expected:" >&2
 grep -A20 'cluster check failed' "$out/e2e-broken.err" >&2
 echo "phase broken cluster (build + boot + judge): $p_neg s" >&2
 
-total=$((p_fix + p_build + p_boot + p_neg))
+total=$((p_fix + p_build + p_boot + p_data + p_neg))
 [ -z "${E2E_SKIP_GOOD:-}" ] || { echo "e2e: ok (broken cluster only; BENCHMARKS.md not updated)" >&2; exit 0; }
-section=$(printf '<!-- e2e:begin -->\n## End to end: `make e2e`\n\nMeasured %s on %s (%s cores, no KVM: QEMU software emulation), 3 VMs on one private network.\n\n| phase | time |\n|---|---|\n| fixtures (Debian base, components, mirror; cached after the first run) | %s s |\n| build node1..3 | %s s |\n| boot to healthy (`imgbuild up --check`) | %s s |\n| broken cluster detected (build + boot + judge) | %s s |\n| total | %s s (limit 35 min) |\n\nHealth at the end of the good run:\n\n```\n%s\n```\n<!-- e2e:end -->' \
-    "$(date -u +%Y-%m-%d)" "$(uname -m)" "$(nproc)" "$p_fix" "$p_build" "$p_boot" "$p_neg" "$total" "$(cat "$out/e2e-health.txt")")
+section=$(printf '<!-- e2e:begin -->\n## End to end: `make e2e`\n\nMeasured %s on %s (%s cores, no KVM: QEMU software emulation), 3 VMs on one private network.\n\n| phase | time |\n|---|---|\n| fixtures (Debian base, components, mirror; cached after the first run) | %s s |\n| build node1..3 | %s s |\n| boot to healthy in QEMU (`imgbuild up --check`) | %s s |\n| containers: healthy, versions, Kafka round trip, node loss and rejoin (`imgbuild up --runtime container --check`) | %s s |\n| broken cluster detected (build + containers + judge) | %s s |\n| total | %s s (limit 35 min) |\n\nHealth at the end of the good run (QEMU):\n\n```\n%s\n```\n\nContainers: membership, then the data path and node loss:\n\n```\n%s\n```\n<!-- e2e:end -->' \
+    "$(date -u +%Y-%m-%d)" "$(uname -m)" "$(nproc)" "$p_fix" "$p_build" "$p_boot" "$p_data" "$p_neg" "$total" "$(cat "$out/e2e-health.txt")" "$(cat "$out/e2e-data.txt")")
 write_section e2e "$section"
 echo "e2e: ok (${total}s)" >&2

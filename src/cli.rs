@@ -153,6 +153,11 @@ pub enum Command {
         /// Boot every VM with Secure Boot enforced (OVMF with Microsoft's keys enrolled).
         #[arg(long)]
         secure_boot: bool,
+        /// qemu: each node's image in a VM (boot chain, kernel and all; slow without KVM).
+        /// container: each node's tree under systemd-nspawn at native speed; with --check also
+        /// proves the data path (Kafka round trip) and the loss and return of a node.
+        #[arg(long, value_enum, default_value = "qemu")]
+        runtime: crate::cluster::Runtime,
     },
     /// Stop VMs an interrupted `imgbuild up` left running.
     Down,

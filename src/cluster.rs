@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::container::Container;
 use crate::plan::{ClusterPlan, Plan, Role};
 use crate::qemu::{self, Seen};
 
@@ -274,10 +275,16 @@ fn describe(f: &BTreeMap<String, String>) -> String {
         .join(" ")
 }
 
-/// One running VM.
+/// How a node runs: a QEMU process, or the container at this index of `up`'s containers.
+enum Handle {
+    Vm(Child),
+    Container(usize),
+}
+
+/// One running node and where its console goes.
 struct Running {
     name: String,
-    child: Child,
+    handle: Handle,
     log: PathBuf,
     offset: u64,
     partial: String,
@@ -302,6 +309,44 @@ impl Running {
             state.line(line.trim_end());
         }
     }
+
+    fn exited(&mut self, cs: &mut [Container]) -> Option<std::process::ExitStatus> {
+        match &mut self.handle {
+            Handle::Vm(c) => c.try_wait().ok().flatten(),
+            Handle::Container(i) => {
+                cs[*i].attach();
+                cs[*i].child.try_wait().ok().flatten()
+            }
+        }
+    }
+
+    fn stop(&mut self, cs: &mut [Container]) {
+        match &mut self.handle {
+            Handle::Vm(child) => {
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGTERM);
+                }
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(10) && matches!(child.try_wait(), Ok(None))
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Handle::Container(i) => {
+                cs[*i].stop();
+                cs[*i].unmount();
+            }
+        }
+    }
+}
+
+/// Where the nodes run: QEMU (the judge of booting) or systemd-nspawn containers (native speed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    Qemu,
+    Container,
 }
 
 pub struct UpOptions {
@@ -313,91 +358,171 @@ pub struct UpOptions {
     pub check: bool,
     /// Boot with Secure Boot enforced (OVMF with Microsoft's keys enrolled).
     pub secure_boot: bool,
+    pub runtime: Runtime,
 }
 
-/// Boot `nodes` from `images` and watch them; returns the judgement's failures (empty = ok), or
-/// None when interrupted before a judgement.
+/// Start `p`'s node: a VM from its image, or a container from its tree.
+fn start_node(
+    p: &Plan,
+    images: &Path,
+    build_dir: &Path,
+    nwork: &Path,
+    o: &UpOptions,
+    vm: Option<(&qemu::Firmware, bool)>,
+    containers: &mut Vec<Container>,
+) -> Result<Running> {
+    let name = &p.node.name;
+    let log = nwork.join("serial.log");
+    let _ = std::fs::remove_file(&log);
+    let image = crate::image::bootable(images, name)?;
+    let handle = match vm {
+        Some((fw, kvm)) => {
+            let vars = nwork.join("OVMF_VARS.fd");
+            std::fs::copy(&fw.vars, &vars)?;
+            let vm = qemu::Vm {
+                name,
+                image: &image,
+                firmware: fw,
+                vars: &vars,
+                kvm,
+                memory_mb: qemu::guest_memory(p, o.memory)?,
+                cpus: o.cpus,
+                mac: p
+                    .node
+                    .mac
+                    .clone()
+                    .unwrap_or_else(|| qemu::default_mac(name)),
+                nic: "virtio-net-pci",
+                net: qemu::Net::Mcast {
+                    group: "230.0.0.1:1234".into(),
+                },
+                serial_log: &log,
+                console: false,
+                cdrom: None,
+            };
+            let child = vm
+                .command()
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(nwork.join("qemu.err"))?)
+                .spawn()
+                .with_context(|| format!("starting QEMU for {name}"))?;
+            std::fs::write(nwork.join("qemu.pid"), child.id().to_string())?;
+            eprintln!(
+                "started {name} ({}), serial log {}",
+                image.display(),
+                log.display()
+            );
+            Handle::Vm(child)
+        }
+        None => {
+            // The tree the image was made from (kept by the build beside the images).
+            let tree = build_dir.join("nodes").join(name).join("rootfs");
+            if !tree.join("etc/imgbuild/health.json").is_file() {
+                bail!(
+                    "{}: no node tree for {name} (the container runtime boots the tree the image was built from)\n\nhint: build it with `imgbuild {name}` and the same --build-dir",
+                    tree.display()
+                );
+            }
+            let upper = nwork.join("upper");
+            if upper.exists() {
+                // A fresh first boot every time `up` starts; state lives only within one run.
+                std::fs::remove_dir_all(&upper)
+                    .with_context(|| format!("removing {}", upper.display()))?;
+            }
+            containers.push(Container::start(p, &tree, nwork, &log)?);
+            eprintln!(
+                "started {name} (container of {}), console log {}",
+                tree.display(),
+                log.display()
+            );
+            Handle::Container(containers.len() - 1)
+        }
+    };
+    Ok(Running {
+        name: name.clone(),
+        handle,
+        log,
+        offset: 0,
+        partial: String::new(),
+    })
+}
+
+/// Boot `nodes` and watch them; returns the judgement's failures (empty = ok), or None when
+/// interrupted before a judgement. With `--check` in the container runtime, the data path and
+/// the loss of a node are proven after the membership checks pass (see `datapath`).
 pub fn up(
     cluster: &ClusterPlan,
     nodes: &[&Plan],
     images: &Path,
-    work: &Path,
+    build_dir: &Path,
     o: &UpOptions,
 ) -> Result<Option<Vec<String>>> {
-    let fw = qemu::firmware(o.secure_boot)?;
-    std::fs::create_dir_all(work)?;
-    let kvm = qemu::kvm_works(&fw, work);
-    if !kvm {
-        eprintln!(
-            "note: KVM is not usable here; software emulation (a cluster boot takes several minutes)"
+    let work = build_dir.join("up");
+    std::fs::create_dir_all(&work)?;
+    // One `up` per build directory: nodes of two runs would share work directories and names.
+    let lock = std::fs::File::create(work.join(".lock"))
+        .with_context(|| format!("creating {}", work.join(".lock").display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another `imgbuild up` is running on {} (stop it first, or use another --build-dir)",
+            work.display()
         );
     }
+    let vm = match o.runtime {
+        Runtime::Qemu => {
+            let fw = qemu::firmware(o.secure_boot)?;
+            let kvm = qemu::kvm_works(&fw, &work);
+            if !kvm {
+                eprintln!(
+                    "note: KVM is not usable here; software emulation (a cluster boot takes several minutes)"
+                );
+            }
+            Some((fw, kvm))
+        }
+        Runtime::Container => None,
+    };
     private_network()?;
+    if o.runtime == Runtime::Container {
+        crate::container::prepare()?;
+    }
     catch_signals();
-    let mut vms = Vec::new();
+    let mut running = Vec::new();
+    let mut containers = Vec::new();
     let mut states: BTreeMap<String, NodeState> = BTreeMap::new();
     let start = Instant::now();
     for p in nodes {
-        let name = &p.node.name;
-        let image = crate::image::bootable(images, name)?;
-        let nwork = work.join(name);
+        let nwork = work.join(&p.node.name);
         std::fs::create_dir_all(&nwork)?;
-        let vars = nwork.join("OVMF_VARS.fd");
-        std::fs::copy(&fw.vars, &vars)?;
-        let log = nwork.join("serial.log");
-        let _ = std::fs::remove_file(&log);
-        let vm = qemu::Vm {
-            name,
-            image: &image,
-            firmware: &fw,
-            vars: &vars,
-            kvm,
-            memory_mb: qemu::guest_memory(p, o.memory)?,
-            cpus: o.cpus,
-            mac: p
-                .node
-                .mac
-                .clone()
-                .unwrap_or_else(|| qemu::default_mac(name)),
-            nic: "virtio-net-pci",
-            net: qemu::Net::Mcast {
-                group: "230.0.0.1:1234".into(),
-            },
-            serial_log: &log,
-            console: false,
-            cdrom: None,
-        };
-        let child = vm
-            .command()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(nwork.join("qemu.err"))?)
-            .spawn()
-            .with_context(|| format!("starting QEMU for {name}"))?;
-        std::fs::write(nwork.join("qemu.pid"), child.id().to_string())?;
-        eprintln!(
-            "started {name} ({}), serial log {}",
-            image.display(),
-            log.display()
+        let r = start_node(
+            p,
+            images,
+            build_dir,
+            &nwork,
+            o,
+            vm.as_ref().map(|(f, k)| (f, *k)),
+            &mut containers,
         );
-        vms.push(Running {
-            name: name.clone(),
-            child,
-            log,
-            offset: 0,
-            partial: String::new(),
-        });
-        states.insert(name.clone(), NodeState::default());
+        match r {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                for r in &mut running {
+                    r.stop(&mut containers);
+                }
+                return Err(e);
+            }
+        }
+        states.insert(p.node.name.clone(), NodeState::default());
     }
     let mut last_table = String::new();
     let result = loop {
         std::thread::sleep(Duration::from_secs(2));
-        for vm in &mut vms {
-            let st = states.get_mut(&vm.name).expect("state per VM");
-            vm.poll(st);
-            if let Ok(Some(status)) = vm.child.try_wait() {
+        for r in &mut running {
+            let st = states.get_mut(&r.name).expect("state per node");
+            r.poll(st);
+            if let Some(status) = r.exited(&mut containers) {
                 st.summary
-                    .get_or_insert_with(|| format!("qemu-exited({status})"));
+                    .get_or_insert_with(|| format!("exited({status})"));
             }
         }
         let table = status_table(nodes, &states);
@@ -425,25 +550,95 @@ pub fn up(
             break Some(f);
         }
     };
-    for vm in &mut vms {
-        unsafe {
-            libc::kill(vm.child.id() as i32, libc::SIGTERM);
+    print_checks(nodes, &states);
+    let healthy_at = start.elapsed().as_secs_f64();
+    let result = match result {
+        Some(f) if f.is_empty() && o.check => {
+            println!("phase boot to healthy: {healthy_at:.0} s");
+            if o.runtime == Runtime::Container {
+                Some(data_path(nodes, &mut containers, o.timeout))
+            } else {
+                println!(
+                    "note: the data-path and node-loss phases run in the container runtime (--runtime container): under software emulation every Kafka tool JVM takes minutes"
+                );
+                Some(f)
+            }
         }
-    }
-    let t = Instant::now();
-    for vm in &mut vms {
-        while t.elapsed() < Duration::from_secs(10) && matches!(vm.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = vm.child.kill();
-        let _ = vm.child.wait();
-        let _ = std::fs::remove_file(work.join(&vm.name).join("qemu.pid"));
+        other => other,
+    };
+    for r in &mut running {
+        r.stop(&mut containers);
+        let _ = std::fs::remove_file(work.join(&r.name).join("qemu.pid"));
     }
     eprintln!(
-        "stopped {} VMs after {:.0}s",
-        vms.len(),
+        "stopped {} nodes after {:.0}s",
+        running.len(),
         start.elapsed().as_secs_f64()
     );
+    Ok(result)
+}
+
+/// The data-path and node-loss phases, printed as they finish; their failures.
+fn data_path(nodes: &[&Plan], containers: &mut [Container], timeout: Duration) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut report = |p: &crate::datapath::Phase| {
+        println!("phase {}: {:.0} s", p.name, p.seconds);
+        for l in &p.lines {
+            println!("  {l}");
+        }
+        for f in &p.failures {
+            println!("  FAIL {f}");
+        }
+        failures.extend(p.failures.iter().cloned());
+    };
+    report(&crate::datapath::versions(nodes, containers));
+    let (phase, acked) = crate::datapath::round_trip(nodes, containers);
+    let round_trip_ok = phase.failures.is_empty();
+    report(&phase);
+    if round_trip_ok {
+        report(&crate::datapath::node_loss(
+            nodes,
+            containers,
+            &acked,
+            &mut |c| boot_until_healthy(c, timeout),
+        ));
+    }
+    failures
+}
+
+/// Boot a stopped container again and follow its console until its health unit says healthy.
+fn boot_until_healthy(c: &mut Container, timeout: Duration) -> Result<f64> {
+    let t = Instant::now();
+    let from = std::fs::metadata(&c.log).map(|m| m.len()).unwrap_or(0);
+    c.boot()?;
+    let mut st = NodeState::default();
+    let mut console = Running {
+        name: c.name.clone(),
+        handle: Handle::Container(0),
+        log: c.log.clone(),
+        offset: from,
+        partial: String::new(),
+    };
+    while t.elapsed() < timeout {
+        c.attach();
+        console.poll(&mut st);
+        if st.summary.as_deref() == Some("healthy") {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+        if let Ok(Some(s)) = c.child.try_wait() {
+            bail!("{}: the container exited ({s})", c.name);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    bail!(
+        "{}: not healthy {}s after booting again",
+        c.name,
+        timeout.as_secs()
+    )
+}
+
+/// Every node's last report of every check, on stdout.
+fn print_checks(nodes: &[&Plan], states: &BTreeMap<String, NodeState>) {
     let mut out = std::io::stdout().lock();
     for p in nodes {
         if let Some(s) = states.get(&p.node.name) {
@@ -461,7 +656,6 @@ pub fn up(
             }
         }
     }
-    Ok(result)
 }
 
 /// One line: every node's address and state (printed whenever it changes).

@@ -1098,17 +1098,20 @@ pub fn up(cli: &Cli, names: &[String], o: &crate::cluster::UpOptions) -> Result<
         &cli.recipe,
         if names.is_empty() { &all } else { names },
     )?;
-    crate::tools::require(&[
-        crate::qemu::QEMU,
-        crate::tools::Tool {
-            command: "ip",
-            why: "sets up the private network namespace the VMs share",
-            package: "iproute2",
-        },
-    ])?;
+    let ip = crate::tools::Tool {
+        command: "ip",
+        why: "sets up the private network namespace the nodes share",
+        package: "iproute2",
+    };
+    match o.runtime {
+        crate::cluster::Runtime::Qemu => crate::tools::require(&[crate::qemu::QEMU, ip])?,
+        crate::cluster::Runtime::Container => {
+            crate::tools::require(&[crate::container::NSPAWN, crate::container::SCRIPT, ip])?
+        }
+    }
     crate::rootfs::require_root("imgbuild up (a private network namespace)")?;
-    let work = cli.build_dir.join("up");
-    let Some(failures) = crate::cluster::up(&cluster, &plans, &cli.images, &work, o)? else {
+    let Some(failures) = crate::cluster::up(&cluster, &plans, &cli.images, &cli.build_dir, o)?
+    else {
         anyhow::ensure!(!o.check, "interrupted before the cluster could be judged");
         return Ok(());
     };

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod cluster;
 pub mod cmd;
 pub mod confined;
+pub mod container;
+pub mod datapath;
 pub mod diag;
 pub mod disk;
 pub mod extract;

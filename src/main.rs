@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             check,
             timeout,
             secure_boot,
+            runtime,
         } => cmd::up(
             &cli,
             nodes,
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
                 cpus: *cpus,
                 check: *check,
                 secure_boot: *secure_boot,
+                runtime: *runtime,
                 timeout: std::time::Duration::from_secs(*timeout),
             },
         ),

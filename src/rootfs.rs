@@ -270,30 +270,40 @@ fn mmdebstrap_base(plan: &Plan, keyring: Option<&Fetched>, build: &Path) -> Resu
             .as_deref()
             .context("mmdebstrap base without a mirror")?;
         let mut cmd = crate::run::Cmd::new("mmdebstrap")
-            .args([
-                "--mode=root",
-                "--variant=minbase",
-                "--format=tar",
-                "--quiet",
-            ])
+            .args(["--mode=root", "--variant=minbase", "--format=tar"])
             .arg(format!("--components={}", b.apt_components.join(",")))
             .args(BASE_HOOKS.lines());
         if !b.packages.is_empty() {
             cmd = cmd.arg(format!("--include={}", b.packages.join(",")));
         }
-        match (&b.keyring, keyring) {
-            (Some(crate::plan::KeyringPlan::File { path }), _) => {
-                cmd = cmd.arg(format!("--keyring={path}"));
+        // With keys named in the recipe, the archive is trusted through them alone: a sources
+        // line with `signed-by` (apt then ignores every other key for it). `--keyring` is not
+        // enough: a file replaces only apt's Trusted file, the host's trusted.gpg.d stays
+        // trusted, and mmdebstrap goes looking for a matching signed-by keyring among the
+        // host's /usr/share/keyrings (found by a test pinning a key that does not sign the archive).
+        let source = match trusted_keys(b, keyring, &out)? {
+            Some(files) => {
+                let dir = files[0].parent().unwrap_or(&out).to_path_buf();
+                cmd = cmd
+                    .arg(format!("--keyring={}", dir.display()))
+                    .arg(format!("--keyring={}", dir.with_extension("gpg").display()))
+                    // The image's apt trusts its own keyring package, not a build-host path.
+                    .arg(
+                        "--customize-hook=sed -i 's| \\[signed-by=[^]]*\\]||' \"$1/etc/apt/sources.list\"",
+                    );
+                format!(
+                    "deb [signed-by={}] {mirror} {suite} {}",
+                    files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    b.apt_components.join(" ")
+                )
             }
-            (Some(crate::plan::KeyringPlan::Pinned { .. }), Some(k)) => {
-                cmd = cmd.arg(format!("--keyring={}", k.path.display()));
-            }
-            (Some(crate::plan::KeyringPlan::Pinned { url, .. }), None) => {
-                bail!("the base's archive keys from {url} were not fetched")
-            }
-            (None, _) => {}
-        }
-        let result = cmd.arg(suite).arg(&tmp).arg(mirror).run();
+            None => mirror.to_string(),
+        };
+        let result = cmd.arg(suite).arg(&tmp).arg(&source).run();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(e.context(format!("building the {suite} base from {mirror}")));
@@ -307,6 +317,59 @@ fn mmdebstrap_base(plan: &Plan, keyring: Option<&Fetched>, build: &Path) -> Resu
             ),
         ))
     })
+}
+
+/// The keys, and only the keys, the base's Release file may be signed with: keyring files in a
+/// directory beside `out` (plus an empty `<dir>.gpg` for apt's single Trusted file); None when
+/// the recipe names none (apt then trusts the build machine's keys).
+fn trusted_keys(
+    b: &crate::plan::BasePlan,
+    pinned: Option<&Fetched>,
+    out: &Path,
+) -> Result<Option<Vec<PathBuf>>> {
+    let source: PathBuf = match (&b.keyring, pinned) {
+        (None, _) => return Ok(None),
+        (Some(crate::plan::KeyringPlan::File { path }), _) => PathBuf::from(path),
+        (Some(crate::plan::KeyringPlan::Pinned { .. }), Some(k)) => k.path.clone(),
+        (Some(crate::plan::KeyringPlan::Pinned { url, .. }), None) => {
+            bail!("the base's archive keys from {url} were not fetched")
+        }
+    };
+    let dir = out.with_extension("keys");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // apt reads signed-by paths from wherever mmdebstrap runs it: make them absolute.
+    let dir = fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let mut files = Vec::new();
+    let mut copy = |from: &Path| -> Result<()> {
+        let name = from.file_name().context("keyring without a file name")?;
+        let mut to = dir.join(name);
+        if to.extension().is_none_or(|e| e != "gpg" && e != "asc") {
+            to.set_extension("gpg");
+        }
+        fs::copy(from, &to).with_context(|| format!("copying keyring {}", from.display()))?;
+        files.push(to);
+        Ok(())
+    };
+    if source.is_dir() {
+        for e in fs::read_dir(&source).with_context(|| format!("reading {}", source.display()))? {
+            let p = e?.path();
+            if p.extension().is_some_and(|e| e == "gpg" || e == "asc") {
+                copy(&p)?;
+            }
+        }
+    } else {
+        copy(&source)?;
+    }
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{}: no keyring (.gpg or .asc) in it",
+        source.display()
+    );
+    fs::write(dir.with_extension("gpg"), b"")?;
+    Ok(Some(files))
 }
 
 /// mmdebstrap options every base gets: no documentation or translations (some postinsts need

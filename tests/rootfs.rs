@@ -150,8 +150,10 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         "{storm}"
     );
     assert!(
-        storm.contains("supervisor.childopts: \"-Xmx1024m\""),
-        "heap from the recipe:\n{storm}"
+        storm.contains("supervisor.childopts: \"-Xmx384m\"")
+            && storm.contains("\nworker.heap.memory.mb: 512\n")
+            && storm.contains("\nsupervisor.memory.capacity.mb: 1024\n"),
+        "heaps from the recipe:\n{storm}"
     );
     assert!(
         text(&t, "etc/default/storm").contains("\nPYTHON=/opt/python/bin/python3\n"),

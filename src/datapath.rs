@@ -1,0 +1,527 @@
+//! What `imgbuild up --runtime container --check` proves beyond membership, the way Bigtop's
+//! Kafka smoke test, cp-ansible's health check and Kafka's ProduceConsumeValidate test do: the
+//! real services' versions; a Kafka round trip (a topic with 3 partitions, replication factor 3
+//! and min.insync.replicas 2; messages produced with acks=all through one node and consumed
+//! through another, every acknowledged one seen and none corrupted; no under-replicated
+//! partition; every voter near the leader); then the loss of a node (powered off: producing and
+//! consuming go on, ZooKeeper keeps its quorum) and its return (it rejoins, every partition's ISR
+//! is whole again). Every tool runs inside a node, from the image, as an operator would.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::container::Container;
+use crate::plan::{Plan, Role};
+
+const TOPIC: &str = "imgbuild-check";
+/// Messages produced in each round (the issue asks for at least 1000).
+pub const MESSAGES: usize = 1000;
+
+/// One phase's outcome, printed by `up` and judged by `--check`.
+pub struct Phase {
+    pub name: &'static str,
+    pub seconds: f64,
+    pub lines: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Run a tool in `c`; Err with its stderr's tail when it fails.
+fn tool(c: &Container, cmd: &[&str], timeout: u64) -> Result<String> {
+    let o = c.exec(cmd, Duration::from_secs(timeout))?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(8).collect();
+        bail!(
+            "{}: `{}` failed ({}): {}",
+            c.name,
+            cmd.join(" "),
+            o.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    Ok(text(&o))
+}
+
+/// ZooKeeper's `srvr` answer from `ip:port`, asked from inside `c` with the image's python3.
+fn srvr(c: &Container, ip: &str, port: u16) -> Result<String> {
+    let script = format!(
+        "import socket\ns=socket.create_connection(('{ip}',{port}),timeout=10)\ns.sendall(b'srvr')\nb=b''\nwhile True:\n  d=s.recv(4096)\n  if not d: break\n  b+=d\nprint(b.decode())"
+    );
+    tool(c, &["/usr/bin/python3", "-c", &script], 30)
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .map(|v| v.trim_start_matches(':').trim())
+    })
+}
+
+fn bootstrap(p: &Plan) -> String {
+    format!(
+        "{}:{}",
+        p.node.ip,
+        p.kafka.as_ref().map_or(9092, |k| k.port)
+    )
+}
+
+fn kafka_nodes<'a>(nodes: &[&'a Plan]) -> Vec<&'a Plan> {
+    nodes
+        .iter()
+        .copied()
+        .filter(|p| p.roles.contains(&Role::Kafka))
+        .collect()
+}
+
+fn container<'a>(cs: &'a [Container], p: &Plan) -> &'a Container {
+    cs.iter()
+        .find(|c| c.name == p.node.name)
+        .expect("a container per node")
+}
+
+/// Versions as the running services report them: the broker's "Kafka version" log line,
+/// ZooKeeper's `srvr`, Storm's nimbus summary where the UI answers.
+pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
+    let t = Instant::now();
+    let (mut lines, mut failures) = (Vec::new(), Vec::new());
+    for p in nodes {
+        let c = container(cs, p);
+        if let Some(z) = &p.zookeeper
+            && z.myid.is_some()
+        {
+            match srvr(c, &p.node.ip.to_string(), z.client_port) {
+                Ok(s) => lines.push(format!(
+                    "{}: zookeeper {} ({})",
+                    p.node.name,
+                    field(&s, "Zookeeper version").unwrap_or("?"),
+                    field(&s, "Mode").unwrap_or("?")
+                )),
+                Err(e) => failures.push(format!("{}: zookeeper srvr: {e:#}", p.node.name)),
+            }
+        }
+        if p.kafka.is_some() {
+            match tool(
+                c,
+                &["journalctl", "--no-pager", "-o", "cat", "-u", "kafka"],
+                30,
+            ) {
+                Ok(j) => match j.lines().find_map(|l| {
+                    l.split("Kafka version: ")
+                        .nth(1)
+                        .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                }) {
+                    Some(v) => {
+                        lines.push(format!("{}: broker says Kafka version: {v}", p.node.name))
+                    }
+                    None => failures.push(format!(
+                        "{}: kafka: no \"Kafka version\" line in the broker's journal",
+                        p.node.name
+                    )),
+                },
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+    }
+    Phase {
+        name: "versions",
+        seconds: t.elapsed().as_secs_f64(),
+        lines,
+        failures,
+    }
+}
+
+/// Produce MESSAGES values `<round>.<n>` with acks=all through `via` (VerifiableProducer prints
+/// one JSON line per acknowledged send); the acknowledged values.
+fn produce(via: &Container, bootstrap: &str, round: usize) -> Result<BTreeSet<String>> {
+    let out = tool(
+        via,
+        &[
+            "/opt/kafka/bin/kafka-verifiable-producer.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            TOPIC,
+            "--max-messages",
+            &MESSAGES.to_string(),
+            "--acks",
+            "-1",
+            "--value-prefix",
+            &round.to_string(),
+            "--repeating-keys",
+            "30",
+        ],
+        300,
+    )?;
+    let mut acked = BTreeSet::new();
+    for l in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        if v["name"] == "producer_send_success"
+            && let Some(val) = v["value"].as_str()
+        {
+            acked.insert(val.to_string());
+        }
+    }
+    Ok(acked)
+}
+
+/// Every value in the topic, read from the beginning through `via`.
+fn consume(via: &Container, bootstrap: &str, expect: usize) -> Result<Vec<String>> {
+    let out = tool(
+        via,
+        &[
+            "/opt/kafka/bin/kafka-console-consumer.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            TOPIC,
+            "--from-beginning",
+            "--max-messages",
+            &expect.to_string(),
+            "--timeout-ms",
+            "60000",
+        ],
+        300,
+    )
+    .or_else(|e| {
+        // The consumer exits non-zero on its timeout; what it printed is still the answer.
+        if e.to_string().contains("TimeoutException") {
+            Ok(String::new())
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// Acknowledged values all consumed, nothing consumed that was never produced.
+fn compare(acked: &BTreeSet<String>, seen: &[String], what: &str, f: &mut Vec<String>) -> String {
+    let seen_set: BTreeSet<&str> = seen.iter().map(String::as_str).collect();
+    let lost = acked
+        .iter()
+        .filter(|v| !seen_set.contains(v.as_str()))
+        .count();
+    let corrupt = seen
+        .iter()
+        .filter(|v| {
+            let mut parts = v.splitn(2, '.');
+            !(parts.next().is_some_and(|r| r.parse::<u32>().is_ok())
+                && parts.next().is_some_and(|n| n.parse::<u32>().is_ok()))
+        })
+        .count();
+    if lost > 0 {
+        f.push(format!(
+            "{what}: {lost} acknowledged messages never consumed"
+        ));
+    }
+    if corrupt > 0 {
+        f.push(format!(
+            "{what}: {corrupt} consumed messages are not what was produced"
+        ));
+    }
+    format!(
+        "{what}: {}/{} acknowledged messages consumed, {lost} lost, {corrupt} corrupted, {} duplicates",
+        acked.len() - lost,
+        acked.len(),
+        seen.len().saturating_sub(seen_set.len())
+    )
+}
+
+/// Partitions of the topic and their ISR sizes, from `kafka-topics.sh --describe`.
+fn isr_sizes(via: &Container, bootstrap: &str) -> Result<Vec<usize>> {
+    let out = tool(
+        via,
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--topic",
+            TOPIC,
+        ],
+        180,
+    )?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains("Partition:"))
+        .filter_map(|l| {
+            let isr = l.split("Isr:").nth(1)?.split_whitespace().next()?;
+            Some(isr.split(',').filter(|s| !s.is_empty()).count())
+        })
+        .collect())
+}
+
+/// The Kafka round trip: topic, produce through one node, consume through another, replication.
+pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>) {
+    let t = Instant::now();
+    let (mut lines, mut failures) = (Vec::new(), Vec::new());
+    let mut acked = BTreeSet::new();
+    let kafka = kafka_nodes(nodes);
+    let result = (|| -> Result<()> {
+        let (a, b) = match kafka.as_slice() {
+            [a, b, ..] => (*a, *b),
+            [a] => (*a, *a),
+            [] => bail!("no Kafka node"),
+        };
+        let (ca, cb) = (container(cs, a), container(cs, b));
+        let rf = kafka.len().min(3);
+        let isr = rf.min(2);
+        tool(
+            ca,
+            &[
+                "/opt/kafka/bin/kafka-topics.sh",
+                "--bootstrap-server",
+                &bootstrap(a),
+                "--create",
+                "--if-not-exists",
+                "--topic",
+                TOPIC,
+                "--partitions",
+                "3",
+                "--replication-factor",
+                &rf.to_string(),
+                "--config",
+                &format!("min.insync.replicas={isr}"),
+            ],
+            180,
+        )?;
+        lines.push(format!(
+            "topic {TOPIC}: 3 partitions, replication factor {rf}, min.insync.replicas {isr}"
+        ));
+        acked = produce(ca, &bootstrap(a), 1)?;
+        let seen = consume(cb, &bootstrap(b), acked.len())?;
+        lines.push(format!(
+            "produced through {} with acks=all, consumed through {}",
+            a.node.name, b.node.name
+        ));
+        lines.push(compare(&acked, &seen, "round trip", &mut failures));
+        if acked.len() < MESSAGES {
+            failures.push(format!(
+                "round trip: only {}/{MESSAGES} messages acknowledged",
+                acked.len()
+            ));
+        }
+        let under = tool(
+            ca,
+            &[
+                "/opt/kafka/bin/kafka-topics.sh",
+                "--bootstrap-server",
+                &bootstrap(a),
+                "--describe",
+                "--under-replicated-partitions",
+            ],
+            180,
+        )?;
+        let n = under.lines().filter(|l| l.contains("Partition:")).count();
+        lines.push(format!("under-replicated partitions: {n}"));
+        if n > 0 {
+            failures.push(format!("kafka: {n} under-replicated partitions"));
+        }
+        if let Some(k) = &a.kafka
+            && let Some(port) = k.controller_port
+        {
+            let rep = tool(
+                ca,
+                &[
+                    "/opt/kafka/bin/kafka-metadata-quorum.sh",
+                    "--bootstrap-controller",
+                    &format!("{}:{port}", a.node.ip),
+                    "describe",
+                    "--replication",
+                ],
+                180,
+            )?;
+            // NodeId DirectoryId LogEndOffset Lag LastFetchTimestamp LastCaughtUpTimestamp Status
+            let lags: Vec<(String, i64)> = rep
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    let status = cols.last()?.to_string();
+                    Some((
+                        format!("{}:{status}", cols.first()?),
+                        cols.get(3)?.parse().ok()?,
+                    ))
+                })
+                .collect();
+            let far = lags.iter().filter(|(_, lag)| *lag > 1000).count();
+            lines.push(format!(
+                "KRaft voters' lag: {}",
+                lags.iter()
+                    .map(|(n, l)| format!("{n} {l}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            if far > 0 || lags.is_empty() {
+                failures.push(format!(
+                    "kafka: voters not within 1000 of the leader: {rep}"
+                ));
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        failures.push(format!("round trip: {e:#}"));
+    }
+    (
+        Phase {
+            name: "kafka round trip",
+            seconds: t.elapsed().as_secs_f64(),
+            lines,
+            failures,
+        },
+        acked,
+    )
+}
+
+/// ZooKeeper modes of the ensemble members among `up`.
+fn zk_modes(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> Vec<(String, String)> {
+    nodes
+        .iter()
+        .filter(|p| up.contains(&p.node.name.as_str()))
+        .filter_map(|p| {
+            let z = p.zookeeper.as_ref()?;
+            z.myid?;
+            let c = container(cs, p);
+            let mode = srvr(c, &p.node.ip.to_string(), z.client_port)
+                .ok()
+                .and_then(|s| field(&s, "Mode").map(str::to_string))
+                .unwrap_or_else(|| "down".into());
+            Some((p.node.name.clone(), mode))
+        })
+        .collect()
+}
+
+fn quorum_ok(modes: &[(String, String)]) -> bool {
+    modes.iter().filter(|(_, m)| m == "leader").count() == 1
+        && modes.iter().all(|(_, m)| m == "leader" || m == "follower")
+}
+
+/// Power the last node off; produce and consume through the others; boot it again and wait for
+/// it to rejoin (ZooKeeper member again, every partition's ISR whole). `wait_healthy` boots the
+/// node and returns once its health unit reports healthy again (or fails).
+pub fn node_loss(
+    nodes: &[&Plan],
+    cs: &mut [Container],
+    acked_before: &BTreeSet<String>,
+    wait_healthy: &mut dyn FnMut(&mut Container) -> Result<f64>,
+) -> Phase {
+    let t = Instant::now();
+    let (mut lines, mut failures) = (Vec::new(), Vec::new());
+    let kafka = kafka_nodes(nodes);
+    let result = (|| -> Result<()> {
+        let (Some(victim), [a, b, ..]) = (kafka.last().copied(), kafka.as_slice()) else {
+            bail!("the node-loss phase needs at least three Kafka nodes");
+        };
+        let (a, b) = (*a, *b);
+        let vi = cs
+            .iter()
+            .position(|c| c.name == victim.node.name)
+            .context("victim container")?;
+        cs[vi].power_off();
+        lines.push(format!("{} powered off", victim.node.name));
+        let survivors: Vec<&str> = nodes
+            .iter()
+            .map(|p| p.node.name.as_str())
+            .filter(|n| *n != victim.node.name)
+            .collect();
+        // The survivors elect a new leader if the victim led (a few ticks): wait for them.
+        let lost_at = Instant::now();
+        let mut modes = zk_modes(nodes, cs, &survivors);
+        while !quorum_ok(&modes) && lost_at.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_secs(2));
+            modes = zk_modes(nodes, cs, &survivors);
+        }
+        lines.push(format!(
+            "zookeeper without {} (after {:.0}s): {}",
+            victim.node.name,
+            lost_at.elapsed().as_secs_f64(),
+            modes
+                .iter()
+                .map(|(n, m)| format!("{n}={m}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        if !quorum_ok(&modes) {
+            failures.push(format!(
+                "zookeeper lost its quorum without {}",
+                victim.node.name
+            ));
+        }
+        let (ca, cb) = (container(cs, a), container(cs, b));
+        let acked = produce(ca, &bootstrap(a), 2)?;
+        let mut all = acked_before.clone();
+        all.extend(acked.iter().cloned());
+        let seen = consume(cb, &bootstrap(b), all.len())?;
+        lines.push(compare(
+            &all,
+            &seen,
+            &format!("without {} (both rounds)", victim.node.name),
+            &mut failures,
+        ));
+        if acked.len() < MESSAGES {
+            failures.push(format!(
+                "without {}: only {}/{MESSAGES} messages acknowledged (min.insync.replicas should allow writes)",
+                victim.node.name,
+                acked.len()
+            ));
+        }
+        // The node comes back with its disk as it was.
+        let secs = wait_healthy(&mut cs[vi])?;
+        lines.push(format!(
+            "{} booted again, healthy after {secs:.0}s",
+            victim.node.name
+        ));
+        let all_names: Vec<&str> = nodes.iter().map(|p| p.node.name.as_str()).collect();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (mut modes, mut isr) = (Vec::new(), Vec::new());
+        while Instant::now() < deadline {
+            modes = zk_modes(nodes, cs, &all_names);
+            isr = isr_sizes(container(cs, a), &bootstrap(a)).unwrap_or_default();
+            if quorum_ok(&modes) && !isr.is_empty() && isr.iter().all(|n| *n == kafka.len().min(3))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        lines.push(format!(
+            "after the rejoin: zookeeper {}; ISR sizes {:?}",
+            modes
+                .iter()
+                .map(|(n, m)| format!("{n}={m}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            isr
+        ));
+        if !quorum_ok(&modes) {
+            failures.push(format!(
+                "{}: did not rejoin the ZooKeeper ensemble",
+                victim.node.name
+            ));
+        }
+        if isr.is_empty() || !isr.iter().all(|n| *n == kafka.len().min(3)) {
+            failures.push(format!(
+                "{}: the ISR did not come back to {} ({isr:?})",
+                victim.node.name,
+                kafka.len().min(3)
+            ));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        failures.push(format!("node loss: {e:#}"));
+    }
+    Phase {
+        name: "node loss and rejoin",
+        seconds: t.elapsed().as_secs_f64(),
+        lines,
+        failures,
+    }
+}
