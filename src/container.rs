@@ -263,3 +263,24 @@ fn children(pid: i32) -> Vec<i32> {
         .filter_map(|s| s.parse().ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_veth_is_named_for_the_seeds_network_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/cluster.yaml");
+        let c = crate::plan::resolve(&crate::recipe::load(&path).unwrap()).unwrap();
+        let p = &c.nodes[0];
+        // The seed matches `e*` when the recipe names no interface.
+        assert!(crate::render::seed(p)[2].1.contains("name: \"e*\""));
+        assert_eq!(interface(p), "enode1");
+        assert_eq!(host_side(p), "vb-node1");
+        let mut long = p.clone();
+        long.node.name = "a-very-long-node-name".into();
+        assert!(interface(&long).len() <= 15 && host_side(&long).len() <= 15);
+        long.node.interface = Some("ens3".into());
+        assert_eq!(interface(&long), "ens3");
+    }
+}

@@ -525,3 +525,51 @@ pub fn node_loss(
         failures,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_acknowledged_message_must_be_consumed_uncorrupted() {
+        let acked: BTreeSet<String> = (0..5).map(|i| format!("1.{i}")).collect();
+        let mut f = Vec::new();
+        let seen: Vec<String> = ["1.0", "1.1", "1.2", "1.3", "1.4", "1.4"]
+            .map(String::from)
+            .to_vec();
+        let line = compare(&acked, &seen, "rt", &mut f);
+        assert!(f.is_empty(), "{f:?}");
+        assert_eq!(
+            line,
+            "rt: 5/5 acknowledged messages consumed, 0 lost, 0 corrupted, 1 duplicates"
+        );
+        let seen: Vec<String> = ["1.0", "1.1", "garbage"].map(String::from).to_vec();
+        compare(&acked, &seen, "rt", &mut f);
+        assert_eq!(
+            f,
+            [
+                "rt: 3 acknowledged messages never consumed",
+                "rt: 1 consumed messages are not what was produced"
+            ]
+        );
+    }
+
+    #[test]
+    fn srvr_fields_and_quorum() {
+        let srvr = "Zookeeper version: 3.9.5-293c895, built on 2026-02-11 20:18 UTC\nLatency min/avg/max: 0/0.5/3\nMode: follower\nNode count: 5\n";
+        assert_eq!(
+            field(srvr, "Zookeeper version"),
+            Some("3.9.5-293c895, built on 2026-02-11 20:18 UTC")
+        );
+        assert_eq!(field(srvr, "Mode"), Some("follower"));
+        let m = |v: &[&str]| -> Vec<(String, String)> {
+            v.iter()
+                .enumerate()
+                .map(|(i, m)| (format!("node{i}"), m.to_string()))
+                .collect()
+        };
+        assert!(quorum_ok(&m(&["leader", "follower"])));
+        assert!(!quorum_ok(&m(&["down", "down"])));
+        assert!(!quorum_ok(&m(&["leader", "leader", "follower"])));
+    }
+}

@@ -94,6 +94,97 @@ def root_and_disk_mb():
     return root, disk
 
 
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+
+class Reader:
+    """Kafka's wire types, read from one response."""
+
+    def __init__(self, b):
+        self.b, self.i = b, 0
+
+    def take(self, n):
+        v = self.b[self.i:self.i + n]
+        if len(v) < n:
+            raise ValueError("short response")
+        self.i += n
+        return v
+
+    def i16(self):
+        return struct.unpack(">h", self.take(2))[0]
+
+    def i32(self):
+        return struct.unpack(">i", self.take(4))[0]
+
+    def i64(self):
+        return struct.unpack(">q", self.take(8))[0]
+
+    def uvarint(self):
+        shift = n = 0
+        while True:
+            b = self.take(1)[0]
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+
+    def compact_string(self):
+        n = self.uvarint() - 1
+        return None if n < 0 else self.take(n).decode()
+
+    def tagged_fields(self):
+        for _ in range(self.uvarint()):
+            self.uvarint()
+            self.take(self.uvarint())
+
+
+def describe_quorum(address, timeout=10):
+    """KRaft's DescribeQuorum (API key 55, version 0: KIP-595, answered by every KRaft controller
+    since Kafka 3.3) for __cluster_metadata-0, straight over the wire: no JVM, which under
+    software emulation takes minutes per run. Returns (leader id, {voter id: log end offset})."""
+    host, _, port = address.rpartition(":")
+    topic = b"__cluster_metadata"
+    # Flexible request: header v2 (key, version, correlation id, client id, no tags), then
+    # topics[{name, partitions[{index, no tags}], no tags}], no tags. Compact arrays: length + 1.
+    body = varint(2) + varint(len(topic) + 1) + topic + varint(2) + struct.pack(">i", 0) + b"\0\0\0"
+    client = b"imgbuild-health"
+    req = struct.pack(">hhih", 55, 0, 1, len(client)) + client + b"\0" + body
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(struct.pack(">i", len(req)) + req)
+        r = Reader(read_exact(s, struct.unpack(">i", read_exact(s, 4))[0]))
+    r.i32()  # correlation id
+    r.tagged_fields()
+    if (err := r.i16()) != 0:
+        raise OSError(f"kafka error {err}")
+    leader, voters = None, {}
+    for _ in range(r.uvarint() - 1):
+        r.compact_string()
+        for _ in range(r.uvarint() - 1):
+            r.i32()
+            if (err := r.i16()) != 0:
+                raise OSError(f"kafka error {err}")
+            leader = r.i32()
+            r.i32()  # leader epoch
+            r.i64()  # high watermark
+            for _ in range(r.uvarint() - 1):
+                vid = r.i32()
+                voters[vid] = r.i64()
+                r.tagged_fields()
+            for _ in range(r.uvarint() - 1):  # observers
+                r.i32()
+                r.i64()
+                r.tagged_fields()
+            r.tagged_fields()
+        r.tagged_fields()
+    return leader, voters
+
+
 def check_all(c):
     """Yield (check, ok, fields) for every check this node's roles call for."""
     # First: the checks that need no service, so they are on the console early. A container
@@ -133,20 +224,18 @@ def check_all(c):
     elif c.get("kafka"):
         k = c["kafka"]
         try:
-            out = subprocess.run([k["quorum_tool"], k["bootstrap_flag"], k["bootstrap"],
-                                  "describe", "--status"], capture_output=True, text=True,
-                                 timeout=180).stdout
-            fields = dict(l.split(":", 1) for l in out.splitlines() if ":" in l)
-            voters = fields.get("CurrentVoters", "").strip()
-            # Kafka < 3.9: [1,2,3]; 3.9 and 4.x: [{"id": 1, "directoryId": …, "endpoints": […]}, …]
-            found = re.findall(r'"id":\s*(\d+)', voters) if "{" in voters else re.findall(r"\d+", voters)
-            ids = sorted(int(x) for x in found)
-            leader = fields.get("LeaderId", "").strip() or "none"
-        except (OSError, subprocess.SubprocessError, ValueError):
-            ids, leader = [], "none"
+            leader, voters = describe_quorum(k["controller"])
+            ids = sorted(voters)
+            end = voters.get(leader, 0)
+            lag = max((end - o for o in voters.values()), default=0)
+        except (OSError, ValueError, struct.error):
+            ids, leader, lag = [], None, 0
         want = sorted(k["voters"])
-        yield "kafka", ids == want and leader != "none" and leader != "-1", {
-            "voters": ",".join(map(str, ids)) or "none", "leader": leader}
+        # Every voter there, a leader elected, every voter's log within 1000 of the leader's.
+        ok = ids == want and leader is not None and leader >= 0 and lag <= 1000
+        yield "kafka", ok, {"voters": ",".join(map(str, ids)) or "none",
+                            "leader": leader if leader is not None and leader >= 0 else "none",
+                            "max_lag": lag}
     if c.get("storm"):
         s = c["storm"]
         try:

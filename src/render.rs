@@ -144,7 +144,7 @@ pub fn health_config(p: &Plan) -> String {
         c["zookeeper"] = serde_json::json!({"client_port": z.client_port});
     }
     if let Some(k) = &p.kafka {
-        c["kafka"] = kafka_health(p, k);
+        c["kafka"] = kafka_health(k);
     }
     if let Some(s) = &p.storm {
         c["storm"] = serde_json::json!({
@@ -163,12 +163,14 @@ pub fn health_config(p: &Plan) -> String {
 
 /// How imgbuild-health checks Kafka on this node.
 ///
-/// KRaft: `kafka-metadata-quorum.sh describe --status` must list every voter and a leader. It
-/// asks a controller (`--bootstrap-controller`, this node's own when it is one) from Kafka 3.7
-/// (KIP-919); earlier KRaft releases (3.3–3.6) only take `--bootstrap-server`, the broker.
+/// KRaft: DescribeQuorum over the wire (API key 55, v0) to this node's own controller when it is
+/// one, else the first voter's: every voter listed, a leader, every voter's log within 1000 of
+/// the leader's. The same request for every KRaft release (3.3+), where `kafka-metadata-quorum.sh`
+/// takes `--bootstrap-controller` only from 3.7 (KIP-919) — and it needs no JVM, which under
+/// software emulation takes minutes for each check.
 /// ZooKeeper mode: every broker registered under `<chroot>/brokers/ids` — read over ZooKeeper's
-/// protocol, no JVM needed.
-fn kafka_health(p: &Plan, k: &KafkaPlan) -> serde_json::Value {
+/// protocol, no JVM either.
+fn kafka_health(k: &KafkaPlan) -> serde_json::Value {
     match k.mode {
         KafkaMode::Kraft => {
             let voters: Vec<(u32, &str)> = k
@@ -187,16 +189,9 @@ fn kafka_health(p: &Plan, k: &KafkaPlan) -> serde_json::Value {
                 .or(voters.first())
                 .map(|(_, a)| a.to_string())
                 .unwrap_or_default();
-            let (flag, target) = if version_at_least(&k.version, 3, 7) {
-                ("--bootstrap-controller", own)
-            } else {
-                ("--bootstrap-server", format!("{}:{}", p.node.ip, k.port))
-            };
             serde_json::json!({
                 "mode": "kraft",
-                "quorum_tool": "/opt/kafka/bin/kafka-metadata-quorum.sh",
-                "bootstrap_flag": flag,
-                "bootstrap": target,
+                "controller": own,
                 "voters": voters.iter().map(|(id, _)| id).collect::<Vec<_>>(),
             })
         }
@@ -212,13 +207,6 @@ fn kafka_health(p: &Plan, k: &KafkaPlan) -> serde_json::Value {
             })
         }
     }
-}
-
-/// Is `version` (like 4.3.1) at least major.minor?
-fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    v >= (major, minor)
 }
 
 /// `sysusers.d` entries and `tmpfiles.d` lines for the service users and their directories.
@@ -746,19 +734,25 @@ mod tests {
     }
 
     /// Bug 5: the health check always used --bootstrap-controller (Kafka 3.7+, KIP-919) though
-    /// KRaft recipes may use 3.3+, and ZooKeeper-mode Kafka had no check at all.
+    /// KRaft recipes may use 3.3+, and ZooKeeper-mode Kafka had no check at all. Now KRaft is
+    /// asked over the wire (DescribeQuorum v0, served by every KRaft controller) at a controller
+    /// endpoint, whatever the version; ZooKeeper mode reads the brokers' registrations.
     #[test]
     fn the_kafka_health_check_fits_the_version_and_mode() {
         let health =
             |p: &Plan| -> serde_json::Value { serde_json::from_str(&health_config(p)).unwrap() };
         let c = cluster(&reference_text());
-        let k = &health(&c.nodes[0])["kafka"];
-        assert_eq!(k["bootstrap_flag"], "--bootstrap-controller");
-        assert_eq!(k["bootstrap"], "192.168.200.151:9093");
         let old = cluster(&reference_text().replace("version: 4.3.1", "version: 3.6.2"));
-        let k = &health(&old.nodes[1])["kafka"];
-        assert_eq!(k["bootstrap_flag"], "--bootstrap-server", "{k}");
-        assert_eq!(k["bootstrap"], "192.168.200.152:9092", "{k}");
+        for (c, v) in [(&c, "4.3.1"), (&old, "3.6.2")] {
+            for p in &c.nodes {
+                assert_eq!(p.kafka.as_ref().unwrap().version, v);
+                let k = &health(p)["kafka"];
+                assert_eq!(k["mode"], "kraft");
+                assert_eq!(k["controller"], format!("{}:9093", p.node.ip), "{k}");
+                assert_eq!(k["voters"], serde_json::json!([1, 2, 3]));
+                assert!(k.get("quorum_tool").is_none(), "no JVM tool: {k}");
+            }
+        }
         let zk = zookeeper_mode();
         for p in &zk.nodes {
             let k = &health(p)["kafka"];
