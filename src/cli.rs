@@ -158,6 +158,10 @@ pub enum Command {
         /// proves the data path (Kafka round trip) and the loss and return of a node.
         #[arg(long, value_enum, default_value = "qemu")]
         runtime: crate::cluster::Runtime,
+        /// A check to report but not judge (repeatable), e.g. `--ignore kafka` where the real
+        /// broker cannot start within the time under software emulation.
+        #[arg(long, value_name = "CHECK")]
+        ignore: Vec<String>,
     },
     /// Stop VMs an interrupted `imgbuild up` left running.
     Down,

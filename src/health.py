@@ -185,6 +185,15 @@ def describe_quorum(address, timeout=10):
     return leader, voters
 
 
+def unit_state(unit):
+    """systemd's word for a unit (active, activating, failed, ...), to say why a check fails."""
+    try:
+        return subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True,
+                              timeout=20).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def check_all(c):
     """Yield (check, ok, fields) for every check this node's roles call for."""
     # First: the checks that need no service, so they are on the console early. A container
@@ -212,7 +221,11 @@ def check_all(c):
                          if l.startswith("Mode:")), "unknown")
         except OSError:
             mode = "down"
-        yield "zookeeper", mode in ("leader", "follower", "standalone"), {"mode": mode}
+        ok = mode in ("leader", "follower", "standalone")
+        fields = {"mode": mode}
+        if not ok:
+            fields["unit"] = unit_state("zookeeper.service")
+        yield "zookeeper", ok, fields
     if c.get("kafka") and c["kafka"].get("mode") == "zookeeper":
         k = c["kafka"]
         try:
@@ -227,15 +240,23 @@ def check_all(c):
             leader, voters = describe_quorum(k["controller"])
             ids = sorted(voters)
             end = voters.get(leader, 0)
-            lag = max((end - o for o in voters.values()), default=0)
+            # A voter the leader has never heard from has end offset -1: not caught up.
+            behind = [v for v, o in voters.items() if o < 0]
+            lag = max((end - o for o in voters.values() if o >= 0), default=0)
         except (OSError, ValueError, struct.error):
-            ids, leader, lag = [], None, 0
+            ids, leader, lag, behind = [], None, 0, []
         want = sorted(k["voters"])
-        # Every voter there, a leader elected, every voter's log within 1000 of the leader's.
-        ok = ids == want and leader is not None and leader >= 0 and lag <= 1000
-        yield "kafka", ok, {"voters": ",".join(map(str, ids)) or "none",
-                            "leader": leader if leader is not None and leader >= 0 else "none",
-                            "max_lag": lag}
+        # Every configured voter listed (static voters are listed even when down), a leader, and
+        # every voter's log known and within 1000 of the leader's.
+        ok = (ids == want and leader is not None and leader >= 0 and not behind
+              and lag <= 1000)
+        fields = {"voters": ",".join(map(str, ids)) or "none",
+                  "leader": leader if leader is not None and leader >= 0 else "none",
+                  "max_lag": lag, "unheard": ",".join(map(str, behind)) or "none"}
+        if not ok:
+            fields["unit"] = unit_state("kafka.service")
+            fields["format"] = unit_state("kafka-format.service")
+        yield "kafka", ok, fields
     if c.get("storm"):
         s = c["storm"]
         try:

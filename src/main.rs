@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             timeout,
             secure_boot,
             runtime,
+            ignore,
         } => cmd::up(
             &cli,
             nodes,
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
                 check: *check,
                 secure_boot: *secure_boot,
                 runtime: *runtime,
+                ignore: ignore.clone(),
                 timeout: std::time::Duration::from_secs(*timeout),
             },
         ),
