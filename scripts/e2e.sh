@@ -65,7 +65,7 @@ target/release/imgbuild -r "$broken" --images "$out/images-broken" \
 rc=$?
 set -e
 # build/nodes/node3 is the broken tree now: put the good one back.
-ib -r "$recipe" --force node3 >/dev/null
+ib -r "$recipe" build --force node3 >/dev/null
 p_neg=$(since "$t")
 if [ "$rc" -ne 1 ] || ! grep -q 'node3: zookeeper' "$out/e2e-broken.err" ||
     grep -q '^  node[12]: zookeeper' "$out/e2e-broken.err"; then
