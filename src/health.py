@@ -237,7 +237,15 @@ def check_all(c):
     elif c.get("kafka"):
         k = c["kafka"]
         try:
-            leader, voters = describe_quorum(k["controller"])
+            leader, voters, last = None, {}, None
+            for address in k.get("controllers") or [k["controller"]]:
+                try:
+                    leader, voters = describe_quorum(address)
+                    break
+                except (OSError, ValueError, struct.error) as e:
+                    last = e  # not the leader, or not up: ask the next voter
+            else:
+                raise OSError(f"no controller answered: {last}")
             ids = sorted(voters)
             end = voters.get(leader, 0)
             # A voter the leader has never heard from has end offset -1: not caught up.

@@ -189,9 +189,19 @@ fn kafka_health(k: &KafkaPlan) -> serde_json::Value {
                 .or(voters.first())
                 .map(|(_, a)| a.to_string())
                 .unwrap_or_default();
+            // DescribeQuorum is answered by the leader only (others: NOT_LEADER_OR_FOLLOWER):
+            // ask this node's controller first, then every other voter.
+            let mut controllers = vec![own.clone()];
+            controllers.extend(
+                voters
+                    .iter()
+                    .map(|(_, a)| a.to_string())
+                    .filter(|a| *a != own),
+            );
             serde_json::json!({
                 "mode": "kraft",
                 "controller": own,
+                "controllers": controllers,
                 "voters": voters.iter().map(|(id, _)| id).collect::<Vec<_>>(),
             })
         }
