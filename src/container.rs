@@ -172,17 +172,7 @@ impl Container {
     /// The container's init (pid 1 inside), for entering its namespaces: the first systemd
     /// below `script` (script -> [shell ->] systemd-nspawn -> systemd).
     pub fn leader(&self) -> Option<i32> {
-        let mut queue = vec![self.child.id() as i32];
-        while let Some(pid) = queue.pop() {
-            for c in children(pid) {
-                let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
-                if comm.trim() == "systemd" {
-                    return Some(c);
-                }
-                queue.push(c);
-            }
-        }
-        None
+        descendant(self.child.id() as i32, "systemd")
     }
 
     /// Run `cmd` inside the container (all its namespaces), as root, with the image's Java.
@@ -236,22 +226,27 @@ impl Container {
 
     /// systemd-nspawn's own pid.
     fn nspawn(&self) -> Option<i32> {
-        let mut queue = vec![self.child.id() as i32];
-        while let Some(pid) = queue.pop() {
-            for c in children(pid) {
-                let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
-                if comm.trim() == "systemd-nspawn" {
-                    return Some(c);
-                }
-                queue.push(c);
-            }
-        }
-        None
+        descendant(self.child.id() as i32, "systemd-nspawn")
     }
 
     pub fn unmount(&self) {
         let _ = Cmd::new("umount").arg(&self.root).output();
     }
+}
+
+/// The first process below `pid` (breadth by level, depth-first) whose name is `comm`.
+fn descendant(pid: i32, comm: &str) -> Option<i32> {
+    let mut queue = vec![pid];
+    while let Some(pid) = queue.pop() {
+        for c in children(pid) {
+            let name = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            if name.trim() == comm {
+                return Some(c);
+            }
+            queue.push(c);
+        }
+    }
+    None
 }
 
 /// The pids whose parent is `pid`.
