@@ -68,6 +68,8 @@ pub struct NodeState {
     pub checks: BTreeMap<String, Check>,
     /// "healthy" / "unhealthy" once the health unit has finished.
     pub summary: Option<String>,
+    /// The checks that failed in the last complete round (None before one has ended).
+    pub round_failed: Option<Vec<String>>,
 }
 
 impl NodeState {
@@ -85,6 +87,13 @@ impl NodeState {
             .collect();
         if let Some(s) = fields.get("summary") {
             self.summary = Some(s.clone());
+        } else if let Some(f) = fields.get("failed") {
+            self.round_failed = Some(
+                f.split(',')
+                    .filter(|c| !c.is_empty() && *c != "none")
+                    .map(str::to_string)
+                    .collect(),
+            );
         } else if let Some(name) = fields.get("check") {
             let ok = fields.get("ok").is_some_and(|v| v == "yes");
             let mut f = fields.clone();
@@ -374,8 +383,14 @@ fn judged(states: &BTreeMap<String, NodeState>, ignore: &[String]) -> BTreeMap<S
         .map(|(n, s)| {
             let mut s = s.clone();
             s.checks.retain(|c, _| !ignore.contains(c));
-            // Only once the node has reported at least one check besides the ignored ones.
-            if s.summary.is_none() && !s.checks.is_empty() && s.checks.values().all(|c| c.ok) {
+            // Only once a whole round has ended with nothing but ignored checks failing: a
+            // round still in progress has not yet reported its later checks.
+            if s.summary.is_none()
+                && s.round_failed
+                    .as_ref()
+                    .is_some_and(|f| f.iter().all(|c| ignore.contains(c)))
+                && s.checks.values().all(|c| c.ok)
+            {
                 s.summary = Some("healthy".into());
             }
             (n.clone(), s)
@@ -822,5 +837,42 @@ mod tests {
         assert!(zk.ok);
         assert_eq!(zk.fields["mode"], "leader");
         assert_eq!(s.checks["kafka"].fields["voters"], "1,2,3");
+    }
+
+    /// CI once judged node3 healthy after its first three checks of a round (with kafka
+    /// ignored): a round counts only once it has ended.
+    #[test]
+    fn ignored_checks_count_only_after_a_whole_round() {
+        let ignore = vec!["kafka".to_string()];
+        let mut s = NodeState::default();
+        for l in [
+            "imgbuild-health node=node3 check=disk ok=yes round=1 disk_mb=2816",
+            "imgbuild-health node=node3 check=hostname ok=yes round=1 value=node3",
+            "imgbuild-health node=node3 check=ip ok=yes round=1 value=192.168.200.153",
+        ] {
+            s.line(l);
+        }
+        let states = BTreeMap::from([("node3".to_string(), s.clone())]);
+        assert_eq!(judged(&states, &ignore)["node3"].summary, None);
+        s.line("imgbuild-health node=node3 check=zookeeper ok=no round=1 mode=down");
+        s.line("imgbuild-health node=node3 check=kafka ok=no round=1 voters=none");
+        s.line("imgbuild-health node=node3 round=1 failed=zookeeper,kafka");
+        let states = BTreeMap::from([("node3".to_string(), s.clone())]);
+        assert_eq!(judged(&states, &ignore)["node3"].summary, None);
+        s.line("imgbuild-health node=node3 check=zookeeper ok=yes round=2 mode=leader");
+        s.line("imgbuild-health node=node3 check=kafka ok=no round=2 voters=none");
+        let states = BTreeMap::from([("node3".to_string(), s.clone())]);
+        assert_eq!(
+            judged(&states, &ignore)["node3"].summary,
+            None,
+            "round 2 not ended"
+        );
+        s.line("imgbuild-health node=node3 round=2 failed=kafka");
+        let states = BTreeMap::from([("node3".to_string(), s.clone())]);
+        assert_eq!(
+            judged(&states, &ignore)["node3"].summary.as_deref(),
+            Some("healthy")
+        );
+        assert_eq!(judged(&states, &[])["node3"].summary, None, "kafka judged");
     }
 }

@@ -2,6 +2,7 @@
 # imgbuild-health: checks this node from the inside and reports on the console, one parseable
 # line per check, until every check passes (or the time is up):
 #   imgbuild-health node=NODE check=NAME ok=yes|no key=value ...
+#   imgbuild-health node=NODE round=N failed=NAME,...|none     (at the end of every round)
 #   imgbuild-health node=NODE summary=healthy|unhealthy round=N
 # Reads /etc/imgbuild/health.json (written by imgbuild). Standard library only. No SSH needed:
 # `imgbuild up` reads these lines from each VM's serial console.
@@ -300,6 +301,8 @@ def main():
         for name, ok, fields in check_all(c):  # each line as soon as its check is done
             say(node, check=name, ok="yes" if ok else "no", round=rnd, **fields)
             results.append((name, ok, fields))
+        failed = [name for name, ok, _ in results if not ok]
+        say(node, round=rnd, failed=",".join(failed) or "none")
         if all(ok for _, ok, _ in results):
             say(node, summary="healthy", round=rnd)
             return 0
