@@ -15,7 +15,7 @@ tar -xJf "$(find "$mirror/imgbuild-fixtures.invalid/debian" -name '*.tar.xz' | h
 comp() { mkdir -p "$work/common/opt/$1"; tar -xzf "$2" -C "$work/common/opt/$1" --strip-components=1 --no-same-owner; }
 comp zookeeper "$mirror/downloads.apache.org/zookeeper/zookeeper-3.9.5/apache-zookeeper-3.9.5-bin.tar.gz"
 comp kafka "$mirror/downloads.apache.org/kafka/4.3.1/kafka_2.13-4.3.1.tgz"
-comp storm "$mirror/downloads.apache.org/storm/apache-storm-2.8.9/apache-storm-2.8.9.tar.gz"
+comp storm "$mirror/downloads.apache.org/storm/apache-storm-2.8.3/apache-storm-2.8.3.tar.gz"
 comp java "$(find "$mirror/github.com/adoptium" -name '*.tar.gz' | head -1)"
 comp python "$(find "$mirror/github.com/astral-sh" -name '*.tar.gz' | head -1)"
 for node in "$@"; do

@@ -4,7 +4,8 @@
 # one leader and followers, every Kafka node seeing all voters, a Storm nimbus leader and every
 # supervisor, /opt/python/bin/python3 running), then in containers at native speed
 # (`imgbuild up --runtime container --check`: the same, then the services' versions, a Kafka
-# round trip and the loss and return of node3), then proves the checker can fail: the same
+# round trip, the Python Storm topology of examples/ with its word counts checked, and the loss
+# and return of node3 with the topology still counting), then proves the checker can fail: the same
 # cluster with node3's ZooKeeper peers at wrong addresses must be reported as broken, naming node3
 # and the check. Prints the time of each phase and records them in BENCHMARKS.md.
 set -euo pipefail
@@ -35,7 +36,7 @@ if [ -z "${E2E_SKIP_GOOD:-}" ]; then
     target/release/imgbuild -r "$recipe" up --runtime container --check --timeout "${E2E_CT_TIMEOUT:-900}" |
         tee "$out/e2e-data.txt"
 fi
-p_data=$(since "$t"); echo "phase containers: healthy, data path, node loss and rejoin: $p_data s" >&2
+p_data=$(since "$t"); echo "phase containers: healthy, data path, topology, node loss and rejoin: $p_data s" >&2
 
 # The checker must be able to fail: node3's zoo.cfg (as an overlay) has wrong addresses in its
 # server list — its peers' and its own, so its ZooKeeper can neither reach the others nor bind its
@@ -79,7 +80,7 @@ echo "phase broken cluster (build + boot + judge): $p_neg s" >&2
 
 total=$((p_fix + p_build + p_boot + p_data + p_neg))
 [ -z "${E2E_SKIP_GOOD:-}" ] || { echo "e2e: ok (broken cluster only; BENCHMARKS.md not updated)" >&2; exit 0; }
-section=$(printf '<!-- e2e:begin -->\n## End to end: `make e2e`\n\nMeasured %s on %s (%s cores, no KVM: QEMU software emulation), 3 VMs on one private network.\n\n| phase | time |\n|---|---|\n| fixtures (Debian base, components, mirror; cached after the first run) | %s s |\n| build node1..3 | %s s |\n| boot to healthy in QEMU (`imgbuild up --check`) | %s s |\n| containers: healthy, versions, Kafka round trip, node loss and rejoin (`imgbuild up --runtime container --check`) | %s s |\n| broken cluster detected (build + containers + judge) | %s s |\n| total | %s s (limit 35 min) |\n\nHealth at the end of the good run (QEMU):\n\n```\n%s\n```\n\nContainers: membership, then the data path and node loss:\n\n```\n%s\n```\n<!-- e2e:end -->' \
+section=$(printf '<!-- e2e:begin -->\n## End to end: `make e2e`\n\nMeasured %s on %s (%s cores, no KVM: QEMU software emulation), 3 VMs on one private network.\n\n| phase | time |\n|---|---|\n| fixtures (Debian base, components, mirror; cached after the first run) | %s s |\n| build node1..3 | %s s |\n| boot to healthy in QEMU (`imgbuild up --check`) | %s s |\n| containers: healthy, versions, Kafka round trip, Storm topology, node loss and rejoin (`imgbuild up --runtime container --check`) | %s s |\n| broken cluster detected (build + containers + judge) | %s s |\n| total | %s s (limit 35 min) |\n\nHealth at the end of the good run (QEMU):\n\n```\n%s\n```\n\nContainers: membership, then the data path and node loss:\n\n```\n%s\n```\n<!-- e2e:end -->' \
     "$(date -u +%Y-%m-%d)" "$(uname -m)" "$(nproc)" "$p_fix" "$p_build" "$p_boot" "$p_data" "$p_neg" "$total" "$(cat "$out/e2e-health.txt")" "$(cat "$out/e2e-data.txt")")
 write_section e2e "$section"
 echo "e2e: ok (${total}s)" >&2

@@ -18,7 +18,7 @@ fixtures_prepare() {
         bash tests/fixtures/make-base.sh "$base" full >&2
     fi
     # Runnable components: a real JRE and ZooKeeper from Debian packages, stand-ins for the rest.
-    chash=$(cat tests/fixtures/make-components.sh tests/fixtures/standins/*.py | sha256sum | cut -c1-12)
+    chash=$(cat tests/fixtures/make-components.sh tests/fixtures/launchers/*.py | sha256sum | cut -c1-12)
     comps=$out/components-$chash
     if [ ! -f "$comps/jre.tar.gz" ]; then
         echo "fixtures: building the component tarballs from Debian packages (once)" >&2

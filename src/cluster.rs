@@ -633,13 +633,23 @@ fn data_path(nodes: &[&Plan], containers: &mut [Container], timeout: Duration) -
     let (phase, acked) = crate::datapath::round_trip(nodes, containers);
     let round_trip_ok = phase.failures.is_empty();
     report(&phase);
+    let mut wordcount = None;
+    if nodes.iter().any(|p| p.storm.is_some() && p.kafka.is_some()) {
+        let (phase, wc) = crate::datapath::topology(nodes, containers);
+        report(&phase);
+        wordcount = wc;
+    }
     if round_trip_ok {
         report(&crate::datapath::node_loss(
             nodes,
             containers,
             &acked,
+            wordcount.as_mut(),
             &mut |c| boot_until_healthy(c, timeout),
         ));
+    }
+    if let Some(w) = &wordcount {
+        report(&w.kill(containers));
     }
     failures
 }

@@ -7,7 +7,7 @@
 //! consuming go on, ZooKeeper keeps its quorum) and its return (it rejoins, every partition's ISR
 //! is whole again). Every tool runs inside a node, from the image, as an operator would.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -86,7 +86,7 @@ fn container<'a>(cs: &'a [Container], p: &Plan) -> &'a Container {
 }
 
 /// Versions as the running services report them: the broker's "Kafka version" log line,
-/// ZooKeeper's `srvr`, Storm's nimbus summary where the UI answers.
+/// ZooKeeper's `srvr`, `storm version` and each nimbus's start line.
 pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
     let t = Instant::now();
     let (mut lines, mut failures) = (Vec::new(), Vec::new());
@@ -108,7 +108,16 @@ pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
         if p.kafka.is_some() {
             match tool(
                 c,
-                &["journalctl", "--no-pager", "-o", "cat", "-u", "kafka"],
+                // By the stream's identifier: journald attributes a busy container's lines
+                // to the unit late or never (`-u kafka` missed the version line: measured).
+                &[
+                    "journalctl",
+                    "--no-pager",
+                    "-o",
+                    "cat",
+                    "-t",
+                    "kafka-server-start.sh",
+                ],
                 30,
             ) {
                 Ok(j) => match j.lines().find_map(|l| {
@@ -126,6 +135,35 @@ pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
                 },
                 Err(e) => failures.push(format!("{e:#}")),
             }
+        }
+    }
+    if let Some(p) = nodes.iter().find(|p| p.storm.is_some()) {
+        match run_tool(container(cs, p), &storm(&["version"]), 120) {
+            Ok(v) => lines.push(format!(
+                "{}: storm version: {}",
+                p.node.name,
+                v.lines().next().unwrap_or("?")
+            )),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    for p in nodes
+        .iter()
+        .filter(|p| p.roles.contains(&Role::StormNimbus))
+    {
+        match tool(
+            container(cs, p),
+            &[
+                "grep",
+                "-m1",
+                "-o",
+                "Starting nimbus server for storm version.*",
+                "/var/log/storm/nimbus.log",
+            ],
+            30,
+        ) {
+            Ok(l) => lines.push(format!("{}: nimbus.log: {}", p.node.name, l.trim())),
+            Err(e) => failures.push(format!("{}: nimbus: {e:#}", p.node.name)),
         }
     }
     Phase {
@@ -381,6 +419,354 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>
     )
 }
 
+/// The Python word-count topology of examples/ (installed on every Storm node), submitted
+/// from a node with what its image holds and kept running until [`Wordcount::kill`].
+pub struct Wordcount {
+    /// The node it is submitted and fed through.
+    via: String,
+    bootstrap: String,
+    /// Sentences sent so far and the word counts they make.
+    sent: usize,
+    expected: BTreeMap<String, u64>,
+}
+
+const WC_NAME: &str = "imgbuild-check-wordcount";
+const WC_IN: &str = "imgbuild-check-sentences";
+const WC_OUT: &str = "imgbuild-check-word-counts";
+const WC_DIR: &str = "/usr/share/imgbuild/examples/python-wordcount";
+/// Sentences per batch.
+pub const SENTENCES: usize = 200;
+
+const WORDS: [&str; 12] = [
+    "kafka",
+    "storm",
+    "zookeeper",
+    "python",
+    "bolt",
+    "spout",
+    "topic",
+    "node",
+    "stream",
+    "tuple",
+    "leader",
+    "replica",
+];
+
+/// Sentence `i` of the known input: 3 to 7 words, deterministic.
+fn sentence(i: usize) -> String {
+    (0..3 + i % 5)
+        .map(|j| WORDS[(i * 7 + j * 5 + i / 3) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Word counts of sentences `0..n`.
+fn word_counts(n: usize) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for i in 0..n {
+        for w in sentence(i).split(' ') {
+            *m.entry(w.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// The running counts in the output topic (`word<TAB>count` lines): each word's highest.
+fn final_counts(out: &str) -> BTreeMap<String, u64> {
+    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    for l in out.lines() {
+        if let Some((w, c)) = l.split_once('\t')
+            && let Ok(c) = c.trim().parse::<u64>()
+        {
+            let e = m.entry(w.to_string()).or_insert(0);
+            *e = (*e).max(c);
+        }
+    }
+    m
+}
+
+fn storm(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "/usr/bin/env",
+        "STORM_CONF_DIR=/etc/storm",
+        "PYTHON=/opt/python/bin/python3",
+        "/opt/storm/bin/storm",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
+}
+
+fn run_tool(c: &Container, cmd: &[String], timeout: u64) -> Result<String> {
+    let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    tool(c, &refs, timeout)
+}
+
+fn create_topic(c: &Container, bootstrap: &str, topic: &str, rf: usize) -> Result<()> {
+    tool(
+        c,
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--create",
+            "--if-not-exists",
+            "--topic",
+            topic,
+            "--partitions",
+            "3",
+            "--replication-factor",
+            &rf.to_string(),
+            "--config",
+            &format!("min.insync.replicas={}", rf.min(2)),
+        ],
+        180,
+    )
+    .map(drop)
+}
+
+/// The topology's state in `storm list` (ACTIVE, INACTIVE, KILLED...), if it is listed.
+fn topology_status(c: &Container) -> Result<Option<String>> {
+    let out = run_tool(c, &storm(&["list"]), 180)?;
+    Ok(out.lines().find_map(|l| {
+        let mut cols = l.split_whitespace();
+        (cols.next() == Some(WC_NAME)).then(|| cols.next().unwrap_or("?").to_string())
+    }))
+}
+
+impl Wordcount {
+    /// Send the next `n` sentences with acks=all.
+    fn feed(&mut self, c: &Container, n: usize) -> Result<()> {
+        let script = format!(
+            "printf '%s\\n' \"$@\" | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {} --topic {WC_IN} --producer-property acks=all",
+            self.bootstrap
+        );
+        let mut cmd = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
+        cmd.extend((self.sent..self.sent + n).map(sentence));
+        run_tool(c, &cmd, 300)?;
+        self.sent += n;
+        self.expected = word_counts(self.sent);
+        Ok(())
+    }
+
+    /// Read the output topic through `c` until it holds the expected counts (or `wait` passes).
+    /// A line describing what was read; an error when it never matched.
+    fn await_counts(&self, c: &Container, wait: Duration) -> Result<String> {
+        let t = Instant::now();
+        let mut got = BTreeMap::new();
+        while t.elapsed() < wait {
+            let out = tool(
+                c,
+                &[
+                    "/opt/kafka/bin/kafka-console-consumer.sh",
+                    "--bootstrap-server",
+                    &self.bootstrap,
+                    "--topic",
+                    WC_OUT,
+                    "--from-beginning",
+                    "--property",
+                    "print.key=true",
+                    "--timeout-ms",
+                    "15000",
+                ],
+                300,
+            )
+            .or_else(|e| {
+                if e.to_string().contains("TimeoutException") {
+                    Ok(String::new())
+                } else {
+                    Err(e)
+                }
+            })?;
+            got = final_counts(&out);
+            if got == self.expected {
+                let total: u64 = got.values().sum();
+                return Ok(format!(
+                    "output topic {WC_OUT}: {} words, {total} counted = the {} sentences' words exactly (after {:.0}s; e.g. {})",
+                    got.len(),
+                    self.sent,
+                    t.elapsed().as_secs_f64(),
+                    got.iter()
+                        .take(3)
+                        .map(|(w, n)| format!("{w}={n}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        let wrong: Vec<String> = self
+            .expected
+            .iter()
+            .filter(|(w, n)| got.get(*w) != Some(n))
+            .map(|(w, n)| format!("{w}: {} (expected {n})", got.get(w).copied().unwrap_or(0)))
+            .chain(
+                got.keys()
+                    .filter(|w| !self.expected.contains_key(*w))
+                    .map(|w| format!("{w}: never sent")),
+            )
+            .collect();
+        bail!(
+            "output topic {WC_OUT} after {:.0}s: {} of {} words wrong: {}",
+            wait.as_secs_f64(),
+            wrong.len(),
+            self.expected.len(),
+            wrong.join(", ")
+        )
+    }
+
+    /// Feed another batch through `c` and wait for the counts (the node-loss phase).
+    pub fn more(&mut self, cs: &[Container], via: &str, wait: Duration) -> Result<String> {
+        let c = cs
+            .iter()
+            .find(|c| c.name == via)
+            .context("the feeding node's container")?;
+        self.via = via.to_string();
+        self.feed(c, SENTENCES)?;
+        self.await_counts(c, wait)
+    }
+
+    /// Kill the topology and wait until `storm list` no longer shows it.
+    pub fn kill(&self, cs: &[Container]) -> Phase {
+        let t = Instant::now();
+        let (mut lines, mut failures) = (Vec::new(), Vec::new());
+        let r = (|| -> Result<()> {
+            let c = cs
+                .iter()
+                .find(|c| c.name == self.via)
+                .context("the topology's node")?;
+            run_tool(c, &storm(&["kill", WC_NAME, "-w", "1"]), 300)?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while let Some(s) = topology_status(c)? {
+                if Instant::now() > deadline {
+                    bail!("{WC_NAME} still listed as {s} 120s after `storm kill`");
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            lines.push(format!("{WC_NAME} killed: no longer in `storm list`"));
+            Ok(())
+        })();
+        if let Err(e) = r {
+            failures.push(format!("topology kill: {e:#}"));
+        }
+        Phase {
+            name: "topology killed",
+            seconds: t.elapsed().as_secs_f64(),
+            lines,
+            failures,
+        }
+    }
+}
+
+/// Submit the Python topology (Flux, offline, from the image), wait for ACTIVE, feed it known
+/// sentences through Kafka and check the word counts it writes to Kafka.
+pub fn topology(nodes: &[&Plan], cs: &[Container]) -> (Phase, Option<Wordcount>) {
+    let t = Instant::now();
+    let (mut lines, mut failures) = (Vec::new(), Vec::new());
+    let kafka = kafka_nodes(nodes);
+    let mut wc = None;
+    let r = (|| -> Result<()> {
+        let Some(p) = nodes
+            .iter()
+            .find(|p| p.storm.is_some() && p.kafka.is_some())
+        else {
+            bail!("no node with both Storm and Kafka to submit from");
+        };
+        let c = container(cs, p);
+        let servers = kafka
+            .iter()
+            .map(|k| bootstrap(k))
+            .collect::<Vec<_>>()
+            .join(",");
+        let rf = kafka.len().min(3);
+        for topic in [WC_IN, WC_OUT] {
+            create_topic(c, &servers, topic, rf)?;
+        }
+        let jar = "/tmp/imgbuild-wordcount.jar";
+        let built = tool(
+            c,
+            &[
+                "/opt/python/bin/python3",
+                &format!("{WC_DIR}/build-jar.py"),
+                jar,
+            ],
+            120,
+        )?;
+        lines.push(format!("built on {}: {}", p.node.name, built.trim()));
+        let props = format!(
+            "topology.name={WC_NAME}\nkafka.bootstrap={servers}\ninput.topic={WC_IN}\noutput.topic={WC_OUT}\n"
+        );
+        tool(
+            c,
+            &[
+                "sh",
+                "-c",
+                "printf '%s' \"$1\" >/tmp/imgbuild-wordcount.properties",
+                "sh",
+                &props,
+            ],
+            30,
+        )?;
+        let submit = Instant::now();
+        run_tool(
+            c,
+            &storm(&[
+                "jar",
+                jar,
+                "org.apache.storm.flux.Flux",
+                "--remote",
+                "--filter",
+                "/tmp/imgbuild-wordcount.properties",
+                &format!("{WC_DIR}/topology.yaml"),
+            ]),
+            600,
+        )?;
+        let mut status = None;
+        while submit.elapsed() < Duration::from_secs(300) {
+            status = topology_status(c)?;
+            if status.as_deref() == Some("ACTIVE") {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        if status.as_deref() != Some("ACTIVE") {
+            bail!(
+                "{WC_NAME}: {} 300s after submission",
+                status.unwrap_or_else(|| "not listed".into())
+            );
+        }
+        lines.push(format!(
+            "{WC_NAME} (Flux: Kafka spout -> Python split -> Python count -> Kafka bolt) ACTIVE {:.0}s after `storm jar` on {}",
+            submit.elapsed().as_secs_f64(),
+            p.node.name
+        ));
+        let mut w = Wordcount {
+            via: p.node.name.clone(),
+            bootstrap: servers,
+            sent: 0,
+            expected: BTreeMap::new(),
+        };
+        w.feed(c, SENTENCES)?;
+        lines.push(format!("{SENTENCES} sentences into {WC_IN} with acks=all"));
+        lines.push(w.await_counts(c, Duration::from_secs(300))?);
+        wc = Some(w);
+        Ok(())
+    })();
+    if let Err(e) = r {
+        failures.push(format!("topology: {e:#}"));
+    }
+    (
+        Phase {
+            name: "storm topology",
+            seconds: t.elapsed().as_secs_f64(),
+            lines,
+            failures,
+        },
+        wc,
+    )
+}
+
 /// ZooKeeper modes of the ensemble members among `up`.
 fn zk_modes(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> Vec<(String, String)> {
     nodes
@@ -411,6 +797,7 @@ pub fn node_loss(
     nodes: &[&Plan],
     cs: &mut [Container],
     acked_before: &BTreeSet<String>,
+    mut wordcount: Option<&mut Wordcount>,
     wait_healthy: &mut dyn FnMut(&mut Container) -> Result<f64>,
 ) -> Phase {
     let t = Instant::now();
@@ -473,6 +860,17 @@ pub fn node_loss(
                 acked.len()
             ));
         }
+        // Storm: the topology goes on (its worker and the nimbus leader may have been on the
+        // lost node: nimbus reassigns, another nimbus takes the lead).
+        if let Some(w) = wordcount.as_deref_mut() {
+            match w.more(cs, &a.node.name, Duration::from_secs(420)) {
+                Ok(l) => lines.push(format!(
+                    "topology without {}: {SENTENCES} more sentences through {}; {l}",
+                    victim.node.name, a.node.name
+                )),
+                Err(e) => failures.push(format!("topology without {}: {e:#}", victim.node.name)),
+            }
+        }
         // The node comes back with its disk as it was.
         let secs = wait_healthy(&mut cs[vi])?;
         lines.push(format!(
@@ -500,6 +898,18 @@ pub fn node_loss(
                 .join(" "),
             isr
         ));
+        if wordcount.is_some() {
+            match topology_status(container(cs, a)) {
+                Ok(Some(s)) if s == "ACTIVE" => {
+                    lines.push(format!("after the rejoin: {WC_NAME} ACTIVE"))
+                }
+                Ok(s) => failures.push(format!(
+                    "after the rejoin: {WC_NAME} is {}",
+                    s.unwrap_or_else(|| "not listed".into())
+                )),
+                Err(e) => failures.push(format!("after the rejoin: storm list: {e:#}")),
+            }
+        }
         if !quorum_ok(&modes) {
             failures.push(format!(
                 "{}: did not rejoin the ZooKeeper ensemble",
@@ -571,5 +981,21 @@ mod tests {
         assert!(quorum_ok(&m(&["leader", "follower"])));
         assert!(!quorum_ok(&m(&["down", "down"])));
         assert!(!quorum_ok(&m(&["leader", "leader", "follower"])));
+    }
+
+    #[test]
+    fn word_counts_are_judged_by_each_words_highest_running_count() {
+        assert_eq!(sentence(0), "kafka spout leader");
+        let want = word_counts(SENTENCES);
+        assert_eq!(
+            want.values().sum::<u64>(),
+            (0..SENTENCES).map(|i| 3 + i as u64 % 5).sum::<u64>()
+        );
+        let out = "kafka\t1\nkafka\t2\nstorm\t1\nkafka\t2\nnoise\n";
+        let got = final_counts(out);
+        assert_eq!(
+            got,
+            BTreeMap::from([("kafka".into(), 2), ("storm".into(), 1)])
+        );
     }
 }

@@ -37,6 +37,40 @@ pub const SERVICE_USERS: &[(&str, &str, &str)] = &[
 ];
 
 /// systemd units for every service (installed everywhere; roles decide which are enabled).
+/// examples/python-wordcount, as installed on every Storm node.
+const EXAMPLE: &[(&str, &str, u32)] = &[
+    (
+        "README.md",
+        include_str!("../examples/python-wordcount/README.md"),
+        0o644,
+    ),
+    (
+        "topology.yaml",
+        include_str!("../examples/python-wordcount/topology.yaml"),
+        0o644,
+    ),
+    (
+        "wordcount.properties",
+        include_str!("../examples/python-wordcount/wordcount.properties"),
+        0o644,
+    ),
+    (
+        "build-jar.py",
+        include_str!("../examples/python-wordcount/build-jar.py"),
+        0o755,
+    ),
+    (
+        "multilang/resources/split_sentence.py",
+        include_str!("../examples/python-wordcount/multilang/resources/split_sentence.py"),
+        0o644,
+    ),
+    (
+        "multilang/resources/count_words.py",
+        include_str!("../examples/python-wordcount/multilang/resources/count_words.py"),
+        0o644,
+    ),
+];
+
 pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
     let common = "Restart=on-failure\nRestartSec=5\nSuccessExitStatus=143\nLimitNOFILE=100000\nTimeoutStopSec=180\n\
                   NoNewPrivileges=true\nProtectSystem=full\nProtectHome=true\nPrivateTmp=true\n";
@@ -311,6 +345,15 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     }
     if let Some(s) = &p.storm {
         out.push(file("etc/storm/storm.yaml", storm_yaml(s), 0o644));
+        // The Python topology of examples/, so an operator (and `up --check`) builds and
+        // submits it offline with what the image holds.
+        for (name, content, mode) in EXAMPLE {
+            out.push(file(
+                &format!("usr/share/imgbuild/examples/python-wordcount/{name}"),
+                content.to_string(),
+                *mode,
+            ));
+        }
         let python = if p.artifacts.iter().any(|a| a.name == "python") {
             "/opt/python/bin/python3"
         } else {
@@ -419,6 +462,8 @@ pub fn storm_yaml(s: &StormPlan) -> String {
         "# Written by imgbuild from the recipe.\n\
          storm.zookeeper.servers: {}\nstorm.zookeeper.port: {}\nstorm.zookeeper.root: \"/storm\"\n\
          nimbus.seeds: {}\nnimbus.thrift.port: {}\n\
+         # A topology is accepted once this many nimbuses hold its code, so a new leader has it.\n\
+         topology.min.replication.count: {}\n\
          storm.local.dir: \"/var/lib/storm\"\nstorm.local.hostname: \"{}\"\nstorm.log.dir: \"/var/log/storm\"\n\
          supervisor.slots.ports: [{}]\nsupervisor.thrift.port: {}\n\
          ui.port: {}\nlogviewer.port: {}\n\
@@ -429,6 +474,7 @@ pub fn storm_yaml(s: &StormPlan) -> String {
         s.zookeeper_port,
         yaml_list(&s.nimbus_seeds),
         s.nimbus_port,
+        s.nimbus_seeds.len().clamp(1, 2),
         s.local_hostname,
         s.slots
             .iter()
@@ -720,6 +766,33 @@ mod tests {
                 assert!(crate::qemu::guest_memory(p, Some(heaps)).is_err());
             }
         }
+    }
+
+    /// With several nimbuses a topology is accepted only once two hold its code: a nimbus
+    /// taking over the lead (the old leader's node lost) must have the code of every topology.
+    /// And every Storm node carries the Python example topology, to build and submit offline.
+    #[test]
+    fn storm_nodes_replicate_topology_code_and_carry_the_example() {
+        let c = cluster(&reference_text());
+        let p = &c.nodes[0];
+        let storm = node_file(p, "etc/storm/storm.yaml").unwrap();
+        assert!(
+            storm.contains("topology.min.replication.count: 2\n"),
+            "{storm}"
+        );
+        let dir = "usr/share/imgbuild/examples/python-wordcount";
+        for f in [
+            "topology.yaml",
+            "build-jar.py",
+            "multilang/resources/split_sentence.py",
+        ] {
+            assert!(node_file(p, &format!("{dir}/{f}")).is_some(), "{f}");
+        }
+        let flux = node_file(p, &format!("{dir}/topology.yaml")).unwrap();
+        assert!(
+            flux.contains("FluxShellBolt") && flux.contains("python3"),
+            "{flux}"
+        );
     }
 
     /// Bug 4: ZooKeeper-mode kafka.service had Wants=zookeeper.service, which starts ZooKeeper

@@ -318,7 +318,7 @@ bad!(ip_not_an_address, [("ip: 10.20.0.12", "ip: 10.20.0.312")]);
 bad!(node_name_not_hostname, [("  node2:", "  Node_2:")]);
 bad!(node_name_is_subcommand, [("  node2:", "  plan:")]);
 bad!(missing_required_field, [("  cidr: 10.20.0.0/24\n", "")]);
-bad!(missing_component, [("  storm:\n    version: 2.8.9\n", "")]);
+bad!(missing_component, [("  storm:\n    version: 2.8.3\n", "")]);
 bad!(
     port_clash_admin_server_vs_storm_ui,
     [("admin_port: 8081", "admin_port: 8080")]
@@ -380,8 +380,8 @@ bad!(
 bad!(
     plain_http_needs_pinned_digest,
     [(
-        "  storm:\n    version: 2.8.9\n",
-        "  storm:\n    version: 2.8.9\n    urls: http://mirror.example/storm-{version}.tgz\n"
+        "  storm:\n    version: 2.8.3\n",
+        "  storm:\n    version: 2.8.3\n    urls: http://mirror.example/storm-{version}.tgz\n"
     )]
 );
 bad!(

@@ -443,7 +443,7 @@ fn offline_names_every_missing_artifact_then_import_fills_the_gap() {
         "github.com/adoptium/temurin21-binaries/releases/download/jdk-21.0.12+8/OpenJDK21U-jre_x64_linux_hotspot_21.0.12_8.tar.gz",
         &ZK[1..],
         &KAFKA[1..],
-        "downloads.apache.org/storm/apache-storm-2.8.9/apache-storm-2.8.9.tar.gz",
+        "downloads.apache.org/storm/apache-storm-2.8.3/apache-storm-2.8.3.tar.gz",
         "github.com/astral-sh/python-build-standalone/releases/download/20260203/cpython-3.13.12+20260203-x86_64-unknown-linux-gnu-install_only.tar.gz",
     ]
     .iter()
@@ -539,11 +539,11 @@ fn stale_lock_is_reported() {
     ok(&env.run(&["lock"]));
     let text = std::fs::read_to_string(env.recipe())
         .unwrap()
-        .replace("version: 2.8.9", "version: 2.8.8");
+        .replace("version: 2.8.3", "version: 2.8.2");
     std::fs::write(env.recipe(), text).unwrap();
     let err = failed(&env.run(&["fetch"]));
     assert!(
-        err.contains("is out of date for storm: it pins 2.8.9"),
+        err.contains("is out of date for storm: it pins 2.8.3"),
         "{err}"
     );
 }
