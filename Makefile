@@ -47,20 +47,23 @@ clean: ## Remove build output (images/ keeps only its README)
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-.PHONY: bench bench-fetch bench-rootfs bench-flash bench-build bench-profile
+.PHONY: bench bench-deps bench-fetch bench-rootfs bench-flash bench-build bench-profile
 bench: bench-fetch bench-rootfs bench-flash bench-build bench-profile ## Run every benchmark and rewrite BENCHMARKS.md
 
-bench-fetch: ## Fetch+verify of a 600 MiB artifact from a loopback server vs curl (BENCHMARKS.md)
+bench-deps: ## Install what the benchmarks need besides `make deps` (mkosi, debootstrap, perf)
+	bash scripts/deps.sh bench
+
+bench-fetch: bench-deps ## Fetch+verify of a 600 MiB artifact from a loopback server vs curl (BENCHMARKS.md)
 	bash bench/fetch.sh
 
-bench-rootfs: ## Compose node1..3 root filesystems: shared tree once, marginal cost per node (BENCHMARKS.md)
+bench-rootfs: bench-deps ## Compose node1..3 root filesystems: shared tree once, marginal cost per node (BENCHMARKS.md)
 	bash bench/rootfs.sh
 
-bench-flash: ## Flash node1's image to a file: imgbuild flash vs bmaptool copy and dd conv=sparse (BENCHMARKS.md)
+bench-flash: bench-deps ## Flash node1's image to a file: imgbuild flash vs bmaptool copy and dd conv=sparse (BENCHMARKS.md)
 	bash bench/flash.sh
 
-bench-build: ## Build node1..3: cold vs shell floor, marginal node, no-op rebuild, one change, peak memory (BENCHMARKS.md)
+bench-build: bench-deps ## Build node1..3: cold vs shell floor, marginal node, no-op rebuild, one change, peak memory (BENCHMARKS.md)
 	bash bench/build.sh
 
-bench-profile: ## perf profile of a marginal node's build: CPU per process, hottest symbols (BENCHMARKS.md)
+bench-profile: bench-deps ## perf profile of a marginal node's build: CPU per process, hottest symbols (BENCHMARKS.md)
 	bash bench/profile.sh

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Install what imgbuild's build and tests need on a fresh Debian/Ubuntu machine.
-# Idempotent: installs only what is missing, runs `apt-get update` at most once.
+# Install what imgbuild's build and tests need on a fresh Debian/Ubuntu machine (`deps.sh bench`:
+# also what `make bench` needs). Idempotent: installs only what is missing, runs `apt-get update`
+# at most once. The host is left booting and running as before: every unit that a package
+# installed here enabled (cloud-init's, systemd-container's machines.target) is disabled again,
+# cloud-init is also switched off by /etc/cloud/cloud-init.disabled, and a downgrade is
+# announced before it happens.
 set -euo pipefail
 
 # Debian packages the build and test suite use. Format: "command package".
@@ -26,10 +30,14 @@ NEEDED=(
     "script bsdutils"              # imgbuild up --runtime container: a terminal for each console
     "mvn maven"                    # test fixtures: ZooKeeper and Kafka jars from Maven Central
     "unzip unzip"                  # test fixtures: reading jar manifests
-    "mkosi mkosi"                  # make bench: the mkosi comparison
-    "debootstrap debootstrap"      # make bench: mkosi's Debian bootstrap
-    "perf linux-perf"              # make bench: the profile of a marginal node (bench-profile)
 )
+if [ "${1:-}" = bench ]; then
+    NEEDED+=(
+        "mkosi mkosi"                  # make bench: the mkosi comparison
+        "debootstrap debootstrap"      # make bench: mkosi's Debian bootstrap
+        "perf linux-perf"              # make bench: the profile of a marginal node (bench-profile)
+    )
+fi
 
 if ! command -v cargo >/dev/null; then
     echo "deps: cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
@@ -57,8 +65,27 @@ if ((${#missing[@]})); then
         if [ -n "$have" ] && [ "$have" != "$v" ]; then
             missing=("${missing[@]/qemu-utils}")
             extra=(--allow-downgrades "qemu-utils=$v")
+            echo "deps: DOWNGRADING qemu-utils $have -> $v (qemu-system-x86 $v needs its own qemu-utils)" >&2
         fi
     fi
+    installed() { dpkg-query -W -f '${Package} ${db:Status-Status}\n' 2>/dev/null | awk '$2 == "installed" {print $1}' | sort; }
+    before=$(installed)
+    if [[ " ${missing[*]} " == *" cloud-init "* ]] && [ ! -e /etc/cloud/cloud-init.disabled ]; then
+        # Only its validators are wanted (`cloud-init schema`): it must never run on this host.
+        $SUDO mkdir -p /etc/cloud
+        echo "deps: cloud-init is installed for its validators only: /etc/cloud/cloud-init.disabled keeps it off this host" |
+            $SUDO tee /etc/cloud/cloud-init.disabled >&2
+    fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${extra[@]}" ${missing[*]}
+    # Units the new packages enabled (cloud-init's, machines.target) are disabled again.
+    for pkg in $(comm -13 <(echo "$before") <(installed)); do
+        for unit in $(dpkg -L "$pkg" | grep -E '^/(usr/)?lib/systemd/system/[^/]+\.(service|socket|timer|target|path)$'); do
+            unit=$(basename "$unit")
+            if [ "$(systemctl is-enabled "$unit" 2>/dev/null)" = enabled ]; then
+                $SUDO systemctl disable --quiet "$unit" 2>/dev/null || true
+                echo "deps: disabled $unit (enabled by $pkg; not wanted on the build host)" >&2
+            fi
+        done
+    done
 fi
 echo "deps: ok"
