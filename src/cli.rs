@@ -193,6 +193,11 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Print a shell completion script, e.g. `imgbuild completions bash >
+    /// /etc/bash_completion.d/imgbuild`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `imgbuild man > /usr/local/share/man/man1/imgbuild.1`.
+    Man,
     /// `imgbuild NODE...`: build those nodes' images (see `build`).
     #[command(external_subcommand)]
     Nodes(Vec<String>),

@@ -46,6 +46,14 @@ fn main() -> ExitCode {
             },
         ),
         Command::Down => cmd::down(&cli),
+        Command::Completions { shell } => {
+            let mut c = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut c, "imgbuild", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map_err(Into::into),
         Command::Flash {
             node,
             device,

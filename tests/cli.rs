@@ -485,3 +485,29 @@ fn non_utf8_recipe_points_at_the_byte() {
         r.stderr
     );
 }
+
+/// Shell completions come from the clap definitions; bash's completes the subcommands (and so
+/// `imgbuild fl<TAB>` to `flash`, which was also checked by hand in bash).
+#[test]
+fn completions_and_man_page_are_generated_from_the_cli() {
+    let r = run("", &["completions", "bash"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("complete -F") && r.stdout.contains("flash"),
+        "{}",
+        r.stdout
+    );
+    for shell in ["zsh", "fish"] {
+        let r = run("", &["completions", shell]);
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        assert!(r.stdout.contains("flash"), "{shell}");
+    }
+    let man = run("", &["man"]);
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH imgbuild"),
+        "{}",
+        man.stdout
+    );
+    assert!(man.stdout.contains("flash"), "{}", man.stdout);
+}

@@ -24,8 +24,24 @@ pub const SCHEMA_VERSION: u32 = 2;
 
 /// Names a node may not take: they are (or will be) subcommands, and `imgbuild NODE` must stay unambiguous.
 pub const RESERVED_NAMES: &[&str] = &[
-    "all", "boot", "build", "cache", "down", "fetch", "flash", "help", "lock", "plan", "rootfs",
-    "up", "validate", "verify", "version",
+    "all",
+    "boot",
+    "build",
+    "cache",
+    "completions",
+    "down",
+    "fetch",
+    "flash",
+    "help",
+    "lock",
+    "man",
+    "plan",
+    "rootfs",
+    "ssh",
+    "up",
+    "validate",
+    "verify",
+    "version",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
