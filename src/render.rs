@@ -795,6 +795,51 @@ mod tests {
         );
     }
 
+    /// Every file a node's tree gets from the renderers, as text: path, mode and owner, then the
+    /// content (the example topology, fixed text checked elsewhere, only by path).
+    fn rendered(files: &[FileSpec]) -> String {
+        let mut out = String::new();
+        for f in files {
+            let path = f.path.display().to_string();
+            let _ = writeln!(
+                out,
+                "=== {path} ({:o}{})",
+                f.mode,
+                f.owner.map(|o| format!(", {o}")).unwrap_or_default()
+            );
+            if !path.starts_with("usr/share/imgbuild/examples/") {
+                out.push_str(&String::from_utf8_lossy(&f.content));
+                if !out.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Snapshots of every rendered file (insta; no root, milliseconds): node1..3 of the
+    /// reference recipe and a ZooKeeper-mode cluster with a broker outside the ensemble, plus
+    /// the shared units, users and tmpfiles. A change to any rendered byte shows here.
+    #[test]
+    fn rendered_files_snapshots() {
+        for (name, c) in [
+            ("reference", cluster(&reference_text())),
+            ("zkmode", zookeeper_mode()),
+        ] {
+            let mode = c.nodes[0].kafka.as_ref().unwrap().mode;
+            let mut shared = units(mode);
+            shared.extend(sysusers_and_tmpfiles());
+            insta::assert_snapshot!(format!("{name}-shared"), rendered(&shared));
+            for p in &c.nodes {
+                let mut text = rendered(&node_files(p));
+                for (link, target) in enablement(p) {
+                    let _ = writeln!(text, "=== link {} -> {}", link.display(), target.display());
+                }
+                insta::assert_snapshot!(format!("{name}-{}", p.node.name), text);
+            }
+        }
+    }
+
     /// Bug 4: ZooKeeper-mode kafka.service had Wants=zookeeper.service, which starts ZooKeeper
     /// on a broker outside the ensemble (no myid: "myid file is missing", restarting forever).
     #[test]
