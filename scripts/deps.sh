@@ -13,6 +13,7 @@ NEEDED=(
     "xz xz-utils"        # test fixtures: the .tar.xz base stand-in
     "curl curl"          # benchmarks: the plain-download baseline
     "python3 python3"    # benchmarks: rewriting BENCHMARKS.md sections
+    "ensurepip python3-venv"       # tests: a virtualenv for the SPDX validator (spdx-tools from PyPI)
     "mmdebstrap mmdebstrap"        # test base OS: Debian bookworm from the Debian mirror
     "cloud-init cloud-init"        # tests: `cloud-init schema` and its network-config parser
     "systemd-analyze systemd"      # tests: `systemd-analyze verify` of the generated units
@@ -48,6 +49,7 @@ missing=()
 for entry in "${NEEDED[@]}"; do
     cmd=${entry%% *} pkg=${entry#* }
     case $cmd in
+        ensurepip) python3 -c 'import ensurepip' 2>/dev/null || missing+=("$pkg") ;;
         ovmf.fd) [ -e /usr/share/OVMF/OVMF_CODE.fd ] || [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=("$pkg") ;;
         *) command -v "$cmd" >/dev/null || missing+=("$pkg") ;;
     esac

@@ -72,7 +72,7 @@ fn read(root: &Root, rel: &str) -> Result<Option<Vec<u8>>> {
 
 /// The distribution's EFI vendor directory: `ID` of the tree's os-release (`ubuntu`, `debian`),
 /// which is where its signed GRUB looks for grub.cfg.
-fn vendor(root: &Root) -> Result<String> {
+pub fn vendor(root: &Root) -> Result<String> {
     for rel in ["etc/os-release", "usr/lib/os-release"] {
         if let Some(text) = read(root, rel)? {
             let text = String::from_utf8_lossy(&text);

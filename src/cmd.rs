@@ -718,6 +718,8 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
         .with_context(|| format!("reading {}", sums_path.display()))?;
     let mut problems = Vec::new();
     let mut listed = std::collections::BTreeMap::new();
+    // What each listed file hashes to now (the provenance is checked against these).
+    let mut actual = std::collections::BTreeMap::new();
     for (i, line) in sums.lines().enumerate() {
         let Some((sha, file)) = line.split_once("  ") else {
             problems.push(format!(
@@ -736,8 +738,12 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
             continue;
         }
         match checksum::sha256_file(&dir.join(file)) {
-            Ok(got) if got == sha => {}
-            Ok(got) => problems.push(format!("{file}: sha256 {got}, SHA256SUMS says {sha}")),
+            Ok(got) => {
+                if got != sha {
+                    problems.push(format!("{file}: sha256 {got}, SHA256SUMS says {sha}"));
+                }
+                actual.insert(file.to_string(), got);
+            }
             Err(e) => problems.push(format!("{file}: {e}")),
         }
         listed.insert(file.to_string(), sha.to_string());
@@ -788,9 +794,25 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
             Err(e) => problems.push(format!("{}: {e:#}", bmap_path.display())),
         }
     }
+    // The provenance: its subjects are the files as they are now.
+    let prov = crate::sbom::provenance_name(node);
+    let mut prov_note = String::from("no provenance");
+    if dir.join(&prov).exists() {
+        let sha = |p: &std::path::Path| -> Result<String> {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            match actual.get(name) {
+                Some(s) => Ok(s.clone()),
+                None => Ok(checksum::sha256_file(p)?),
+            }
+        };
+        match crate::sbom::verify_provenance(dir, node, &sha) {
+            Ok(n) => prov_note = format!("provenance: {n} subjects match"),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n  "));
     Ok(format!(
-        "{} files match SHA256SUMS, manifest agrees, {bmap_note}",
+        "{} files match SHA256SUMS, manifest agrees, {bmap_note}, {prov_note}",
         listed.len()
     ))
 }

@@ -743,6 +743,47 @@ fn emit(
         for (n, h) in hashing {
             outputs.push(h.finish(out, &n)?);
         }
+        // The SBOM: the base's dpkg packages and every downloaded input.
+        let status = root
+            .read_file(Path::new("var/lib/dpkg/status"))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let inputs: Vec<crate::sbom::Input> = fetched
+            .iter()
+            .map(|f| crate::sbom::Input {
+                name: f.name.clone(),
+                version: f.version.clone(),
+                url: f.record.url.clone(),
+                sha256: f.record.sha256.clone(),
+                sha512: f.record.sha512.clone(),
+                signed_by: f.record.fingerprint.clone(),
+            })
+            .collect();
+        let distro = crate::boot::vendor(&root)?;
+        let lock = crate::lock::path_for(Path::new(&plan.recipe));
+        let recipe_name = Path::new(&plan.recipe)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let img = crate::sbom::Image {
+            node,
+            build_key: key,
+            epoch,
+            distro: &distro,
+            recipe: &recipe_name,
+            recipe_sha256: &plan.recipe_sha256,
+            lock_sha256: lock
+                .is_file()
+                .then(|| crate::checksum::sha256_file(&lock))
+                .transpose()?,
+        };
+        let sbom_name = crate::sbom::sbom_name(node);
+        let sbom = crate::sbom::spdx(&img, &crate::sbom::dpkg_packages(&status), &inputs);
+        fs::write(
+            out.join(&sbom_name),
+            serde_json::to_string_pretty(&sbom)? + "\n",
+        )?;
+        outputs.push(output(out, &sbom_name)?);
         outputs.sort_by(|a, b| a.file.cmp(&b.file));
         let m = Manifest {
             manifest_version: 1,
@@ -805,6 +846,18 @@ fn emit(
         fs::write(out.join("manifest.json"), json)?;
         crate::failpoint::hit("manifest");
         outputs.push(output(out, "manifest.json")?);
+        // The provenance: every output so far is a subject.
+        let subjects: Vec<(String, String)> = outputs
+            .iter()
+            .map(|o| (o.file.clone(), o.sha256.clone()))
+            .collect();
+        let prov_name = crate::sbom::provenance_name(node);
+        let prov = crate::sbom::provenance(&img, &inputs, &subjects);
+        fs::write(
+            out.join(&prov_name),
+            serde_json::to_string_pretty(&prov)? + "\n",
+        )?;
+        outputs.push(output(out, &prov_name)?);
         outputs.sort_by(|a, b| a.file.cmp(&b.file));
         let sums: String = outputs
             .iter()

@@ -29,6 +29,7 @@ pub mod recipe;
 pub mod render;
 pub mod rootfs;
 pub mod run;
+pub mod sbom;
 pub mod srcmap;
 pub mod template;
 pub mod tools;

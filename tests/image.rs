@@ -251,14 +251,60 @@ fn node1_images_pass_the_standard_tools() {
         "node1-seed.img",
         "rootfs.tar",
         "manifest.json",
+        "node1.spdx.json",
+        "node1.provenance.json",
     ] {
         assert!(out.contains(&format!("{f}: OK")), "{f} missing:\n{out}");
     }
     let verify = env.run(&["verify", "node1"]);
     assert!(
-        String::from_utf8_lossy(&verify.stderr).contains("ok ("),
+        String::from_utf8_lossy(&verify.stderr).contains("ok (")
+            && String::from_utf8_lossy(&verify.stderr).contains("provenance: "),
         "{}",
         String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // The SBOM passes an independent SPDX validator and lists the kernel package and the Kafka
+    // tarball with its SHA-512 (as the manifest has it).
+    let sbom_path = dir.join("node1.spdx.json");
+    ok(
+        &sh(
+            spdx_validator().to_str().unwrap(),
+            &["-i", sbom_path.to_str().unwrap()],
+        ),
+        "pyspdxtools validating node1.spdx.json",
+    );
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sbom_path).unwrap()).unwrap();
+    let pkgs = sbom["packages"].as_array().unwrap();
+    let kernel = pkgs
+        .iter()
+        .find(|p| p["name"].as_str().unwrap().starts_with("linux-image-"))
+        .expect("a kernel package in the SBOM");
+    assert!(
+        kernel["externalRefs"][0]["referenceLocator"]
+            .as_str()
+            .unwrap()
+            .starts_with("pkg:deb/debian/linux-image-"),
+        "{kernel}"
+    );
+    let kafka_in = m["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "kafka")
+        .unwrap();
+    let kafka = pkgs
+        .iter()
+        .find(|p| p["name"] == "kafka")
+        .expect("kafka in the SBOM");
+    assert!(
+        kafka["checksums"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["algorithm"] == "SHA512" && c["checksumValue"] == kafka_in["sha512"]),
+        "{kafka}"
     );
 
     // bmaptool copy with our bmap onto a file reproduces the raw image.
@@ -339,6 +385,29 @@ fn esp_file(img: &Path, file: &str, env: &Env) -> Vec<u8> {
     b
 }
 
+/// pyspdxtools (spdx-tools from PyPI) in a virtualenv of its own under target/, made once.
+fn spdx_validator() -> &'static Path {
+    static TOOL: OnceLock<PathBuf> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/spdx");
+        let tool = venv.join("bin/pyspdxtools");
+        if !tool.exists() {
+            ok(
+                &sh("python3", &["-m", "venv", venv.to_str().unwrap()]),
+                "python3 -m venv",
+            );
+            ok(
+                &sh(
+                    venv.join("bin/pip").to_str().unwrap(),
+                    &["install", "--quiet", "spdx-tools"],
+                ),
+                "pip install spdx-tools",
+            );
+        }
+        tool
+    })
+}
+
 fn sha256_str(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
@@ -379,6 +448,11 @@ fn verify_names_a_changed_file() {
         err.contains("node1.raw: sha256") && err.contains("do not match the bmap"),
         "{err}"
     );
+    // The provenance's subject no longer matches either.
+    assert!(
+        err.contains("node1.provenance.json") && err.contains("the provenance says"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -394,6 +468,8 @@ fn two_builds_are_bit_identical() {
         "node1-seed.img",
         "rootfs.tar",
         "manifest.json",
+        "node1.spdx.json",
+        "node1.provenance.json",
         "SHA256SUMS",
     ] {
         let (x, y) = (
