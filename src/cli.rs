@@ -85,13 +85,17 @@ pub enum Command {
         output: Option<PathBuf>,
     },
     /// Build the images of NODE... (or `all`) into images/<node>/: raw GPT disk, qcow2, seed,
-    /// bmap, manifest.json, SHA256SUMS. `imgbuild NODE...` is the same.
+    /// bmap, manifest.json, SBOM, provenance, SHA256SUMS. `imgbuild NODE...` is the same.
     Build {
         #[arg(required = true, value_name = "NODE")]
         nodes: Vec<String>,
         /// Rebuild even nodes whose images already match their inputs.
         #[arg(long)]
         force: bool,
+        /// List which nodes would be rebuilt and why (what changed since their images were
+        /// built); build nothing (inputs not in the cache are still downloaded).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Re-check images/NODE/: SHA256SUMS, the bmap's block checksums and the manifest.
     Verify {

@@ -548,7 +548,7 @@ fn select<'a>(
 }
 
 /// `imgbuild NODE...` / `imgbuild build NODE...`: fetch, compose, emit images/<node>/ for each.
-pub fn build(cli: &Cli, names: &[String], force: bool) -> Result<()> {
+pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     let s = fetch_setup(cli)?;
     let plans = select(&s.cluster, &cli.recipe, names)?;
@@ -577,8 +577,10 @@ pub fn build(cli: &Cli, names: &[String], force: bool) -> Result<()> {
     {
         tools.push(crate::tools::MMDEBSTRAP);
     }
-    crate::tools::require(&tools)?;
-    crate::rootfs::require_root("building images")?;
+    if !dry_run {
+        crate::tools::require(&tools)?;
+        crate::rootfs::require_root("building images")?;
+    }
     let names: Vec<&str> = plans.iter().map(|p| p.node.name.as_str()).collect();
     eprintln!(
         "building {} from {}",
@@ -607,6 +609,28 @@ pub fn build(cli: &Cli, names: &[String], force: bool) -> Result<()> {
                 .flatten()
         })
         .collect();
+    // Why each other node is rebuilt: what changed since its images were built.
+    let mut why = Vec::new();
+    for ((p, f), _) in plans.iter().zip(&fresh).zip(&keys) {
+        why.push(if f.is_some() {
+            None
+        } else if force {
+            Some("--force".to_string())
+        } else {
+            let parts = crate::image::key_parts(p, &fetched, epoch_of(p))?;
+            Some(crate::image::why_rebuild(&cli.images, &p.node.name, &parts))
+        });
+    }
+    if dry_run {
+        let mut out = std::io::stdout().lock();
+        for (p, w) in plans.iter().zip(&why) {
+            match w {
+                None => writeln!(out, "{}: up to date", p.node.name)?,
+                Some(w) => writeln!(out, "{}: would rebuild: {w}", p.node.name)?,
+            }
+        }
+        return Ok(());
+    }
     let t = std::time::Instant::now();
     let common = if fresh.iter().all(Option::is_some) {
         None
@@ -640,6 +664,9 @@ pub fn build(cli: &Cli, names: &[String], force: bool) -> Result<()> {
                 stages: stages.times,
             });
             continue;
+        }
+        if let Some(w) = &why[built.len()] {
+            eprintln!("[{}] rebuilding: {w}", plan.node.name);
         }
         let common = common.as_deref().expect("built when a node needs it");
         let t = std::time::Instant::now();

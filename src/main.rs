@@ -15,12 +15,20 @@ fn main() -> ExitCode {
         Command::Fetch => cmd::fetch(&cli).map(|_| ()),
         Command::Lock => cmd::lock(&cli),
         Command::Rootfs { node, output } => cmd::rootfs(&cli, node, output.as_deref()),
-        Command::Build { nodes, force } => cmd::build(&cli, nodes, *force),
-        // `imgbuild node1 node2 [--force]`
+        Command::Build {
+            nodes,
+            force,
+            dry_run,
+        } => cmd::build(&cli, nodes, *force, *dry_run),
+        // `imgbuild node1 node2 [--force] [--dry-run]`
         Command::Nodes(args) => {
-            let force = args.iter().any(|a| a == "--force");
-            let nodes: Vec<String> = args.iter().filter(|a| *a != "--force").cloned().collect();
-            cmd::build(&cli, &nodes, force)
+            let flag = |f: &str| args.iter().any(|a| a == f);
+            let nodes: Vec<String> = args
+                .iter()
+                .filter(|a| *a != "--force" && *a != "--dry-run")
+                .cloned()
+                .collect();
+            cmd::build(&cli, &nodes, flag("--force"), flag("--dry-run"))
         }
         Command::Verify { nodes } => cmd::verify(&cli, nodes),
         Command::Up {
