@@ -997,6 +997,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rebuild_names_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = |heap: &str| {
+            BTreeMap::from([
+                ("imgbuild".to_string(), "0.1.0".to_string()),
+                ("plan.kafka.heap_mb".to_string(), heap.to_string()),
+                ("input.kafka".to_string(), "ab".repeat(32)),
+            ])
+        };
+        assert!(why_rebuild(dir.path(), "node2", &parts("1024")).starts_with("no images in"));
+        std::fs::create_dir(dir.path().join("node2")).unwrap();
+        let m = serde_json::json!({"build_inputs": parts("1024")});
+        std::fs::write(dir.path().join("node2/manifest.json"), m.to_string()).unwrap();
+        assert_eq!(
+            why_rebuild(dir.path(), "node2", &parts("1536")),
+            "plan.kafka.heap_mb: 1024 -> 1536"
+        );
+        let mut p = parts("1024");
+        p.insert("input.kafka".into(), "cd".repeat(32));
+        p.insert("overlay:overlays/node2/etc/motd".into(), "ef".repeat(32));
+        assert_eq!(
+            why_rebuild(dir.path(), "node2", &p),
+            "input.kafka changed (sha256 abababababab -> cdcdcdcdcdcd); overlay:overlays/node2/etc/motd added (efefefefefefefefefefefefefefefefefefefef…)"
+        );
+        assert!(why_rebuild(dir.path(), "node2", &parts("1024")).contains("incomplete"));
+    }
+
+    #[test]
     fn layout_fills_the_disk_on_mib_boundaries() {
         let l = layout(Some(4 << 30), 30 * MIB, 400 * MIB, 15_000).unwrap();
         assert_eq!(l.esp, (MIB, 256 * MIB));
