@@ -22,10 +22,12 @@ p_build=$(since "$t"); echo "phase build (3 nodes): $p_build s" >&2
 
 t=$(now)
 if [ -z "${E2E_SKIP_GOOD:-}" ]; then # (E2E_SKIP_GOOD=1: only the broken cluster, for working on the checker)
-    # Kafka's check is reported, not judged, in QEMU: under software emulation with two host
-    # cores for three VMs the real broker took 550 s to reach quorum on two nodes and had not
-    # started on the third after 1400 s (measured 2026-12-02). The container phase judges it.
-    target/release/imgbuild -r "$recipe" up --check --ignore kafka --timeout "${E2E_TIMEOUT:-1200}" | tee "$out/e2e-health.txt"
+    # Kafka's and Storm's checks are reported, not judged, in QEMU: under software emulation with
+    # two host cores for three VMs the real broker took 550 s to reach quorum on two nodes and had
+    # not started on the third after 1400 s, and with the real Storm daemons as well no nimbus had
+    # registered in ZooKeeper 980 s after boot (health began at 780 s; measured 2026-12-02). The
+    # container phase judges both, with the data path and the topology.
+    target/release/imgbuild -r "$recipe" up --check --ignore kafka --ignore storm --timeout "${E2E_TIMEOUT:-1200}" | tee "$out/e2e-health.txt"
 fi
 p_boot=$(since "$t"); echo "phase boot to healthy (QEMU): $p_boot s" >&2
 
