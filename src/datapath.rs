@@ -210,32 +210,46 @@ fn produce(via: &Container, bootstrap: &str, round: usize) -> Result<BTreeSet<St
     Ok(acked)
 }
 
-/// Every value in the topic, read from the beginning through `via`.
-fn consume(via: &Container, bootstrap: &str, expect: usize) -> Result<Vec<String>> {
-    let out = tool(
-        via,
-        &[
-            "/opt/kafka/bin/kafka-console-consumer.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--topic",
-            TOPIC,
-            "--from-beginning",
-            "--max-messages",
-            &expect.to_string(),
-            "--timeout-ms",
-            "60000",
-        ],
-        300,
-    )
-    .or_else(|e| {
+/// `topic` read from the beginning through `via` with kafka-console-consumer.sh and `extra`
+/// arguments (which give it a --timeout-ms).
+fn console_consumer(
+    via: &Container,
+    bootstrap: &str,
+    topic: &str,
+    extra: &[&str],
+) -> Result<String> {
+    let mut cmd = vec![
+        "/opt/kafka/bin/kafka-console-consumer.sh",
+        "--bootstrap-server",
+        bootstrap,
+        "--topic",
+        topic,
+        "--from-beginning",
+    ];
+    cmd.extend_from_slice(extra);
+    tool(via, &cmd, 300).or_else(|e| {
         // The consumer exits non-zero on its timeout; what it printed is still the answer.
         if e.to_string().contains("TimeoutException") {
             Ok(String::new())
         } else {
             Err(e)
         }
-    })?;
+    })
+}
+
+/// Every value in the topic, read from the beginning through `via`.
+fn consume(via: &Container, bootstrap: &str, expect: usize) -> Result<Vec<String>> {
+    let out = console_consumer(
+        via,
+        bootstrap,
+        TOPIC,
+        &[
+            "--max-messages",
+            &expect.to_string(),
+            "--timeout-ms",
+            "60000",
+        ],
+    )?;
     Ok(out.lines().map(str::to_string).collect())
 }
 
@@ -556,29 +570,12 @@ impl Wordcount {
         let t = Instant::now();
         let mut got = BTreeMap::new();
         while t.elapsed() < wait {
-            let out = tool(
+            let out = console_consumer(
                 c,
-                &[
-                    "/opt/kafka/bin/kafka-console-consumer.sh",
-                    "--bootstrap-server",
-                    &self.bootstrap,
-                    "--topic",
-                    WC_OUT,
-                    "--from-beginning",
-                    "--property",
-                    "print.key=true",
-                    "--timeout-ms",
-                    "15000",
-                ],
-                300,
-            )
-            .or_else(|e| {
-                if e.to_string().contains("TimeoutException") {
-                    Ok(String::new())
-                } else {
-                    Err(e)
-                }
-            })?;
+                &self.bootstrap,
+                WC_OUT,
+                &["--property", "print.key=true", "--timeout-ms", "15000"],
+            )?;
             got = final_counts(&out);
             if got == self.expected {
                 let total: u64 = got.values().sum();

@@ -84,14 +84,9 @@ pub fn make(image: &Path, offset: u64, size: u64, tree: &Path, v: &Volume) -> Re
     set_times(&f, offset, v.epoch).with_context(|| format!("fixing times in {target}"))
 }
 
-/// DOS date and time (UTC) of `epoch`, clamped to the FAT range 1980..2107.
-fn dos_datetime(epoch: u64) -> (u16, u16) {
-    const MIN: u64 = 315_532_800; // 1980-01-01
-    let t = epoch.max(MIN);
-    let days = t / 86_400;
-    let secs = t % 86_400;
-    // Civil date from days since 1970 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
+/// (year, month, day) of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -99,7 +94,16 @@ fn dos_datetime(epoch: u64) -> (u16, u16) {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// DOS date and time (UTC) of `epoch`, clamped to the FAT range 1980..2107.
+fn dos_datetime(epoch: u64) -> (u16, u16) {
+    const MIN: u64 = 315_532_800; // 1980-01-01
+    let t = epoch.max(MIN);
+    let days = t / 86_400;
+    let secs = t % 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
     let year = (year - 1980).clamp(0, 127) as u16;
     let date = (year << 9) | ((month as u16) << 5) | day as u16;
     let time = (((secs / 3600) as u16) << 11)

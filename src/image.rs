@@ -383,27 +383,6 @@ struct Manifest<'a> {
     outputs: Vec<Output>,
 }
 
-/// Installed packages and versions from the tree's dpkg database (empty when it has none).
-fn packages(root: &Root) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let Some(status) = root.read_file(Path::new("var/lib/dpkg/status"))? else {
-        return Ok(out);
-    };
-    for para in String::from_utf8_lossy(&status).split("\n\n") {
-        let field = |k: &str| {
-            para.lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':').map(str::trim))
-        };
-        if let (Some(name), Some(version), Some(st)) =
-            (field("Package"), field("Version"), field("Status"))
-            && st.ends_with(" installed")
-        {
-            out.insert(name.to_string(), version.to_string());
-        }
-    }
-    Ok(out)
-}
-
 fn output(dir: &Path, name: &str) -> Result<Output> {
     Hashing::start(dir, name).finish(dir, name)
 }
@@ -866,10 +845,13 @@ fn emit(
             outputs.push(h.finish(out, &n)?);
         }
         // The SBOM: the base's dpkg packages and every downloaded input.
+        // The base's installed packages (none without a dpkg database), for the SBOM and the
+        // manifest's base_packages.
         let status = root
             .read_file(Path::new("var/lib/dpkg/status"))?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
+        let debs = crate::sbom::dpkg_packages(&status);
         let inputs: Vec<crate::sbom::Input> = fetched
             .iter()
             .map(|f| crate::sbom::Input {
@@ -900,7 +882,7 @@ fn emit(
                 .transpose()?,
         };
         let sbom_name = crate::sbom::sbom_name(node);
-        let sbom = crate::sbom::spdx(&img, &crate::sbom::dpkg_packages(&status), &inputs);
+        let sbom = crate::sbom::spdx(&img, &debs, &inputs);
         fs::write(
             out.join(&sbom_name),
             serde_json::to_string_pretty(&sbom)? + "\n",
@@ -960,7 +942,10 @@ fn emit(
                     last_lba: (layout.root.0 + layout.root.1) / SECTOR - 1,
                 },
             ],
-            base_packages: packages(&root)?,
+            base_packages: debs
+                .iter()
+                .map(|d| (d.name.clone(), d.version.clone()))
+                .collect(),
             build_inputs: key_parts(plan, fetched, epoch)?,
             outputs: outputs.clone(),
         };
