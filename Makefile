@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN   := target/release/imgbuild
 NODE  ?= node1
 
-.PHONY: all build test lint fmt deps plan validate clean help demo e2e images demo-fetch
+.PHONY: all build test lint fmt deps plan validate clean help demo e2e images demo-fetch fixtures-components
 
 all: build ## Build the release binary (default)
 
@@ -11,7 +11,7 @@ build: ## Build target/release/imgbuild
 	$(CARGO) build --release --locked
 
 test: deps ## Run the whole test suite (installs missing tools first; the rootfs tests need root)
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --release --locked --all-targets
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --check
@@ -22,6 +22,9 @@ fmt: ## Format the code
 
 deps: ## Install what a fresh machine lacks (called by .ci/run)
 	bash scripts/deps.sh
+
+fixtures-components: ## The runnable component tarballs of the fixture mirror (JRE, CPython, ZooKeeper, Kafka, Storm; cached)
+	bash -c '. scripts/fixtures.sh && fixtures_components'
 
 demo: deps ## From a local fixture mirror: build node1..3's images, boot the cluster, print its health
 	bash scripts/demo.sh $(NODES)

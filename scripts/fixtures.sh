@@ -5,27 +5,47 @@
 #   ib ARGS...        imgbuild on the fixture recipe with the mirror rule and demo cache
 out=build/demo
 
-fixtures_prepare() {
-    mkdir -p "$out"
-    cargo build --release --locked --quiet --bin imgbuild --example fixture_server
-    # The bootable base (kernel, systemd-boot, cloud-init), rebuilt only when its script changes.
-    local hash base chash comps
+# The bootable base (generic kernel, shim + signed GRUB, cloud-init), rebuilt only when its script
+# changes. `make test` builds the same one (same script, same set, same content hash) under
+# target/tmp: it is taken from there when present instead of running mmdebstrap a second time.
+fixtures_base() {
+    local hash
     hash=$(sha256sum tests/fixtures/make-base.sh | cut -c1-12)
     base=$out/debian-base-full-$hash.tar.xz
     if [ ! -f "$base" ]; then
-        echo "fixtures: building the Debian base with mmdebstrap (about a minute, once)" >&2
+        mkdir -p "$out"
         rm -f "$out"/debian-base-full-*.tar.xz
-        bash tests/fixtures/make-base.sh "$base" full >&2
+        if [ -f "target/tmp/debian-base-full-$hash.tar.xz" ]; then
+            echo "fixtures: the Debian base from make test's (target/tmp/debian-base-full-$hash.tar.xz)" >&2
+            cp "target/tmp/debian-base-full-$hash.tar.xz" "$base.tmp"
+        else
+            echo "fixtures: building the Debian base with mmdebstrap (a few minutes, once)" >&2
+            bash tests/fixtures/make-base.sh "$base.tmp" full >&2
+        fi
+        mv "$base.tmp" "$base"
     fi
-    # Runnable components: a real JRE and ZooKeeper from Debian packages, stand-ins for the rest.
+}
+
+# Runnable components: a real JRE and CPython from Debian's packages, real ZooKeeper, Kafka and
+# Storm from Maven Central, in the upstream tarball layouts (tests/fixtures/make-components.sh).
+fixtures_components() {
+    local chash
     chash=$(cat tests/fixtures/make-components.sh tests/fixtures/launchers/*.py | sha256sum | cut -c1-12)
     comps=$out/components-$chash
     if [ ! -f "$comps/jre.tar.gz" ]; then
-        echo "fixtures: building the component tarballs from Debian packages (once)" >&2
+        echo "fixtures: building the component tarballs from Debian packages and Maven Central (once)" >&2
+        mkdir -p "$out"
         rm -rf "$out"/components-*
         bash tests/fixtures/make-components.sh "$comps.tmp" >/dev/null
         mv "$comps.tmp" "$comps"
     fi
+}
+
+fixtures_prepare() {
+    mkdir -p "$out"
+    cargo build --release --locked --quiet --bin imgbuild --example fixture_server
+    fixtures_base
+    fixtures_components
     COMPONENTS=$comps BASE_TARBALL=$base bash tests/fixtures/make-mirror.sh "$out/mirror" >/dev/null 2>&1
 }
 

@@ -96,11 +96,17 @@ pub enum Command {
         /// built); build nothing (inputs not in the cache are still downloaded).
         #[arg(long)]
         dry_run: bool,
+        /// Print the result as JSON on stdout (schema imgbuild.build/1, docs/output-json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Re-check images/NODE/: SHA256SUMS, the bmap's block checksums and the manifest.
     Verify {
         #[arg(required = true, value_name = "NODE")]
         nodes: Vec<String>,
+        /// Print the result as JSON on stdout (schema imgbuild.verify/1, docs/output-json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Boot images/NODE/ in QEMU (UEFI, snapshot mode: the image never changes), serial
     /// console on this terminal and in a log file.
@@ -166,6 +172,10 @@ pub enum Command {
         /// broker cannot start within the time under software emulation.
         #[arg(long, value_name = "CHECK")]
         ignore: Vec<String>,
+        /// Print the checks, phases and judgement as JSON on stdout (schema imgbuild.up/1,
+        /// docs/output-json.md); the human report goes to stderr.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop VMs an interrupted `imgbuild up` left running.
     Down,

@@ -55,7 +55,7 @@ pub fn private_network() -> Result<()> {
 }
 
 /// The latest report of one check on one node.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Check {
     pub ok: bool,
     pub fields: BTreeMap<String, String>,
@@ -370,6 +370,26 @@ pub struct UpOptions {
     pub runtime: Runtime,
     /// Checks reported but not judged (`--ignore kafka`): a node is done when the rest pass.
     pub ignore: Vec<String>,
+    /// `--json`: the human report goes to stderr, stdout is left for the JSON document.
+    pub json: bool,
+}
+
+/// What `up` saw: every node's last reports, the phases run after the membership checks, and
+/// the judgement's failures (empty = ok).
+pub struct UpResult {
+    pub states: BTreeMap<String, NodeState>,
+    pub healthy_after: Option<f64>,
+    pub phases: Vec<crate::datapath::Phase>,
+    pub failures: Vec<String>,
+}
+
+/// The human report's lines: stdout, or stderr when stdout carries JSON.
+fn say(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 /// The states as judged: `ignore`d checks dropped, and a node whose remaining checks all pass
@@ -485,8 +505,8 @@ fn start_node(
     })
 }
 
-/// Boot `nodes` and watch them; returns the judgement's failures (empty = ok), or None when
-/// interrupted before a judgement. With `--check` in the container runtime, the data path and
+/// Boot `nodes` and watch them; returns what was seen and judged, or None when interrupted
+/// before a judgement. With `--check` in the container runtime, the data path and
 /// the loss of a node are proven after the membership checks pass (see `datapath`).
 pub fn up(
     cluster: &ClusterPlan,
@@ -494,7 +514,7 @@ pub fn up(
     images: &Path,
     build_dir: &Path,
     o: &UpOptions,
-) -> Result<Option<Vec<String>>> {
+) -> Result<Option<UpResult>> {
     let work = build_dir.join("up");
     std::fs::create_dir_all(&work)?;
     // One `up` per build directory: nodes of two runs would share work directories and names.
@@ -588,22 +608,29 @@ pub fn up(
             break Some(f);
         }
     };
-    print_checks(nodes, &states);
+    print_checks(nodes, &states, o.json);
     let healthy_at = start.elapsed().as_secs_f64();
+    let mut phases = Vec::new();
     let result = match result {
         Some(f) if f.is_empty() && o.check => {
-            println!("phase boot to healthy: {healthy_at:.0} s");
+            say(o.json, &format!("phase boot to healthy: {healthy_at:.0} s"));
             if o.runtime == Runtime::Container {
-                Some(data_path(nodes, &mut containers, o.timeout))
+                Some(data_path(nodes, &mut containers, o, &mut phases))
             } else {
-                println!(
-                    "note: the data-path and node-loss phases run in the container runtime (--runtime container): under software emulation every Kafka tool JVM takes minutes"
+                say(
+                    o.json,
+                    "note: the data-path and node-loss phases run in the container runtime (--runtime container): under software emulation every Kafka tool JVM takes minutes",
                 );
                 Some(f)
             }
         }
         other => other,
     };
+    let healthy = result.as_ref().is_some_and(|_| {
+        judged(&states, &o.ignore)
+            .values()
+            .all(|s| s.summary.as_deref() == Some("healthy"))
+    });
     for r in &mut running {
         r.stop(&mut containers);
         let _ = std::fs::remove_file(work.join(&r.name).join("qemu.pid"));
@@ -613,21 +640,33 @@ pub fn up(
         running.len(),
         start.elapsed().as_secs_f64()
     );
-    Ok(result)
+    Ok(result.map(|failures| UpResult {
+        states,
+        healthy_after: healthy.then_some(healthy_at),
+        phases,
+        failures,
+    }))
 }
 
 /// The data-path and node-loss phases, printed as they finish; their failures.
-fn data_path(nodes: &[&Plan], containers: &mut [Container], timeout: Duration) -> Vec<String> {
+fn data_path(
+    nodes: &[&Plan],
+    containers: &mut [Container],
+    o: &UpOptions,
+    phases: &mut Vec<crate::datapath::Phase>,
+) -> Vec<String> {
+    let timeout = o.timeout;
     let mut failures = Vec::new();
     let mut report = |p: &crate::datapath::Phase| {
-        println!("phase {}: {:.0} s", p.name, p.seconds);
+        say(o.json, &format!("phase {}: {:.0} s", p.name, p.seconds));
         for l in &p.lines {
-            println!("  {l}");
+            say(o.json, &format!("  {l}"));
         }
         for f in &p.failures {
-            println!("  FAIL {f}");
+            say(o.json, &format!("  FAIL {f}"));
         }
         failures.extend(p.failures.iter().cloned());
+        phases.push(p.clone());
     };
     report(&crate::datapath::versions(nodes, containers));
     let (phase, acked) = crate::datapath::round_trip(nodes, containers);
@@ -686,15 +725,14 @@ fn boot_until_healthy(c: &mut Container, timeout: Duration) -> Result<f64> {
 }
 
 /// Every node's last report of every check, on stdout.
-fn print_checks(nodes: &[&Plan], states: &BTreeMap<String, NodeState>) {
-    let mut out = std::io::stdout().lock();
+fn print_checks(nodes: &[&Plan], states: &BTreeMap<String, NodeState>, json: bool) {
     for p in nodes {
         if let Some(s) = states.get(&p.node.name) {
             for (c, chk) in &s.checks {
-                let _ = std::io::Write::write_fmt(
-                    &mut out,
-                    format_args!(
-                        "{:<8} {:<10} {:<4} {}\n",
+                say(
+                    json,
+                    &format!(
+                        "{:<8} {:<10} {:<4} {}",
                         p.node.name,
                         c,
                         if chk.ok { "ok" } else { "FAIL" },

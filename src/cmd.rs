@@ -548,7 +548,7 @@ fn select<'a>(
 }
 
 /// `imgbuild NODE...` / `imgbuild build NODE...`: fetch, compose, emit images/<node>/ for each.
-pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool) -> Result<()> {
+pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     let s = fetch_setup(cli)?;
     let plans = select(&s.cluster, &cli.recipe, names)?;
@@ -621,6 +621,27 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool) -> Result<
             Some(crate::image::why_rebuild(&cli.images, &p.node.name, &parts))
         });
     }
+    if dry_run && json {
+        return crate::report::print(&crate::report::Build {
+            schema: 1,
+            command: "build",
+            recipe: cli.recipe.display().to_string(),
+            dry_run: true,
+            nodes: plans
+                .iter()
+                .zip(&why)
+                .map(|(p, w)| crate::report::BuildNode {
+                    node: p.node.name.clone(),
+                    dir: cli.images.join(&p.node.name).display().to_string(),
+                    rebuild: w.is_some(),
+                    why: w.clone(),
+                    outputs: Vec::new(),
+                    stages: Vec::new(),
+                })
+                .collect(),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
     if dry_run {
         let mut out = std::io::stdout().lock();
         for (p, w) in plans.iter().zip(&why) {
@@ -689,6 +710,27 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool) -> Result<
             .with_context(|| format!("{}: node {}", cli.recipe.display(), plan.node.name))?,
         );
     }
+    if json {
+        return crate::report::print(&crate::report::Build {
+            schema: 1,
+            command: "build",
+            recipe: cli.recipe.display().to_string(),
+            dry_run: false,
+            nodes: built
+                .into_iter()
+                .zip(why)
+                .map(|(b, w)| crate::report::BuildNode {
+                    node: b.node,
+                    dir: b.dir.display().to_string(),
+                    rebuild: w.is_some(),
+                    why: w,
+                    outputs: b.outputs,
+                    stages: b.stages,
+                })
+                .collect(),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
     let mut out = std::io::stdout().lock();
     for b in &built {
         writeln!(out, "{}: {}", b.node, b.dir.display())?;
@@ -719,19 +761,38 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool) -> Result<
 }
 
 /// `imgbuild verify NODE...`: SHA256SUMS, the bmap and the manifest of images/<node>/.
-pub fn verify(cli: &Cli, names: &[String]) -> Result<()> {
+pub fn verify(cli: &Cli, names: &[String], json: bool) -> Result<()> {
     let cluster = resolve(&cli.recipe)?;
     let plans = select(&cluster, &cli.recipe, names)?;
     let mut failed = Vec::new();
+    let mut report = Vec::new();
     for p in plans {
         let dir = cli.images.join(&p.node.name);
-        match verify_dir(&dir, &p.node.name) {
-            Ok(note) => eprintln!("{}: ok ({note})", dir.display()),
+        let (ok, detail) = match verify_dir(&dir, &p.node.name) {
+            Ok(note) => {
+                eprintln!("{}: ok ({note})", dir.display());
+                (true, note)
+            }
             Err(e) => {
                 eprintln!("{}: FAILED\n  {e:#}", dir.display());
                 failed.push(p.node.name.clone());
+                (false, format!("{e:#}"))
             }
-        }
+        };
+        report.push(crate::report::VerifyNode {
+            node: p.node.name.clone(),
+            dir: dir.display().to_string(),
+            ok,
+            detail,
+        });
+    }
+    if json {
+        crate::report::print(&crate::report::Verify {
+            schema: 1,
+            command: "verify",
+            ok: failed.is_empty(),
+            nodes: report,
+        })?;
     }
     if !failed.is_empty() {
         anyhow::bail!("verification failed for {}", failed.join(", "));
@@ -1159,11 +1220,36 @@ pub fn up(cli: &Cli, names: &[String], o: &crate::cluster::UpOptions) -> Result<
         }
     }
     crate::rootfs::require_root("imgbuild up (a private network namespace)")?;
-    let Some(failures) = crate::cluster::up(&cluster, &plans, &cli.images, &cli.build_dir, o)?
-    else {
+    let Some(r) = crate::cluster::up(&cluster, &plans, &cli.images, &cli.build_dir, o)? else {
         anyhow::ensure!(!o.check, "interrupted before the cluster could be judged");
         return Ok(());
     };
+    if o.json {
+        crate::report::print(&crate::report::Up {
+            schema: 1,
+            command: "up",
+            runtime: format!("{:?}", o.runtime).to_lowercase(),
+            check: o.check,
+            ok: o.check && r.failures.is_empty(),
+            healthy_after: r.healthy_after,
+            ignored: o.ignore.clone(),
+            nodes: plans
+                .iter()
+                .map(|p| {
+                    let st = r.states.get(&p.node.name);
+                    crate::report::UpNode {
+                        node: p.node.name.clone(),
+                        ip: p.node.ip.to_string(),
+                        summary: st.and_then(|s| s.summary.clone()),
+                        checks: st.map(|s| s.checks.clone()).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            phases: r.phases,
+            failures: r.failures.clone(),
+        })?;
+    }
+    let failures = r.failures;
     if !failures.is_empty() {
         anyhow::bail!(
             "cluster check failed ({} problem{}):\n  {}",
@@ -1173,7 +1259,12 @@ pub fn up(cli: &Cli, names: &[String], o: &crate::cluster::UpOptions) -> Result<
         );
     }
     if o.check {
-        println!("cluster ok: {} nodes healthy", plans.len());
+        let msg = format!("cluster ok: {} nodes healthy", plans.len());
+        if o.json {
+            eprintln!("{msg}");
+        } else {
+            println!("{msg}");
+        }
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ const TOPIC: &str = "imgbuild-check";
 pub const MESSAGES: usize = 1000;
 
 /// One phase's outcome, printed by `up` and judged by `--check`.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Phase {
     pub name: &'static str,
     pub seconds: f64,

@@ -27,6 +27,7 @@ pub mod plan;
 pub mod qemu;
 pub mod recipe;
 pub mod render;
+pub mod report;
 pub mod rootfs;
 pub mod run;
 pub mod sbom;

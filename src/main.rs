@@ -19,18 +19,25 @@ fn main() -> ExitCode {
             nodes,
             force,
             dry_run,
-        } => cmd::build(&cli, nodes, *force, *dry_run),
-        // `imgbuild node1 node2 [--force] [--dry-run]`
+            json,
+        } => cmd::build(&cli, nodes, *force, *dry_run, *json),
+        // `imgbuild node1 node2 [--force] [--dry-run] [--json]`
         Command::Nodes(args) => {
             let flag = |f: &str| args.iter().any(|a| a == f);
             let nodes: Vec<String> = args
                 .iter()
-                .filter(|a| *a != "--force" && *a != "--dry-run")
+                .filter(|a| !matches!(a.as_str(), "--force" | "--dry-run" | "--json"))
                 .cloned()
                 .collect();
-            cmd::build(&cli, &nodes, flag("--force"), flag("--dry-run"))
+            cmd::build(
+                &cli,
+                &nodes,
+                flag("--force"),
+                flag("--dry-run"),
+                flag("--json"),
+            )
         }
-        Command::Verify { nodes } => cmd::verify(&cli, nodes),
+        Command::Verify { nodes, json } => cmd::verify(&cli, nodes, *json),
         Command::Up {
             nodes,
             memory,
@@ -40,6 +47,7 @@ fn main() -> ExitCode {
             secure_boot,
             runtime,
             ignore,
+            json,
         } => cmd::up(
             &cli,
             nodes,
@@ -50,6 +58,7 @@ fn main() -> ExitCode {
                 secure_boot: *secure_boot,
                 runtime: *runtime,
                 ignore: ignore.clone(),
+                json: *json,
                 timeout: std::time::Duration::from_secs(*timeout),
             },
         ),

@@ -453,6 +453,25 @@ fn verify_names_a_changed_file() {
         err.contains("node1.provenance.json") && err.contains("the provenance says"),
         "{err}"
     );
+    // --json: the same verdict, same exit status, the problem in the node's detail.
+    let o = env
+        .command(
+            "build",
+            &["--images", "tampered", "verify", "--json", "node1"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(doc["nodes"][0]["ok"], false, "{doc}");
+    assert!(
+        doc["nodes"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("node1.raw: sha256"),
+        "{doc}"
+    );
 }
 
 #[test]
@@ -652,7 +671,20 @@ fn unchanged_nodes_are_not_rebuilt_and_a_node_change_rebuilds_only_that_node() {
         );
     assert!(text.contains("heap_mb: 2048}}"), "recipe edit applied");
     std::fs::write(env.path("recipe.yaml"), text).unwrap();
-    let o = env.run(&["node1", "node2"]);
+    // --dry-run --json: the same judgement as a document, nothing built.
+    let o = env.run(&["build", "--dry-run", "--json", "node1", "node2"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["schema"], 1, "{doc}");
+    assert_eq!(doc["dry_run"], true, "{doc}");
+    assert_eq!(doc["nodes"][0]["node"], "node1", "{doc}");
+    assert_eq!(doc["nodes"][0]["rebuild"], false, "{doc}");
+    assert_eq!(doc["nodes"][1]["rebuild"], true, "{doc}");
+    assert!(
+        doc["nodes"][1]["why"].as_str().unwrap().contains("heap"),
+        "{doc}"
+    );
+    assert_eq!(listing(&d2), l2, "--dry-run wrote node2");
+    let o = env.run(&["node1", "node2", "--json"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("[node1] up to date") && !err.contains("[node2] up to date"),
@@ -660,7 +692,19 @@ fn unchanged_nodes_are_not_rebuilt_and_a_node_change_rebuilds_only_that_node() {
     );
     assert_eq!(listing(&d1), l1, "node1 was rewritten");
     assert_ne!(listing(&d2), l2, "node2 was not rebuilt");
-    env.run(&["verify", "node1", "node2"]);
+    // The build's JSON lists node2's new files with the digests now on disk.
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let raw = doc["nodes"][1]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["file"] == "node2.raw")
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(raw["sha256"], sha256(&d2.join("node2.raw")).as_str());
+    let o = env.run(&["verify", "--json", "node1", "node2"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["nodes"].as_array().unwrap().len(), 2, "{doc}");
 }
 
 #[test]
