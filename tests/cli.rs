@@ -511,3 +511,33 @@ fn completions_and_man_page_are_generated_from_the_cli() {
     );
     assert!(man.stdout.contains("flash"), "{}", man.stdout);
 }
+
+/// On a terminal, errors are coloured; with NO_COLOR set (https://no-color.org), not at all.
+/// `script` gives the binary a pseudo-terminal, as a user's shell would.
+#[test]
+fn no_color_is_honoured_on_a_terminal() {
+    let bin = assert_cmd::cargo::cargo_bin("imgbuild");
+    let on_tty = |no_color: bool| {
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &format!("{} --bogus", bin.display()), "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let o = c.output().expect("running script(1)");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let coloured = on_tty(false);
+    assert!(coloured.contains("--bogus"), "{coloured}");
+    assert!(
+        coloured.contains('\x1b'),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_tty(true);
+    assert!(plain.contains("unexpected argument '--bogus'"), "{plain:?}");
+    assert!(
+        !plain.contains('\x1b'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}
