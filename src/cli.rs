@@ -167,7 +167,7 @@ pub enum Command {
         /// container: each node's tree under systemd-nspawn at native speed; with --check also
         /// proves the data path (Kafka round trip) and the loss and return of a node.
         #[arg(long, value_enum, default_value = "qemu")]
-        runtime: crate::cluster::Runtime,
+        runtime: crate::vm::cluster::Runtime,
         /// A check to report but not judge (repeatable), e.g. `--ignore kafka` where the real
         /// broker cannot start within the time under software emulation.
         #[arg(long, value_name = "CHECK")]

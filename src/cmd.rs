@@ -4,15 +4,15 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cache::{Cache, Record};
-use crate::checksum;
 use crate::cli::Cli;
-use crate::diag::{UsageError, did_you_mean};
+use crate::fetch::cache::{Cache, Record};
+use crate::fetch::checksum;
+use crate::fetch::lock::{self, LockEntry, LockFile};
 use crate::fetch::{self, Fetched, Fetcher};
-use crate::lock::{self, LockEntry, LockFile};
-use crate::mirror::{self, Mirrors};
+use crate::plan::mirror::{self, Mirrors};
 use crate::plan::{self, Algorithm, ClusterPlan, DigestSource, Plan};
 use crate::recipe;
+use crate::recipe::diag::{UsageError, did_you_mean};
 
 /// Load and resolve the recipe, printing its warnings to stderr.
 fn resolve(path: &std::path::Path) -> Result<ClusterPlan> {
@@ -113,7 +113,7 @@ pub fn render_plan(p: &Plan) -> String {
         );
         line("zookeeper connect", z.connect.clone());
         for srv in &z.servers {
-            line("zookeeper", srv.clone());
+            line("zookeeper", srv.to_string());
         }
         line("zookeeper admin port", z.admin_port.to_string());
     }
@@ -126,10 +126,10 @@ pub fn render_plan(p: &Plan) -> String {
             line("kafka broker.id", id.to_string());
         }
         if let Some(r) = &k.process_roles {
-            line("kafka process.roles", r.clone());
+            line("kafka process.roles", crate::plan::wiring::comma(r));
         }
         if let Some(v) = &k.controller_quorum_voters {
-            line("kafka voters", v.clone());
+            line("kafka voters", crate::plan::wiring::comma(v));
         }
         if let Some(c) = &k.zookeeper_connect {
             line("kafka zookeeper", c.clone());
@@ -137,7 +137,7 @@ pub fn render_plan(p: &Plan) -> String {
         if let Some(c) = &k.cluster_id {
             line("kafka cluster id", c.clone());
         }
-        line("kafka listeners", k.listeners.clone());
+        line("kafka listeners", crate::plan::wiring::comma(&k.listeners));
     }
     if let Some(st) = &p.storm {
         line("storm zookeeper", join(&st.zookeeper_servers));
@@ -206,7 +206,7 @@ pub fn render_plan(p: &Plan) -> String {
     line(
         "disk size",
         match p.disk.size_bytes {
-            Some(n) => fetch::human(n),
+            Some(n) => crate::util::fmt::human(n),
             None => "auto (the content plus headroom; grows to the disk at first boot)".into(),
         },
     );
@@ -314,7 +314,7 @@ fn fetch_with(cli: &Cli, s: &FetchSetup) -> Result<Vec<Fetched>> {
     eprintln!(
         "fetched {} artifacts ({}, {new} downloaded, {} from cache) in {:.1}s into {}",
         fetched.len(),
-        fetch::human(total),
+        crate::util::fmt::human(total),
         fetched.len() - new,
         t.elapsed().as_secs_f64(),
         s.cache.root().display()
@@ -461,7 +461,7 @@ pub fn cache_list(cli: &Cli) -> Result<()> {
             "{:<10} {:<12} {:>10}  {}  {}",
             r.name,
             r.version,
-            fetch::human(r.size),
+            crate::util::fmt::human(r.size),
             &r.sha256,
             r.url
         )?;
@@ -473,7 +473,7 @@ pub fn cache_list(cli: &Cli) -> Result<()> {
                 "{:<10} {:<12} {:>10}  {sha}  (no record)",
                 "-",
                 "-",
-                fetch::human(size)
+                crate::util::fmt::human(size)
             )?;
         }
     }
@@ -501,7 +501,7 @@ pub fn cache_prune(cli: &Cli) -> Result<()> {
     let (n, bytes) = s.cache.prune(&keep)?;
     eprintln!(
         "pruned {n} files ({}); kept {} blobs",
-        fetch::human(bytes),
+        crate::util::fmt::human(bytes),
         keep.len()
     );
     Ok(())
@@ -522,7 +522,7 @@ pub fn rootfs(cli: &Cli, node: &str, output: Option<&std::path::Path>) -> Result
         .source_date_epoch
         .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
         .unwrap_or(0);
-    crate::rootfs::stage("tar", || {
+    crate::util::stage::stage("tar", || {
         let n = crate::rootfs::write_tar(&tree, &out, epoch)?;
         Ok(((), format!("{}: {n} entries, mtime {epoch}", out.display())))
     })
@@ -575,11 +575,11 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
         .iter()
         .any(|p| p.base.kind == recipe::BaseKind::Mmdebstrap)
     {
-        tools.push(crate::tools::MMDEBSTRAP);
+        tools.push(crate::util::tools::MMDEBSTRAP);
     }
     if !dry_run {
-        crate::tools::require(&tools)?;
-        crate::rootfs::require_root("building images")?;
+        crate::util::tools::require(&tools)?;
+        crate::util::fs::require_root("building images")?;
     }
     let names: Vec<&str> = plans.iter().map(|p| p.node.name.as_str()).collect();
     eprintln!(
@@ -671,7 +671,7 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
             stages.times.push(("common".into(), common_secs));
         }
         if let Some(outputs) = fresh {
-            crate::rootfs::remove_stale(&cli.images, &format!(".{}.tmp-", plan.node.name))?;
+            crate::util::fs::remove_stale(&cli.images, &format!(".{}.tmp-", plan.node.name))?;
             eprintln!(
                 "[{}] up to date: {} matches its inputs (build key {}); nothing rewritten",
                 plan.node.name,
@@ -697,15 +697,17 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
             .push(("node".into(), t.elapsed().as_secs_f64()));
         built.push(
             crate::image::build(
-                plan,
-                &tree,
-                &fetched,
+                &crate::image::BuildContext {
+                    plan,
+                    tree: &tree,
+                    common: Some(common),
+                    fetched: &fetched,
+                    build_dir: &cli.build_dir,
+                    epoch: epoch_of(plan),
+                    key,
+                },
                 &cli.images,
-                &cli.build_dir,
-                epoch_of(plan),
-                key,
                 &mut stages,
-                Some(common),
             )
             .with_context(|| format!("{}: node {}", cli.recipe.display(), plan.node.name))?,
         );
@@ -739,7 +741,7 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
                 out,
                 "  {:<22} {:>10}  sha256 {}",
                 o.file,
-                fetch::human(o.size),
+                crate::util::fmt::human(o.size),
                 o.sha256
             )?;
         }
@@ -843,19 +845,17 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
         }
     }
     // The manifest: this node's, and its outputs agree with SHA256SUMS.
-    let mpath = dir.join("manifest.json");
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
-    )
-    .with_context(|| format!("{} is not JSON", mpath.display()))?;
-    if manifest["node"] != node {
+    let manifest = crate::image::ManifestRecord::read(dir)?;
+    if manifest.node != node {
         problems.push(format!(
-            "manifest.json is for node {}, not {node}",
-            manifest["node"]
+            "manifest.json is for node {:?}, not {node}",
+            manifest.node
         ));
     }
-    let outputs: Vec<crate::image::Output> =
-        serde_json::from_value(manifest["outputs"].clone()).context("manifest.json outputs")?;
+    let outputs = manifest.outputs;
+    if outputs.is_empty() {
+        problems.push("manifest.json lists no outputs".into());
+    }
     for o in &outputs {
         if listed.get(&o.file) != Some(&o.sha256) {
             problems.push(format!(
@@ -870,20 +870,24 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
     if bmap_path.exists() {
         let r = std::fs::read_to_string(&bmap_path)
             .map_err(anyhow::Error::from)
-            .and_then(|x| crate::bmap::parse(&x))
+            .and_then(|x| crate::image::bmap::parse(&x))
             .and_then(|m| {
-                let bytes = crate::bmap::verify(&m, &dir.join(crate::image::raw_name(node)))?;
+                let bytes =
+                    crate::image::bmap::verify(&m, &dir.join(crate::image::raw_name(node)))?;
                 Ok((m.ranges.len(), bytes))
             });
         match r {
             Ok((n, bytes)) => {
-                bmap_note = format!("bmap: {n} ranges, {} checked", fetch::human(bytes))
+                bmap_note = format!(
+                    "bmap: {n} ranges, {} checked",
+                    crate::util::fmt::human(bytes)
+                )
             }
             Err(e) => problems.push(format!("{}: {e:#}", bmap_path.display())),
         }
     }
     // The provenance: its subjects are the files as they are now.
-    let prov = crate::sbom::provenance_name(node);
+    let prov = crate::image::sbom::provenance_name(node);
     let mut prov_note = String::from("no provenance");
     if dir.join(&prov).exists() {
         let sha = |p: &std::path::Path| -> Result<String> {
@@ -893,7 +897,7 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
                 None => Ok(checksum::sha256_file(p)?),
             }
         };
-        match crate::sbom::verify_provenance(dir, node, &sha) {
+        match crate::image::sbom::verify_provenance(dir, node, &sha) {
             Ok(n) => prov_note = format!("provenance: {n} subjects match"),
             Err(e) => problems.push(format!("{e:#}")),
         }
@@ -920,11 +924,11 @@ pub struct BootOptions {
 
 /// `imgbuild boot NODE`: the node's qcow2 (or raw) in QEMU with UEFI firmware.
 pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
-    use crate::qemu;
+    use crate::vm::qemu;
     let cluster = resolve(&cli.recipe)?;
     let plan = node_plan(&cluster, &cli.recipe, node)?;
     let mut image = crate::image::bootable(&cli.images, node)?;
-    crate::tools::require(&[qemu::QEMU])?;
+    crate::util::tools::require(&[qemu::QEMU])?;
     let fw = qemu::firmware(o.secure_boot)?;
     let work = cli.build_dir.join("boot").join(node);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -939,7 +943,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
             anyhow::ensure!(
                 size >= have,
                 "--disk-size {text} is smaller than the image ({})",
-                fetch::human(have)
+                crate::util::fmt::human(have)
             );
             // A throwaway qcow2 over the image: the guest sees a bigger disk, the image is untouched.
             let overlay = work.join("bigger-disk.qcow2");
@@ -951,7 +955,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
             };
             let backing = std::fs::canonicalize(&image)
                 .with_context(|| format!("resolving {}", image.display()))?;
-            crate::run::Cmd::new("qemu-img")
+            crate::util::run::Cmd::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
                 .arg(&backing)
                 .arg(&overlay)
@@ -988,7 +992,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         firmware: &fw,
         vars: &vars,
         kvm,
-        memory_mb: crate::qemu::guest_memory(plan, o.memory)?,
+        memory_mb: plan.guest_memory(o.memory)?,
         cpus: o.cpus,
         mac,
         nic: &o.nic,
@@ -1126,8 +1130,8 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
         Some(b) => {
             let text =
                 std::fs::read_to_string(b).with_context(|| format!("reading {}", b.display()))?;
-            flash::Plan::from_bmap(
-                &crate::bmap::parse(&text).with_context(|| format!("{}", b.display()))?,
+            flash::WritePlan::from_bmap(
+                &crate::image::bmap::parse(&text).with_context(|| format!("{}", b.display()))?,
             )
         }
         None => {
@@ -1135,7 +1139,7 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
                 "note: no bmap for {}: every block is written and read back",
                 image.display()
             );
-            flash::Plan::whole(size)
+            flash::WritePlan::whole(size)
         }
     };
     let target = flash::inspect(device, plan.image_size, o.to_file)?;
@@ -1143,8 +1147,8 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
     eprintln!(
         "image:  {} ({}), {} to write in {} ranges{}; partition tables last",
         image.display(),
-        fetch::human(plan.image_size),
-        fetch::human(plan.bytes()),
+        crate::util::fmt::human(plan.image_size),
+        crate::util::fmt::human(plan.bytes()),
         plan.ranges.len(),
         bmap.as_ref()
             .map(|b| format!(" from {}", b.display()))
@@ -1153,19 +1157,23 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
     if target.size > plan.image_size {
         eprintln!(
             "        the target is {} bigger: the backup GPT will be moved to its end (the root grows at first boot)",
-            fetch::human(target.size - plan.image_size)
+            crate::util::fmt::human(target.size - plan.image_size)
         );
     }
     if o.dry_run {
         let mut out = std::io::stdout().lock();
         for (a, b, _) in &plan.ranges {
-            writeln!(out, "would write bytes {a}..{b} ({})", fetch::human(b - a))?;
+            writeln!(
+                out,
+                "would write bytes {a}..{b} ({})",
+                crate::util::fmt::human(b - a)
+            )?;
         }
         writeln!(
             out,
             "dry run: nothing written to {} ({} in {} ranges)",
             device.display(),
-            fetch::human(plan.bytes()),
+            crate::util::fmt::human(plan.bytes()),
             plan.ranges.len()
         )?;
         return Ok(());
@@ -1187,7 +1195,7 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
         "flashed {} onto {}: {} written in {:.1}s ({:.0} MB/s), every range read back and verified{}",
         image.display(),
         device.display(),
-        fetch::human(rep.written),
+        crate::util::fmt::human(rep.written),
         rep.seconds,
         rep.written as f64 / rep.seconds.max(1e-6) / 1e6,
         if rep.relocated {
@@ -1200,7 +1208,7 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
 }
 
 /// `imgbuild up [NODE...]`
-pub fn up(cli: &Cli, names: &[String], o: &crate::cluster::UpOptions) -> Result<()> {
+pub fn up(cli: &Cli, names: &[String], o: &crate::vm::cluster::UpOptions) -> Result<()> {
     let cluster = resolve(&cli.recipe)?;
     let all = vec!["all".to_string()];
     let plans = select(
@@ -1208,19 +1216,23 @@ pub fn up(cli: &Cli, names: &[String], o: &crate::cluster::UpOptions) -> Result<
         &cli.recipe,
         if names.is_empty() { &all } else { names },
     )?;
-    let ip = crate::tools::Tool {
+    let ip = crate::util::tools::Tool {
         command: "ip",
         why: "sets up the private network namespace the nodes share",
         package: "iproute2",
     };
     match o.runtime {
-        crate::cluster::Runtime::Qemu => crate::tools::require(&[crate::qemu::QEMU, ip])?,
-        crate::cluster::Runtime::Container => {
-            crate::tools::require(&[crate::container::NSPAWN, crate::container::SCRIPT, ip])?
+        crate::vm::cluster::Runtime::Qemu => {
+            crate::util::tools::require(&[crate::vm::qemu::QEMU, ip])?
         }
+        crate::vm::cluster::Runtime::Container => crate::util::tools::require(&[
+            crate::vm::container::NSPAWN,
+            crate::vm::container::SCRIPT,
+            ip,
+        ])?,
     }
-    crate::rootfs::require_root("imgbuild up (a private network namespace)")?;
-    let Some(r) = crate::cluster::up(&cluster, &plans, &cli.images, &cli.build_dir, o)? else {
+    crate::util::fs::require_root("imgbuild up (a private network namespace)")?;
+    let Some(r) = crate::vm::cluster::up(&cluster, &plans, &cli.images, &cli.build_dir, o)? else {
         anyhow::ensure!(!o.check, "interrupted before the cluster could be judged");
         return Ok(());
     };
@@ -1271,7 +1283,7 @@ pub fn up(cli: &Cli, names: &[String], o: &crate::cluster::UpOptions) -> Result<
 
 /// `imgbuild down`
 pub fn down(cli: &Cli) -> Result<()> {
-    let n = crate::cluster::down(&cli.build_dir.join("up"))?;
+    let n = crate::vm::cluster::down(&cli.build_dir.join("up"))?;
     eprintln!("stopped {n} VM{}", if n == 1 { "" } else { "s" });
     Ok(())
 }

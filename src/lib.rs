@@ -1,36 +1,15 @@
-//! imgbuild as a library: the binary in `main.rs` dispatches into these modules.
+//! imgbuild as a library: the binary in `main.rs` dispatches into these modules, one per stage of
+//! the pipeline (recipe → plan → fetch → rootfs → image → vm / flash), plus the command layer
+//! (`cli`, `cmd`, `report`) and `util`, which every stage may use and which uses none of them.
 
-pub mod bmap;
-pub mod boot;
-pub mod cache;
-pub mod checksum;
 pub mod cli;
-pub mod cluster;
 pub mod cmd;
-pub mod confined;
-pub mod container;
-pub mod datapath;
-pub mod diag;
-pub mod disk;
-pub mod extract;
-pub mod failpoint;
-pub mod fat;
 pub mod fetch;
 pub mod flash;
-pub mod gpt;
-pub mod ids;
 pub mod image;
-pub mod lock;
-pub mod mirror;
-pub mod pgp;
 pub mod plan;
-pub mod qemu;
 pub mod recipe;
-pub mod render;
 pub mod report;
 pub mod rootfs;
-pub mod run;
-pub mod sbom;
-pub mod srcmap;
-pub mod template;
-pub mod tools;
+pub mod util;
+pub mod vm;

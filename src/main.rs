@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use imgbuild::cli::{CacheAction, Cli, Command};
-use imgbuild::{cmd, diag};
+use imgbuild::cmd;
+use imgbuild::recipe::diag;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
         } => cmd::up(
             &cli,
             nodes,
-            &imgbuild::cluster::UpOptions {
+            &imgbuild::vm::cluster::UpOptions {
                 memory: *memory,
                 cpus: *cpus,
                 check: *check,

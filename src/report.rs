@@ -67,7 +67,7 @@ pub struct Up {
     pub ignored: Vec<String>,
     pub nodes: Vec<UpNode>,
     /// The data-path and node-loss phases (container runtime with --check), in order.
-    pub phases: Vec<crate::datapath::Phase>,
+    pub phases: Vec<crate::vm::datapath::Phase>,
     /// Every problem the judgement found, one line each.
     pub failures: Vec<String>,
 }
@@ -79,7 +79,7 @@ pub struct UpNode {
     /// The health unit's last summary (`healthy`, `unhealthy`, `exited(…)`), null if none yet.
     pub summary: Option<String>,
     /// Each check's last report: `ok` and the reporter's key=value fields.
-    pub checks: BTreeMap<String, crate::cluster::Check>,
+    pub checks: BTreeMap<String, crate::vm::cluster::Check>,
 }
 
 /// Print a document on stdout, pretty, with a final newline.

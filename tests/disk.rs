@@ -4,7 +4,7 @@ use std::fs::OpenOptions;
 use std::path::Path;
 use std::process::Command;
 
-use imgbuild::gpt::{self, Gpt, Guid, Partition};
+use imgbuild::image::gpt::{self, Gpt, Guid, Partition};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -139,7 +139,7 @@ fn bmap_reproduces_the_image_with_bmaptool() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.raw");
     sparse_image(&image);
-    let xml = imgbuild::bmap::create(&image).unwrap();
+    let xml = imgbuild::image::bmap::create(&image).unwrap();
     std::fs::write(dir.path().join("disk.bmap"), &xml).unwrap();
     assert!(
         xml.contains("<MappedBlocksCount> 7 </MappedBlocksCount>"),
@@ -170,7 +170,7 @@ fn bmaptool_rejects_a_tampered_bmap() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.raw");
     sparse_image(&image);
-    let xml = imgbuild::bmap::create(&image).unwrap();
+    let xml = imgbuild::image::bmap::create(&image).unwrap();
     // Change one range checksum: bmaptool must notice (file checksum, then range checksum).
     let i = xml.find("chksum=\"").unwrap() + 8;
     let mut bad = xml.clone();
@@ -236,13 +236,13 @@ fn disk_with_root(dir: &Path, tree: &Path) -> (std::path::PathBuf, u64) {
     let root = &g.partitions[1];
     let offset = root.first_lba * 512;
     let size = (root.last_lba + 1 - root.first_lba) * 512 / 4096 * 4096;
-    let id = imgbuild::disk::FsIdentity {
+    let id = imgbuild::image::disk::FsIdentity {
         label: "root",
         uuid: &Guid::derived("fs"),
         hash_seed: &Guid::derived("seed"),
         epoch: 1_767_225_600,
     };
-    imgbuild::disk::mkfs_ext4(&image, offset, size, tree, &id).unwrap();
+    imgbuild::image::disk::mkfs_ext4(&image, offset, size, tree, &id).unwrap();
     (image, offset)
 }
 
@@ -294,10 +294,12 @@ fn root_ext4_in_place_is_clean_keeps_metadata_and_is_reproducible() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let first = imgbuild::checksum::hash_file(&image).unwrap().sha256;
+    let first = imgbuild::fetch::checksum::hash_file(&image).unwrap().sha256;
     let again = tempfile::tempdir().unwrap();
     let (image2, _) = disk_with_root(again.path(), &tree);
-    let second = imgbuild::checksum::hash_file(&image2).unwrap().sha256;
+    let second = imgbuild::fetch::checksum::hash_file(&image2)
+        .unwrap()
+        .sha256;
     assert_eq!(first, second, "same inputs, same bytes");
     let o = Command::new("e2fsck")
         .args(["-fn", &format!("{}?offset={offset}", image2.display())])
@@ -336,7 +338,7 @@ fn dumped(image: &Path, offset: u64, out: &Path) -> Vec<String> {
 
 #[test]
 fn a_node_delta_on_the_shared_filesystem_equals_mkfs_of_the_node_tree() {
-    use imgbuild::disk;
+    use imgbuild::image::disk;
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let (common, node) = (dir.path().join("common"), dir.path().join("node"));

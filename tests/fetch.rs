@@ -109,7 +109,7 @@ fn failed(o: &Output) -> String {
 }
 
 fn sha256_of(path: &Path) -> String {
-    imgbuild::checksum::hash_file(path).unwrap().sha256
+    imgbuild::fetch::checksum::hash_file(path).unwrap().sha256
 }
 
 #[test]
@@ -266,7 +266,7 @@ fn wrong_content_names_url_and_both_digests_and_leaves_nothing() {
     let env = Env::new();
     env.server.fault(KAFKA, Fault::Wrong, usize::MAX);
     env.server.fault(KAFKA_ARCHIVE, Fault::Wrong, usize::MAX);
-    let good = imgbuild::checksum::hash_file(&common::mirror().join(&KAFKA[1..]))
+    let good = imgbuild::fetch::checksum::hash_file(&common::mirror().join(&KAFKA[1..]))
         .unwrap()
         .sha512;
     let err = failed(&env.run(&["fetch"]));

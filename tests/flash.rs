@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 mod common;
 
 use common::{ok, sh, sha256};
-use imgbuild::gpt::{Gpt, Guid, Partition};
+use imgbuild::image::gpt::{Gpt, Guid, Partition};
 
 const MIB: u64 = 1 << 20;
 
@@ -136,8 +136,8 @@ fn image(size: u64) -> Image {
     Gpt {
         disk_guid: Guid::derived("test disk"),
         partitions: vec![
-            part("ESP", imgbuild::gpt::ESP, (MIB, MIB)),
-            part("root", imgbuild::gpt::LINUX_ROOT_X86_64, root),
+            part("ESP", imgbuild::image::gpt::ESP, (MIB, MIB)),
+            part("root", imgbuild::image::gpt::LINUX_ROOT_X86_64, root),
         ],
     }
     .write(&f, size)
@@ -146,7 +146,7 @@ fn image(size: u64) -> Image {
     drop(f);
     std::fs::write(
         raw.with_extension("bmap"),
-        imgbuild::bmap::create(&raw).unwrap(),
+        imgbuild::image::bmap::create(&raw).unwrap(),
     )
     .unwrap();
     Image { dir, raw, size }
@@ -285,9 +285,10 @@ fn flash_onto_a_bigger_device_verifies_and_moves_the_backup_gpt() {
     // Every mapped range of the image is on the device (but the GPT headers, rewritten).
     let g = Gpt::read(&f).unwrap();
     assert_eq!(g.partitions.len(), 2);
-    let map =
-        imgbuild::bmap::parse(&std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap())
-            .unwrap();
+    let map = imgbuild::image::bmap::parse(
+        &std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap(),
+    )
+    .unwrap();
     let src = std::fs::File::open(&img.raw).unwrap();
     for (first, last, _) in &map.ranges {
         // The primary header (LBA 1) was rewritten to name the new backup location.
@@ -314,12 +315,13 @@ fn flash_onto_a_bigger_device_verifies_and_moves_the_backup_gpt() {
         .unwrap()
         .read_exact_at(&mut old, 100 * MIB / 2)
         .unwrap();
-    let hole =
-        imgbuild::bmap::parse(&std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap())
-            .unwrap()
-            .ranges
-            .iter()
-            .all(|(a, b, _)| !(a * 4096..=b * 4096 + 4095).contains(&(100 * MIB / 2)));
+    let hole = imgbuild::image::bmap::parse(
+        &std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap(),
+    )
+    .unwrap()
+    .ranges
+    .iter()
+    .all(|(a, b, _)| !(a * 4096..=b * 4096 + 4095).contains(&(100 * MIB / 2)));
     if hole {
         assert_eq!(&old, b"previous contents", "a hole was written");
     }
@@ -390,9 +392,10 @@ fn a_range_failing_verification_wipes_the_table_and_says_so() {
         .write(true)
         .open(&img.raw)
         .unwrap();
-    let map =
-        imgbuild::bmap::parse(&std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap())
-            .unwrap();
+    let map = imgbuild::image::bmap::parse(
+        &std::fs::read_to_string(img.raw.with_extension("bmap")).unwrap(),
+    )
+    .unwrap();
     let (a, b, _) = map.ranges.iter().max_by_key(|(a, b, _)| b - a).unwrap();
     f.write_all_at(b"changed", (a + b) / 2 * 4096).unwrap();
     drop(f);

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use imgbuild::confined::Root;
-use imgbuild::extract::{self, Limits, Policy, Report};
+use imgbuild::rootfs::confined::Root;
+use imgbuild::rootfs::extract::{self, Limits, Policy, Report};
 use tar::EntryType;
 
 /// One raw ustar entry; names and link targets are written as raw bytes, bypassing every check

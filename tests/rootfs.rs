@@ -304,11 +304,13 @@ fn shared_tree_is_built_once_and_output_is_deterministic() {
     }
     // The same inputs in a fresh build directory give the same bytes.
     let first =
-        imgbuild::checksum::hash_file(&env.dir.path().join("images/node1/rootfs.tar")).unwrap();
+        imgbuild::fetch::checksum::hash_file(&env.dir.path().join("images/node1/rootfs.tar"))
+            .unwrap();
     std::fs::remove_dir_all(env.dir.path().join("build")).unwrap();
     env.run(&["rootfs", "node1"]);
     let second =
-        imgbuild::checksum::hash_file(&env.dir.path().join("images/node1/rootfs.tar")).unwrap();
+        imgbuild::fetch::checksum::hash_file(&env.dir.path().join("images/node1/rootfs.tar"))
+            .unwrap();
     assert_eq!(first.sha256, second.sha256);
 }
 

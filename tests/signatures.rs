@@ -4,7 +4,7 @@ mod common;
 
 use std::fs::File;
 
-use imgbuild::pgp::{self, SignatureError};
+use imgbuild::fetch::pgp::{self, SignatureError};
 
 fn check(sig: &str, keys: &str, data: &str, pinned: &[&str]) -> Result<String, SignatureError> {
     let m = common::mirror();

@@ -3,10 +3,10 @@
 use indexmap::IndexMap;
 
 use super::{Algorithm, Artifact, Ctx, DigestSource, NodeDraft, Role, SignaturePlan};
-use crate::diag::did_you_mean;
+use crate::recipe::diag::did_you_mean;
+use crate::recipe::srcmap::{index, join};
+use crate::recipe::template::{self, TemplateError};
 use crate::recipe::{self, BaseKind, OneOrMany, Signs};
-use crate::srcmap::{index, join};
-use crate::template::{self, TemplateError};
 
 /// Which components the cluster's roles need (every node carries all of them: the shared part of
 /// the image is built once; roles only decide which units are enabled).

@@ -12,11 +12,14 @@ use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::diag::{Diagnostic, Pos, RecipeError, Severity, did_you_mean};
+use crate::recipe::diag::{Diagnostic, Pos, RecipeError, Severity, did_you_mean};
+use crate::recipe::srcmap::{index, join};
 use crate::recipe::{self, BaseKind, KafkaMode, Loaded, Signs};
-use crate::srcmap::{index, join};
 
 mod artifacts;
+pub mod ids;
+pub mod mirror;
+pub mod wiring;
 use artifacts::{default_release, resolve_artifacts};
 
 /// Version of the `plan --json` document; bumped on any incompatible change (docs/plan-json.md).
@@ -108,11 +111,32 @@ pub struct Plan {
     pub base: BasePlan,
     pub artifacts: Vec<Artifact>,
     pub disk: DiskPlan,
+    /// Derived from (cluster, node): not part of the plan's JSON, which shows what was asked.
+    #[serde(skip)]
+    pub disk_ids: ids::DiskIds,
     pub memory: MemoryPlan,
     pub overlays: Vec<PathBuf>,
 }
 
 impl Plan {
+    /// The memory to boot this node with: its budget, or `asked` — refused when that is less
+    /// than the heaps of the JVMs the node starts (they would be OOM-killed or swap to a crawl).
+    pub fn guest_memory(&self, asked: Option<u32>) -> anyhow::Result<u32> {
+        let (plan, m) = (self, &self.memory);
+        match asked {
+            None => Ok(m.total_mb),
+            Some(mb) if mb < m.heap_mb + 256 => anyhow::bail!(
+                "--memory {mb} is too little for {}: its JVMs alone have {} MiB of heap ({} MiB is its budget, see `imgbuild plan {}`)\n\nhint: give at least {} MiB, or lower the heaps in the recipe's services section",
+                plan.node.name,
+                m.heap_mb,
+                m.total_mb,
+                plan.node.name,
+                m.total_mb
+            ),
+            Some(mb) => Ok(mb),
+        }
+    }
+
     /// The base in a few words, for messages: `mmdebstrap noble from URL`, `tarball URL`.
     pub fn base_description(&self) -> String {
         let b = &self.base;
@@ -170,8 +194,9 @@ pub struct ZookeeperPlan {
     pub election_port: u16,
     pub admin_port: u16,
     pub heap_mb: u32,
-    /// `server.N=IP:QUORUM:ELECTION` lines, in id order.
-    pub servers: Vec<String>,
+    /// The ensemble, in id order.
+    #[serde(serialize_with = "wiring::as_texts")]
+    pub servers: Vec<wiring::ZkServer>,
     /// `IP:PORT,...` of every ensemble member.
     pub connect: String,
 }
@@ -182,12 +207,18 @@ pub struct KafkaPlan {
     pub version: String,
     pub node_id: Option<u32>,
     pub broker_id: Option<u32>,
-    pub process_roles: Option<String>,
+    #[serde(serialize_with = "wiring::as_comma_opt")]
+    pub process_roles: Option<Vec<wiring::ProcessRole>>,
     pub cluster_id: Option<String>,
-    pub controller_quorum_voters: Option<String>,
+    #[serde(serialize_with = "wiring::as_comma_opt")]
+    pub controller_quorum_voters: Option<Vec<wiring::Voter>>,
     pub zookeeper_connect: Option<String>,
-    pub listeners: String,
-    pub advertised_listeners: String,
+    #[serde(serialize_with = "wiring::as_comma")]
+    pub listeners: Vec<wiring::Listener>,
+    /// The listeners clients are told of: the PLAINTEXT ones (KRaft rejects an advertised
+    /// CONTROLLER listener). Shown in the plan as the listeners, as before.
+    #[serde(serialize_with = "wiring::as_comma")]
+    pub advertised_listeners: Vec<wiring::Listener>,
     pub port: u16,
     pub controller_port: Option<u16>,
     pub heap_mb: u32,
@@ -437,7 +468,7 @@ pub fn resolve(loaded: &Loaded) -> Result<ClusterPlan, RecipeError> {
 fn resolve_mirrors(cx: &mut Ctx) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (from, to) in &cx.loaded.recipe.mirrors {
-        match crate::mirror::parse_rule(&format!("{from}={to}")) {
+        match crate::plan::mirror::parse_rule(&format!("{from}={to}")) {
             Ok(rule) => out.push(rule),
             Err(e) => {
                 cx.error(cx.key_at(&join("mirrors", from)), e.to_string());
@@ -537,20 +568,23 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         .map(|n| format!("{}:{}", n.ip, n.zk.client_port))
         .collect::<Vec<_>>()
         .join(",");
-    let zk_servers: Vec<String> = ensemble
+    let zk_servers: Vec<wiring::ZkServer> = ensemble
         .iter()
-        .map(|n| {
-            format!(
-                "server.{}={}:{}:{}",
-                n.id, n.ip, n.zk.quorum_port, n.zk.election_port
-            )
+        .map(|n| wiring::ZkServer {
+            id: n.id,
+            ip: n.ip,
+            quorum_port: n.zk.quorum_port,
+            election_port: n.zk.election_port,
         })
         .collect();
-    let voters = controllers
+    let voters: Vec<wiring::Voter> = controllers
         .iter()
-        .map(|n| format!("{}@{}:{}", n.id, n.ip, n.kafka.controller_port))
-        .collect::<Vec<_>>()
-        .join(",");
+        .map(|n| wiring::Voter {
+            id: n.id,
+            ip: n.ip,
+            port: n.kafka.controller_port,
+        })
+        .collect();
     let hosts = hosts_entries(&nodes, r.cluster.domain.as_deref());
     let nimbus_seeds: Vec<Ipv4Addr> = nodes
         .iter()
@@ -577,30 +611,33 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
             });
             let kafka = n.roles.contains(&Role::Kafka).then(|| {
                 let is_controller = controllers.iter().any(|c| c.name == n.name);
-                let plain = format!("PLAINTEXT://{}:{}", n.ip, n.kafka.port);
+                let plain = wiring::Listener {
+                    name: wiring::ListenerName::Plaintext,
+                    ip: n.ip,
+                    port: n.kafka.port,
+                };
                 match kafka_mode {
                     KafkaMode::Kraft => {
-                        let listeners = if is_controller {
-                            format!("{plain},CONTROLLER://{}:{}", n.ip, n.kafka.controller_port)
-                        } else {
-                            plain.clone()
-                        };
+                        let mut listeners = vec![plain.clone()];
+                        let mut roles = vec![wiring::ProcessRole::Broker];
+                        if is_controller {
+                            listeners.push(wiring::Listener {
+                                name: wiring::ListenerName::Controller,
+                                ip: n.ip,
+                                port: n.kafka.controller_port,
+                            });
+                            roles.push(wiring::ProcessRole::Controller);
+                        }
                         KafkaPlan {
                             mode: kafka_mode,
                             version: kafka_version.clone(),
                             node_id: Some(n.id),
                             broker_id: None,
-                            process_roles: Some(
-                                if is_controller {
-                                    "broker,controller"
-                                } else {
-                                    "broker"
-                                }
-                                .into(),
-                            ),
+                            process_roles: Some(roles),
                             cluster_id: cluster_id.clone(),
                             controller_quorum_voters: Some(voters.clone()),
                             zookeeper_connect: None,
+                            // Shown as `listeners` in the plan (see the field).
                             advertised_listeners: listeners.clone(),
                             listeners,
                             port: n.kafka.port,
@@ -618,8 +655,8 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
                         cluster_id: None,
                         controller_quorum_voters: None,
                         zookeeper_connect: Some(format!("{zk_connect}/kafka")),
-                        listeners: plain.clone(),
-                        advertised_listeners: plain,
+                        listeners: vec![plain.clone()],
+                        advertised_listeners: vec![plain],
                         port: n.kafka.port,
                         controller_port: None,
                         heap_mb: n.kafka.heap_mb,
@@ -667,6 +704,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
                 base: base.clone(),
                 artifacts: artifacts.clone(),
                 disk: disk.clone(),
+                disk_ids: ids::DiskIds::derive(&r.cluster.name, &n.name),
                 memory,
                 overlays: vec![overlay_dir.join("common"), overlay_dir.join(&n.name)],
             }
@@ -1461,7 +1499,7 @@ fn resolve_cluster_id(cx: &mut Ctx, mode: KafkaMode) -> Option<String> {
         cx.loaded.recipe.cluster.name
     );
     loop {
-        let b = crate::ids::uuid_v4(seed.as_bytes());
+        let b = crate::util::ids::uuid_v4(seed.as_bytes());
         let id = b64.encode(b);
         if !id.starts_with('-') {
             return Some(id);

@@ -1,0 +1,182 @@
+//! The UEFI boot chain, taken from the node's own tree: systemd-boot with a loader entry (kernel
+//! and initrd on the ESP), or shim + signed GRUB with a grub.cfg that finds the root filesystem by
+//! UUID. Files are read through the confined root, so a base whose /boot links point outside its
+//! tree cannot pull host files into the image.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::rootfs::confined::Root;
+
+/// What the ESP will hold: (path inside the ESP, content).
+pub struct Esp {
+    pub files: Vec<(PathBuf, Vec<u8>)>,
+    /// "systemd-boot" or "shim+grub".
+    pub loader: &'static str,
+    pub kernel_version: String,
+    pub cmdline: String,
+}
+
+impl Esp {
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|(_, c)| c.len() as u64).sum()
+    }
+}
+
+const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+const SHIMS: &[&str] = &[
+    "usr/lib/shim/shimx64.efi.signed.latest",
+    "usr/lib/shim/shimx64.efi.signed",
+];
+const MOKMANAGERS: &[&str] = &[
+    "usr/lib/shim/mmx64.efi.signed.latest",
+    "usr/lib/shim/mmx64.efi.signed",
+    "usr/lib/shim/mmx64.efi",
+];
+const GRUB_SIGNED: &str = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+
+/// Compare kernel versions like `6.1.0-50-cloud-amd64` by their numeric fields.
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(0))
+        .collect()
+}
+
+/// The newest kernel in /boot that has an initrd: its version.
+fn kernel(root: &Root) -> Result<String> {
+    let names = root.list_dir(Path::new("boot"))?;
+    let mut versions: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.to_str()?.strip_prefix("vmlinuz-").map(str::to_string))
+        .filter(|v| {
+            names
+                .iter()
+                .any(|n| n.to_str() == Some(&format!("initrd.img-{v}")))
+        })
+        .collect();
+    versions.sort_by_key(|v| version_key(v));
+    versions.pop().with_context(|| {
+        format!(
+            "{}: the base has no kernel with an initrd in /boot (vmlinuz-VERSION and initrd.img-VERSION)\n\nhint: the base must include a kernel and initramfs-tools (for mmdebstrap: add linux-generic on Ubuntu or linux-image-amd64 on Debian, and initramfs-tools, to base.packages; a tarball base must be built with them). Canonical's cloud root tarball has none: its build purges linux-* and grub-*",
+            root.path().display()
+        )
+    })
+}
+
+fn read(root: &Root, rel: &str) -> Result<Option<Vec<u8>>> {
+    root.read_file(Path::new(rel))
+        .with_context(|| format!("reading /{rel} from {}", root.path().display()))
+}
+
+/// The distribution's EFI vendor directory: `ID` of the tree's os-release (`ubuntu`, `debian`),
+/// which is where its signed GRUB looks for grub.cfg.
+pub fn vendor(root: &Root) -> Result<String> {
+    for rel in ["etc/os-release", "usr/lib/os-release"] {
+        if let Some(text) = read(root, rel)? {
+            let text = String::from_utf8_lossy(&text);
+            if let Some(id) = text.lines().find_map(|l| l.strip_prefix("ID=")) {
+                let id = id.trim().trim_matches('"');
+                if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    return Ok(id.to_string());
+                }
+            }
+        }
+    }
+    bail!(
+        "{}: the base has no os-release with an ID (needed to name the EFI vendor directory)",
+        root.path().display()
+    )
+}
+
+/// The ESP for the tree at `root`, booting the root filesystem `root_uuid`.
+pub fn esp(root: &Root, root_uuid: &str) -> Result<Esp> {
+    let kver = kernel(root)?;
+    let linux = read(root, &format!("boot/vmlinuz-{kver}"))?.context("kernel vanished")?;
+    let initrd = read(root, &format!("boot/initrd.img-{kver}"))?.context("initrd vanished")?;
+    // Serial and VGA consoles: QEMU's -serial and a bare-metal screen both show the boot; the
+    // last console is /dev/console (systemd's messages, the login prompt).
+    let cmdline = format!("root=UUID={root_uuid} rw console=tty0 console=ttyS0,115200n8");
+    if let Some(sdboot) = read(root, SYSTEMD_BOOT)? {
+        let dir = format!("imgbuild/{kver}");
+        let entry = format!(
+            "title   {kver} (imgbuild)\nversion {kver}\nlinux   /{dir}/linux\ninitrd  /{dir}/initrd\noptions {cmdline}\n"
+        );
+        return Ok(Esp {
+            files: vec![
+                ("EFI/BOOT/BOOTX64.EFI".into(), sdboot.clone()),
+                ("EFI/systemd/systemd-bootx64.efi".into(), sdboot),
+                (
+                    "loader/loader.conf".into(),
+                    // No menu, and no editing the kernel command line at the console.
+                    b"default imgbuild.conf\ntimeout 0\neditor no\n".to_vec(),
+                ),
+                ("loader/entries/imgbuild.conf".into(), entry.into_bytes()),
+                (format!("{dir}/linux").into(), linux),
+                (format!("{dir}/initrd").into(), initrd),
+            ],
+            loader: "systemd-boot",
+            kernel_version: kver,
+            cmdline,
+        });
+    }
+    let mut shim = None;
+    for s in SHIMS {
+        if let Some(b) = read(root, s)? {
+            shim = Some(b);
+            break;
+        }
+    }
+    let grub = read(root, GRUB_SIGNED)?;
+    let (Some(shim), Some(grub)) = (shim, grub) else {
+        bail!(
+            "{}: the base has no UEFI boot loader: neither /{SYSTEMD_BOOT} (systemd-boot-efi) nor /usr/lib/shim/shimx64.efi.signed with /{GRUB_SIGNED} (shim-signed, grub-efi-amd64-signed)",
+            root.path().display()
+        );
+    };
+    // Laid out as `grub-install --uefi-secure-boot --removable` plus the vendor directory
+    // (Debian/Ubuntu install-signed.patch): shim as the removable-media loader EFI/BOOT/BOOTX64.EFI
+    // with GRUB beside it (shim loads grubx64.efi from its own directory), and the same chain in
+    // EFI/<vendor>/ for firmware boot entries. The signed GRUB has its prefix baked in as
+    // /EFI/<vendor> (debian, ubuntu) and reads grub.cfg there, else from the directory it was
+    // started from; the menu loads the kernel from the root filesystem, found by UUID. No
+    // fbx64.efi next to BOOTX64.EFI: shim would run the fallback instead of GRUB.
+    let vendor = vendor(root)?;
+    let cfg = format!(
+        "set timeout=0\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\nmenuentry '{kver} (imgbuild)' {{\n  linux /boot/vmlinuz-{kver} {cmdline}\n  initrd /boot/initrd.img-{kver}\n}}\n"
+    );
+    let mut files = vec![
+        (PathBuf::from("EFI/BOOT/BOOTX64.EFI"), shim.clone()),
+        ("EFI/BOOT/grubx64.efi".into(), grub.clone()),
+        ("EFI/BOOT/grub.cfg".into(), cfg.clone().into_bytes()),
+        (format!("EFI/{vendor}/shimx64.efi").into(), shim),
+        (format!("EFI/{vendor}/grubx64.efi").into(), grub),
+        (format!("EFI/{vendor}/grub.cfg").into(), cfg.into_bytes()),
+    ];
+    for m in MOKMANAGERS {
+        if let Some(b) = read(root, m)? {
+            files.push(("EFI/BOOT/mmx64.efi".into(), b.clone()));
+            files.push((format!("EFI/{vendor}/mmx64.efi").into(), b));
+            break;
+        }
+    }
+    Ok(Esp {
+        files,
+        loader: "shim+grub",
+        kernel_version: kver,
+        cmdline,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_wins_numerically() {
+        let mut v = ["6.10.0-1-amd64", "6.9.0-3-amd64", "6.10.0-12-amd64"];
+        v.sort_by_key(|v| version_key(v));
+        assert_eq!(v.last(), Some(&"6.10.0-12-amd64"));
+    }
+}

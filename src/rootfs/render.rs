@@ -1,0 +1,874 @@
+//! What goes into a node's root filesystem, as text: service configs, systemd units, identity
+//! and the cloud-init seed. Pure functions of the [`Plan`]; `rootfs` writes them.
+//!
+//! Config choices follow REFERENCE.md §4–§6: autopurge on, 4lw whitelist, AdminServer off 8080,
+//! listeners on the node's IP (never localhost), `storm.local.hostname` set, no 127.0.1.1 line.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
+use crate::plan::{KafkaPlan, Plan, StormPlan, ZookeeperPlan};
+use crate::recipe::KafkaMode;
+
+/// A file to place in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub path: PathBuf,
+    pub content: Vec<u8>,
+    pub mode: u32,
+    /// Owner by user name (resolved against the tree's passwd), root when None.
+    pub owner: Option<&'static str>,
+}
+
+fn file(path: &str, content: String, mode: u32) -> FileSpec {
+    FileSpec {
+        path: PathBuf::from(path),
+        content: content.into_bytes(),
+        mode,
+        owner: None,
+    }
+}
+
+/// A system user per service: (name, home/data directory, description).
+pub const SERVICE_USERS: &[(&str, &str, &str)] = &[
+    ("zookeeper", "/var/lib/zookeeper", "Apache ZooKeeper"),
+    ("kafka", "/var/lib/kafka", "Apache Kafka"),
+    ("storm", "/var/lib/storm", "Apache Storm"),
+];
+
+/// systemd units for every service (installed everywhere; roles decide which are enabled).
+/// examples/python-wordcount, as installed on every Storm node.
+const EXAMPLE: &[(&str, &str, u32)] = &[
+    (
+        "README.md",
+        include_str!("../../examples/python-wordcount/README.md"),
+        0o644,
+    ),
+    (
+        "topology.yaml",
+        include_str!("../../examples/python-wordcount/topology.yaml"),
+        0o644,
+    ),
+    (
+        "wordcount.properties",
+        include_str!("../../examples/python-wordcount/wordcount.properties"),
+        0o644,
+    ),
+    (
+        "build-jar.py",
+        include_str!("../../examples/python-wordcount/build-jar.py"),
+        0o755,
+    ),
+    (
+        "multilang/resources/split_sentence.py",
+        include_str!("../../examples/python-wordcount/multilang/resources/split_sentence.py"),
+        0o644,
+    ),
+    (
+        "multilang/resources/count_words.py",
+        include_str!("../../examples/python-wordcount/multilang/resources/count_words.py"),
+        0o644,
+    ),
+];
+
+pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
+    let common = "Restart=on-failure\nRestartSec=5\nSuccessExitStatus=143\nLimitNOFILE=100000\nTimeoutStopSec=180\n\
+                  NoNewPrivileges=true\nProtectSystem=full\nProtectHome=true\nPrivateTmp=true\n";
+    let mut out = vec![file(
+        "etc/systemd/system/zookeeper.service",
+        format!(
+            "[Unit]\nDescription=Apache ZooKeeper\nDocumentation=https://zookeeper.apache.org/doc/current/zookeeperAdmin.html\n\
+             Wants=network-online.target\nAfter=network-online.target\n\n\
+             [Service]\nType=simple\nUser=zookeeper\nGroup=zookeeper\nEnvironmentFile=/etc/default/zookeeper\n\
+             ExecStart=/opt/zookeeper/bin/zkServer.sh start-foreground\n{common}\n\
+             [Install]\nWantedBy=multi-user.target\n"
+        ),
+        0o644,
+    )];
+    let (kafka_after, format_unit) = match kafka_mode {
+        KafkaMode::Kraft => (
+            "Wants=network-online.target\nAfter=network-online.target kafka-format.service\nRequires=kafka-format.service\n",
+            true,
+        ),
+        // The ZooKeeper quorum is remote: order after a local member when the node has one, but
+        // never pull one in (Wants= would start ZooKeeper on a broker outside the ensemble, which
+        // has no myid and restarts forever).
+        KafkaMode::Zookeeper => (
+            "Wants=network-online.target\nAfter=network-online.target zookeeper.service\n",
+            false,
+        ),
+    };
+    out.push(file(
+        "etc/systemd/system/kafka.service",
+        format!(
+            "[Unit]\nDescription=Apache Kafka broker\nDocumentation=https://kafka.apache.org/documentation/\n{kafka_after}\n\
+             [Service]\nType=simple\nUser=kafka\nGroup=kafka\nEnvironmentFile=/etc/default/kafka\n\
+             ExecStart=/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties\n{common}\n\
+             [Install]\nWantedBy=multi-user.target\n"
+        ),
+        0o644,
+    ));
+    if format_unit {
+        // First boot only: format the KRaft log dir with the cluster id baked into the image.
+        out.push(file(
+            "etc/systemd/system/kafka-format.service",
+            "[Unit]\nDescription=Format Kafka KRaft storage (first boot)\nBefore=kafka.service\n\
+             ConditionPathExists=!/var/lib/kafka/data/meta.properties\n\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\nUser=kafka\nGroup=kafka\nEnvironmentFile=/etc/default/kafka\n\
+             ExecStart=/opt/kafka/bin/kafka-storage.sh format --cluster-id ${KAFKA_CLUSTER_ID} --config /etc/kafka/server.properties --ignore-formatted\n\n\
+             [Install]\nWantedBy=multi-user.target\n"
+                .to_string(),
+            0o644,
+        ));
+    }
+    for (daemon, what) in [
+        ("nimbus", "Apache Storm Nimbus"),
+        ("supervisor", "Apache Storm Supervisor"),
+        ("ui", "Apache Storm UI"),
+        ("logviewer", "Apache Storm log viewer"),
+    ] {
+        // The supervisor forks worker JVMs: the default KillMode=control-group stops them with it.
+        out.push(file(
+            &format!("etc/systemd/system/storm-{daemon}.service"),
+            format!(
+                "[Unit]\nDescription={what}\nDocumentation=https://storm.apache.org/releases/current/Setting-up-a-Storm-cluster.html\n\
+                 Wants=network-online.target\nAfter=network-online.target zookeeper.service\n\n\
+                 [Service]\nType=simple\nUser=storm\nGroup=storm\nEnvironmentFile=/etc/default/storm\n\
+                 ExecStart=/opt/storm/bin/storm {daemon}\n{common}\n\
+                 [Install]\nWantedBy=multi-user.target\n"
+            ),
+            0o644,
+        ));
+    }
+    out.push(file(
+        "etc/systemd/system/imgbuild-health.service",
+        "[Unit]\nDescription=imgbuild health report on the serial console\n\
+         Documentation=file:/usr/lib/imgbuild/health.py\n\
+         Wants=network-online.target\n\
+         After=network-online.target zookeeper.service kafka.service storm-nimbus.service storm-supervisor.service\n\n\
+         [Service]\nType=simple\nExecStart=/usr/bin/python3 /usr/lib/imgbuild/health.py\n\
+         # Kafka's tools run `$JAVA_HOME/bin/java`, else plain `java`, which is not on PATH.\n\
+         Environment=JAVA_HOME=/opt/java\n\
+         Environment=PATH=/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         StandardOutput=journal+console\nNoNewPrivileges=true\nProtectHome=true\nPrivateTmp=true\n\n\
+         [Install]\nWantedBy=multi-user.target\n"
+            .to_string(),
+        0o644,
+    ));
+    out.push(file(
+        "usr/lib/imgbuild/health.py",
+        include_str!("assets/health.py").to_string(),
+        0o755,
+    ));
+    out
+}
+
+/// /etc/imgbuild/health.json: what imgbuild-health checks on this node.
+pub fn health_config(p: &Plan) -> String {
+    let mut c = serde_json::json!({
+        "node": p.node.name,
+        "hostname": p.node.hostname,
+        "ip": p.node.ip.to_string(),
+        "interval_seconds": 10,
+        "timeout_seconds": 1800,
+    });
+    if let Some(z) = &p.zookeeper
+        && z.myid.is_some()
+    {
+        c["zookeeper"] = serde_json::json!({"client_port": z.client_port});
+    }
+    if let Some(k) = &p.kafka {
+        c["kafka"] = kafka_health(k);
+    }
+    if let Some(s) = &p.storm {
+        c["storm"] = serde_json::json!({
+            "zookeeper": s.zookeeper_servers.iter().map(|ip| format!("{ip}:{}", s.zookeeper_port)).collect::<Vec<_>>(),
+            "root": "/storm",
+            "supervisors": 1,
+        });
+    }
+    if p.artifacts.iter().any(|a| a.name == "python") {
+        c["python"] = serde_json::json!("/opt/python/bin/python3");
+    }
+    let mut text = serde_json::to_string_pretty(&c).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// How imgbuild-health checks Kafka on this node.
+///
+/// KRaft: DescribeQuorum over the wire (API key 55, v0) to this node's own controller when it is
+/// one, else the first voter's: every voter listed, a leader, every voter's log within 1000 of
+/// the leader's. The same request for every KRaft release (3.3+), where `kafka-metadata-quorum.sh`
+/// takes `--bootstrap-controller` only from 3.7 (KIP-919) — and it needs no JVM, which under
+/// software emulation takes minutes for each check.
+/// ZooKeeper mode: every broker registered under `<chroot>/brokers/ids` — read over ZooKeeper's
+/// protocol, no JVM either.
+fn kafka_health(k: &KafkaPlan) -> serde_json::Value {
+    match k.mode {
+        KafkaMode::Kraft => {
+            let voters = k.controller_quorum_voters.as_deref().unwrap_or_default();
+            let own = voters
+                .iter()
+                .find(|v| Some(v.id) == k.node_id && k.controller_port.is_some())
+                .or(voters.first())
+                .map(|v| v.address())
+                .unwrap_or_default();
+            // DescribeQuorum is answered by the leader only (others: NOT_LEADER_OR_FOLLOWER):
+            // ask this node's controller first, then every other voter.
+            let mut controllers = vec![own.clone()];
+            controllers.extend(voters.iter().map(|v| v.address()).filter(|a| *a != own));
+            serde_json::json!({
+                "mode": "kraft",
+                "controller": own,
+                "controllers": controllers,
+                "voters": voters.iter().map(|v| v.id).collect::<Vec<_>>(),
+            })
+        }
+        KafkaMode::Zookeeper => {
+            let connect = k.zookeeper_connect.as_deref().unwrap_or("");
+            let (servers, chroot) = connect.split_once('/').unwrap_or((connect, ""));
+            serde_json::json!({
+                "mode": "zookeeper",
+                "zookeeper": servers.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+                "brokers_path": format!("/{chroot}/brokers/ids").replace("//", "/"),
+                "broker_id": k.broker_id,
+                "brokers": k.brokers,
+            })
+        }
+    }
+}
+
+/// `sysusers.d` entries and `tmpfiles.d` lines for the service users and their directories.
+pub fn sysusers_and_tmpfiles() -> Vec<FileSpec> {
+    let mut sysusers = String::from("# Service users of the imgbuild cluster image.\n");
+    let mut tmpfiles =
+        String::from("# Data and log directories of the imgbuild cluster services.\n");
+    for (name, home, desc) in SERVICE_USERS {
+        let _ = writeln!(sysusers, "u {name} - \"{desc}\" {home} /usr/sbin/nologin");
+        let _ = writeln!(tmpfiles, "d {home} 0750 {name} {name} -");
+        let _ = writeln!(tmpfiles, "d /var/log/{name} 0750 {name} {name} -");
+    }
+    tmpfiles.push_str("d /var/lib/kafka/data 0750 kafka kafka -\n");
+    vec![
+        file("usr/lib/sysusers.d/imgbuild.conf", sysusers, 0o644),
+        file("usr/lib/tmpfiles.d/imgbuild.conf", tmpfiles, 0o644),
+    ]
+}
+
+/// ZooKeeper's logging: INFO and above to the console (the journal), as upstream's
+/// conf/logback.xml does by default (`zookeeper.console.threshold`).
+const ZOOKEEPER_LOGBACK: &str = r#"<!-- Written by imgbuild: ZooKeeper logs INFO and above to the journal. -->
+<configuration>
+  <property name="zookeeper.console.threshold" value="INFO" />
+  <appender name="CONSOLE" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder>
+      <pattern>%d{ISO8601} [myid:%X{myid}] - %-5p [%t:%C{1}@%L] - %m%n</pattern>
+    </encoder>
+    <filter class="ch.qos.logback.classic.filter.ThresholdFilter">
+      <level>${zookeeper.console.threshold}</level>
+    </filter>
+  </appender>
+  <root level="INFO">
+    <appender-ref ref="CONSOLE" />
+  </root>
+</configuration>
+"#;
+
+/// The files that make this node itself: identity, service configs, seed.
+pub fn node_files(p: &Plan) -> Vec<FileSpec> {
+    let mut out = vec![
+        file("etc/hostname", format!("{}\n", p.node.hostname), 0o644),
+        file("etc/hosts", hosts(p), 0o644),
+        // Empty: systemd generates a unique id on first boot (every node a distinct machine).
+        file("etc/machine-id", String::new(), 0o444),
+        file(
+            "etc/cloud/cloud.cfg.d/90_imgbuild_datasource.cfg",
+            "# Written by imgbuild: the seed is embedded in the image; look nowhere else.\ndatasource_list: [ NoCloud, None ]\n"
+                .to_string(),
+            0o644,
+        ),
+    ];
+    let java_env = "JAVA_HOME=/opt/java\n";
+    if let Some(z) = &p.zookeeper {
+        out.push(file("etc/zookeeper/zoo.cfg", zoo_cfg(z), 0o644));
+        // zkEnv.sh puts ZOOCFGDIR first on the classpath: without a logback.xml there, logback
+        // falls back to its default (everything at DEBUG on the console, into the journal).
+        out.push(file(
+            "etc/zookeeper/logback.xml",
+            ZOOKEEPER_LOGBACK.to_string(),
+            0o644,
+        ));
+        out.push(file(
+            "etc/default/zookeeper",
+            format!(
+                "# Environment of zookeeper.service (written by imgbuild)\n{java_env}ZOOCFGDIR=/etc/zookeeper\nZOO_LOG_DIR=/var/log/zookeeper\nZK_SERVER_HEAP={}\n",
+                z.heap_mb
+            ),
+            0o644,
+        ));
+        if let Some(id) = z.myid {
+            let mut f = file("var/lib/zookeeper/myid", format!("{id}\n"), 0o644);
+            f.owner = Some("zookeeper");
+            out.push(f);
+        }
+    }
+    if let Some(k) = &p.kafka {
+        out.push(file(
+            "etc/kafka/server.properties",
+            server_properties(k),
+            0o644,
+        ));
+        let mut env = format!(
+            "# Environment of kafka.service (written by imgbuild)\n{java_env}KAFKA_HEAP_OPTS=-Xms{h}m -Xmx{h}m\nLOG_DIR=/var/log/kafka\n",
+            h = k.heap_mb
+        );
+        if let Some(id) = &k.cluster_id {
+            out.push(file("etc/kafka/cluster.id", format!("{id}\n"), 0o644));
+            let _ = writeln!(env, "KAFKA_CLUSTER_ID={id}");
+        }
+        out.push(file("etc/default/kafka", env, 0o644));
+    }
+    if let Some(s) = &p.storm {
+        out.push(file("etc/storm/storm.yaml", storm_yaml(s), 0o644));
+        // The Python topology of examples/, so an operator (and `up --check`) builds and
+        // submits it offline with what the image holds.
+        for (name, content, mode) in EXAMPLE {
+            out.push(file(
+                &format!("usr/share/imgbuild/examples/python-wordcount/{name}"),
+                content.to_string(),
+                *mode,
+            ));
+        }
+        let python = if p.artifacts.iter().any(|a| a.name == "python") {
+            "/opt/python/bin/python3"
+        } else {
+            "python3"
+        };
+        out.push(file(
+            "etc/default/storm",
+            format!(
+                "# Environment of the storm-* services (written by imgbuild)\n{java_env}STORM_CONF_DIR=/etc/storm\n\
+                 PATH=/opt/python/bin:/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+                 # bin/storm runs storm.py with $PYTHON; multilang bolts find python3 first on PATH.\n\
+                 PYTHON={python}\n"
+            ),
+            0o644,
+        ));
+    }
+    out.push(file("etc/fstab", fstab(p), 0o644));
+    out.push(file("etc/imgbuild/health.json", health_config(p), 0o644));
+    for (name, content) in seed(p) {
+        out.push(file(
+            &format!("var/lib/cloud/seed/nocloud/{name}"),
+            content,
+            0o600,
+        ));
+    }
+    out
+}
+
+/// `/etc/hosts`: loopback for localhost only, every node under its real address.
+pub fn hosts(p: &Plan) -> String {
+    let mut s = String::from(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n\n# cluster nodes (imgbuild)\n",
+    );
+    for h in &p.hosts {
+        let _ = writeln!(s, "{} {}", h.ip, h.names.join(" "));
+    }
+    s
+}
+
+pub fn zoo_cfg(z: &ZookeeperPlan) -> String {
+    let mut s = format!(
+        "# Written by imgbuild from the recipe; identical on every node.\n\
+         tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir=/var/lib/zookeeper\nclientPort={}\n\
+         autopurge.snapRetainCount=3\nautopurge.purgeInterval=24\n\
+         4lw.commands.whitelist=srvr,ruok,mntr,stat,conf,isro\n\
+         admin.serverPort={}\n",
+        z.client_port, z.admin_port
+    );
+    for srv in &z.servers {
+        let _ = writeln!(s, "{srv}");
+    }
+    s
+}
+
+pub fn server_properties(k: &KafkaPlan) -> String {
+    let mut s = String::from("# Written by imgbuild from the recipe.\n");
+    match k.mode {
+        KafkaMode::Kraft => {
+            let roles = k.process_roles.as_deref().unwrap_or(&[ProcessRole::Broker]);
+            let _ = writeln!(s, "process.roles={}", comma(roles));
+            let _ = writeln!(s, "node.id={}", k.node_id.unwrap_or_default());
+            let voters = k.controller_quorum_voters.as_deref().unwrap_or_default();
+            let _ = writeln!(s, "controller.quorum.voters={}", comma(voters));
+            s.push_str("controller.listener.names=CONTROLLER\n");
+            s.push_str("listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n");
+        }
+        KafkaMode::Zookeeper => {
+            let _ = writeln!(s, "broker.id={}", k.broker_id.unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "zookeeper.connect={}",
+                k.zookeeper_connect.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let _ = writeln!(s, "listeners={}", comma(&k.listeners));
+    // The controller listener is not advertised to clients in KRaft (Kafka rejects it there).
+    let advertised: Vec<&Listener> = k
+        .advertised_listeners
+        .iter()
+        .filter(|l| l.name != ListenerName::Controller)
+        .collect();
+    let _ = writeln!(s, "advertised.listeners={}", comma(&advertised));
+    s.push_str(
+        "inter.broker.listener.name=PLAINTEXT\nlog.dirs=/var/lib/kafka/data\n\
+         default.replication.factor=3\nmin.insync.replicas=2\n\
+         offsets.topic.replication.factor=3\ntransaction.state.log.replication.factor=3\ntransaction.state.log.min.isr=2\n\
+         unclean.leader.election.enable=false\n",
+    );
+    s
+}
+
+fn yaml_list<T: std::fmt::Display>(items: &[T]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+pub fn storm_yaml(s: &StormPlan) -> String {
+    format!(
+        "# Written by imgbuild from the recipe.\n\
+         storm.zookeeper.servers: {}\nstorm.zookeeper.port: {}\nstorm.zookeeper.root: \"/storm\"\n\
+         nimbus.seeds: {}\nnimbus.thrift.port: {}\n\
+         # A topology is accepted once this many nimbuses hold its code, so a new leader has it.\n\
+         topology.min.replication.count: {}\n\
+         storm.local.dir: \"/var/lib/storm\"\nstorm.local.hostname: \"{}\"\nstorm.log.dir: \"/var/log/storm\"\n\
+         supervisor.slots.ports: [{}]\nsupervisor.thrift.port: {}\n\
+         ui.port: {}\nlogviewer.port: {}\n\
+         worker.heap.memory.mb: {w}\ntopology.worker.max.heap.size.mb: {w}\n\
+         supervisor.memory.capacity.mb: {cap}\n\
+         nimbus.childopts: \"-Xmx{h}m\"\nsupervisor.childopts: \"-Xmx{h}m\"\nui.childopts: \"-Xmx{h}m\"\nlogviewer.childopts: \"-Xmx{h}m\"\n",
+        yaml_list(&s.zookeeper_servers),
+        s.zookeeper_port,
+        yaml_list(&s.nimbus_seeds),
+        s.nimbus_port,
+        s.nimbus_seeds.len().clamp(1, 2),
+        s.local_hostname,
+        s.slots
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.supervisor_port,
+        s.ui_port,
+        s.logviewer_port,
+        h = s.heap_mb,
+        w = s.worker_heap_mb,
+        // The supervisor schedules no more than its slots' workers can hold.
+        cap = s.worker_heap_mb as usize * s.slots.len()
+    )
+}
+
+/// /etc/fstab: the root ext4 and the EFI system partition of the node's disk image, by the
+/// filesystem identifiers the image is built with.
+pub fn fstab(p: &Plan) -> String {
+    let ids = &p.disk_ids;
+    format!(
+        "# Written by imgbuild: the disk image's filesystems, by UUID.\n\
+         UUID={} / ext4 defaults,errors=remount-ro 0 1\n\
+         UUID={} /boot/efi vfat umask=0077,nofail 0 2\n",
+        ids.root_fs.0.to_ascii_lowercase(),
+        crate::util::fmt::serial_text(ids.esp_serial)
+    )
+}
+
+/// The NoCloud seed: (file name, content) for meta-data, user-data and network-config.
+pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
+    let mut user =
+        String::from("#cloud-config\n# Written by imgbuild. No passwords: SSH keys only.\n");
+    let _ = writeln!(user, "hostname: {}", p.node.hostname);
+    if let Some(f) = &p.node.fqdn {
+        let _ = writeln!(user, "fqdn: {f}");
+    }
+    // imgbuild writes /etc/hosts itself (node names → real IPs, no 127.0.1.1 line).
+    user.push_str("manage_etc_hosts: false\nlocale: C.UTF-8\nssh_pwauth: false\ndisable_root: true\nssh_genkeytypes: [ed25519]\n");
+    // An empty `users:` list is invalid cloud-config (minItems 1): with no users the key is left out.
+    if !p.users.is_empty() {
+        user.push_str("users:\n");
+        for u in &p.users {
+            let _ = writeln!(
+                user,
+                "  - name: {}\n    lock_passwd: true\n    shell: /bin/bash",
+                u.name
+            );
+            if u.sudo {
+                user.push_str("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n");
+            }
+            user.push_str("    ssh_authorized_keys:\n");
+            for k in &u.ssh_authorized_keys {
+                let _ = writeln!(
+                    user,
+                    "      - {}",
+                    serde_json::to_string(k).unwrap_or_default()
+                );
+            }
+        }
+    }
+    let n = &p.node;
+    let mut net = String::from("version: 2\nethernets:\n");
+    match &n.mac {
+        Some(mac) => {
+            let name = n.interface.clone().unwrap_or_else(|| "eth0".into());
+            let _ = writeln!(
+                net,
+                "  {name}:\n    match:\n      macaddress: \"{mac}\"\n    set-name: {name}"
+            );
+        }
+        None => {
+            let name = n.interface.clone().unwrap_or_else(|| "primary".into());
+            let pattern = n.interface.clone().unwrap_or_else(|| "e*".into());
+            let _ = writeln!(net, "  {name}:\n    match:\n      name: \"{pattern}\"");
+        }
+    }
+    let _ = writeln!(
+        net,
+        "    dhcp4: false\n    dhcp6: false\n    addresses: [{}/{}]",
+        n.ip, p.network.prefix_len
+    );
+    // `to: default` is newer netplan syntax that cloud-init 22.4 (Debian 12) rejects.
+    let _ = writeln!(
+        net,
+        "    routes:\n      - to: 0.0.0.0/0\n        via: {}",
+        p.network.gateway
+    );
+    if !p.network.dns.is_empty() || p.network.domain.is_some() {
+        net.push_str("    nameservers:\n");
+        if !p.network.dns.is_empty() {
+            let _ = writeln!(
+                net,
+                "      addresses: {}",
+                yaml_list(&p.network.dns).replace('"', "")
+            );
+        }
+        if let Some(d) = &p.network.domain {
+            let _ = writeln!(net, "      search: [{d}]");
+        }
+    }
+    // The instance id changes exactly when this node's own seed does, so cloud-init re-runs its
+    // per-instance modules after such a change, and edits elsewhere in the recipe leave it alone.
+    let h = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(format!(
+            "{}\0{user}\0{net}",
+            p.node.hostname
+        )))
+    };
+    let meta = format!(
+        "instance-id: {}-{}-{}\nlocal-hostname: {}\n",
+        p.cluster,
+        p.node.name,
+        &h[..12],
+        p.node.hostname
+    );
+    vec![
+        ("meta-data", meta),
+        ("user-data", user),
+        ("network-config", net),
+    ]
+}
+
+/// Symlinks that enable this node's units: (link path, target).
+pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
+    p.units
+        .iter()
+        .map(String::as_str)
+        .chain(["imgbuild-health.service"])
+        .map(|u| {
+            (
+                PathBuf::from("etc/systemd/system/multi-user.target.wants").join(u),
+                PathBuf::from("/etc/systemd/system").join(u),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Regression tests for bugs found by reading the rendered files against upstream's scripts.
+    use super::*;
+    use std::path::Path;
+
+    fn cluster(text: &str) -> crate::plan::ClusterPlan {
+        let path = Path::new("recipe.yaml");
+        let loaded = crate::recipe::parse(path, text.to_string()).unwrap();
+        crate::plan::resolve(&loaded).unwrap()
+    }
+
+    fn reference_text() -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/cluster.yaml"))
+            .unwrap()
+    }
+
+    /// A ZooKeeper-mode (Kafka 3.9) cluster whose node4 is a broker outside the ensemble.
+    fn zookeeper_mode() -> crate::plan::ClusterPlan {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recipes/kafka-zookeeper-mode.yaml"),
+        )
+        .unwrap()
+        .replace(
+            "  node3: {ip: 192.168.200.153}\n",
+            "  node3: {ip: 192.168.200.153}\n  node4: {ip: 192.168.200.154, roles: [kafka]}\n",
+        );
+        assert!(text.contains("node4"));
+        cluster(&text)
+    }
+
+    fn unit<'a>(units: &'a [FileSpec], name: &str) -> &'a str {
+        let f = units
+            .iter()
+            .find(|f| f.path == Path::new("etc/systemd/system").join(name))
+            .unwrap();
+        std::str::from_utf8(&f.content).unwrap()
+    }
+
+    fn node_file(p: &Plan, path: &str) -> Option<String> {
+        node_files(p)
+            .into_iter()
+            .find(|f| f.path == Path::new(path))
+            .map(|f| String::from_utf8(f.content).unwrap())
+    }
+
+    /// Bug 1: kafka-run-class.sh runs `$JAVA_HOME/bin/java`, else `java` from PATH; the health
+    /// unit (which runs kafka-metadata-quorum.sh) had neither, so the Kafka check never passed.
+    #[test]
+    fn the_health_unit_gives_kafka_tools_a_java() {
+        let units = units(KafkaMode::Kraft);
+        let health = unit(&units, "imgbuild-health.service");
+        let env: Vec<&str> = health
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment="))
+            .collect();
+        let java_home = env.iter().find_map(|e| e.strip_prefix("JAVA_HOME="));
+        let path = env.iter().find_map(|e| e.strip_prefix("PATH="));
+        assert_eq!(java_home, Some("/opt/java"), "{health}");
+        assert!(
+            path.is_some_and(|p| p.split(':').any(|d| d == "/opt/java/bin")),
+            "{health}"
+        );
+    }
+
+    /// Bug 2: zkEnv.sh puts ZOOCFGDIR first on the classpath; with only zoo.cfg there, logback
+    /// found no configuration and logged everything at DEBUG into the journal.
+    #[test]
+    fn zookeeper_finds_a_logback_configuration_in_its_config_dir() {
+        let c = cluster(&reference_text());
+        let p = &c.nodes[0];
+        let env = node_file(p, "etc/default/zookeeper").unwrap();
+        let dir = env
+            .lines()
+            .find_map(|l| l.strip_prefix("ZOOCFGDIR="))
+            .unwrap();
+        let logback = node_file(p, &format!("{}/logback.xml", dir.trim_start_matches('/')))
+            .unwrap_or_else(|| panic!("no logback.xml in ZOOCFGDIR {dir}"));
+        assert!(logback.contains("<root level=\"INFO\">"), "{logback}");
+        assert!(!logback.contains("DEBUG"), "{logback}");
+    }
+
+    /// The heaps a node's rendered files give its JVMs, in MiB.
+    fn rendered_heaps(p: &Plan) -> u32 {
+        let mb = |s: &str, prefix: &str| -> u32 {
+            s.split_whitespace()
+                .chain(s.split('"'))
+                .find_map(|w| {
+                    w.strip_prefix(prefix)?
+                        .trim_end_matches(['m', '"'])
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        let mut total = 0;
+        if p.roles.contains(&crate::plan::Role::Zookeeper) {
+            let env = node_file(p, "etc/default/zookeeper").unwrap();
+            total += mb(&env, "ZK_SERVER_HEAP=");
+        }
+        if p.roles.contains(&crate::plan::Role::Kafka) {
+            let env = node_file(p, "etc/default/kafka").unwrap();
+            total += mb(&env, "-Xmx");
+        }
+        if let Some(storm) = node_file(p, "etc/storm/storm.yaml") {
+            let value = |k: &str| -> u32 {
+                storm
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| mb(v, "-Xmx").max(v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0)
+            };
+            for (role, key) in [
+                (crate::plan::Role::StormNimbus, "nimbus.childopts:"),
+                (crate::plan::Role::StormSupervisor, "supervisor.childopts:"),
+                (crate::plan::Role::StormUi, "ui.childopts:"),
+                (crate::plan::Role::StormLogviewer, "logviewer.childopts:"),
+            ] {
+                if p.roles.contains(&role) {
+                    total += value(key);
+                }
+            }
+            if p.roles.contains(&crate::plan::Role::StormSupervisor) {
+                // The supervisor launches as many workers as its capacity holds.
+                let cap = value("supervisor.memory.capacity.mb:");
+                let worker = value("worker.heap.memory.mb:");
+                let slots = p.storm.as_ref().unwrap().slots.len() as u32;
+                assert!(worker > 0 && cap == worker * slots, "{storm}");
+                total += cap;
+            }
+        }
+        total
+    }
+
+    /// Bug 3: six 1 GiB daemon heaps and four 1 GiB worker slots (with Storm's default 4096 MiB
+    /// supervisor capacity) in the 2 GiB VM `imgbuild up` gave every node.
+    #[test]
+    fn a_node_is_booted_with_more_memory_than_its_jvm_heaps() {
+        for c in [cluster(&reference_text()), zookeeper_mode()] {
+            for p in &c.nodes {
+                let heaps = rendered_heaps(p);
+                assert!(heaps > 0, "{}", p.node.name);
+                let vm = p.guest_memory(None).unwrap();
+                // Heaps plus a tool JVM and the OS must fit.
+                assert!(
+                    vm >= heaps + 256 + 512,
+                    "{}: VM {vm} MiB for {heaps} MiB of heaps",
+                    p.node.name
+                );
+                assert!(p.guest_memory(Some(heaps)).is_err());
+            }
+        }
+    }
+
+    /// With several nimbuses a topology is accepted only once two hold its code: a nimbus
+    /// taking over the lead (the old leader's node lost) must have the code of every topology.
+    /// And every Storm node carries the Python example topology, to build and submit offline.
+    #[test]
+    fn storm_nodes_replicate_topology_code_and_carry_the_example() {
+        let c = cluster(&reference_text());
+        let p = &c.nodes[0];
+        let storm = node_file(p, "etc/storm/storm.yaml").unwrap();
+        assert!(
+            storm.contains("topology.min.replication.count: 2\n"),
+            "{storm}"
+        );
+        let dir = "usr/share/imgbuild/examples/python-wordcount";
+        for f in [
+            "topology.yaml",
+            "build-jar.py",
+            "multilang/resources/split_sentence.py",
+        ] {
+            assert!(node_file(p, &format!("{dir}/{f}")).is_some(), "{f}");
+        }
+        let flux = node_file(p, &format!("{dir}/topology.yaml")).unwrap();
+        assert!(
+            flux.contains("FluxShellBolt") && flux.contains("python3"),
+            "{flux}"
+        );
+    }
+
+    /// Every file a node's tree gets from the renderers, as text: path, mode and owner, then the
+    /// content (the example topology, fixed text checked elsewhere, only by path).
+    fn rendered(files: &[FileSpec]) -> String {
+        let mut out = String::new();
+        for f in files {
+            let path = f.path.display().to_string();
+            let _ = writeln!(
+                out,
+                "=== {path} ({:o}{})",
+                f.mode,
+                f.owner.map(|o| format!(", {o}")).unwrap_or_default()
+            );
+            if !path.starts_with("usr/share/imgbuild/examples/") {
+                out.push_str(&String::from_utf8_lossy(&f.content));
+                if !out.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Snapshots of every rendered file (insta; no root, milliseconds): node1..3 of the
+    /// reference recipe and a ZooKeeper-mode cluster with a broker outside the ensemble, plus
+    /// the shared units, users and tmpfiles. A change to any rendered byte shows here.
+    #[test]
+    fn rendered_files_snapshots() {
+        for (name, c) in [
+            ("reference", cluster(&reference_text())),
+            ("zkmode", zookeeper_mode()),
+        ] {
+            let mode = c.nodes[0].kafka.as_ref().unwrap().mode;
+            let mut shared = units(mode);
+            shared.extend(sysusers_and_tmpfiles());
+            insta::assert_snapshot!(format!("{name}-shared"), rendered(&shared));
+            for p in &c.nodes {
+                let mut text = rendered(&node_files(p));
+                for (link, target) in enablement(p) {
+                    let _ = writeln!(text, "=== link {} -> {}", link.display(), target.display());
+                }
+                insta::assert_snapshot!(format!("{name}-{}", p.node.name), text);
+            }
+        }
+    }
+
+    /// Bug 4: ZooKeeper-mode kafka.service had Wants=zookeeper.service, which starts ZooKeeper
+    /// on a broker outside the ensemble (no myid: "myid file is missing", restarting forever).
+    #[test]
+    fn a_zookeeper_mode_broker_does_not_pull_in_zookeeper() {
+        let c = zookeeper_mode();
+        let node4 = c.nodes.iter().find(|p| p.node.name == "node4").unwrap();
+        assert!(node4.zookeeper.as_ref().is_some_and(|z| z.myid.is_none()));
+        assert!(!node4.units.iter().any(|u| u == "zookeeper.service"));
+        let units = units(KafkaMode::Zookeeper);
+        let kafka = unit(&units, "kafka.service");
+        for l in kafka.lines() {
+            if let Some(v) = l
+                .strip_prefix("Wants=")
+                .or_else(|| l.strip_prefix("Requires="))
+                .or_else(|| l.strip_prefix("BindsTo="))
+            {
+                assert!(!v.contains("zookeeper"), "{kafka}");
+            }
+        }
+    }
+
+    /// Bug 5: the health check always used --bootstrap-controller (Kafka 3.7+, KIP-919) though
+    /// KRaft recipes may use 3.3+, and ZooKeeper-mode Kafka had no check at all. Now KRaft is
+    /// asked over the wire (DescribeQuorum v0, served by every KRaft controller) at a controller
+    /// endpoint, whatever the version; ZooKeeper mode reads the brokers' registrations.
+    #[test]
+    fn the_kafka_health_check_fits_the_version_and_mode() {
+        let health =
+            |p: &Plan| -> serde_json::Value { serde_json::from_str(&health_config(p)).unwrap() };
+        let c = cluster(&reference_text());
+        let old = cluster(&reference_text().replace("version: 4.3.1", "version: 3.6.2"));
+        for (c, v) in [(&c, "4.3.1"), (&old, "3.6.2")] {
+            for p in &c.nodes {
+                assert_eq!(p.kafka.as_ref().unwrap().version, v);
+                let k = &health(p)["kafka"];
+                assert_eq!(k["mode"], "kraft");
+                assert_eq!(k["controller"], format!("{}:9093", p.node.ip), "{k}");
+                assert_eq!(k["voters"], serde_json::json!([1, 2, 3]));
+                assert!(k.get("quorum_tool").is_none(), "no JVM tool: {k}");
+            }
+        }
+        let zk = zookeeper_mode();
+        for p in &zk.nodes {
+            let k = &health(p)["kafka"];
+            assert_eq!(k["mode"], "zookeeper", "{}: {k}", p.node.name);
+            assert_eq!(k["brokers_path"], "/kafka/brokers/ids");
+            assert_eq!(k["brokers"], 4);
+            assert_eq!(k["broker_id"], p.node.id);
+        }
+    }
+}
