@@ -29,6 +29,7 @@ NEEDED=(
     "ip iproute2"                  # imgbuild up: the private network namespace
     "systemd-nspawn systemd-container"  # imgbuild up --runtime container (make e2e)
     "script bsdutils"              # imgbuild up --runtime container: a terminal for each console
+    "ssh openssh-client"           # imgbuild ssh; make demo/e2e: ssh-keygen for the demo key
     "mvn maven"                    # test fixtures: ZooKeeper and Kafka jars from Maven Central
     "unzip unzip"                  # test fixtures: reading jar manifests
 )

@@ -21,13 +21,38 @@ ib -r "$recipe" all >/dev/null
 p_build=$(since "$t"); echo "phase build (3 nodes): $p_build s" >&2
 
 t=$(now)
+# While a cluster runs: `imgbuild ssh node1 -- systemctl is-active kafka` as the demo user with the
+# demo key, through up's namespace, until it says `active` (tried every 5 s; up ends the wait).
+ssh_probe() { # outfile
+    for _ in $(seq 200); do
+        if target/release/imgbuild -r "$recipe" ssh node1 -- systemctl is-active kafka >"$1" 2>&1 &&
+            grep -qx active "$1"; then
+            return 0
+        fi
+        sleep 5
+    done
+}
+ssh_judge() { # outfile phase
+    kill "$probe" 2>/dev/null || true
+    wait "$probe" 2>/dev/null || true
+    if grep -qx active "$1"; then
+        echo "  $2: imgbuild ssh node1 -- systemctl is-active kafka: active" >&2
+    else
+        echo "e2e: $2: imgbuild ssh node1 never answered 'active':" >&2
+        cat "$1" >&2
+        exit 1
+    fi
+}
 if [ -z "${E2E_SKIP_GOOD:-}" ]; then # (E2E_SKIP_GOOD=1: only the broken cluster, for working on the checker)
     # Kafka's and Storm's checks are reported, not judged, in QEMU: under software emulation with
     # two host cores for three VMs the real broker took 550 s to reach quorum on two nodes and had
     # not started on the third after 1400 s, and with the real Storm daemons as well no nimbus had
     # registered in ZooKeeper 980 s after boot (health began at 780 s; measured 2026-12-02). The
     # container phase judges both, with the data path and the topology.
+    ssh_probe "$out/e2e-ssh-qemu.txt" &
+    probe=$!
     target/release/imgbuild -r "$recipe" up --check --ignore kafka --ignore storm --timeout "${E2E_TIMEOUT:-1200}" | tee "$out/e2e-health.txt"
+    ssh_judge "$out/e2e-ssh-qemu.txt" QEMU
 fi
 p_boot=$(since "$t"); echo "phase boot to healthy (QEMU): $p_boot s" >&2
 
@@ -35,8 +60,11 @@ p_boot=$(since "$t"); echo "phase boot to healthy (QEMU): $p_boot s" >&2
 # slow for them under software emulation).
 t=$(now)
 if [ -z "${E2E_SKIP_GOOD:-}" ]; then
+    ssh_probe "$out/e2e-ssh-containers.txt" &
+    probe=$!
     target/release/imgbuild -r "$recipe" up --runtime container --check --timeout "${E2E_CT_TIMEOUT:-900}" |
         tee "$out/e2e-data.txt"
+    ssh_judge "$out/e2e-ssh-containers.txt" containers
 fi
 p_data=$(since "$t"); echo "phase containers: healthy, data path, topology, node loss and rejoin: $p_data s" >&2
 

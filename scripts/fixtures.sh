@@ -46,7 +46,13 @@ fixtures_prepare() {
     cargo build --release --locked --quiet --bin imgbuild --example fixture_server
     fixtures_base
     fixtures_components
-    COMPONENTS=$comps BASE_TARBALL=$base bash tests/fixtures/make-mirror.sh "$out/mirror" >/dev/null 2>&1
+    # A throwaway key for the demo user (`imgbuild ssh NODE` finds it in build/ssh/).
+    if [ ! -f build/ssh/id_ed25519 ]; then
+        mkdir -p build/ssh
+        ssh-keygen -q -t ed25519 -N "" -C imgbuild-demo -f build/ssh/id_ed25519
+    fi
+    COMPONENTS=$comps BASE_TARBALL=$base SSH_PUBKEY=build/ssh/id_ed25519.pub \
+        bash tests/fixtures/make-mirror.sh "$out/mirror" >/dev/null 2>&1
 }
 
 mirror_serve() {

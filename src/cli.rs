@@ -179,6 +179,22 @@ pub enum Command {
     },
     /// Stop VMs an interrupted `imgbuild up` left running.
     Down,
+    /// Log into NODE of the cluster `imgbuild up` is running (QEMU or containers): ssh from
+    /// inside up's private network namespace, where the host has an address of its own on the
+    /// nodes' network. Needs root, like `up`.
+    Ssh {
+        node: String,
+        /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists, as `make demo`
+        /// makes it, else ssh's own defaults).
+        #[arg(short = 'i', long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// The user (default: the recipe's first user with an SSH key).
+        #[arg(short = 'l', long, value_name = "NAME")]
+        user: Option<String>,
+        /// The command to run on the node (after `--`); none: an interactive shell.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Write NODE's raw image onto a disk: checks the target first (whole disk, unused, not the
     /// running system's, big enough), writes only the bmap's mapped ranges and reads each back,
     /// and writes the partition table last.

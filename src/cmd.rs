@@ -1208,6 +1208,66 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
 }
 
 /// `imgbuild up [NODE...]`
+/// `imgbuild ssh NODE [-- CMD...]`: enter the running `up`'s network namespace and exec ssh.
+/// Host keys are not recorded: the nodes' keys are made at each boot (the disks are throwaway
+/// overlays), and the network they are reached on exists only inside that namespace.
+pub fn ssh(
+    cli: &Cli,
+    node: &str,
+    identity: Option<&std::path::Path>,
+    user: Option<&str>,
+    command: &[String],
+) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let cluster = resolve(&cli.recipe)?;
+    let plans = select(&cluster, &cli.recipe, &[node.to_string()])?;
+    let p = plans.first().context("no such node")?;
+    let user = match user {
+        Some(u) => u.to_string(),
+        None => p
+            .users
+            .iter()
+            .find(|u| !u.ssh_authorized_keys.is_empty())
+            .map(|u| u.name.clone())
+            .with_context(|| {
+                format!(
+                    "{}: no user with an SSH key, so nobody can log into {node}\n\nhint: add `users:` with `ssh_authorized_keys`, or name one with -l",
+                    cli.recipe.display()
+                )
+            })?,
+    };
+    let default_key = cli.build_dir.join("ssh").join("id_ed25519");
+    let key = identity
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| default_key.is_file().then_some(default_key));
+    crate::util::tools::require(&[crate::util::tools::Tool {
+        command: "ssh",
+        why: "logs into the nodes (imgbuild ssh)",
+        package: "openssh-client",
+    }])?;
+    crate::vm::hostlink::enter(&cli.build_dir)?;
+    let mut c = std::process::Command::new("ssh");
+    c.args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
+    ]);
+    if let Some(k) = &key {
+        c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    c.arg(format!("{user}@{}", p.node.ip));
+    if !command.is_empty() {
+        c.arg("--").args(command);
+    }
+    let e = c.exec();
+    Err(anyhow::anyhow!("running ssh: {e}"))
+}
+
 pub fn up(cli: &Cli, names: &[String], o: &crate::vm::cluster::UpOptions) -> Result<()> {
     let cluster = resolve(&cli.recipe)?;
     let all = vec!["all".to_string()];

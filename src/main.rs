@@ -64,6 +64,12 @@ fn main() -> ExitCode {
             },
         ),
         Command::Down => cmd::down(&cli),
+        Command::Ssh {
+            node,
+            identity,
+            user,
+            command,
+        } => cmd::ssh(&cli, node, identity.as_deref(), user.as_deref(), command),
         Command::Completions { shell } => {
             let mut c = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut c, "imgbuild", &mut std::io::stdout());

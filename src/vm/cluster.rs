@@ -21,6 +21,9 @@ use crate::vm::qemu::{self, Seen};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// The multicast group of the nodes' NICs (inside the private namespace only).
+const GROUP: &str = "230.0.0.1:1234";
+
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
@@ -451,7 +454,7 @@ fn start_node(
                     .unwrap_or_else(|| qemu::default_mac(name)),
                 nic: "virtio-net-pci",
                 net: qemu::Net::Mcast {
-                    group: "230.0.0.1:1234".into(),
+                    group: GROUP.into(),
                 },
                 serial_log: &log,
                 console: false,
@@ -505,6 +508,29 @@ fn start_node(
     })
 }
 
+/// The host's address on the nodes' network and the pid file `imgbuild ssh` enters by. Without
+/// it the cluster still runs (said on stderr): it is the way in, not part of what is judged.
+fn host_link(nodes: &[&Plan], build_dir: &Path, runtime: Runtime) {
+    use crate::vm::hostlink;
+    let r = hostlink::host_address(nodes).and_then(|addr| {
+        match runtime {
+            Runtime::Qemu => hostlink::attach_qemu(GROUP, addr)?,
+            Runtime::Container => hostlink::attach_bridge(crate::vm::container::BRIDGE, addr)?,
+        }
+        std::fs::write(
+            hostlink::pid_file(build_dir),
+            std::process::id().to_string(),
+        )?;
+        Ok(addr)
+    });
+    match r {
+        Ok((ip, _)) => eprintln!(
+            "host: {ip} on the nodes' network, inside this run's namespace (`imgbuild ssh NODE`)"
+        ),
+        Err(e) => eprintln!("note: no way in from the host (`imgbuild ssh`): {e:#}"),
+    }
+}
+
 /// Boot `nodes` and watch them; returns what was seen and judged, or None when interrupted
 /// before a judgement. With `--check` in the container runtime, the data path and
 /// the loss of a node are proven after the membership checks pass (see `datapath`).
@@ -543,6 +569,7 @@ pub fn up(
     if o.runtime == Runtime::Container {
         crate::vm::container::prepare()?;
     }
+    host_link(nodes, build_dir, o.runtime);
     catch_signals();
     let mut running = Vec::new();
     let mut containers = Vec::new();
@@ -635,6 +662,7 @@ pub fn up(
         r.stop(&mut containers);
         let _ = std::fs::remove_file(work.join(&r.name).join("qemu.pid"));
     }
+    let _ = std::fs::remove_file(crate::vm::hostlink::pid_file(build_dir));
     eprintln!(
         "stopped {} nodes after {:.0}s",
         running.len(),

@@ -32,7 +32,7 @@ pub const SCRIPT: Tool = Tool {
     package: "bsdutils",
 };
 
-const BRIDGE: &str = "br-imgbuild";
+pub const BRIDGE: &str = "br-imgbuild";
 
 /// A private mount namespace (our overlays vanish with us) and the bridge the nodes share, in
 /// the private network namespace `cluster::private_network` made.

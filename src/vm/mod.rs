@@ -4,4 +4,5 @@
 pub mod cluster;
 pub mod container;
 pub mod datapath;
+pub mod hostlink;
 pub mod qemu;
