@@ -20,6 +20,9 @@ use crate::plan::Plan;
 use crate::util::run::Cmd;
 
 const TAP: &str = "ib-host";
+/// The tap's MAC: set, not read back (this namespace's interfaces are not in the host's /sys),
+/// locally administered and outside QEMU's 52:54:00 range the nodes' MACs come from.
+const TAP_MAC: [u8; 6] = [0x02, 0x69, 0x62, 0x00, 0x00, 0x01];
 
 /// The host's address on the nodes' network: the highest one of the recipe's subnet that no
 /// node, gateway or DNS server has.
@@ -55,9 +58,7 @@ pub fn attach_qemu(group: &str, addr: (Ipv4Addr, u8)) -> Result<()> {
     let group: SocketAddrV4 = group.parse().context("the multicast group")?;
     let tap = open_tap(TAP)?;
     configure(TAP, addr)?;
-    let mac = std::fs::read_to_string(format!("/sys/class/net/{TAP}/address"))
-        .context("reading the tap's MAC")?;
-    let mac = parse_mac(mac.trim()).context("the tap's MAC")?;
+    let mac = TAP_MAC;
     let sock = mcast_socket(group)?;
     let (tap_in, sock_out) = (tap.try_clone()?, sock.try_clone()?);
     std::thread::spawn(move || tap_to_group(tap_in, sock_out, group));
@@ -81,7 +82,13 @@ pub fn attach_bridge(bridge: &str, addr: (Ipv4Addr, u8)) -> Result<()> {
 }
 
 fn configure(dev: &str, addr: (Ipv4Addr, u8)) -> Result<()> {
+    let mac = TAP_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
     for args in [
+        vec!["link", "set", dev, "address", &mac],
         vec!["addr", "add", &format!("{}/{}", addr.0, addr.1), "dev", dev],
         vec!["link", "set", dev, "up"],
     ] {
@@ -187,14 +194,6 @@ fn group_to_tap(sock: UdpSocket, mut tap: File, own: [u8; 6]) {
     }
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).ok())
-        .collect::<Option<_>>()?;
-    v.try_into().ok()
-}
-
 /// Enter the network namespace of the `imgbuild up` recorded in `build_dir` (this process only:
 /// what it runs next, e.g. ssh, talks to the nodes).
 pub fn enter(build_dir: &Path) -> Result<()> {
@@ -241,14 +240,5 @@ mod tests {
             host_address(&nodes).unwrap(),
             (Ipv4Addr::new(192, 168, 200, 254), 24)
         );
-    }
-
-    #[test]
-    fn macs_parse() {
-        assert_eq!(
-            parse_mac("52:54:00:ab:cd:ef"),
-            Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef])
-        );
-        assert_eq!(parse_mac("52:54:00"), None);
     }
 }
