@@ -568,7 +568,8 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
         );
     }
     // Everything the build will need is checked before any work starts.
-    let mut formats: Vec<String> = plans.iter().flat_map(|p| p.disk.formats.clone()).collect();
+    let mut formats: Vec<crate::plan::DiskFormat> =
+        plans.iter().flat_map(|p| p.disk.formats.clone()).collect();
     formats.dedup();
     let mut tools = crate::image::tools(&formats);
     if plans

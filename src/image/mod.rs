@@ -22,8 +22,8 @@ use serde::Serialize;
 use crate::fetch::Fetched;
 use crate::image::disk::FsIdentity;
 use crate::image::gpt::{Gpt, Partition};
-use crate::plan::Plan;
 use crate::plan::ids::DiskIds;
+use crate::plan::{DiskFormat, Plan};
 use crate::rootfs::confined::Root;
 use crate::util::fmt::human;
 use crate::util::run::Cmd;
@@ -49,7 +49,7 @@ pub const DEBUGFS: Tool = Tool {
 };
 
 /// Every host tool building these formats needs (checked before any work starts).
-pub fn tools(formats: &[String]) -> Vec<Tool> {
+pub fn tools(formats: &[DiskFormat]) -> Vec<Tool> {
     let mut t = vec![
         crate::util::tools::CP,
         disk::MKFS_EXT4,
@@ -59,10 +59,10 @@ pub fn tools(formats: &[String]) -> Vec<Tool> {
         fat::MKFS_FAT,
         fat::MCOPY,
     ];
-    if formats.iter().any(|f| f == "qcow2") {
+    if formats.contains(&DiskFormat::Qcow2) {
         t.push(QEMU_IMG);
     }
-    if formats.iter().any(|f| f == "seed-iso") {
+    if formats.contains(&DiskFormat::SeedIso) {
         t.push(XORRISO);
     }
     t
@@ -664,18 +664,20 @@ pub fn build(cx: &BuildContext, images: &Path, stages: &mut Stages) -> Result<Bu
 
 /// The image stages, in order. Each returns its result and a note for its progress line.
 fn emit(cx: &BuildContext, out: &Path, stages: &mut Stages) -> Result<Vec<Output>> {
-    let want = |f: &str| cx.plan.disk.formats.iter().any(|x| x == f);
+    let want = |f| cx.plan.disk.wants(f);
     let mut w = Emit::new(cx, out)?;
     let (esp, layout) = stages.run("esp", || w.esp())?;
     stages.run("raw", || w.raw(&layout))?;
     stages.run("bmap", || w.bmap(&layout))?;
-    if want("qcow2") {
+    if want(DiskFormat::Qcow2) {
         stages.run("qcow2", || w.qcow2())?;
     }
-    if want("seed-iso") || want("seed-fat") {
-        stages.run("seed", || w.seed(want("seed-iso"), want("seed-fat")))?;
+    if want(DiskFormat::SeedIso) || want(DiskFormat::SeedFat) {
+        stages.run("seed", || {
+            w.seed(want(DiskFormat::SeedIso), want(DiskFormat::SeedFat))
+        })?;
     }
-    if want("rootfs-tar") {
+    if want(DiskFormat::RootfsTar) {
         stages.run("tar", || w.tar())?;
     }
     stages.run("manifest", || w.manifest(&esp, &layout))

@@ -383,7 +383,13 @@ pub struct SignaturePlan {
 pub struct DiskPlan {
     /// The raw disk's size; None: the content plus headroom (see `image::layout`).
     pub size_bytes: Option<u64>,
-    pub formats: Vec<String>,
+    pub formats: Vec<DiskFormat>,
+}
+
+impl DiskPlan {
+    pub fn wants(&self, f: DiskFormat) -> bool {
+        self.formats.contains(&f)
+    }
 }
 
 /// Every node's plan, plus the warnings found on the way.
@@ -406,7 +412,41 @@ impl ClusterPlan {
     }
 }
 
-pub const DISK_FORMATS: &[&str] = &["raw", "qcow2", "seed-iso", "seed-fat", "rootfs-tar"];
+/// What `images/<node>/` holds besides the raw disk (which is always written: the rest come from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+    SeedIso,
+    SeedFat,
+    RootfsTar,
+}
+
+impl DiskFormat {
+    pub const ALL: [DiskFormat; 5] = [
+        DiskFormat::Raw,
+        DiskFormat::Qcow2,
+        DiskFormat::SeedIso,
+        DiskFormat::SeedFat,
+        DiskFormat::RootfsTar,
+    ];
+
+    /// The name the recipe uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::SeedIso => "seed-iso",
+            DiskFormat::SeedFat => "seed-fat",
+            DiskFormat::RootfsTar => "rootfs-tar",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DiskFormat> {
+        DiskFormat::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
 
 /// Collects diagnostics with positions from the recipe's source map.
 struct Ctx<'a> {
@@ -1722,18 +1762,23 @@ fn resolve_disk(cx: &mut Ctx) -> DiskPlan {
             }
         }
     };
-    let formats = d
+    let names: Vec<&str> = DiskFormat::ALL.iter().map(|f| f.name()).collect();
+    let mut formats = Vec::new();
+    let asked = d
         .formats
         .clone()
         .unwrap_or_else(|| vec!["raw".into(), "qcow2".into(), "seed-iso".into()]);
-    for (i, f) in formats.iter().enumerate() {
-        if !DISK_FORMATS.contains(&f.as_str()) {
-            let mut msg = format!("unknown disk format `{f}`");
-            if let Some(m) = did_you_mean(f, DISK_FORMATS.iter().copied()) {
-                msg.push_str(&format!(" (did you mean `{m}`?)"));
+    for (i, f) in asked.iter().enumerate() {
+        match DiskFormat::parse(f) {
+            Some(x) => formats.push(x),
+            None => {
+                let mut msg = format!("unknown disk format `{f}`");
+                if let Some(m) = did_you_mean(f, names.iter().copied()) {
+                    msg.push_str(&format!(" (did you mean `{m}`?)"));
+                }
+                let diag = cx.error(cx.at(&index("disk.formats", i)), msg);
+                Ctx::hint(diag, format!("formats are: {}", names.join(", ")));
             }
-            let diag = cx.error(cx.at(&index("disk.formats", i)), msg);
-            Ctx::hint(diag, format!("formats are: {}", DISK_FORMATS.join(", ")));
         }
     }
     DiskPlan {
