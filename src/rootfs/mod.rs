@@ -11,6 +11,7 @@
 
 pub mod confined;
 pub mod extract;
+pub mod props;
 pub mod render;
 
 use std::collections::BTreeMap;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
 use crate::plan::{KafkaPlan, Plan, StormPlan, ZookeeperPlan};
 use crate::recipe::KafkaMode;
+use crate::rootfs::props::Properties;
 
 /// A file to place in the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,56 +382,64 @@ pub fn hosts(p: &Plan) -> String {
 }
 
 pub fn zoo_cfg(z: &ZookeeperPlan) -> String {
-    let mut s = format!(
-        "# Written by imgbuild from the recipe; identical on every node.\n\
-         tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir=/var/lib/zookeeper\nclientPort={}\n\
-         autopurge.snapRetainCount=3\nautopurge.purgeInterval=24\n\
-         4lw.commands.whitelist=srvr,ruok,mntr,stat,conf,isro\n\
-         admin.serverPort={}\n",
-        z.client_port, z.admin_port
-    );
+    let mut p = Properties::new("Written by imgbuild from the recipe; identical on every node.");
+    p.set("tickTime", 2000)
+        .set("initLimit", 10)
+        .set("syncLimit", 5)
+        .set("dataDir", "/var/lib/zookeeper")
+        .set("clientPort", z.client_port)
+        .set("autopurge.snapRetainCount", 3)
+        .set("autopurge.purgeInterval", 24)
+        .set("4lw.commands.whitelist", "srvr,ruok,mntr,stat,conf,isro")
+        .set("admin.serverPort", z.admin_port);
     for srv in &z.servers {
-        let _ = writeln!(s, "{srv}");
+        p.set(
+            &format!("server.{}", srv.id),
+            format!("{}:{}:{}", srv.ip, srv.quorum_port, srv.election_port),
+        );
     }
-    s
+    p.render()
 }
 
 pub fn server_properties(k: &KafkaPlan) -> String {
-    let mut s = String::from("# Written by imgbuild from the recipe.\n");
+    let mut p = Properties::new("Written by imgbuild from the recipe.");
     match k.mode {
         KafkaMode::Kraft => {
             let roles = k.process_roles.as_deref().unwrap_or(&[ProcessRole::Broker]);
-            let _ = writeln!(s, "process.roles={}", comma(roles));
-            let _ = writeln!(s, "node.id={}", k.node_id.unwrap_or_default());
             let voters = k.controller_quorum_voters.as_deref().unwrap_or_default();
-            let _ = writeln!(s, "controller.quorum.voters={}", comma(voters));
-            s.push_str("controller.listener.names=CONTROLLER\n");
-            s.push_str("listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n");
+            p.set("process.roles", comma(roles))
+                .set("node.id", k.node_id.unwrap_or_default())
+                .set("controller.quorum.voters", comma(voters))
+                .set("controller.listener.names", "CONTROLLER")
+                .set(
+                    "listener.security.protocol.map",
+                    "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                );
         }
         KafkaMode::Zookeeper => {
-            let _ = writeln!(s, "broker.id={}", k.broker_id.unwrap_or_default());
-            let _ = writeln!(
-                s,
-                "zookeeper.connect={}",
-                k.zookeeper_connect.as_deref().unwrap_or("")
+            p.set("broker.id", k.broker_id.unwrap_or_default()).set(
+                "zookeeper.connect",
+                k.zookeeper_connect.as_deref().unwrap_or(""),
             );
         }
     }
-    let _ = writeln!(s, "listeners={}", comma(&k.listeners));
     // The controller listener is not advertised to clients in KRaft (Kafka rejects it there).
     let advertised: Vec<&Listener> = k
         .advertised_listeners
         .iter()
         .filter(|l| l.name != ListenerName::Controller)
         .collect();
-    let _ = writeln!(s, "advertised.listeners={}", comma(&advertised));
-    s.push_str(
-        "inter.broker.listener.name=PLAINTEXT\nlog.dirs=/var/lib/kafka/data\n\
-         default.replication.factor=3\nmin.insync.replicas=2\n\
-         offsets.topic.replication.factor=3\ntransaction.state.log.replication.factor=3\ntransaction.state.log.min.isr=2\n\
-         unclean.leader.election.enable=false\n",
-    );
-    s
+    p.set("listeners", comma(&k.listeners))
+        .set("advertised.listeners", comma(&advertised))
+        .set("inter.broker.listener.name", "PLAINTEXT")
+        .set("log.dirs", "/var/lib/kafka/data")
+        .set("default.replication.factor", 3)
+        .set("min.insync.replicas", 2)
+        .set("offsets.topic.replication.factor", 3)
+        .set("transaction.state.log.replication.factor", 3)
+        .set("transaction.state.log.min.isr", 2)
+        .set("unclean.leader.election.enable", false);
+    p.render()
 }
 
 fn yaml_list<T: std::fmt::Display>(items: &[T]) -> String {
