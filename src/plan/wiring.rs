@@ -16,13 +16,16 @@ pub struct ZkServer {
     pub election_port: u16,
 }
 
+impl ZkServer {
+    /// The value of its `server.ID` line: `IP:QUORUM:ELECTION`.
+    pub fn value(&self) -> String {
+        format!("{}:{}:{}", self.ip, self.quorum_port, self.election_port)
+    }
+}
+
 impl fmt::Display for ZkServer {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "server.{}={}:{}:{}",
-            self.id, self.ip, self.quorum_port, self.election_port
-        )
+        write!(f, "server.{}={}", self.id, self.value())
     }
 }
 

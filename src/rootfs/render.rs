@@ -393,10 +393,7 @@ pub fn zoo_cfg(z: &ZookeeperPlan) -> String {
         .set("4lw.commands.whitelist", "srvr,ruok,mntr,stat,conf,isro")
         .set("admin.serverPort", z.admin_port);
     for srv in &z.servers {
-        p.set(
-            &format!("server.{}", srv.id),
-            format!("{}:{}:{}", srv.ip, srv.quorum_port, srv.election_port),
-        );
+        p.set(&format!("server.{}", srv.id), srv.value());
     }
     p.render()
 }
