@@ -5,9 +5,9 @@
 # supervisor, /opt/python/bin/python3 running), then in containers at native speed
 # (`imgbuild up --runtime container --check`: the same, then the services' versions, a Kafka
 # round trip, the Python Storm topology of examples/ with its word counts checked, and the loss
-# and return of node3 with the topology still counting), then proves the checker can fail: the same
-# cluster with node3's ZooKeeper peers at wrong addresses must be reported as broken, naming node3
-# and the check. Prints the time of each phase and records them in BENCHMARKS.md.
+# and return of the node running the topology's worker, the topology still counting), then
+# proves the checker can fail: the same cluster with node3's ZooKeeper peers at wrong addresses
+# must be reported as broken, naming node3 and the check. Prints the time of each phase and records them in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/fixtures.sh

@@ -771,7 +771,7 @@ pub fn verify(cli: &Cli, names: &[String], json: bool) -> Result<()> {
     let mut report = Vec::new();
     for p in plans {
         let dir = cli.images.join(&p.node.name);
-        let (ok, detail) = match verify_dir(&dir, &p.node.name) {
+        let (ok, detail) = match verify_dir(&dir, p) {
             Ok(note) => {
                 eprintln!("{}: ok ({note})", dir.display());
                 (true, note)
@@ -803,7 +803,8 @@ pub fn verify(cli: &Cli, names: &[String], json: bool) -> Result<()> {
     Ok(())
 }
 
-fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
+fn verify_dir(dir: &std::path::Path, plan: &Plan) -> Result<String> {
+    let node = plan.node.name.as_str();
     let sums_path = dir.join("SHA256SUMS");
     let sums = std::fs::read_to_string(&sums_path)
         .with_context(|| format!("reading {}", sums_path.display()))?;
@@ -903,6 +904,12 @@ fn verify_dir(dir: &std::path::Path, node: &str) -> Result<String> {
             Err(e) => problems.push(format!("{e:#}")),
         }
     }
+    // Its signature, against the recipe's key (the one in the signature itself proves nothing).
+    match crate::image::sbom::verify_signature(dir, node, plan.provenance_signer.as_ref()) {
+        Ok(Some(note)) => prov_note = format!("{prov_note}, {note}"),
+        Ok(None) => {}
+        Err(e) => problems.push(format!("{e:#}")),
+    }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n  "));
     Ok(format!(
         "{} files match SHA256SUMS, manifest agrees, {bmap_note}, {prov_note}",
@@ -981,7 +988,13 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         .clone()
         .unwrap_or_else(|| work.join("serial.log"));
     let _ = std::fs::remove_file(&log);
-    let (local, peer) = qemu::free_udp_ports()?;
+    let net = match crate::vm::cluster::boot_network(plan, &cli.build_dir) {
+        Some(net) => net,
+        None => {
+            let (local, peer) = qemu::free_udp_ports()?;
+            qemu::Net::Isolated { local, peer }
+        }
+    };
     let mac = plan
         .node
         .mac
@@ -997,7 +1010,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         cpus: o.cpus,
         mac,
         nic: &o.nic,
-        net: qemu::Net::Isolated { local, peer },
+        net,
         serial_log: &log,
         console: !o.check,
         cdrom: None,
@@ -1012,8 +1025,16 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
     );
     let mut cmd = vm.command();
     if !o.check {
-        let status = cmd.status().context("running qemu-system-x86_64")?;
-        anyhow::ensure!(status.success(), "QEMU exited with {status}");
+        // Ctrl-C reaches QEMU (its console is this terminal); SIGTERM to imgbuild is passed on.
+        // Either way imgbuild outlives QEMU and removes the record `imgbuild ssh` enters by.
+        crate::vm::cluster::catch_signals();
+        let status = run_until_stopped(&mut cmd);
+        crate::vm::hostlink::forget(&cli.build_dir);
+        let status = status?;
+        anyhow::ensure!(
+            status.success() || crate::vm::cluster::stopping(),
+            "QEMU exited with {status}"
+        );
         return Ok(());
     }
     let t = std::time::Instant::now();
@@ -1031,6 +1052,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
     );
     let _ = child.kill();
     let _ = child.wait();
+    crate::vm::hostlink::forget(&cli.build_dir);
     let seen = seen?;
     let ip = plan.node.ip.to_string();
     let (root_mb, disk_mb) = seen.disk.unwrap_or_default();
@@ -1087,6 +1109,22 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         log.display()
     );
     Ok(())
+}
+
+/// Run `cmd` to its end; on SIGINT/SIGTERM (see `catch_signals`) ask it to quit and wait.
+fn run_until_stopped(cmd: &mut std::process::Command) -> Result<std::process::ExitStatus> {
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let mut asked = false;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for QEMU")? {
+            return Ok(status);
+        }
+        if crate::vm::cluster::stopping() && !asked {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            asked = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 pub struct FlashOptions {

@@ -541,3 +541,40 @@ fn no_color_is_honoured_on_a_terminal() {
         "colour despite NO_COLOR: {plain:?}"
     );
 }
+
+#[test]
+fn a_provenance_signing_key_must_exist_with_its_public_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{BASE}provenance:\n  signing_key: keys/provenance\n");
+    std::fs::write(dir.path().join("recipe.yaml"), &text).unwrap();
+    let r = run_in(dir.path(), "recipe.yaml", &["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("recipe.yaml:42:16: ") && r.stderr.contains("keys/provenance: no such key file"),
+        "{}",
+        r.stderr
+    );
+    // The private key alone: its public half is named.
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/provenance"), "not read by imgbuild").unwrap();
+    let r = run_in(dir.path(), "recipe.yaml", &["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("keys/provenance.pub"), "{}", r.stderr);
+    // With both, the plan shows the public key (never the private one's path or bytes).
+    std::fs::write(
+        dir.path().join("keys/provenance.pub"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBzqOXyO8mWOBjxP0tVhVQh1hc0KfCfHHVO6rU9DxTm0 ops@site\n",
+    )
+    .unwrap();
+    let r = run_in(dir.path(), "recipe.yaml", &["plan", "node1", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let p: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        p["provenance_signer"]["public_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-ed25519 AAAAC3"),
+        "{p}"
+    );
+    assert!(!r.stdout.contains("not read by imgbuild"));
+}

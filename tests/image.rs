@@ -42,6 +42,24 @@ impl Env {
             text.contains("seed-fat, rootfs-tar]"),
             "recipe edit applied"
         );
+        // Every image's provenance signed, with a key made for this directory.
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        ok(
+            &sh(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-f",
+                    dir.path().join("keys/provenance").to_str().unwrap(),
+                ],
+            ),
+            "ssh-keygen",
+        );
+        let text = format!("{text}\nprovenance:\n  signing_key: keys/provenance\n");
         std::fs::write(dir.path().join("recipe.yaml"), text).unwrap();
         Env {
             server: Server::start(mirror),
@@ -259,15 +277,55 @@ fn node1_images_pass_the_standard_tools() {
         "manifest.json",
         "node1.spdx.json",
         "node1.provenance.json",
+        "node1.provenance.json.sig",
     ] {
         assert!(out.contains(&format!("{f}: OK")), "{f} missing:\n{out}");
     }
     let verify = env.run(&["verify", "node1"]);
+    let said = String::from_utf8_lossy(&verify.stderr);
     assert!(
-        String::from_utf8_lossy(&verify.stderr).contains("ok (")
-            && String::from_utf8_lossy(&verify.stderr).contains("provenance: "),
+        said.contains("ok (") && said.contains("provenance: ") && said.contains("signature good"),
+        "{said}"
+    );
+    // The signature is ssh-keygen's own, checked by ssh-keygen itself with the recipe's key.
+    let allowed = env.path("allowed_signers");
+    let public = std::fs::read_to_string(env.path("keys/provenance.pub")).unwrap();
+    std::fs::write(&allowed, format!("ops {public}")).unwrap();
+    let check = Command::new("ssh-keygen")
+        .args([
+            "-Y",
+            "verify",
+            "-n",
+            "imgbuild-provenance",
+            "-I",
+            "ops",
+            "-f",
+        ])
+        .arg(&allowed)
+        .arg("-s")
+        .arg(dir.join("node1.provenance.json.sig"))
+        .stdin(std::fs::File::open(dir.join("node1.provenance.json")).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
         "{}",
-        String::from_utf8_lossy(&verify.stderr)
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The private key is in no output (its second line holds key material; grep reads the raw
+    // image's file system blocks too).
+    let secret = std::fs::read_to_string(env.path("keys/provenance")).unwrap();
+    let line = secret.lines().nth(2).unwrap();
+    let g = Command::new("grep")
+        .args(["-rlF", line])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        g.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&g.stdout)
     );
 
     // The SBOM passes an independent SPDX validator and lists the kernel package and the Kafka
@@ -828,10 +886,33 @@ fn qcow2_boots_under_secure_boot_to_node1_identity_grows_and_matches_another_nic
 }
 
 /// The second boot chain: a base with systemd-boot instead of shim + GRUB gets a loader entry
-/// with the kernel and initrd on the ESP, and boots to cloud-init with node1's identity.
+/// with the kernel and initrd on the ESP, and boots with node1's identity; `imgbuild boot`, run as an
+/// operator runs it, can be reached with `imgbuild ssh` as the recipe's user.
 #[test]
-fn a_systemd_boot_base_boots_through_systemd_boot() {
+fn a_systemd_boot_base_boots_through_systemd_boot_and_imgbuild_ssh_reaches_it() {
     let env = Env::with_mirror(common::mirror_with_sdboot_base());
+    let key = env.path("id_ed25519");
+    ok(
+        &sh(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
+        ),
+        "ssh-keygen",
+    );
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let recipe = std::fs::read_to_string(env.path("recipe.yaml")).unwrap();
+    assert!(
+        recipe.contains("\nusers: []\n"),
+        "the fixture recipe has no users: line"
+    );
+    let recipe = recipe.replace(
+        "\nusers: []\n",
+        &format!(
+            "\nusers:\n  - name: ops\n    ssh_authorized_keys:\n      - \"{}\"\n",
+            pubkey.trim()
+        ),
+    );
+    std::fs::write(env.path("recipe.yaml"), recipe).unwrap();
     env.run(&["node1"]);
     let dir = env.path("images/node1");
     let m = manifest(&dir);
@@ -855,19 +936,59 @@ fn a_systemd_boot_base_boots_through_systemd_boot() {
         entry.contains(&format!("root=UUID={root_uuid}")) && entry.contains("console=ttyS0"),
         "{entry}"
     );
-    let o = env
-        .command("build", &["boot", "node1", "--check", "--timeout", "900"])
-        .output()
+    // `imgbuild boot` as an operator runs it (no --check, until stopped), and `imgbuild ssh`
+    // from the host into it, as the recipe's user with its key.
+    let mut boot = env
+        .command("build", &["boot", "node1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(env.path("boot.err")).unwrap())
+        .spawn()
         .unwrap();
+    let t = std::time::Instant::now();
+    let mut answer = String::new();
+    while t.elapsed() < std::time::Duration::from_secs(900) && boot.try_wait().unwrap().is_none() {
+        let o = env
+            .command(
+                "build",
+                &[
+                    "ssh",
+                    "node1",
+                    "-i",
+                    key.to_str().unwrap(),
+                    "--",
+                    "cat",
+                    "/etc/hostname",
+                ],
+            )
+            .output()
+            .unwrap();
+        answer = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+    unsafe { libc::kill(boot.id() as i32, libc::SIGTERM) };
+    let status = boot.wait().unwrap();
     let log = std::fs::read_to_string(env.path("build/boot/node1/serial.log")).unwrap_or_default();
-    assert!(
-        o.status.success(),
-        "{}\n{}\nserial log tail:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
+    let err = std::fs::read_to_string(env.path("boot.err")).unwrap();
+    assert_eq!(
+        answer.trim(),
+        "node1",
+        "imgbuild ssh into the booted node:\n{err}\nserial log tail:\n{}",
         log_tail(&log)
     );
+    assert!(status.success(), "boot ended with {status}: {err}");
     assert!(log.contains("node1 login:"), "{}", log_tail(&log));
+    assert!(
+        !env.path("build/up/up.pid").exists(),
+        "boot left its pid file for imgbuild ssh behind"
+    );
     let _ = std::fs::remove_dir_all(env.dir.path());
 }
 

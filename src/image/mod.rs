@@ -926,6 +926,10 @@ impl<'a> Emit<'a> {
             serde_json::to_string_pretty(&prov)? + "\n",
         )?;
         outputs.push(output(out, &prov_name)?);
+        if let Some(signer) = &cx.plan.provenance_signer {
+            let sig = crate::image::sbom::sign_provenance(out, node, signer)?;
+            outputs.push(output(out, &sig)?);
+        }
         outputs.sort_by(|a, b| a.file.cmp(&b.file));
         let sums: String = outputs
             .iter()

@@ -116,6 +116,19 @@ pub struct Plan {
     pub disk_ids: ids::DiskIds,
     pub memory: MemoryPlan,
     pub overlays: Vec<PathBuf>,
+    /// Who signs the provenance (absent from the JSON, and so from the build key, when no one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance_signer: Option<Signer>,
+}
+
+/// The recipe's provenance signing key: its public half (in the plan and the build key) and
+/// where the private half is (read by ssh-keygen only, never copied).
+#[derive(Debug, Clone, Serialize)]
+pub struct Signer {
+    /// `ssh-ed25519 AAAA... comment`, as in KEY.pub.
+    pub public_key: String,
+    #[serde(skip)]
+    pub key: PathBuf,
 }
 
 impl Plan {
@@ -586,6 +599,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let artifacts = resolve_artifacts(cx, &nodes);
     let base = resolve_base(cx);
     let users = resolve_users(cx);
+    let signer = resolve_signer(cx);
     let disk = resolve_disk(cx);
     let kafka_version = r
         .components
@@ -747,6 +761,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
                 disk_ids: ids::DiskIds::derive(&r.cluster.name, &n.name),
                 memory,
                 overlays: vec![overlay_dir.join("common"), overlay_dir.join(&n.name)],
+                provenance_signer: signer.clone(),
             }
         })
         .collect();
@@ -852,6 +867,52 @@ fn hosts_entries(nodes: &[NodeDraft], domain: Option<&str>) -> Vec<HostEntry> {
             HostEntry { ip: n.ip, names }
         })
         .collect()
+}
+
+/// `provenance.signing_key`: the private key must exist and its public half (KEY.pub) be an
+/// SSH public key; both named, relative to the recipe.
+fn resolve_signer(cx: &mut Ctx) -> Option<Signer> {
+    let rel = cx.loaded.recipe.provenance.signing_key.as_deref()?;
+    let dir = cx.loaded.path.parent().unwrap_or(Path::new(""));
+    let key = dir.join(rel);
+    let public = PathBuf::from(format!("{}.pub", key.display()));
+    let pos = cx.at("provenance.signing_key");
+    if !key.is_file() {
+        let d = cx.error(pos, format!("{}: no such key file", key.display()));
+        Ctx::hint(
+            d,
+            "make one with `ssh-keygen -t ed25519 -f KEY` (KEY.pub beside it)",
+        );
+        return None;
+    }
+    let text = match std::fs::read_to_string(&public) {
+        Ok(t) => t,
+        Err(e) => {
+            let d = cx.error(
+                pos,
+                format!("{}: {e} (the signing key's public half)", public.display()),
+            );
+            Ctx::hint(d, "`ssh-keygen -y -f KEY > KEY.pub` writes it");
+            return None;
+        }
+    };
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let mut fields = line.split_whitespace();
+    match (fields.next(), fields.next()) {
+        (Some(kind), Some(_)) if kind.starts_with("ssh-") || kind.starts_with("ecdsa-") => {}
+        _ => {
+            cx.error(pos, format!("{}: not an SSH public key", public.display()));
+            return None;
+        }
+    }
+    Some(Signer {
+        public_key: line.to_string(),
+        key,
+    })
 }
 
 fn overlay_dir(loaded: &Loaded) -> PathBuf {

@@ -33,6 +33,17 @@ pub struct Recipe {
     /// URL prefix rewrites: `FROM: TO` (corporate mirrors, air-gapped sites).
     #[serde(default)]
     pub mirrors: IndexMap<String, String>,
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// How the provenance of every image is signed (`ssh-keygen -Y sign`); unsigned without a key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// An SSH private key, relative to the recipe; its public half beside it as `KEY.pub`.
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,6 +28,11 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// Whether SIGINT or SIGTERM came since `catch_signals`.
+pub fn stopping() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
 /// Ctrl-C and SIGTERM stop the cluster cleanly instead of killing imgbuild outright.
 pub fn catch_signals() {
     unsafe {
@@ -531,6 +536,29 @@ fn host_link(nodes: &[&Plan], build_dir: &Path, runtime: Runtime) {
     }
 }
 
+/// `imgbuild boot`'s way in, the same as `up`'s: as root, this process moves into a network
+/// namespace of its own, the VM's NIC goes on a multicast segment there, the host gets an
+/// address on it and the pid file `imgbuild ssh` enters by. Otherwise (not root, or no
+/// namespace) the VM stays isolated and None says so.
+pub fn boot_network(node: &Plan, build_dir: &Path) -> Option<crate::vm::qemu::Net> {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "note: not root, so the VM's network is isolated (`imgbuild ssh` needs boot as root)"
+        );
+        return None;
+    }
+    if let Err(e) =
+        private_network().and_then(|()| Ok(std::fs::create_dir_all(build_dir.join("up"))?))
+    {
+        eprintln!("note: no way in from the host (`imgbuild ssh`): {e:#}");
+        return None;
+    }
+    host_link(&[node], build_dir, Runtime::Qemu);
+    Some(crate::vm::qemu::Net::Mcast {
+        group: GROUP.into(),
+    })
+}
+
 /// Boot `nodes` and watch them; returns what was seen and judged, or None when interrupted
 /// before a judgement. With `--check` in the container runtime, the data path and
 /// the loss of a node are proven after the membership checks pass (see `datapath`).
@@ -662,7 +690,7 @@ pub fn up(
         r.stop(&mut containers);
         let _ = std::fs::remove_file(work.join(&r.name).join("qemu.pid"));
     }
-    let _ = std::fs::remove_file(crate::vm::hostlink::pid_file(build_dir));
+    crate::vm::hostlink::forget(build_dir);
     eprintln!(
         "stopped {} nodes after {:.0}s",
         running.len(),

@@ -464,10 +464,21 @@ const WORDS: [&str; 12] = [
     "replica",
 ];
 
-/// Sentence `i` of the known input: 3 to 7 words, deterministic.
+/// Sentence `i` of the known input: 3 to 7 words, deterministic. Each batch of [`SENTENCES`]
+/// after the first has words of its own ("kafka-1"...): the example counts in memory, so when
+/// its worker moves to another node (the node-loss phase) counting starts again, and a batch
+/// fed after the move must still come out exact.
 fn sentence(i: usize) -> String {
+    let batch = i / SENTENCES;
     (0..3 + i % 5)
-        .map(|j| WORDS[(i * 7 + j * 5 + i / 3) % WORDS.len()])
+        .map(|j| {
+            let w = WORDS[(i * 7 + j * 5 + i / 3) % WORDS.len()];
+            if batch == 0 {
+                w.to_string()
+            } else {
+                format!("{w}-{batch}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -762,6 +773,92 @@ pub fn topology(nodes: &[&Plan], cs: &[Container]) -> (Phase, Option<Wordcount>)
     )
 }
 
+/// Where Storm runs the topology, as each node in `up` sees it: (node, runs a worker). A worker
+/// is a process running Storm's worker main class (the probe, whose own command line names the
+/// class in two halves, is not one).
+fn storm_placement(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> Vec<(String, bool)> {
+    const PROBE: &str = r#"
+import glob, os
+main = b'org.apache.storm.daemon.' + b'worker.Worker'
+w = False
+for f in glob.glob('/proc/[0-9]*/cmdline'):
+    try:
+        w = w or main in open(f, 'rb').read().split(b'\0')
+    except OSError:
+        pass
+print('worker' if w else 'none')
+"#;
+    nodes
+        .iter()
+        .filter(|p| p.storm.is_some() && up.contains(&p.node.name.as_str()))
+        .map(|p| {
+            let seen = tool(container(cs, p), &["/usr/bin/python3", "-c", PROBE], 30)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            (p.node.name.clone(), seen == "worker")
+        })
+        .collect()
+}
+
+fn placement_line(placement: &[(String, bool)]) -> String {
+    placement
+        .iter()
+        .map(|(n, w)| format!("{n}: {}", if *w { "worker" } else { "no worker" }))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// After a node's loss, wait until the topology has a worker on a surviving node again (Storm
+/// notices the lost supervisor, a new nimbus leader takes over if need be, and reassigns).
+fn await_worker(
+    nodes: &[&Plan],
+    cs: &[Container],
+    survivors: &[&str],
+    lost_at: Instant,
+    wait: Duration,
+) -> Result<String> {
+    let t = lost_at;
+    loop {
+        let p = storm_placement(nodes, cs, survivors);
+        if let Some((n, _)) = p.iter().find(|(_, w)| *w) {
+            return Ok(format!(
+                "worker on {n} {:.0}s after the loss ({})",
+                t.elapsed().as_secs_f64(),
+                placement_line(&p)
+            ));
+        }
+        if t.elapsed() > wait {
+            bail!(
+                "no worker of {WC_NAME} on {} {:.0}s after the loss ({})",
+                survivors.join(", "),
+                wait.as_secs_f64(),
+                placement_line(&p)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// The last Storm log lines that explain a stalled topology (leadership, assignments, workers
+/// started or lost), from each node in `up`: printed with a failure.
+fn storm_log_tail(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> String {
+    const PATTERN: &str =
+        "leadership|assignment|not alive|Launching worker|Worker Process|Exception|ERROR";
+    nodes
+        .iter()
+        .filter(|p| p.storm.is_some() && up.contains(&p.node.name.as_str()))
+        .map(|p| {
+            let script = format!(
+                "for f in /var/log/storm/nimbus.log /var/log/storm/supervisor.log; do grep -hE '{PATTERN}' \"$f\" 2>/dev/null | tail -n 6 | sed \"s|^|  $(basename \"$f\"): |\"; done"
+            );
+            let tail = tool(container(cs, p), &["sh", "-c", &script], 30)
+                .unwrap_or_else(|e| format!("  ? ({e:#})\n"));
+            format!("{}:\n{}", p.node.name, tail.trim_end())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// ZooKeeper modes of the ensemble members among `up`.
 fn zk_modes(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> Vec<(String, String)> {
     nodes
@@ -785,8 +882,8 @@ fn quorum_ok(modes: &[(String, String)]) -> bool {
         && modes.iter().all(|(_, m)| m == "leader" || m == "follower")
 }
 
-/// Power the last node off; produce and consume through the others; boot it again and wait for
-/// it to rejoin (ZooKeeper member again, every partition's ISR whole). `wait_healthy` boots the
+/// Power a node off (the one running the topology's worker, else the last Kafka node); produce
+/// and consume through the others; boot it again and wait for it to rejoin (ZooKeeper member again, every partition's ISR whole). `wait_healthy` boots the
 /// node and returns once its health unit reports healthy again (or fails).
 pub fn node_loss(
     nodes: &[&Plan],
@@ -799,19 +896,39 @@ pub fn node_loss(
     let (mut lines, mut failures) = (Vec::new(), Vec::new());
     let kafka = kafka_nodes(nodes);
     let result = (|| -> Result<()> {
-        let (Some(victim), [a, b, ..]) = (kafka.last().copied(), kafka.as_slice()) else {
+        if kafka.len() < 3 {
             bail!("the node-loss phase needs at least three Kafka nodes");
+        }
+        // The victim: the Kafka node running the topology's worker (so Storm must reassign it,
+        // from a nimbus that may be a new leader), else the last Kafka node.
+        let all_names: Vec<&str> = nodes.iter().map(|p| p.node.name.as_str()).collect();
+        let placement = if wordcount.is_some() {
+            let p = storm_placement(nodes, cs, &all_names);
+            lines.push(format!("storm before the loss: {}", placement_line(&p)));
+            p
+        } else {
+            Vec::new()
         };
-        let (a, b) = (*a, *b);
+        let victim = kafka
+            .iter()
+            .copied()
+            .find(|k| placement.iter().any(|(n, w)| *w && *n == k.node.name))
+            .unwrap_or(kafka[kafka.len() - 1]);
+        let others: Vec<&Plan> = kafka
+            .iter()
+            .copied()
+            .filter(|k| k.node.name != victim.node.name)
+            .collect();
+        let (a, b) = (others[0], others[1]);
         let vi = cs
             .iter()
             .position(|c| c.name == victim.node.name)
             .context("victim container")?;
         cs[vi].power_off();
         lines.push(format!("{} powered off", victim.node.name));
-        let survivors: Vec<&str> = nodes
+        let survivors: Vec<&str> = all_names
             .iter()
-            .map(|p| p.node.name.as_str())
+            .copied()
             .filter(|n| *n != victim.node.name)
             .collect();
         // The survivors elect a new leader if the victim led (a few ticks): wait for them.
@@ -858,12 +975,25 @@ pub fn node_loss(
         // Storm: the topology goes on (its worker and the nimbus leader may have been on the
         // lost node: nimbus reassigns, another nimbus takes the lead).
         if let Some(w) = wordcount.as_deref_mut() {
-            match w.more(cs, &a.node.name, Duration::from_secs(420)) {
+            match await_worker(nodes, cs, &survivors, lost_at, Duration::from_secs(420)).and_then(
+                |l| {
+                    lines.push(format!("topology without {}: {l}", victim.node.name));
+                    w.more(cs, &a.node.name, Duration::from_secs(420))
+                },
+            ) {
                 Ok(l) => lines.push(format!(
                     "topology without {}: {SENTENCES} more sentences through {}; {l}",
                     victim.node.name, a.node.name
                 )),
-                Err(e) => failures.push(format!("topology without {}: {e:#}", victim.node.name)),
+                Err(e) => {
+                    failures.push(format!("topology without {}: {e:#}", victim.node.name));
+                    lines.push(format!(
+                        "storm without {}: {}\n{}",
+                        victim.node.name,
+                        placement_line(&storm_placement(nodes, cs, &survivors)),
+                        storm_log_tail(nodes, cs, &survivors)
+                    ));
+                }
             }
         }
         // The node comes back with its disk as it was.
@@ -872,7 +1002,6 @@ pub fn node_loss(
             "{} booted again, healthy after {secs:.0}s",
             victim.node.name
         ));
-        let all_names: Vec<&str> = nodes.iter().map(|p| p.node.name.as_str()).collect();
         let deadline = Instant::now() + Duration::from_secs(600);
         let (mut modes, mut isr) = (Vec::new(), Vec::new());
         while Instant::now() < deadline {
@@ -992,5 +1121,20 @@ mod tests {
             got,
             BTreeMap::from([("kafka".into(), 2), ("storm".into(), 1)])
         );
+    }
+
+    #[test]
+    fn a_later_batch_has_words_of_its_own_so_a_restarted_count_stays_exact() {
+        let first = word_counts(SENTENCES);
+        let both = word_counts(2 * SENTENCES);
+        assert_eq!(sentence(SENTENCES), "zookeeper-1 node-1 kafka-1");
+        // The first batch's counts are unchanged by the second ...
+        for (w, n) in &first {
+            assert_eq!(both.get(w), Some(n), "{w}");
+        }
+        // ... whose words are new: what a fresh count bolt emits for them is the whole truth.
+        let second: Vec<_> = both.keys().filter(|w| !first.contains_key(*w)).collect();
+        assert_eq!(second.len(), WORDS.len());
+        assert!(second.iter().all(|w| w.ends_with("-1")), "{second:?}");
     }
 }

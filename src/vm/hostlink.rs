@@ -1,6 +1,6 @@
 //! The way in from the host: an address for `imgbuild` itself on the nodes' private network,
-//! inside `imgbuild up`'s network namespace, and the record (`BUILD_DIR/up/up.pid`) that lets
-//! `imgbuild ssh` enter that namespace.
+//! inside the network namespace of `imgbuild up` (or `imgbuild boot`), and the record
+//! (`BUILD_DIR/up/up.pid`) that lets `imgbuild ssh` enter that namespace.
 //!
 //! QEMU's NICs are datagrams on a multicast group, which no host interface is part of: a tap
 //! device (`ib-host`) gets the address and two threads copy frames between it and the group
@@ -50,6 +50,14 @@ pub fn host_address(plans: &[&Plan]) -> Result<(Ipv4Addr, u8)> {
 /// Where `up` records its pid, for `imgbuild ssh`.
 pub fn pid_file(build_dir: &Path) -> PathBuf {
     build_dir.join("up").join("up.pid")
+}
+
+/// Remove the pid file when it records this process (a later `up` or `boot` may have taken it).
+pub fn forget(build_dir: &Path) {
+    let pf = pid_file(build_dir);
+    if std::fs::read_to_string(&pf).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(&pf);
+    }
 }
 
 /// In `up`'s namespace, for QEMU nodes on the multicast `group` (`ADDR:PORT`): the tap, its
