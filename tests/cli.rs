@@ -550,7 +550,8 @@ fn a_provenance_signing_key_must_exist_with_its_public_half() {
     let r = run_in(dir.path(), "recipe.yaml", &["validate"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("recipe.yaml:42:16: ") && r.stderr.contains("keys/provenance: no such key file"),
+        r.stderr.contains("recipe.yaml:42:16: ")
+            && r.stderr.contains("keys/provenance: no such key file"),
         "{}",
         r.stderr
     );
