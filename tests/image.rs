@@ -254,7 +254,7 @@ fn node1_images_pass_the_standard_tools() {
         "fsck.fat -n on the seed",
     );
     let text = |f: &str| String::from_utf8(esp_file(&fat, f, env)).unwrap();
-    assert!(text("::/user-data").contains("hostname: node1"));
+    assert!(text("::/user-data").contains("hostname: \"node1\""));
     assert!(text("::/network-config").contains("192.168.200.151/24"));
     let iso = std::fs::read(dir.join("node1-seed.iso")).unwrap();
     assert_eq!(&iso[32808..32814], b"cidata", "ISO volume id");

@@ -215,7 +215,7 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
     );
     // The seed is embedded, with the static IP and the SSH key, and cloud-init looks only there.
     let net = text(&t, "var/lib/cloud/seed/nocloud/network-config");
-    assert!(net.contains("addresses: [192.168.200.152/24]"), "{net}");
+    assert!(net.contains("addresses: [\"192.168.200.152/24\"]"), "{net}");
     assert!(text(&t, "var/lib/cloud/seed/nocloud/user-data").contains(KEY));
     assert!(
         text(&t, "etc/cloud/cloud.cfg.d/90_imgbuild_datasource.cfg")

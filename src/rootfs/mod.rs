@@ -10,6 +10,7 @@
 //!   never modified.
 
 pub mod confined;
+pub mod documents;
 pub mod extract;
 pub mod props;
 pub mod render;

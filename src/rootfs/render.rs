@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
-use crate::plan::{KafkaPlan, Plan, StormPlan, ZookeeperPlan};
+use crate::plan::{KafkaPlan, Plan, ZookeeperPlan};
 use crate::recipe::KafkaMode;
 use crate::rootfs::props::Properties;
 
@@ -332,7 +332,11 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
         out.push(file("etc/default/kafka", env, 0o644));
     }
     if let Some(s) = &p.storm {
-        out.push(file("etc/storm/storm.yaml", storm_yaml(s), 0o644));
+        out.push(file(
+            "etc/storm/storm.yaml",
+            crate::rootfs::documents::storm_yaml(s),
+            0o644,
+        ));
         // The Python topology of examples/, so an operator (and `up --check`) builds and
         // submits it offline with what the image holds.
         for (name, content, mode) in EXAMPLE {
@@ -439,47 +443,6 @@ pub fn server_properties(k: &KafkaPlan) -> String {
     p.render()
 }
 
-fn yaml_list<T: std::fmt::Display>(items: &[T]) -> String {
-    let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
-pub fn storm_yaml(s: &StormPlan) -> String {
-    format!(
-        "# Written by imgbuild from the recipe.\n\
-         storm.zookeeper.servers: {}\nstorm.zookeeper.port: {}\nstorm.zookeeper.root: \"/storm\"\n\
-         nimbus.seeds: {}\nnimbus.thrift.port: {}\n\
-         # A topology is accepted once this many nimbuses hold its code, so a new leader has it.\n\
-         topology.min.replication.count: {}\n\
-         storm.local.dir: \"/var/lib/storm\"\nstorm.local.hostname: \"{}\"\nstorm.log.dir: \"/var/log/storm\"\n\
-         supervisor.slots.ports: [{}]\nsupervisor.thrift.port: {}\n\
-         ui.port: {}\nlogviewer.port: {}\n\
-         worker.heap.memory.mb: {w}\ntopology.worker.max.heap.size.mb: {w}\n\
-         supervisor.memory.capacity.mb: {cap}\n\
-         nimbus.childopts: \"-Xmx{h}m\"\nsupervisor.childopts: \"-Xmx{h}m\"\nui.childopts: \"-Xmx{h}m\"\nlogviewer.childopts: \"-Xmx{h}m\"\n",
-        yaml_list(&s.zookeeper_servers),
-        s.zookeeper_port,
-        yaml_list(&s.nimbus_seeds),
-        s.nimbus_port,
-        s.nimbus_seeds.len().clamp(1, 2),
-        s.local_hostname,
-        s.slots
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        s.supervisor_port,
-        s.ui_port,
-        s.logviewer_port,
-        h = s.heap_mb,
-        w = s.worker_heap_mb,
-        // The supervisor schedules no more than its slots' workers can hold.
-        cap = s.worker_heap_mb as usize * s.slots.len()
-    )
-}
-
-/// /etc/fstab: the root ext4 and the EFI system partition of the node's disk image, by the
-/// filesystem identifiers the image is built with.
 pub fn fstab(p: &Plan) -> String {
     let ids = &p.disk_ids;
     format!(
@@ -493,76 +456,8 @@ pub fn fstab(p: &Plan) -> String {
 
 /// The NoCloud seed: (file name, content) for meta-data, user-data and network-config.
 pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
-    let mut user =
-        String::from("#cloud-config\n# Written by imgbuild. No passwords: SSH keys only.\n");
-    let _ = writeln!(user, "hostname: {}", p.node.hostname);
-    if let Some(f) = &p.node.fqdn {
-        let _ = writeln!(user, "fqdn: {f}");
-    }
-    // imgbuild writes /etc/hosts itself (node names → real IPs, no 127.0.1.1 line).
-    user.push_str("manage_etc_hosts: false\nlocale: C.UTF-8\nssh_pwauth: false\ndisable_root: true\nssh_genkeytypes: [ed25519]\n");
-    // An empty `users:` list is invalid cloud-config (minItems 1): with no users the key is left out.
-    if !p.users.is_empty() {
-        user.push_str("users:\n");
-        for u in &p.users {
-            let _ = writeln!(
-                user,
-                "  - name: {}\n    lock_passwd: true\n    shell: /bin/bash",
-                u.name
-            );
-            if u.sudo {
-                user.push_str("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n");
-            }
-            user.push_str("    ssh_authorized_keys:\n");
-            for k in &u.ssh_authorized_keys {
-                let _ = writeln!(
-                    user,
-                    "      - {}",
-                    serde_json::to_string(k).unwrap_or_default()
-                );
-            }
-        }
-    }
-    let n = &p.node;
-    let mut net = String::from("version: 2\nethernets:\n");
-    match &n.mac {
-        Some(mac) => {
-            let name = n.interface.clone().unwrap_or_else(|| "eth0".into());
-            let _ = writeln!(
-                net,
-                "  {name}:\n    match:\n      macaddress: \"{mac}\"\n    set-name: {name}"
-            );
-        }
-        None => {
-            let name = n.interface.clone().unwrap_or_else(|| "primary".into());
-            let pattern = n.interface.clone().unwrap_or_else(|| "e*".into());
-            let _ = writeln!(net, "  {name}:\n    match:\n      name: \"{pattern}\"");
-        }
-    }
-    let _ = writeln!(
-        net,
-        "    dhcp4: false\n    dhcp6: false\n    addresses: [{}/{}]",
-        n.ip, p.network.prefix_len
-    );
-    // `to: default` is newer netplan syntax that cloud-init 22.4 (Debian 12) rejects.
-    let _ = writeln!(
-        net,
-        "    routes:\n      - to: 0.0.0.0/0\n        via: {}",
-        p.network.gateway
-    );
-    if !p.network.dns.is_empty() || p.network.domain.is_some() {
-        net.push_str("    nameservers:\n");
-        if !p.network.dns.is_empty() {
-            let _ = writeln!(
-                net,
-                "      addresses: {}",
-                yaml_list(&p.network.dns).replace('"', "")
-            );
-        }
-        if let Some(d) = &p.network.domain {
-            let _ = writeln!(net, "      search: [{d}]");
-        }
-    }
+    let user = crate::rootfs::documents::user_data(p);
+    let net = crate::rootfs::documents::network_config(p);
     // The instance id changes exactly when this node's own seed does, so cloud-init re-runs its
     // per-instance modules after such a change, and edits elsewhere in the recipe leave it alone.
     let h = {
