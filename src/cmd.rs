@@ -548,38 +548,15 @@ fn select<'a>(
 }
 
 /// `imgbuild NODE...` / `imgbuild build NODE...`: fetch, compose, emit images/<node>/ for each.
+/// `imgbuild build NODE...`: check, fetch, decide per node whether it is up to date and why
+/// not, build the shared tree once and each stale node, report.
 pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     let s = fetch_setup(cli)?;
     let plans = select(&s.cluster, &cli.recipe, names)?;
-    // A disk image needs a kernel and a boot chain: say so before downloading anything.
-    if let Some(why) = plans.first().and_then(|p| p.base.boot.missing()) {
-        let b = &plans[0].base;
-        let what = plans[0].base_description();
-        bail!(
-            "{}: base ({what}) cannot boot: {why}\n\nhint: {}",
-            cli.recipe.display(),
-            match b.kind {
-                recipe::BaseKind::UbuntuCloud =>
-                    "use `kind: mmdebstrap` with suite noble and linux-generic, initramfs-tools, shim-signed, grub-efi-amd64-signed (as recipes/cluster.yaml does), or build only the root filesystem with `imgbuild rootfs NODE`",
-                _ =>
-                    "add them to base.packages, e.g. linux-generic initramfs-tools shim-signed grub-efi-amd64-signed on Ubuntu (linux-image-amd64 on Debian)",
-            }
-        );
-    }
-    // Everything the build will need is checked before any work starts.
-    let mut formats: Vec<crate::plan::DiskFormat> =
-        plans.iter().flat_map(|p| p.disk.formats.clone()).collect();
-    formats.dedup();
-    let mut tools = crate::image::tools(&formats);
-    if plans
-        .iter()
-        .any(|p| p.base.kind == recipe::BaseKind::Mmdebstrap)
-    {
-        tools.push(crate::util::tools::MMDEBSTRAP);
-    }
+    refuse_unbootable(cli, &plans)?;
     if !dry_run {
-        crate::util::tools::require(&tools)?;
+        crate::util::tools::require(&build_tools(&plans))?;
         crate::util::fs::require_root("building images")?;
     }
     let names: Vec<&str> = plans.iter().map(|p| p.node.name.as_str()).collect();
@@ -591,70 +568,12 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
     let t = std::time::Instant::now();
     let fetched = fetch_with(cli, &s)?;
     let fetch_secs = t.elapsed().as_secs_f64();
-    let epoch_of = |plan: &Plan| {
-        plan.source_date_epoch
-            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
-            .unwrap_or(0)
-    };
-    // Nodes whose images already match their inputs are left alone (nothing rewritten).
-    let mut keys = Vec::new();
-    for plan in &plans {
-        keys.push(crate::image::build_key(plan, &fetched, epoch_of(plan))?);
-    }
-    let fresh: Vec<Option<Vec<crate::image::Output>>> = plans
-        .iter()
-        .zip(&keys)
-        .map(|(p, k)| {
-            (!force)
-                .then(|| crate::image::up_to_date(&cli.images, &p.node.name, k))
-                .flatten()
-        })
-        .collect();
-    // Why each other node is rebuilt: what changed since its images were built.
-    let mut why = Vec::new();
-    for ((p, f), _) in plans.iter().zip(&fresh).zip(&keys) {
-        why.push(if f.is_some() {
-            None
-        } else if force {
-            Some("--force".to_string())
-        } else {
-            let parts = crate::image::key_parts(p, &fetched, epoch_of(p))?;
-            Some(crate::image::why_rebuild(&cli.images, &p.node.name, &parts))
-        });
-    }
-    if dry_run && json {
-        return crate::report::print(&crate::report::Build {
-            schema: 1,
-            command: "build",
-            recipe: cli.recipe.display().to_string(),
-            dry_run: true,
-            nodes: plans
-                .iter()
-                .zip(&why)
-                .map(|(p, w)| crate::report::BuildNode {
-                    node: p.node.name.clone(),
-                    dir: cli.images.join(&p.node.name).display().to_string(),
-                    rebuild: w.is_some(),
-                    why: w.clone(),
-                    outputs: Vec::new(),
-                    stages: Vec::new(),
-                })
-                .collect(),
-            seconds: t0.elapsed().as_secs_f64(),
-        });
-    }
+    let states = assess(cli, &plans, &fetched, force)?;
     if dry_run {
-        let mut out = std::io::stdout().lock();
-        for (p, w) in plans.iter().zip(&why) {
-            match w {
-                None => writeln!(out, "{}: up to date", p.node.name)?,
-                Some(w) => writeln!(out, "{}: would rebuild: {w}", p.node.name)?,
-            }
-        }
-        return Ok(());
+        return report_dry_run(cli, &plans, &states, json, t0);
     }
     let t = std::time::Instant::now();
-    let common = if fresh.iter().all(Option::is_some) {
+    let common = if states.iter().all(|st| st.fresh.is_some()) {
         None
     } else {
         Some(crate::rootfs::common_tree(
@@ -665,54 +584,197 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
     };
     let common_secs = t.elapsed().as_secs_f64();
     let mut built = Vec::new();
-    for ((plan, key), fresh) in plans.iter().zip(&keys).zip(fresh) {
+    for (plan, st) in plans.iter().zip(states.iter().cloned()) {
         let mut stages = crate::image::Stages::new(&plan.node.name);
         if built.is_empty() {
             stages.times.push(("fetch".into(), fetch_secs));
             stages.times.push(("common".into(), common_secs));
         }
-        if let Some(outputs) = fresh {
-            crate::util::fs::remove_stale(&cli.images, &format!(".{}.tmp-", plan.node.name))?;
-            eprintln!(
-                "[{}] up to date: {} matches its inputs (build key {}); nothing rewritten",
-                plan.node.name,
-                cli.images.join(&plan.node.name).display(),
-                &key[..12]
-            );
-            built.push(crate::image::Built {
-                node: plan.node.name.clone(),
-                dir: cli.images.join(&plan.node.name),
-                outputs,
-                stages: stages.times,
-            });
-            continue;
-        }
-        if let Some(w) = &why[built.len()] {
-            eprintln!("[{}] rebuilding: {w}", plan.node.name);
-        }
-        let common = common.as_deref().expect("built when a node needs it");
-        let t = std::time::Instant::now();
-        let tree = crate::rootfs::node_tree(plan, common, &cli.build_dir, &plan.overlays)?;
-        stages
-            .times
-            .push(("node".into(), t.elapsed().as_secs_f64()));
-        built.push(
-            crate::image::build(
-                &crate::image::BuildContext {
-                    plan,
-                    tree: &tree,
-                    common: Some(common),
-                    fetched: &fetched,
-                    build_dir: &cli.build_dir,
-                    epoch: epoch_of(plan),
-                    key,
-                },
-                &cli.images,
-                &mut stages,
-            )
-            .with_context(|| format!("{}: node {}", cli.recipe.display(), plan.node.name))?,
-        );
+        built.push(build_node(
+            cli,
+            plan,
+            st,
+            common.as_deref(),
+            &fetched,
+            stages,
+        )?);
     }
+    let why = states.into_iter().map(|st| st.why).collect();
+    report_built(cli, built, why, json, t0)
+}
+
+/// The source date epoch of a node's build: the recipe's, else SOURCE_DATE_EPOCH, else 0.
+fn epoch_of(plan: &Plan) -> u64 {
+    plan.source_date_epoch
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A disk image needs a kernel and a boot chain: say so before downloading anything.
+fn refuse_unbootable(cli: &Cli, plans: &[&Plan]) -> Result<()> {
+    let Some(why) = plans.first().and_then(|p| p.base.boot.missing()) else {
+        return Ok(());
+    };
+    let b = &plans[0].base;
+    let what = plans[0].base_description();
+    bail!(
+        "{}: base ({what}) cannot boot: {why}\n\nhint: {}",
+        cli.recipe.display(),
+        match b.kind {
+            recipe::BaseKind::UbuntuCloud =>
+                "use `kind: mmdebstrap` with suite noble and linux-generic, initramfs-tools, shim-signed, grub-efi-amd64-signed (as recipes/cluster.yaml does), or build only the root filesystem with `imgbuild rootfs NODE`",
+            _ =>
+                "add them to base.packages, e.g. linux-generic initramfs-tools shim-signed grub-efi-amd64-signed on Ubuntu (linux-image-amd64 on Debian)",
+        }
+    );
+}
+
+/// Every tool the build of `plans` will run, checked before any work starts.
+fn build_tools(plans: &[&Plan]) -> Vec<crate::util::tools::Tool> {
+    let mut formats: Vec<crate::plan::DiskFormat> =
+        plans.iter().flat_map(|p| p.disk.formats.clone()).collect();
+    formats.dedup();
+    let mut tools = crate::image::tools(&formats);
+    if plans
+        .iter()
+        .any(|p| p.base.kind == recipe::BaseKind::Mmdebstrap)
+    {
+        tools.push(crate::util::tools::MMDEBSTRAP);
+    }
+    if plans.iter().any(|p| p.provenance_signer.is_some()) {
+        tools.push(crate::image::sbom::SSH_KEYGEN);
+    }
+    tools
+}
+
+/// One node's standing before the build: its build key, its outputs when its images already
+/// match that key (nothing to do), else why it is rebuilt.
+#[derive(Clone)]
+struct NodeState {
+    key: String,
+    fresh: Option<Vec<crate::image::Output>>,
+    why: Option<String>,
+}
+
+fn assess(cli: &Cli, plans: &[&Plan], fetched: &[Fetched], force: bool) -> Result<Vec<NodeState>> {
+    plans
+        .iter()
+        .map(|p| {
+            let key = crate::image::build_key(p, fetched, epoch_of(p))?;
+            let fresh = (!force)
+                .then(|| crate::image::up_to_date(&cli.images, &p.node.name, &key))
+                .flatten();
+            // Why it is rebuilt: what changed since its images were built.
+            let why = if fresh.is_some() {
+                None
+            } else if force {
+                Some("--force".to_string())
+            } else {
+                let parts = crate::image::key_parts(p, fetched, epoch_of(p))?;
+                Some(crate::image::why_rebuild(&cli.images, &p.node.name, &parts))
+            };
+            Ok(NodeState { key, fresh, why })
+        })
+        .collect()
+}
+
+/// `build --dry-run`: what would be rebuilt and why, building nothing.
+fn report_dry_run(
+    cli: &Cli,
+    plans: &[&Plan],
+    states: &[NodeState],
+    json: bool,
+    t0: std::time::Instant,
+) -> Result<()> {
+    if json {
+        return crate::report::print(&crate::report::Build {
+            schema: 1,
+            command: "build",
+            recipe: cli.recipe.display().to_string(),
+            dry_run: true,
+            nodes: plans
+                .iter()
+                .zip(states)
+                .map(|(p, st)| crate::report::BuildNode {
+                    node: p.node.name.clone(),
+                    dir: cli.images.join(&p.node.name).display().to_string(),
+                    rebuild: st.why.is_some(),
+                    why: st.why.clone(),
+                    outputs: Vec::new(),
+                    stages: Vec::new(),
+                })
+                .collect(),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    for (p, st) in plans.iter().zip(states) {
+        match &st.why {
+            None => writeln!(out, "{}: up to date", p.node.name)?,
+            Some(w) => writeln!(out, "{}: would rebuild: {w}", p.node.name)?,
+        }
+    }
+    Ok(())
+}
+
+/// One node: left alone when up to date, else its tree over the shared one and its images.
+fn build_node(
+    cli: &Cli,
+    plan: &Plan,
+    st: NodeState,
+    common: Option<&std::path::Path>,
+    fetched: &[Fetched],
+    mut stages: crate::image::Stages,
+) -> Result<crate::image::Built> {
+    let name = &plan.node.name;
+    if let Some(outputs) = st.fresh {
+        crate::util::fs::remove_stale(&cli.images, &format!(".{name}.tmp-"))?;
+        eprintln!(
+            "[{name}] up to date: {} matches its inputs (build key {}); nothing rewritten",
+            cli.images.join(name).display(),
+            &st.key[..12]
+        );
+        return Ok(crate::image::Built {
+            node: name.clone(),
+            dir: cli.images.join(name),
+            outputs,
+            stages: stages.times,
+        });
+    }
+    if let Some(w) = &st.why {
+        eprintln!("[{name}] rebuilding: {w}");
+    }
+    let common = common.expect("built when a node needs it");
+    let t = std::time::Instant::now();
+    let tree = crate::rootfs::node_tree(plan, common, &cli.build_dir, &plan.overlays)?;
+    stages
+        .times
+        .push(("node".into(), t.elapsed().as_secs_f64()));
+    crate::image::build(
+        &crate::image::BuildContext {
+            plan,
+            tree: &tree,
+            common: Some(common),
+            fetched,
+            build_dir: &cli.build_dir,
+            epoch: epoch_of(plan),
+            key: &st.key,
+        },
+        &cli.images,
+        &mut stages,
+    )
+    .with_context(|| format!("{}: node {name}", cli.recipe.display()))
+}
+
+/// What was built (or found up to date): each node's outputs with sizes and digests, stage
+/// times and the total; or the same as JSON.
+fn report_built(
+    cli: &Cli,
+    built: Vec<crate::image::Built>,
+    why: Vec<Option<String>>,
+    json: bool,
+    t0: std::time::Instant,
+) -> Result<()> {
     if json {
         return crate::report::print(&crate::report::Build {
             schema: 1,
@@ -943,33 +1005,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
     let disk_size = match &o.disk_size {
         None => None,
         Some(text) => {
-            let size = crate::plan::parse_size(text)
-                .with_context(|| format!("--disk-size {text}: not a size (write it like 16GiB)"))?;
-            let have = std::fs::metadata(image.with_extension("raw"))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            anyhow::ensure!(
-                size >= have,
-                "--disk-size {text} is smaller than the image ({})",
-                crate::util::fmt::human(have)
-            );
-            // A throwaway qcow2 over the image: the guest sees a bigger disk, the image is untouched.
-            let overlay = work.join("bigger-disk.qcow2");
-            let _ = std::fs::remove_file(&overlay);
-            let format = if image.extension().is_some_and(|e| e == "qcow2") {
-                "qcow2"
-            } else {
-                "raw"
-            };
-            let backing = std::fs::canonicalize(&image)
-                .with_context(|| format!("resolving {}", image.display()))?;
-            crate::util::run::Cmd::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-                .arg(&backing)
-                .arg(&overlay)
-                .arg(size.to_string())
-                .run()
-                .context("making the bigger virtual disk")?;
+            let (overlay, size) = bigger_disk(&image, text, &work)?;
             image = overlay;
             Some(size)
         }
@@ -1054,11 +1090,31 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
     let _ = child.wait();
     crate::vm::hostlink::forget(&cli.build_dir);
     let seen = seen?;
+    judge_boot(
+        plan,
+        &seen,
+        o.secure_boot,
+        disk_size,
+        t.elapsed().as_secs_f64(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e} (serial log {})", log.display()))
+}
+
+/// `boot --check`'s verdict from what the console showed: Secure Boot when asked, the disk
+/// size when asked, the root grown to the disk, the node's hostname and address.
+fn judge_boot(
+    plan: &Plan,
+    seen: &crate::vm::qemu::Seen,
+    secure_boot: bool,
+    disk_size: Option<u64>,
+    secs: f64,
+) -> Result<()> {
+    let node = plan.node.name.as_str();
     let ip = plan.node.ip.to_string();
     let (root_mb, disk_mb) = seen.disk.unwrap_or_default();
     println!(
         "{node}: cloud-init finished after {:.0}s; console shows hostname {} and addresses {}; Secure Boot {}; root filesystem {root_mb} MiB on a {disk_mb} MiB disk",
-        t.elapsed().as_secs_f64(),
+        secs,
         seen.login_hostname.as_deref().unwrap_or("-"),
         seen.addresses.join(", "),
         match seen.secure_boot {
@@ -1068,7 +1124,7 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
         }
     );
     let mut failures = Vec::new();
-    if o.secure_boot && seen.secure_boot != Some(true) {
+    if secure_boot && seen.secure_boot != Some(true) {
         failures.push("secure boot: the kernel did not report \"Secure boot enabled\"".to_string());
     }
     if let Some(size) = disk_size
@@ -1102,13 +1158,44 @@ pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
             }
         ));
     }
-    anyhow::ensure!(
-        failures.is_empty(),
-        "{node}: {} (serial log {})",
-        failures.join("; "),
-        log.display()
-    );
+    anyhow::ensure!(failures.is_empty(), "{node}: {}", failures.join("; "));
     Ok(())
+}
+
+/// A throwaway qcow2 of `text` (a size) over `image`: the guest sees a bigger disk, the image is
+/// untouched. Refused when smaller than the image.
+fn bigger_disk(
+    image: &std::path::Path,
+    text: &str,
+    work: &std::path::Path,
+) -> Result<(std::path::PathBuf, u64)> {
+    let size = crate::plan::parse_size(text)
+        .with_context(|| format!("--disk-size {text}: not a size (write it like 16GiB)"))?;
+    let have = std::fs::metadata(image.with_extension("raw"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        size >= have,
+        "--disk-size {text} is smaller than the image ({})",
+        crate::util::fmt::human(have)
+    );
+    let overlay = work.join("bigger-disk.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    let format = if image.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let backing =
+        std::fs::canonicalize(image).with_context(|| format!("resolving {}", image.display()))?;
+    crate::util::run::Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(&backing)
+        .arg(&overlay)
+        .arg(size.to_string())
+        .run()
+        .context("making the bigger virtual disk")?;
+    Ok((overlay, size))
 }
 
 /// Run `cmd` to its end; on SIGINT/SIGTERM (see `catch_signals`) ask it to quit and wait.

@@ -143,17 +143,20 @@ fn resolve_component(cx: &mut Ctx, name: &str, comp: &recipe::Component) -> Opti
         return None;
     }
     let vars = component_vars(name, &comp.version, &comp.vars);
-    let defaults = component_defaults(name);
+    let (default_urls, default_digest) = component_defaults(name);
     resolve_artifact(
         cx,
-        &path,
-        name,
-        &comp.version,
-        comp.urls.as_ref(),
-        comp.digest.as_ref(),
-        comp.signature.as_ref(),
-        &vars,
-        defaults,
+        &ArtifactSpec {
+            path: &path,
+            name,
+            version: &comp.version,
+            urls: comp.urls.as_ref(),
+            digest: comp.digest.as_ref(),
+            signature: comp.signature.as_ref(),
+            vars: &vars,
+            default_urls,
+            default_digest,
+        },
     )
 }
 
@@ -170,7 +173,7 @@ fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
             for (k, v) in &b.vars {
                 vars.insert(k.clone(), v.clone());
             }
-            let defaults = if b.kind == BaseKind::UbuntuCloud {
+            let (default_urls, default_digest) = if b.kind == BaseKind::UbuntuCloud {
                 (
                     vec![
                         "https://cloud-images.ubuntu.com/releases/{release}/release/ubuntu-{release}-server-cloudimg-amd64-root.tar.xz",
@@ -192,14 +195,17 @@ fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
             }
             let mut art = resolve_artifact(
                 cx,
-                "base",
-                "base",
-                &release,
-                b.urls.as_ref(),
-                b.digest.as_ref(),
-                b.signature.as_ref(),
-                &vars,
-                defaults,
+                &ArtifactSpec {
+                    path: "base",
+                    name: "base",
+                    version: &release,
+                    urls: b.urls.as_ref(),
+                    digest: b.digest.as_ref(),
+                    signature: b.signature.as_ref(),
+                    vars: &vars,
+                    default_urls,
+                    default_digest,
+                },
             )?;
             if b.kind == BaseKind::UbuntuCloud && b.signature.is_none() {
                 // Canonical signs SHA256SUMS with the UEC Image Automatic Signing Key.
@@ -288,53 +294,24 @@ fn render_url(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn resolve_artifact(
-    cx: &mut Ctx,
-    path: &str,
-    name: &str,
-    version: &str,
-    urls: Option<&OneOrMany>,
-    digest: Option<&recipe::Digest>,
-    signature: Option<&recipe::Signature>,
-    vars: &IndexMap<String, String>,
-    (default_urls, default_digest): (Vec<&str>, Option<(&str, Algorithm)>),
-) -> Option<Artifact> {
-    let urls_path = join(path, "urls");
-    let (templates, defaulted): (Vec<(String, String)>, bool) = match urls {
-        Some(u) => {
-            let list = u.to_vec();
-            let paths = (0..list.len()).map(|i| {
-                if u.is_list() {
-                    index(&urls_path, i)
-                } else {
-                    urls_path.clone()
-                }
-            });
-            (paths.zip(list).collect(), false)
-        }
-        None if !default_urls.is_empty() => (
-            default_urls
-                .iter()
-                .map(|t| (path.to_string(), t.to_string()))
-                .collect(),
-            true,
-        ),
-        None => {
-            cx.error(
-                cx.key_at(path),
-                format!("missing required key `urls` in `{path}`"),
-            );
-            return None;
-        }
-    };
-    if templates.is_empty() {
-        cx.error(
-            cx.at(&urls_path),
-            format!("`{path}.urls` is empty: give at least one URL"),
-        );
-        return None;
-    }
+/// What a recipe says about one downloaded artifact (a component or the base), at `path`, with
+/// imgbuild's defaults for what it leaves out.
+struct ArtifactSpec<'a> {
+    path: &'a str,
+    name: &'a str,
+    version: &'a str,
+    urls: Option<&'a OneOrMany>,
+    digest: Option<&'a recipe::Digest>,
+    signature: Option<&'a recipe::Signature>,
+    vars: &'a IndexMap<String, String>,
+    default_urls: Vec<&'a str>,
+    default_digest: Option<(&'a str, Algorithm)>,
+}
+
+/// Resolve one artifact: its URLs rendered, its digest and signature sources, and plain http
+/// refused unless the content is pinned.
+fn resolve_artifact(cx: &mut Ctx, a: &ArtifactSpec) -> Option<Artifact> {
+    let (templates, defaulted) = url_templates(cx, a)?;
     let mut rendered = Vec::new();
     for (p, t) in &templates {
         if t.contains("{url}") {
@@ -344,102 +321,25 @@ fn resolve_artifact(
             );
             continue;
         }
-        rendered.push(render_url(cx, p, t, vars, defaulted)?);
+        rendered.push(render_url(cx, p, t, a.vars, defaulted)?);
     }
     if rendered.len() != templates.len() {
         return None;
     }
-    // Checksum and signature URLs may use `{url}`: one per artifact URL.
-    let per_url = |cx: &mut Ctx, p: &str, t: &str, is_default: bool| -> Option<Vec<String>> {
-        let mut out = Vec::new();
-        for u in &rendered {
-            let mut v = vars.clone();
-            v.insert("url".into(), u.clone());
-            out.push(render_url(cx, p, t, &v, is_default)?);
-        }
-        Some(out)
-    };
-    let digest_path = join(path, "digest");
-    let digest = match digest {
-        Some(d) => {
-            let set: Vec<(&str, &String)> = [
-                ("sha256", d.sha256.as_ref()),
-                ("sha512", d.sha512.as_ref()),
-                ("sha256_url", d.sha256_url.as_ref()),
-                ("sha512_url", d.sha512_url.as_ref()),
-            ]
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-            let [(key, value)] = set[..] else {
-                let d = cx.error(
-                    cx.at(&digest_path),
-                    format!("`{path}.digest` needs exactly one of sha256, sha512, sha256_url, sha512_url (found {})", set.len()),
-                );
-                Ctx::hint(
-                    d,
-                    "an inline digest pins the content; a *_url names the publisher's checksum file",
-                );
-                return None;
-            };
-            let key_path = join(&digest_path, key);
-            match key {
-                "sha256" | "sha512" => {
-                    let (algorithm, len) = if key == "sha256" {
-                        (Algorithm::Sha256, 64)
-                    } else {
-                        (Algorithm::Sha512, 128)
-                    };
-                    let v: String = value
-                        .chars()
-                        .filter(|c| !c.is_whitespace())
-                        .collect::<String>()
-                        .to_ascii_lowercase();
-                    if v.len() != len || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        cx.error(
-                            cx.at(&key_path),
-                            format!("{key} digest must be {len} hex characters, got {}", v.len()),
-                        );
-                        return None;
-                    }
-                    DigestSource::Inline {
-                        algorithm,
-                        value: v,
-                    }
-                }
-                _ => {
-                    let algorithm = if key == "sha256_url" {
-                        Algorithm::Sha256
-                    } else {
-                        Algorithm::Sha512
-                    };
-                    DigestSource::ChecksumFile {
-                        algorithm,
-                        urls: per_url(cx, &key_path, value, false)?,
-                    }
-                }
-            }
-        }
-        None => match default_digest {
-            Some((t, algorithm)) => DigestSource::ChecksumFile {
-                algorithm,
-                urls: per_url(cx, path, t, true)?,
-            },
-            None => {
-                cx.error(
-                    cx.key_at(path),
-                    format!("missing required key `digest` in `{path}`"),
-                );
-                return None;
-            }
-        },
-    };
-    let signature = match signature {
+    let digest = resolve_digest(cx, a, &rendered)?;
+    let signature = match a.signature {
         None => None,
         Some(s) => {
-            let sig_path = join(path, "signature");
-            let urls = per_url(cx, &join(&sig_path, "url"), &s.url, false)?;
-            let keys = render_url(cx, &join(&sig_path, "keys"), &s.keys, vars, false)?;
+            let sig_path = join(a.path, "signature");
+            let urls = per_url(
+                cx,
+                a.vars,
+                &rendered,
+                &join(&sig_path, "url"),
+                &s.url,
+                false,
+            )?;
+            let keys = render_url(cx, &join(&sig_path, "keys"), &s.keys, a.vars, false)?;
             let fingerprints = pinned_fingerprints(
                 cx,
                 &join(&sig_path, "fingerprints"),
@@ -474,11 +374,142 @@ fn resolve_artifact(
         }
     }
     Some(Artifact {
-        name: name.to_string(),
-        version: version.to_string(),
+        name: a.name.to_string(),
+        version: a.version.to_string(),
         urls: rendered,
         digest,
         signature,
+    })
+}
+
+/// The URL templates with the recipe path each came from, and whether they are imgbuild's
+/// defaults (errors in those point at the artifact's key, not into a template).
+fn url_templates(cx: &mut Ctx, a: &ArtifactSpec) -> Option<(Vec<(String, String)>, bool)> {
+    let (path, urls_path) = (a.path, join(a.path, "urls"));
+    let found = match a.urls {
+        Some(u) => {
+            let list = u.to_vec();
+            let paths = (0..list.len()).map(|i| {
+                if u.is_list() {
+                    index(&urls_path, i)
+                } else {
+                    urls_path.clone()
+                }
+            });
+            (paths.zip(list).collect::<Vec<_>>(), false)
+        }
+        None if !a.default_urls.is_empty() => (
+            a.default_urls
+                .iter()
+                .map(|t| (path.to_string(), t.to_string()))
+                .collect(),
+            true,
+        ),
+        None => {
+            cx.error(
+                cx.key_at(path),
+                format!("missing required key `urls` in `{path}`"),
+            );
+            return None;
+        }
+    };
+    if found.0.is_empty() {
+        cx.error(
+            cx.at(&urls_path),
+            format!("`{path}.urls` is empty: give at least one URL"),
+        );
+        return None;
+    }
+    Some(found)
+}
+
+/// A checksum or signature URL template rendered once per artifact URL (it may use `{url}`).
+fn per_url(
+    cx: &mut Ctx,
+    vars: &IndexMap<String, String>,
+    rendered: &[String],
+    p: &str,
+    t: &str,
+    is_default: bool,
+) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for u in rendered {
+        let mut v = vars.clone();
+        v.insert("url".into(), u.clone());
+        out.push(render_url(cx, p, t, &v, is_default)?);
+    }
+    Some(out)
+}
+
+/// `digest`: exactly one of an inline sha256/sha512 or a publisher's checksum file (sha*_url);
+/// imgbuild's default checksum file when the recipe gives none and there is one.
+fn resolve_digest(cx: &mut Ctx, a: &ArtifactSpec, rendered: &[String]) -> Option<DigestSource> {
+    let (path, digest_path) = (a.path, join(a.path, "digest"));
+    let Some(d) = a.digest else {
+        let Some((t, algorithm)) = a.default_digest else {
+            cx.error(
+                cx.key_at(path),
+                format!("missing required key `digest` in `{path}`"),
+            );
+            return None;
+        };
+        return Some(DigestSource::ChecksumFile {
+            algorithm,
+            urls: per_url(cx, a.vars, rendered, path, t, true)?,
+        });
+    };
+    let set: Vec<(&str, &String)> = [
+        ("sha256", d.sha256.as_ref()),
+        ("sha512", d.sha512.as_ref()),
+        ("sha256_url", d.sha256_url.as_ref()),
+        ("sha512_url", d.sha512_url.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
+    let [(key, value)] = set[..] else {
+        let d = cx.error(
+            cx.at(&digest_path),
+            format!("`{path}.digest` needs exactly one of sha256, sha512, sha256_url, sha512_url (found {})", set.len()),
+        );
+        Ctx::hint(
+            d,
+            "an inline digest pins the content; a *_url names the publisher's checksum file",
+        );
+        return None;
+    };
+    let key_path = join(&digest_path, key);
+    let algorithm = if key.starts_with("sha256") {
+        Algorithm::Sha256
+    } else {
+        Algorithm::Sha512
+    };
+    if key.ends_with("_url") {
+        return Some(DigestSource::ChecksumFile {
+            algorithm,
+            urls: per_url(cx, a.vars, rendered, &key_path, value, false)?,
+        });
+    }
+    let len = if algorithm == Algorithm::Sha256 {
+        64
+    } else {
+        128
+    };
+    let v: String = value
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if v.len() != len || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        cx.error(
+            cx.at(&key_path),
+            format!("{key} digest must be {len} hex characters, got {}", v.len()),
+        );
+        return None;
+    }
+    Some(DigestSource::Inline {
+        algorithm,
+        value: v,
     })
 }
 

@@ -75,17 +75,71 @@ pub fn open_archive(path: &Path) -> Result<Box<dyn Read>> {
 /// callers extract into a staging tree that is discarded on failure.
 pub fn extract(archive: impl Read, root: &Root, policy: &Policy, limits: Limits) -> Result<Report> {
     let mut ar = tar::Archive::new(archive);
-    let mut report = Report::default();
-    let mut declared = 0u64;
-    let mut top: Option<PathBuf> = None;
-    // Directory metadata is applied last, deepest first, so a read-only directory does not block its children.
-    let mut dirs: Vec<(PathBuf, u32, u32, u32, i64)> = Vec::new();
-    let follow = match policy {
-        Policy::Base => Follow::InRoot,
-        Policy::Component { .. } => Follow::Never,
+    let mut x = Extractor {
+        root,
+        policy,
+        limits,
+        component: matches!(policy, Policy::Component { .. }),
+        follow: match policy {
+            Policy::Base => Follow::InRoot,
+            Policy::Component { .. } => Follow::Never,
+        },
+        report: Report::default(),
+        declared: 0,
+        top: None,
+        dirs: Vec::new(),
     };
     for entry in ar.entries().context("reading the archive")? {
-        let mut entry = entry.context("reading an archive entry")?;
+        x.entry(&mut entry.context("reading an archive entry")?)?;
+    }
+    x.finish()
+}
+
+/// A directory's metadata, applied after everything inside it is written.
+struct DirMeta {
+    path: PathBuf,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+}
+
+/// One extraction in progress: the policy, the limits and what has been seen so far.
+struct Extractor<'a> {
+    root: &'a Root,
+    policy: &'a Policy,
+    limits: Limits,
+    component: bool,
+    follow: Follow,
+    report: Report,
+    /// Sum of the sizes the headers declared so far.
+    declared: u64,
+    /// A component archive's one top-level directory.
+    top: Option<PathBuf>,
+    /// Directory metadata is applied last, deepest first, so a read-only directory does not
+    /// block its children.
+    dirs: Vec<DirMeta>,
+}
+
+/// The header fields every entry kind needs, and where the entry goes.
+struct Placed {
+    raw: PathBuf,
+    dest: PathBuf,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    size: u64,
+}
+
+impl Placed {
+    fn what(&self) -> String {
+        format!("entry `{}`", self.raw.display())
+    }
+}
+
+impl Extractor<'_> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<()> {
         let kind = entry.header().entry_type();
         if matches!(
             kind,
@@ -94,41 +148,87 @@ pub fn extract(archive: impl Read, root: &Root, policy: &Policy, limits: Limits)
                 | EntryType::GNULongName
                 | EntryType::GNULongLink
         ) {
-            continue;
+            return Ok(());
         }
-        report.entries += 1;
-        if report.entries > limits.max_entries {
+        let Some(e) = self.place(entry)? else {
+            return Ok(());
+        };
+        let (root, follow) = (self.root, self.follow);
+        if let Some(parent) = e.dest.parent() {
+            root.mkdir_all(parent, 0o755, follow)
+                .with_context(|| e.what())?;
+        }
+        match kind {
+            EntryType::Directory => {
+                root.mkdir_all(&e.dest, 0o700, follow)
+                    .with_context(|| e.what())?;
+                self.dirs.push(DirMeta {
+                    path: e.dest.clone(),
+                    uid: e.uid,
+                    gid: e.gid,
+                    mode: e.mode & if self.component { 0o777 } else { 0o7777 },
+                    mtime: e.mtime,
+                });
+            }
+            EntryType::Regular | EntryType::Continuous => self.file(entry, &e)?,
+            EntryType::Symlink => self.symlink(entry, &e)?,
+            EntryType::Link => self.hardlink(entry, &e)?,
+            EntryType::Char | EntryType::Block | EntryType::Fifo if !self.component => {
+                self.device(entry.header(), kind, &e)?
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => bail!(
+                "{}: device nodes and fifos are not allowed in a component archive",
+                e.what()
+            ),
+            other => bail!("{}: unsupported entry type {other:?}", e.what()),
+        }
+        // Extended attributes (file capabilities, SELinux labels) matter for an OS tree only.
+        if !self.component
+            && let Ok(Some(exts)) = entry.pax_extensions()
+        {
+            for ext in exts.flatten() {
+                if let (Ok(key), value) = (ext.key(), ext.value_bytes())
+                    && let Some(name) = key.strip_prefix("SCHILY.xattr.")
+                {
+                    self.xattr(&e, name, value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Count the entry against the limits, read its header and decide where it goes: None for
+    /// the archive's own top directory (made, nothing else to do).
+    fn place<R: Read>(&mut self, entry: &tar::Entry<R>) -> Result<Option<Placed>> {
+        self.report.entries += 1;
+        if self.report.entries > self.limits.max_entries {
             bail!(
                 "more than {} entries: refusing the archive",
-                limits.max_entries
+                self.limits.max_entries
             );
         }
-        let size = entry.header().size().context("entry size")?;
-        declared = declared.saturating_add(size);
-        if declared > limits.max_bytes {
+        let header = entry.header();
+        let size = header.size().context("entry size")?;
+        self.declared = self.declared.saturating_add(size);
+        if self.declared > self.limits.max_bytes {
             bail!(
                 "declares more than {} bytes of content: refusing the archive",
-                limits.max_bytes
+                self.limits.max_bytes
             );
         }
         let raw = entry.path().context("entry path")?.into_owned();
         let rel = clean_relative(&raw).with_context(|| format!("entry `{}`", raw.display()))?;
-        let header = entry.header();
-        let mode = header.mode().unwrap_or(0o644);
-        let (uid, gid) = (
-            header.uid().unwrap_or(0) as u32,
-            header.gid().unwrap_or(0) as u32,
-        );
-        let mtime = header.mtime().unwrap_or(0) as i64;
         // Where it goes, and (for components) where the archive's own tree starts.
-        let (dest, tree) = match policy {
-            Policy::Base => (rel.clone(), PathBuf::new()),
+        let (dest, tree) = match self.policy {
+            Policy::Base => (rel, PathBuf::new()),
             Policy::Component { into } => {
                 let mut parts = rel.components();
-                let Some(first) = parts.next() else { continue };
+                let Some(first) = parts.next() else {
+                    return Ok(None);
+                };
                 let first = PathBuf::from(first.as_os_str());
-                match &top {
-                    None => top = Some(first.clone()),
+                match &self.top {
+                    None => self.top = Some(first),
                     Some(t) if *t != first => bail!(
                         "entry `{}` is outside the archive's top-level directory `{}`",
                         raw.display(),
@@ -139,179 +239,198 @@ pub fn extract(archive: impl Read, root: &Root, policy: &Policy, limits: Limits)
                 (into.join(parts.as_path()), into.clone())
             }
         };
-        let component = matches!(policy, Policy::Component { .. });
-        let in_tree = |p: &Path| p.starts_with(&tree);
-        let what = || format!("entry `{}`", raw.display());
-        if dest.as_os_str().is_empty() || (component && dest == tree) {
-            if kind.is_dir() {
-                root.mkdir_all(&dest, 0o755, follow).with_context(what)?;
+        if dest.as_os_str().is_empty() || (self.component && dest == tree) {
+            if header.entry_type().is_dir() {
+                self.root
+                    .mkdir_all(&dest, 0o755, self.follow)
+                    .with_context(|| format!("entry `{}`", raw.display()))?;
             }
-            continue;
+            return Ok(None);
         }
-        if let Some(parent) = dest.parent() {
-            root.mkdir_all(parent, 0o755, follow).with_context(what)?;
-        }
-        match kind {
-            EntryType::Directory => {
-                root.mkdir_all(&dest, 0o700, follow).with_context(what)?;
-                let m = if component {
-                    mode & 0o777
-                } else {
-                    mode & 0o7777
-                };
-                dirs.push((dest.clone(), uid, gid, m, mtime));
-            }
-            EntryType::Regular | EntryType::Continuous => {
-                let m = if component {
-                    if mode & 0o7000 != 0 {
-                        report.stripped.push(dest.clone());
-                    }
-                    mode & 0o777
-                } else {
-                    mode & 0o7777
-                };
-                if !component {
-                    root.remove(&dest, follow).with_context(what)?;
-                }
-                let mut f = root
-                    .create_file(&dest, 0o600, follow)
-                    .with_context(|| format!("{} (does it repeat an earlier entry?)", what()))?;
-                let n = std::io::copy(&mut (&mut entry).take(size), &mut f).with_context(what)?;
-                if n != size {
-                    bail!(
-                        "{}: truncated archive (declared {size} bytes, found {n})",
-                        what()
-                    );
-                }
-                report.bytes += n;
-                drop(f);
-                let (u, g) = if component { (0, 0) } else { (uid, gid) };
-                root.set_meta(&dest, u, g, Some(m), mtime, follow)
-                    .with_context(what)?;
-            }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .context("symlink target")?
-                    .with_context(|| format!("{}: symlink without a target", what()))?
-                    .into_owned();
-                if component {
-                    let resolved = resolve_link(dest.parent().unwrap_or(Path::new("")), &target);
-                    if target.is_absolute() || !resolved.as_deref().is_some_and(in_tree) {
-                        bail!(
-                            "{}: symlink to `{}` points outside the archive",
-                            what(),
-                            target.display()
-                        );
-                    }
-                } else {
-                    root.remove(&dest, follow).with_context(what)?;
-                }
-                root.symlink(&target, &dest, follow).with_context(what)?;
-                if !component {
-                    root.set_meta(&dest, uid, gid, None, mtime, follow)
-                        .with_context(what)?;
-                }
-            }
-            EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .context("hard link target")?
-                    .with_context(|| format!("{}: hard link without a target", what()))?
-                    .into_owned();
-                let target = clean_relative(&target)
-                    .with_context(|| format!("{}: hard link target", what()))?;
-                let existing = match policy {
-                    Policy::Base => target,
-                    Policy::Component { into } => {
-                        let mut parts = target.components();
-                        let first = parts.next().map(|c| PathBuf::from(c.as_os_str()));
-                        if first != top {
-                            bail!(
-                                "{}: hard link to `{}` points outside the archive",
-                                what(),
-                                target.display()
-                            );
-                        }
-                        into.join(parts.as_path())
-                    }
-                };
-                if !component {
-                    root.remove(&dest, follow).with_context(what)?;
-                }
-                root.hardlink(&existing, &dest, follow).with_context(what)?;
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo if !component => {
-                let fmt = match kind {
-                    EntryType::Char => libc::S_IFCHR,
-                    EntryType::Block => libc::S_IFBLK,
-                    _ => libc::S_IFIFO,
-                };
-                let (major, minor) = (
-                    header.device_major().ok().flatten().unwrap_or(0),
-                    header.device_minor().ok().flatten().unwrap_or(0),
-                );
-                root.remove(&dest, follow).with_context(what)?;
-                root.mknod(
-                    &dest,
-                    fmt | (mode & 0o7777),
-                    libc::makedev(major, minor),
-                    follow,
-                )
-                .with_context(what)?;
-                root.set_meta(&dest, uid, gid, Some(mode & 0o7777), mtime, follow)
-                    .with_context(what)?;
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                bail!(
-                    "{}: device nodes and fifos are not allowed in a component archive",
-                    what()
-                );
-            }
-            other => bail!("{}: unsupported entry type {other:?}", what()),
-        }
-        // Extended attributes (file capabilities, SELinux labels) matter for an OS tree only.
-        if !component && let Ok(Some(exts)) = entry.pax_extensions() {
-            for ext in exts.flatten() {
-                if let (Ok(key), value) = (ext.key(), ext.value_bytes())
-                    && let Some(name) = key.strip_prefix("SCHILY.xattr.")
-                    && let Err(e) = root.set_xattr(&dest, name, value, follow)
-                {
-                    let unsupported = e
-                        .root_cause()
-                        .downcast_ref::<std::io::Error>()
-                        .and_then(|e| e.raw_os_error())
-                        == Some(libc::EOPNOTSUPP);
-                    // POSIX ACLs are re-applied at boot by systemd-tmpfiles (the journal's,
-                    // for one); anything else, file capabilities above all, must not be lost.
-                    if unsupported && name.starts_with("system.posix_acl_") {
-                        report.dropped_acls += 1;
-                    } else if unsupported {
-                        return Err(e.context(format!(
-                            "{}: the build directory's filesystem does not support the extended attribute {name}; use one that does (ext4, xfs, btrfs)",
-                            what()
-                        )));
-                    } else {
-                        return Err(e.context(what()));
-                    }
-                }
-            }
-        }
+        Ok(Some(Placed {
+            raw,
+            dest,
+            mode: header.mode().unwrap_or(0o644),
+            uid: header.uid().unwrap_or(0) as u32,
+            gid: header.gid().unwrap_or(0) as u32,
+            mtime: header.mtime().unwrap_or(0) as i64,
+            size,
+        }))
     }
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
-    for (dir, uid, gid, mode, mtime) in dirs {
-        let (u, g) = if matches!(policy, Policy::Component { .. }) {
+
+    /// A regular file: its bytes exactly as declared; a component's without setuid/setgid/sticky
+    /// and owned by root.
+    fn file<R: Read>(&mut self, entry: &mut tar::Entry<R>, e: &Placed) -> Result<()> {
+        let (root, follow) = (self.root, self.follow);
+        let m = if self.component {
+            if e.mode & 0o7000 != 0 {
+                self.report.stripped.push(e.dest.clone());
+            }
+            e.mode & 0o777
+        } else {
+            e.mode & 0o7777
+        };
+        if !self.component {
+            root.remove(&e.dest, follow).with_context(|| e.what())?;
+        }
+        let mut f = root
+            .create_file(&e.dest, 0o600, follow)
+            .with_context(|| format!("{} (does it repeat an earlier entry?)", e.what()))?;
+        let n = std::io::copy(&mut entry.take(e.size), &mut f).with_context(|| e.what())?;
+        if n != e.size {
+            bail!(
+                "{}: truncated archive (declared {} bytes, found {n})",
+                e.what(),
+                e.size
+            );
+        }
+        self.report.bytes += n;
+        drop(f);
+        let (u, g) = if self.component {
             (0, 0)
         } else {
-            (uid, gid)
+            (e.uid, e.gid)
         };
-        root.set_meta(&dir, u, g, Some(mode), mtime, follow)
-            .with_context(|| format!("directory {}", dir.display()))?;
+        root.set_meta(&e.dest, u, g, Some(m), e.mtime, follow)
+            .with_context(|| e.what())
     }
-    if let (Policy::Component { .. }, None) = (policy, &top) {
-        bail!("the archive is empty");
+
+    /// A symlink; a component's must resolve inside the component's own tree.
+    fn symlink<R: Read>(&self, entry: &tar::Entry<R>, e: &Placed) -> Result<()> {
+        let (root, follow) = (self.root, self.follow);
+        let target = entry
+            .link_name()
+            .context("symlink target")?
+            .with_context(|| format!("{}: symlink without a target", e.what()))?
+            .into_owned();
+        if let Policy::Component { into } = self.policy {
+            let resolved = resolve_link(e.dest.parent().unwrap_or(Path::new("")), &target);
+            if target.is_absolute() || !resolved.as_deref().is_some_and(|p| p.starts_with(into)) {
+                bail!(
+                    "{}: symlink to `{}` points outside the archive",
+                    e.what(),
+                    target.display()
+                );
+            }
+        } else {
+            root.remove(&e.dest, follow).with_context(|| e.what())?;
+        }
+        root.symlink(&target, &e.dest, follow)
+            .with_context(|| e.what())?;
+        if !self.component {
+            root.set_meta(&e.dest, e.uid, e.gid, None, e.mtime, follow)
+                .with_context(|| e.what())?;
+        }
+        Ok(())
     }
-    Ok(report)
+
+    /// A hard link to an earlier entry; a component's within its own tree.
+    fn hardlink<R: Read>(&self, entry: &tar::Entry<R>, e: &Placed) -> Result<()> {
+        let (root, follow) = (self.root, self.follow);
+        let target = entry
+            .link_name()
+            .context("hard link target")?
+            .with_context(|| format!("{}: hard link without a target", e.what()))?
+            .into_owned();
+        let target =
+            clean_relative(&target).with_context(|| format!("{}: hard link target", e.what()))?;
+        let existing = match self.policy {
+            Policy::Base => target,
+            Policy::Component { into } => {
+                let mut parts = target.components();
+                let first = parts.next().map(|c| PathBuf::from(c.as_os_str()));
+                if first != self.top {
+                    bail!(
+                        "{}: hard link to `{}` points outside the archive",
+                        e.what(),
+                        target.display()
+                    );
+                }
+                into.join(parts.as_path())
+            }
+        };
+        if !self.component {
+            root.remove(&e.dest, follow).with_context(|| e.what())?;
+        }
+        root.hardlink(&existing, &e.dest, follow)
+            .with_context(|| e.what())
+    }
+
+    /// A device node or fifo (base archives only).
+    fn device(&self, header: &tar::Header, kind: EntryType, e: &Placed) -> Result<()> {
+        let (root, follow) = (self.root, self.follow);
+        let fmt = match kind {
+            EntryType::Char => libc::S_IFCHR,
+            EntryType::Block => libc::S_IFBLK,
+            _ => libc::S_IFIFO,
+        };
+        let (major, minor) = (
+            header.device_major().ok().flatten().unwrap_or(0),
+            header.device_minor().ok().flatten().unwrap_or(0),
+        );
+        root.remove(&e.dest, follow).with_context(|| e.what())?;
+        root.mknod(
+            &e.dest,
+            fmt | (e.mode & 0o7777),
+            libc::makedev(major, minor),
+            follow,
+        )
+        .with_context(|| e.what())?;
+        root.set_meta(
+            &e.dest,
+            e.uid,
+            e.gid,
+            Some(e.mode & 0o7777),
+            e.mtime,
+            follow,
+        )
+        .with_context(|| e.what())
+    }
+
+    /// One extended attribute of a base archive's entry.
+    fn xattr(&mut self, e: &Placed, name: &str, value: &[u8]) -> Result<()> {
+        let Err(err) = self.root.set_xattr(&e.dest, name, value, self.follow) else {
+            return Ok(());
+        };
+        let unsupported = err
+            .root_cause()
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::EOPNOTSUPP);
+        // POSIX ACLs are re-applied at boot by systemd-tmpfiles (the journal's, for one);
+        // anything else, file capabilities above all, must not be lost.
+        if unsupported && name.starts_with("system.posix_acl_") {
+            self.report.dropped_acls += 1;
+            Ok(())
+        } else if unsupported {
+            Err(err.context(format!(
+                "{}: the build directory's filesystem does not support the extended attribute {name}; use one that does (ext4, xfs, btrfs)",
+                e.what()
+            )))
+        } else {
+            Err(err.context(e.what()))
+        }
+    }
+
+    /// Directory metadata, deepest first; a component archive must have had an entry.
+    fn finish(mut self) -> Result<Report> {
+        self.dirs
+            .sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
+        for d in &self.dirs {
+            let (u, g) = if self.component {
+                (0, 0)
+            } else {
+                (d.uid, d.gid)
+            };
+            self.root
+                .set_meta(&d.path, u, g, Some(d.mode), d.mtime, self.follow)
+                .with_context(|| format!("directory {}", d.path.display()))?;
+        }
+        if self.component && self.top.is_none() {
+            bail!("the archive is empty");
+        }
+        Ok(self.report)
+    }
 }
 
 /// Lexically resolve a relative symlink `target` placed in directory `dir`; None if it climbs
