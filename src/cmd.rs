@@ -69,19 +69,37 @@ pub fn validate(recipe: &std::path::Path) -> Result<()> {
 }
 
 /// The readable form of a plan (stdout of `imgbuild plan NODE`).
+/// `imgbuild plan NODE` as text: one `key value` line per fact, section by section.
 pub fn render_plan(p: &Plan) -> String {
-    let mut s = String::new();
-    let mut line = |k: &str, v: String| s.push_str(&format!("  {k:<22} {v}\n"));
+    let mut out = PlanLines(String::new());
+    plan_identity(p, &mut out);
+    plan_services(p, &mut out);
+    plan_base(p, &mut out);
+    plan_resources(p, &mut out);
+    plan_artifacts(p, &mut out);
+    out.0
+}
+
+struct PlanLines(String);
+
+impl PlanLines {
+    fn line(&mut self, k: &str, v: String) {
+        self.0.push_str(&format!("  {k:<22} {v}\n"));
+    }
+}
+
+/// Who the node is: name, address, roles, units, /etc/hosts.
+fn plan_identity(p: &Plan, out: &mut PlanLines) {
     let n = &p.node;
-    line(
+    out.line(
         "node",
         format!("{} (id {}) of cluster {}", n.name, n.id, p.cluster),
     );
-    line(
+    out.line(
         "hostname",
         n.fqdn.clone().unwrap_or_else(|| n.hostname.clone()),
     );
-    line(
+    out.line(
         "address",
         format!(
             "{}/{} via {}, dns {}",
@@ -92,9 +110,9 @@ pub fn render_plan(p: &Plan) -> String {
         ),
     );
     if let Some(mac) = &n.mac {
-        line("mac", mac.clone());
+        out.line("mac", mac.clone());
     }
-    line(
+    out.line(
         "roles",
         p.roles
             .iter()
@@ -102,48 +120,52 @@ pub fn render_plan(p: &Plan) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     );
-    line("units", p.units.join(" "));
+    out.line("units", p.units.join(" "));
     for h in &p.hosts {
-        line("/etc/hosts", format!("{} {}", h.ip, h.names.join(" ")));
+        out.line("/etc/hosts", format!("{} {}", h.ip, h.names.join(" ")));
     }
+}
+
+/// How its services are wired: ZooKeeper, Kafka, Storm.
+fn plan_services(p: &Plan, out: &mut PlanLines) {
     if let Some(z) = &p.zookeeper {
-        line(
+        out.line(
             "zookeeper myid",
             z.myid.map_or("- (client only)".into(), |m| m.to_string()),
         );
-        line("zookeeper connect", z.connect.clone());
+        out.line("zookeeper connect", z.connect.clone());
         for srv in &z.servers {
-            line("zookeeper", srv.to_string());
+            out.line("zookeeper", srv.to_string());
         }
-        line("zookeeper admin port", z.admin_port.to_string());
+        out.line("zookeeper admin port", z.admin_port.to_string());
     }
     if let Some(k) = &p.kafka {
-        line("kafka mode", format!("{:?}", k.mode).to_lowercase());
+        out.line("kafka mode", format!("{:?}", k.mode).to_lowercase());
         if let Some(id) = k.node_id {
-            line("kafka node.id", id.to_string());
+            out.line("kafka node.id", id.to_string());
         }
         if let Some(id) = k.broker_id {
-            line("kafka broker.id", id.to_string());
+            out.line("kafka broker.id", id.to_string());
         }
         if let Some(r) = &k.process_roles {
-            line("kafka process.roles", crate::plan::wiring::comma(r));
+            out.line("kafka process.roles", crate::plan::wiring::comma(r));
         }
         if let Some(v) = &k.controller_quorum_voters {
-            line("kafka voters", crate::plan::wiring::comma(v));
+            out.line("kafka voters", crate::plan::wiring::comma(v));
         }
         if let Some(c) = &k.zookeeper_connect {
-            line("kafka zookeeper", c.clone());
+            out.line("kafka zookeeper", c.clone());
         }
         if let Some(c) = &k.cluster_id {
-            line("kafka cluster id", c.clone());
+            out.line("kafka cluster id", c.clone());
         }
-        line("kafka listeners", crate::plan::wiring::comma(&k.listeners));
+        out.line("kafka listeners", crate::plan::wiring::comma(&k.listeners));
     }
     if let Some(st) = &p.storm {
-        line("storm zookeeper", join(&st.zookeeper_servers));
-        line("storm nimbus seeds", join(&st.nimbus_seeds));
-        line("storm local hostname", st.local_hostname.clone());
-        line(
+        out.line("storm zookeeper", join(&st.zookeeper_servers));
+        out.line("storm nimbus seeds", join(&st.nimbus_seeds));
+        out.line("storm local hostname", st.local_hostname.clone());
+        out.line(
             "storm slots",
             st.slots
                 .iter()
@@ -152,9 +174,13 @@ pub fn render_plan(p: &Plan) -> String {
                 .join(" "),
         );
     }
+}
+
+/// The base OS and how it boots.
+fn plan_base(p: &Plan, out: &mut PlanLines) {
     let b = &p.base;
     match b.kind {
-        recipe::BaseKind::Mmdebstrap => line(
+        recipe::BaseKind::Mmdebstrap => out.line(
             "base",
             format!(
                 "mmdebstrap {} from {} [{}]",
@@ -163,21 +189,21 @@ pub fn render_plan(p: &Plan) -> String {
                 b.apt_components.join(" ")
             ),
         ),
-        recipe::BaseKind::UbuntuCloud => line("base", "ubuntu-cloud root tarball".into()),
-        recipe::BaseKind::Tarball => line("base", "root filesystem tarball".into()),
+        recipe::BaseKind::UbuntuCloud => out.line("base", "ubuntu-cloud root tarball".into()),
+        recipe::BaseKind::Tarball => out.line("base", "root filesystem tarball".into()),
     }
     match &b.keyring {
-        Some(crate::plan::KeyringPlan::Pinned { url, fingerprints }) => line(
+        Some(crate::plan::KeyringPlan::Pinned { url, fingerprints }) => out.line(
             "base keyring",
             format!("{} from {url}", fingerprints.join(" ")),
         ),
-        Some(crate::plan::KeyringPlan::File { path }) => line("base keyring", path.clone()),
+        Some(crate::plan::KeyringPlan::File { path }) => out.line("base keyring", path.clone()),
         None => {}
     }
     if !b.packages.is_empty() {
-        line("base packages", b.packages.join(" "));
+        out.line("base packages", b.packages.join(" "));
     }
-    line(
+    out.line(
         "base boot",
         match (&b.boot, b.boot.missing()) {
             (_, Some(why)) => format!("CANNOT BOOT: {why}"),
@@ -189,8 +215,12 @@ pub fn render_plan(p: &Plan) -> String {
             _ => "kernel and boot chain found when the tarball is extracted".into(),
         },
     );
+}
+
+/// Memory budget, disk size, and who signs the provenance.
+fn plan_resources(p: &Plan, out: &mut PlanLines) {
     let m = &p.memory;
-    line(
+    out.line(
         "memory",
         format!(
             "{} MiB for the VM: {} MiB of JVM heaps ({}), their overhead and the OS",
@@ -203,23 +233,30 @@ pub fn render_plan(p: &Plan) -> String {
                 .join(", ")
         ),
     );
-    line(
+    out.line(
         "disk size",
         match p.disk.size_bytes {
             Some(n) => crate::util::fmt::human(n),
             None => "auto (the content plus headroom; grows to the disk at first boot)".into(),
         },
     );
+    if let Some(signer) = &p.provenance_signer {
+        out.line("provenance signer", signer.public_key.clone());
+    }
+}
+
+/// Every downloaded artifact with its URLs, digest source and signature.
+fn plan_artifacts(p: &Plan, out: &mut PlanLines) {
     for a in &p.artifacts {
-        line("artifact", format!("{} {}", a.name, a.version));
+        out.line("artifact", format!("{} {}", a.name, a.version));
         for u in &a.urls {
-            line("  url", u.clone());
+            out.line("  url", u.clone());
         }
         match &a.digest {
             DigestSource::Inline { algorithm, value } => {
-                line("  digest", format!("{algorithm:?} {value}").to_lowercase())
+                out.line("  digest", format!("{algorithm:?} {value}").to_lowercase())
             }
-            DigestSource::ChecksumFile { algorithm, urls } => line(
+            DigestSource::ChecksumFile { algorithm, urls } => out.line(
                 "  digest",
                 format!(
                     "{} from {}",
@@ -233,7 +270,7 @@ pub fn render_plan(p: &Plan) -> String {
                 recipe::Signs::Artifact => "the file",
                 recipe::Signs::Checksums => "the checksum file",
             };
-            line(
+            out.line(
                 "  signature",
                 format!(
                     "{} over {over}, key {}",
@@ -243,7 +280,6 @@ pub fn render_plan(p: &Plan) -> String {
             );
         }
     }
-    s
 }
 
 fn join<T: ToString>(v: &[T]) -> String {
