@@ -616,156 +616,200 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     }
     let artifacts = artifacts?;
     let base = base?;
-    let recipe_sha256 = hex::encode(Sha256::digest(cx.loaded.text.as_bytes()));
-    let zk_connect = ensemble
-        .iter()
-        .map(|n| format!("{}:{}", n.ip, n.zk.client_port))
-        .collect::<Vec<_>>()
-        .join(",");
-    let zk_servers: Vec<wiring::ZkServer> = ensemble
-        .iter()
-        .map(|n| wiring::ZkServer {
-            id: n.id,
-            ip: n.ip,
-            quorum_port: n.zk.quorum_port,
-            election_port: n.zk.election_port,
-        })
-        .collect();
-    let voters: Vec<wiring::Voter> = controllers
-        .iter()
-        .map(|n| wiring::Voter {
-            id: n.id,
-            ip: n.ip,
-            port: n.kafka.controller_port,
-        })
-        .collect();
-    let hosts = hosts_entries(&nodes, r.cluster.domain.as_deref());
-    let nimbus_seeds: Vec<Ipv4Addr> = nodes
-        .iter()
-        .filter(|n| n.roles.contains(&Role::StormNimbus))
-        .map(|n| n.ip)
-        .collect();
-
-    let brokers = nodes
-        .iter()
-        .filter(|n| n.roles.contains(&Role::Kafka))
-        .count();
-    let plans = nodes
-        .iter()
-        .map(|n| {
-            let zookeeper = (!ensemble.is_empty()).then(|| ZookeeperPlan {
-                myid: n.roles.contains(&Role::Zookeeper).then_some(n.id),
-                client_port: n.zk.client_port,
+    let w = Shared {
+        recipe: cx.loaded.path.display().to_string(),
+        recipe_sha256: hex::encode(Sha256::digest(cx.loaded.text.as_bytes())),
+        zk_connect: ensemble
+            .iter()
+            .map(|n| format!("{}:{}", n.ip, n.zk.client_port))
+            .collect::<Vec<_>>()
+            .join(","),
+        zk_servers: ensemble
+            .iter()
+            .map(|n| wiring::ZkServer {
+                id: n.id,
+                ip: n.ip,
                 quorum_port: n.zk.quorum_port,
                 election_port: n.zk.election_port,
-                admin_port: n.zk.admin_port,
-                heap_mb: n.zk.heap_mb,
-                servers: zk_servers.clone(),
-                connect: zk_connect.clone(),
-            });
-            let kafka = n.roles.contains(&Role::Kafka).then(|| {
-                let is_controller = controllers.iter().any(|c| c.name == n.name);
-                let plain = wiring::Listener {
-                    name: wiring::ListenerName::Plaintext,
+            })
+            .collect(),
+        zk_ips: ensemble.iter().map(|z| z.ip).collect(),
+        zk_port: ensemble.first().map_or(2181, |z| z.zk.client_port),
+        controllers: controllers.iter().map(|n| n.name.clone()).collect(),
+        voters: controllers
+            .iter()
+            .map(|n| wiring::Voter {
+                id: n.id,
+                ip: n.ip,
+                port: n.kafka.controller_port,
+            })
+            .collect(),
+        kafka_mode,
+        kafka_version,
+        cluster_id,
+        brokers: nodes
+            .iter()
+            .filter(|n| n.roles.contains(&Role::Kafka))
+            .count(),
+        nimbus_seeds: nodes
+            .iter()
+            .filter(|n| n.roles.contains(&Role::StormNimbus))
+            .map(|n| n.ip)
+            .collect(),
+        hosts: hosts_entries(&nodes, r.cluster.domain.as_deref()),
+        network,
+        users,
+        base,
+        artifacts,
+        disk,
+        signer,
+        overlay_dir,
+    };
+    Some(nodes.iter().map(|n| node_plan(r, &w, n)).collect())
+}
+
+/// What every node's plan shares, resolved once: the recipe, the ensemble, the controllers,
+/// the Kafka mode and version, the Storm seeds, the network, users, base, artifacts and disk.
+struct Shared {
+    recipe: String,
+    recipe_sha256: String,
+    zk_connect: String,
+    zk_servers: Vec<wiring::ZkServer>,
+    zk_ips: Vec<Ipv4Addr>,
+    zk_port: u16,
+    /// Names of the KRaft controllers.
+    controllers: Vec<String>,
+    voters: Vec<wiring::Voter>,
+    kafka_mode: KafkaMode,
+    kafka_version: String,
+    cluster_id: Option<String>,
+    brokers: usize,
+    nimbus_seeds: Vec<Ipv4Addr>,
+    hosts: Vec<HostEntry>,
+    network: NetworkPlan,
+    users: Vec<UserPlan>,
+    base: BasePlan,
+    artifacts: Vec<Artifact>,
+    disk: DiskPlan,
+    signer: Option<Signer>,
+    overlay_dir: PathBuf,
+}
+
+fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
+    Plan {
+        schema: SCHEMA_VERSION,
+        recipe: w.recipe.clone(),
+        recipe_sha256: w.recipe_sha256.clone(),
+        cluster: r.cluster.name.clone(),
+        source_date_epoch: r.cluster.source_date_epoch,
+        node: NodeIdentity {
+            name: n.name.clone(),
+            hostname: n.name.clone(),
+            fqdn: r.cluster.domain.as_ref().map(|d| format!("{}.{d}", n.name)),
+            id: n.id,
+            ip: n.ip,
+            mac: n.mac.clone(),
+            interface: n.interface.clone(),
+        },
+        network: w.network.clone(),
+        hosts: w.hosts.clone(),
+        roles: n.roles.clone(),
+        units: units_for(&n.roles, w.kafka_mode),
+        zookeeper: zookeeper_plan(w, n),
+        kafka: n.roles.contains(&Role::Kafka).then(|| kafka_plan(w, n)),
+        storm: n.roles.iter().any(|r| r.is_storm()).then(|| StormPlan {
+            zookeeper_servers: w.zk_ips.clone(),
+            zookeeper_port: w.zk_port,
+            nimbus_seeds: w.nimbus_seeds.clone(),
+            local_hostname: n.ip.to_string(),
+            nimbus_port: n.storm.nimbus_port,
+            supervisor_port: n.storm.supervisor_port,
+            ui_port: n.storm.ui_port,
+            logviewer_port: n.storm.logviewer_port,
+            slots: n.storm.slots.clone(),
+            heap_mb: n.storm.heap_mb,
+            worker_heap_mb: n.storm.worker_heap_mb,
+        }),
+        users: w.users.clone(),
+        base: w.base.clone(),
+        artifacts: w.artifacts.clone(),
+        disk: w.disk.clone(),
+        disk_ids: ids::DiskIds::derive(&r.cluster.name, &n.name),
+        memory: memory_budget(&n.roles, &n.zk, &n.kafka, &n.storm),
+        overlays: vec![w.overlay_dir.join("common"), w.overlay_dir.join(&n.name)],
+        provenance_signer: w.signer.clone(),
+    }
+}
+
+/// ZooKeeper's side of a node: a member's myid, or a client of the ensemble (None without one).
+fn zookeeper_plan(w: &Shared, n: &NodeDraft) -> Option<ZookeeperPlan> {
+    (!w.zk_servers.is_empty()).then(|| ZookeeperPlan {
+        myid: n.roles.contains(&Role::Zookeeper).then_some(n.id),
+        client_port: n.zk.client_port,
+        quorum_port: n.zk.quorum_port,
+        election_port: n.zk.election_port,
+        admin_port: n.zk.admin_port,
+        heap_mb: n.zk.heap_mb,
+        servers: w.zk_servers.clone(),
+        connect: w.zk_connect.clone(),
+    })
+}
+
+/// A Kafka node: in KRaft a broker (and a controller if it is one of the voters), in
+/// ZooKeeper mode a broker of the ensemble's /kafka.
+fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
+    let plain = wiring::Listener {
+        name: wiring::ListenerName::Plaintext,
+        ip: n.ip,
+        port: n.kafka.port,
+    };
+    match w.kafka_mode {
+        KafkaMode::Kraft => {
+            let mut listeners = vec![plain];
+            let mut roles = vec![wiring::ProcessRole::Broker];
+            if w.controllers.contains(&n.name) {
+                listeners.push(wiring::Listener {
+                    name: wiring::ListenerName::Controller,
                     ip: n.ip,
-                    port: n.kafka.port,
-                };
-                match kafka_mode {
-                    KafkaMode::Kraft => {
-                        let mut listeners = vec![plain.clone()];
-                        let mut roles = vec![wiring::ProcessRole::Broker];
-                        if is_controller {
-                            listeners.push(wiring::Listener {
-                                name: wiring::ListenerName::Controller,
-                                ip: n.ip,
-                                port: n.kafka.controller_port,
-                            });
-                            roles.push(wiring::ProcessRole::Controller);
-                        }
-                        KafkaPlan {
-                            mode: kafka_mode,
-                            version: kafka_version.clone(),
-                            node_id: Some(n.id),
-                            broker_id: None,
-                            process_roles: Some(roles),
-                            cluster_id: cluster_id.clone(),
-                            controller_quorum_voters: Some(voters.clone()),
-                            zookeeper_connect: None,
-                            // Shown as `listeners` in the plan (see the field).
-                            advertised_listeners: listeners.clone(),
-                            listeners,
-                            port: n.kafka.port,
-                            controller_port: Some(n.kafka.controller_port),
-                            heap_mb: n.kafka.heap_mb,
-                            brokers,
-                        }
-                    }
-                    KafkaMode::Zookeeper => KafkaPlan {
-                        mode: kafka_mode,
-                        version: kafka_version.clone(),
-                        node_id: None,
-                        broker_id: Some(n.id),
-                        process_roles: None,
-                        cluster_id: None,
-                        controller_quorum_voters: None,
-                        zookeeper_connect: Some(format!("{zk_connect}/kafka")),
-                        listeners: vec![plain.clone()],
-                        advertised_listeners: vec![plain],
-                        port: n.kafka.port,
-                        controller_port: None,
-                        heap_mb: n.kafka.heap_mb,
-                        brokers,
-                    },
-                }
-            });
-            let storm = n.roles.iter().any(|r| r.is_storm()).then(|| StormPlan {
-                zookeeper_servers: ensemble.iter().map(|z| z.ip).collect(),
-                zookeeper_port: ensemble.first().map_or(2181, |z| z.zk.client_port),
-                nimbus_seeds: nimbus_seeds.clone(),
-                local_hostname: n.ip.to_string(),
-                nimbus_port: n.storm.nimbus_port,
-                supervisor_port: n.storm.supervisor_port,
-                ui_port: n.storm.ui_port,
-                logviewer_port: n.storm.logviewer_port,
-                slots: n.storm.slots.clone(),
-                heap_mb: n.storm.heap_mb,
-                worker_heap_mb: n.storm.worker_heap_mb,
-            });
-            let memory = memory_budget(&n.roles, &n.zk, &n.kafka, &n.storm);
-            Plan {
-                schema: SCHEMA_VERSION,
-                recipe: cx.loaded.path.display().to_string(),
-                recipe_sha256: recipe_sha256.clone(),
-                cluster: r.cluster.name.clone(),
-                source_date_epoch: r.cluster.source_date_epoch,
-                node: NodeIdentity {
-                    name: n.name.clone(),
-                    hostname: n.name.clone(),
-                    fqdn: r.cluster.domain.as_ref().map(|d| format!("{}.{d}", n.name)),
-                    id: n.id,
-                    ip: n.ip,
-                    mac: n.mac.clone(),
-                    interface: n.interface.clone(),
-                },
-                network: network.clone(),
-                hosts: hosts.clone(),
-                roles: n.roles.clone(),
-                units: units_for(&n.roles, kafka_mode),
-                zookeeper,
-                kafka,
-                storm,
-                users: users.clone(),
-                base: base.clone(),
-                artifacts: artifacts.clone(),
-                disk: disk.clone(),
-                disk_ids: ids::DiskIds::derive(&r.cluster.name, &n.name),
-                memory,
-                overlays: vec![overlay_dir.join("common"), overlay_dir.join(&n.name)],
-                provenance_signer: signer.clone(),
+                    port: n.kafka.controller_port,
+                });
+                roles.push(wiring::ProcessRole::Controller);
             }
-        })
-        .collect();
-    Some(plans)
+            KafkaPlan {
+                mode: w.kafka_mode,
+                version: w.kafka_version.clone(),
+                node_id: Some(n.id),
+                broker_id: None,
+                process_roles: Some(roles),
+                cluster_id: w.cluster_id.clone(),
+                controller_quorum_voters: Some(w.voters.clone()),
+                zookeeper_connect: None,
+                // Shown as `listeners` in the plan (see the field).
+                advertised_listeners: listeners.clone(),
+                listeners,
+                port: n.kafka.port,
+                controller_port: Some(n.kafka.controller_port),
+                heap_mb: n.kafka.heap_mb,
+                brokers: w.brokers,
+            }
+        }
+        KafkaMode::Zookeeper => KafkaPlan {
+            mode: w.kafka_mode,
+            version: w.kafka_version.clone(),
+            node_id: None,
+            broker_id: Some(n.id),
+            process_roles: None,
+            cluster_id: None,
+            controller_quorum_voters: None,
+            zookeeper_connect: Some(format!("{}/kafka", w.zk_connect)),
+            listeners: vec![plain.clone()],
+            advertised_listeners: vec![plain],
+            port: n.kafka.port,
+            controller_port: None,
+            heap_mb: n.kafka.heap_mb,
+            brokers: w.brokers,
+        },
+    }
 }
 
 /// Default heaps, consistent with each other and with the memory a node is booted with
