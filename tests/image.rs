@@ -42,23 +42,12 @@ impl Env {
             text.contains("seed-fat, rootfs-tar]"),
             "recipe edit applied"
         );
-        // Every image's provenance signed, with a key made for this directory.
+        // Every image's provenance signed, with one key for the whole test run (copied into
+        // each directory: the same key gives the same plan, so two builds can be compared).
         std::fs::create_dir(dir.path().join("keys")).unwrap();
-        ok(
-            &sh(
-                "ssh-keygen",
-                &[
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-f",
-                    dir.path().join("keys/provenance").to_str().unwrap(),
-                ],
-            ),
-            "ssh-keygen",
-        );
+        for f in ["provenance", "provenance.pub"] {
+            std::fs::copy(signing_key().join(f), dir.path().join("keys").join(f)).unwrap();
+        }
         let text = format!("{text}\nprovenance:\n  signing_key: keys/provenance\n");
         std::fs::write(dir.path().join("recipe.yaml"), text).unwrap();
         Env {
@@ -96,6 +85,33 @@ impl Env {
         );
         o
     }
+}
+
+/// The provenance signing key of this test run (made once, under cargo's temporary directory).
+fn signing_key() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("provenance-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        ok(
+            &sh(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-f",
+                    dir.join("provenance").to_str().unwrap(),
+                ],
+            ),
+            "ssh-keygen",
+        );
+        dir
+    })
 }
 
 /// One environment with node1 built, shared by the read-only tests.
