@@ -893,18 +893,72 @@ pub fn node_loss(
     wait_healthy: &mut dyn FnMut(&mut Container) -> Result<f64>,
 ) -> Phase {
     let t = Instant::now();
-    let (mut lines, mut failures) = (Vec::new(), Vec::new());
-    let kafka = kafka_nodes(nodes);
+    let mut ph = Phase {
+        name: "node loss and rejoin",
+        seconds: 0.0,
+        lines: Vec::new(),
+        failures: Vec::new(),
+    };
     let result = (|| -> Result<()> {
+        let loss = Loss::choose(nodes, cs, wordcount.is_some(), &mut ph)?;
+        let vi = cs
+            .iter()
+            .position(|c| c.name == loss.victim.node.name)
+            .context("victim container")?;
+        cs[vi].power_off();
+        ph.lines
+            .push(format!("{} powered off", loss.victim.node.name));
+        let lost_at = Instant::now();
+        loss.zookeeper_keeps_quorum(cs, lost_at, &mut ph);
+        loss.kafka_goes_on(cs, acked_before, &mut ph)?;
+        if let Some(w) = wordcount.as_deref_mut() {
+            loss.storm_goes_on(cs, w, lost_at, &mut ph);
+        }
+        // The node comes back with its disk as it was.
+        let secs = wait_healthy(&mut cs[vi])?;
+        ph.lines.push(format!(
+            "{} booted again, healthy after {secs:.0}s",
+            loss.victim.node.name
+        ));
+        loss.rejoined(cs, wordcount.is_some(), &mut ph);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        ph.failures.push(format!("node loss: {e:#}"));
+    }
+    ph.seconds = t.elapsed().as_secs_f64();
+    ph
+}
+
+/// One node's loss: who is lost, and the two Kafka nodes that produce and consume meanwhile.
+struct Loss<'a> {
+    nodes: &'a [&'a Plan],
+    kafka: Vec<&'a Plan>,
+    victim: &'a Plan,
+    a: &'a Plan,
+    b: &'a Plan,
+    all: Vec<&'a str>,
+    survivors: Vec<&'a str>,
+}
+
+impl<'a> Loss<'a> {
+    /// The victim: the Kafka node running the topology's worker (so Storm must reassign it,
+    /// from a nimbus that may be a new leader), else the last Kafka node.
+    fn choose(
+        nodes: &'a [&'a Plan],
+        cs: &[Container],
+        topology: bool,
+        ph: &mut Phase,
+    ) -> Result<Loss<'a>> {
+        let kafka = kafka_nodes(nodes);
         if kafka.len() < 3 {
             bail!("the node-loss phase needs at least three Kafka nodes");
         }
-        // The victim: the Kafka node running the topology's worker (so Storm must reassign it,
-        // from a nimbus that may be a new leader), else the last Kafka node.
-        let all_names: Vec<&str> = nodes.iter().map(|p| p.node.name.as_str()).collect();
-        let placement = if wordcount.is_some() {
-            let p = storm_placement(nodes, cs, &all_names);
-            lines.push(format!("storm before the loss: {}", placement_line(&p)));
+        let all: Vec<&str> = nodes.iter().map(|p| p.node.name.as_str()).collect();
+        let placement = if topology {
+            let p = storm_placement(nodes, cs, &all);
+            ph.lines
+                .push(format!("storm before the loss: {}", placement_line(&p)));
             p
         } else {
             Vec::new()
@@ -919,145 +973,159 @@ pub fn node_loss(
             .copied()
             .filter(|k| k.node.name != victim.node.name)
             .collect();
-        let (a, b) = (others[0], others[1]);
-        let vi = cs
-            .iter()
-            .position(|c| c.name == victim.node.name)
-            .context("victim container")?;
-        cs[vi].power_off();
-        lines.push(format!("{} powered off", victim.node.name));
-        let survivors: Vec<&str> = all_names
+        let survivors = all
             .iter()
             .copied()
             .filter(|n| *n != victim.node.name)
             .collect();
-        // The survivors elect a new leader if the victim led (a few ticks): wait for them.
-        let lost_at = Instant::now();
-        let mut modes = zk_modes(nodes, cs, &survivors);
+        Ok(Loss {
+            nodes,
+            victim,
+            a: others[0],
+            b: others[1],
+            kafka,
+            all,
+            survivors,
+        })
+    }
+
+    fn victim(&self) -> &str {
+        &self.victim.node.name
+    }
+
+    /// The survivors elect a new leader if the victim led (a few ticks): wait for them.
+    fn zookeeper_keeps_quorum(&self, cs: &[Container], lost_at: Instant, ph: &mut Phase) {
+        let mut modes = zk_modes(self.nodes, cs, &self.survivors);
         while !quorum_ok(&modes) && lost_at.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_secs(2));
-            modes = zk_modes(nodes, cs, &survivors);
+            modes = zk_modes(self.nodes, cs, &self.survivors);
         }
-        lines.push(format!(
+        ph.lines.push(format!(
             "zookeeper without {} (after {:.0}s): {}",
-            victim.node.name,
+            self.victim(),
             lost_at.elapsed().as_secs_f64(),
-            modes
-                .iter()
-                .map(|(n, m)| format!("{n}={m}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            modes_line(&modes)
         ));
         if !quorum_ok(&modes) {
-            failures.push(format!(
+            ph.failures.push(format!(
                 "zookeeper lost its quorum without {}",
-                victim.node.name
+                self.victim()
             ));
         }
-        let (ca, cb) = (container(cs, a), container(cs, b));
-        let acked = produce(ca, &bootstrap(a), 2)?;
+    }
+
+    /// A second round produced through one survivor, both rounds consumed through another.
+    fn kafka_goes_on(
+        &self,
+        cs: &[Container],
+        acked_before: &BTreeSet<String>,
+        ph: &mut Phase,
+    ) -> Result<()> {
+        let (a, b) = (self.a, self.b);
+        let acked = produce(container(cs, a), &bootstrap(a), 2)?;
         let mut all = acked_before.clone();
         all.extend(acked.iter().cloned());
-        let seen = consume(cb, &bootstrap(b), all.len())?;
-        lines.push(compare(
+        let seen = consume(container(cs, b), &bootstrap(b), all.len())?;
+        let line = compare(
             &all,
             &seen,
-            &format!("without {} (both rounds)", victim.node.name),
-            &mut failures,
-        ));
+            &format!("without {} (both rounds)", self.victim()),
+            &mut ph.failures,
+        );
+        ph.lines.push(line);
         if acked.len() < MESSAGES {
-            failures.push(format!(
+            ph.failures.push(format!(
                 "without {}: only {}/{MESSAGES} messages acknowledged (min.insync.replicas should allow writes)",
-                victim.node.name,
+                self.victim(),
                 acked.len()
             ));
         }
-        // Storm: the topology goes on (its worker and the nimbus leader may have been on the
-        // lost node: nimbus reassigns, another nimbus takes the lead).
-        if let Some(w) = wordcount.as_deref_mut() {
-            match await_worker(nodes, cs, &survivors, lost_at, Duration::from_secs(420)).and_then(
-                |l| {
-                    lines.push(format!("topology without {}: {l}", victim.node.name));
-                    w.more(cs, &a.node.name, Duration::from_secs(420))
-                },
-            ) {
-                Ok(l) => lines.push(format!(
-                    "topology without {}: {SENTENCES} more sentences through {}; {l}",
-                    victim.node.name, a.node.name
-                )),
-                Err(e) => {
-                    failures.push(format!("topology without {}: {e:#}", victim.node.name));
-                    lines.push(format!(
-                        "storm without {}: {}\n{}",
-                        victim.node.name,
-                        placement_line(&storm_placement(nodes, cs, &survivors)),
-                        storm_log_tail(nodes, cs, &survivors)
-                    ));
-                }
+        Ok(())
+    }
+
+    /// The topology goes on: a worker on a survivor again, and a new batch counted exactly.
+    fn storm_goes_on(&self, cs: &[Container], w: &mut Wordcount, lost_at: Instant, ph: &mut Phase) {
+        let victim = self.victim();
+        let r = await_worker(
+            self.nodes,
+            cs,
+            &self.survivors,
+            lost_at,
+            Duration::from_secs(420),
+        )
+        .and_then(|l| {
+            ph.lines.push(format!("topology without {victim}: {l}"));
+            w.more(cs, &self.a.node.name, Duration::from_secs(420))
+        });
+        match r {
+            Ok(l) => ph.lines.push(format!(
+                "topology without {victim}: {SENTENCES} more sentences through {}; {l}",
+                self.a.node.name
+            )),
+            Err(e) => {
+                ph.failures
+                    .push(format!("topology without {victim}: {e:#}"));
+                ph.lines.push(format!(
+                    "storm without {victim}: {}\n{}",
+                    placement_line(&storm_placement(self.nodes, cs, &self.survivors)),
+                    storm_log_tail(self.nodes, cs, &self.survivors)
+                ));
             }
         }
-        // The node comes back with its disk as it was.
-        let secs = wait_healthy(&mut cs[vi])?;
-        lines.push(format!(
-            "{} booted again, healthy after {secs:.0}s",
-            victim.node.name
-        ));
+    }
+
+    /// Back: a ZooKeeper member again, every partition's ISR whole, the topology ACTIVE.
+    fn rejoined(&self, cs: &[Container], topology: bool, ph: &mut Phase) {
+        let want_isr = self.kafka.len().min(3);
         let deadline = Instant::now() + Duration::from_secs(600);
         let (mut modes, mut isr) = (Vec::new(), Vec::new());
         while Instant::now() < deadline {
-            modes = zk_modes(nodes, cs, &all_names);
-            isr = isr_sizes(container(cs, a), &bootstrap(a)).unwrap_or_default();
-            if quorum_ok(&modes) && !isr.is_empty() && isr.iter().all(|n| *n == kafka.len().min(3))
-            {
+            modes = zk_modes(self.nodes, cs, &self.all);
+            isr = isr_sizes(container(cs, self.a), &bootstrap(self.a)).unwrap_or_default();
+            if quorum_ok(&modes) && !isr.is_empty() && isr.iter().all(|n| *n == want_isr) {
                 break;
             }
             std::thread::sleep(Duration::from_secs(5));
         }
-        lines.push(format!(
-            "after the rejoin: zookeeper {}; ISR sizes {:?}",
-            modes
-                .iter()
-                .map(|(n, m)| format!("{n}={m}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            isr
+        ph.lines.push(format!(
+            "after the rejoin: zookeeper {}; ISR sizes {isr:?}",
+            modes_line(&modes)
         ));
-        if wordcount.is_some() {
-            match topology_status(container(cs, a)) {
+        if topology {
+            match topology_status(container(cs, self.a)) {
                 Ok(Some(s)) if s == "ACTIVE" => {
-                    lines.push(format!("after the rejoin: {WC_NAME} ACTIVE"))
+                    ph.lines.push(format!("after the rejoin: {WC_NAME} ACTIVE"))
                 }
-                Ok(s) => failures.push(format!(
+                Ok(s) => ph.failures.push(format!(
                     "after the rejoin: {WC_NAME} is {}",
                     s.unwrap_or_else(|| "not listed".into())
                 )),
-                Err(e) => failures.push(format!("after the rejoin: storm list: {e:#}")),
+                Err(e) => ph
+                    .failures
+                    .push(format!("after the rejoin: storm list: {e:#}")),
             }
         }
         if !quorum_ok(&modes) {
-            failures.push(format!(
+            ph.failures.push(format!(
                 "{}: did not rejoin the ZooKeeper ensemble",
-                victim.node.name
+                self.victim()
             ));
         }
-        if isr.is_empty() || !isr.iter().all(|n| *n == kafka.len().min(3)) {
-            failures.push(format!(
-                "{}: the ISR did not come back to {} ({isr:?})",
-                victim.node.name,
-                kafka.len().min(3)
+        if isr.is_empty() || !isr.iter().all(|n| *n == want_isr) {
+            ph.failures.push(format!(
+                "{}: the ISR did not come back to {want_isr} ({isr:?})",
+                self.victim()
             ));
         }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        failures.push(format!("node loss: {e:#}"));
     }
-    Phase {
-        name: "node loss and rejoin",
-        seconds: t.elapsed().as_secs_f64(),
-        lines,
-        failures,
-    }
+}
+
+fn modes_line(modes: &[(String, String)]) -> String {
+    modes
+        .iter()
+        .map(|(n, m)| format!("{n}={m}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
