@@ -137,59 +137,78 @@ pub fn judge(
     states: &BTreeMap<String, NodeState>,
 ) -> Vec<String> {
     let mut fail = Vec::new();
-    let get = |n: &str, c: &str| states.get(n).and_then(|s| s.checks.get(c));
     for p in nodes {
-        let n = &p.node.name;
-        let Some(s) = states.get(n) else { continue };
-        if s.summary.as_deref() != Some("healthy") {
-            for (c, chk) in &s.checks {
-                if !chk.ok {
-                    fail.push(format!("{n}: {c}: {}", describe(&chk.fields)));
-                }
-            }
-            if s.checks.is_empty() {
-                fail.push(format!(
-                    "{n}: health: no report on the serial console ({})",
-                    s.status()
-                ));
+        judge_node(p, states, &mut fail);
+    }
+    judge_brokers(nodes, states, &mut fail);
+    judge_zookeeper(cluster, nodes, states, &mut fail);
+    judge_storm(cluster, nodes, states, &mut fail);
+    fail.dedup();
+    fail
+}
+
+/// A check's latest report on a node.
+fn check<'a>(states: &'a BTreeMap<String, NodeState>, n: &str, c: &str) -> Option<&'a Check> {
+    states.get(n).and_then(|s| s.checks.get(c))
+}
+
+/// One node on its own: its health summary, hostname, address and the Kafka voters it sees.
+fn judge_node(p: &Plan, states: &BTreeMap<String, NodeState>, fail: &mut Vec<String>) {
+    let get = |n: &str, c: &str| check(states, n, c);
+    let n = &p.node.name;
+    let Some(s) = states.get(n) else { return };
+    if s.summary.as_deref() != Some("healthy") {
+        for (c, chk) in &s.checks {
+            if !chk.ok {
+                fail.push(format!("{n}: {c}: {}", describe(&chk.fields)));
             }
         }
-        match get(n, "hostname") {
-            Some(c) if c.fields.get("value") == Some(&p.node.hostname) => {}
-            Some(c) => fail.push(format!(
-                "{n}: hostname: expected {}, got {}",
-                p.node.hostname,
-                c.fields.get("value").map_or("-", String::as_str)
-            )),
-            None => {}
-        }
-        if let Some(c) = get(n, "ip")
-            && c.fields.get("value") != Some(&p.node.ip.to_string())
-        {
-            fail.push(format!("{n}: ip: expected {} on an interface", p.node.ip));
-        }
-        if let Some(k) = &p.kafka
-            && let Some(v) = &k.controller_quorum_voters
-            && let Some(c) = get(n, "kafka")
-        {
-            let mut want: Vec<String> = v.iter().map(|v| v.id.to_string()).collect();
-            want.sort();
-            let mut got: Vec<&str> = c
-                .fields
-                .get("voters")
-                .map(|s| s.split(',').collect())
-                .unwrap_or_default();
-            got.sort();
-            if got != want {
-                fail.push(format!(
-                    "{n}: kafka: sees voters {}, expected {}",
-                    got.join(","),
-                    want.join(",")
-                ));
-            }
+        if s.checks.is_empty() {
+            fail.push(format!(
+                "{n}: health: no report on the serial console ({})",
+                s.status()
+            ));
         }
     }
-    // ZooKeeper-mode Kafka: every broker registered.
+    match get(n, "hostname") {
+        Some(c) if c.fields.get("value") == Some(&p.node.hostname) => {}
+        Some(c) => fail.push(format!(
+            "{n}: hostname: expected {}, got {}",
+            p.node.hostname,
+            c.fields.get("value").map_or("-", String::as_str)
+        )),
+        None => {}
+    }
+    if let Some(c) = get(n, "ip")
+        && c.fields.get("value") != Some(&p.node.ip.to_string())
+    {
+        fail.push(format!("{n}: ip: expected {} on an interface", p.node.ip));
+    }
+    if let Some(k) = &p.kafka
+        && let Some(v) = &k.controller_quorum_voters
+        && let Some(c) = get(n, "kafka")
+    {
+        let mut want: Vec<String> = v.iter().map(|v| v.id.to_string()).collect();
+        want.sort();
+        let mut got: Vec<&str> = c
+            .fields
+            .get("voters")
+            .map(|s| s.split(',').collect())
+            .unwrap_or_default();
+        got.sort();
+        if got != want {
+            fail.push(format!(
+                "{n}: kafka: sees voters {}, expected {}",
+                got.join(","),
+                want.join(",")
+            ));
+        }
+    }
+}
+
+/// ZooKeeper-mode Kafka: every broker registered.
+fn judge_brokers(nodes: &[&Plan], states: &BTreeMap<String, NodeState>, fail: &mut Vec<String>) {
+    let get = |n: &str, c: &str| check(states, n, c);
     for p in nodes {
         if let Some(k) = &p.kafka
             && k.mode == crate::recipe::KafkaMode::Zookeeper
@@ -208,7 +227,16 @@ pub fn judge(
             }
         }
     }
-    // ZooKeeper: exactly one leader, every other ensemble member a follower.
+}
+
+/// ZooKeeper: exactly one leader, every other ensemble member a follower.
+fn judge_zookeeper(
+    cluster: &ClusterPlan,
+    nodes: &[&Plan],
+    states: &BTreeMap<String, NodeState>,
+    fail: &mut Vec<String>,
+) {
+    let get = |n: &str, c: &str| check(states, n, c);
     let zk: Vec<&&Plan> = nodes
         .iter()
         .filter(|p| p.zookeeper.as_ref().is_some_and(|z| z.myid.is_some()))
@@ -249,7 +277,16 @@ pub fn judge(
             }
         }
     }
-    // Storm: a nimbus leader latch and every supervisor registered, as any node's ZooKeeper sees.
+}
+
+/// Storm: a nimbus leader latch and every supervisor registered, as any node's ZooKeeper sees.
+fn judge_storm(
+    cluster: &ClusterPlan,
+    nodes: &[&Plan],
+    states: &BTreeMap<String, NodeState>,
+    fail: &mut Vec<String>,
+) {
+    let get = |n: &str, c: &str| check(states, n, c);
     let supervisors = cluster
         .nodes
         .iter()
@@ -278,8 +315,6 @@ pub fn judge(
             }
         }
     }
-    fail.dedup();
-    fail
 }
 
 fn describe(f: &BTreeMap<String, String>) -> String {
