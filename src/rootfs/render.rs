@@ -662,6 +662,11 @@ mod tests {
             storm.contains("topology.min.replication.count: 2\n"),
             "{storm}"
         );
+        // A new nimbus leader schedules within a minute of a node's loss, not Storm's ten.
+        assert!(
+            storm.contains("supervisor.worker.heartbeats.max.timeout.secs: 60\n"),
+            "{storm}"
+        );
         let dir = "usr/share/imgbuild/examples/python-wordcount";
         for f in [
             "topology.yaml",
