@@ -989,9 +989,16 @@ fn a_systemd_boot_base_boots_through_systemd_boot_and_imgbuild_ssh_reaches_it() 
         }
         std::thread::sleep(std::time::Duration::from_secs(5));
     }
+    // sshd answers before the serial getty's prompt is on the console: wait for the prompt.
+    let serial = env.path("build/boot/node1/serial.log");
+    while t.elapsed() < std::time::Duration::from_secs(900)
+        && !std::fs::read_to_string(&serial).is_ok_and(|l| l.contains("node1 login:"))
+    {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
     unsafe { libc::kill(boot.id() as i32, libc::SIGTERM) };
     let status = boot.wait().unwrap();
-    let log = std::fs::read_to_string(env.path("build/boot/node1/serial.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
     let err = std::fs::read_to_string(env.path("boot.err")).unwrap();
     assert_eq!(
         answer.trim(),
