@@ -10,6 +10,7 @@ use crate::fetch::checksum;
 use crate::fetch::lock::{self, LockEntry, LockFile};
 use crate::fetch::{self, Fetched, Fetcher};
 use crate::plan::mirror::{self, Mirrors};
+use crate::plan::services::Reach;
 use crate::plan::{self, Algorithm, ClusterPlan, DigestSource, Plan};
 use crate::recipe;
 use crate::recipe::diag::{UsageError, did_you_mean};
@@ -112,17 +113,24 @@ fn plan_identity(p: &Plan, out: &mut PlanLines) {
     if let Some(mac) = &n.mac {
         out.line("mac", mac.clone());
     }
-    out.line(
-        "roles",
-        p.roles
-            .iter()
-            .map(|r| r.name())
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
-    out.line("units", p.units.join(" "));
+    out.line("roles", join_with(&p.roles, " "));
+    out.line("units", join_with(&p.units, " "));
     for h in &p.hosts {
         out.line("/etc/hosts", format!("{} {}", h.ip, h.names.join(" ")));
+    }
+    for (reach, what) in [
+        (Reach::Cluster, "ports (cluster)"),
+        (Reach::Clients, "ports (clients)"),
+    ] {
+        let ports: Vec<String> = p
+            .ports
+            .iter()
+            .filter(|b| b.reach == reach)
+            .map(|b| format!("{} {}", b.port, b.spec().label))
+            .collect();
+        if !ports.is_empty() {
+            out.line(what, ports.join(", "));
+        }
     }
 }
 
@@ -137,7 +145,6 @@ fn plan_services(p: &Plan, out: &mut PlanLines) {
         for srv in &z.servers {
             out.line("zookeeper", srv.to_string());
         }
-        out.line("zookeeper admin port", z.admin_port.to_string());
     }
     if let Some(k) = &p.kafka {
         out.line("kafka mode", format!("{:?}", k.mode).to_lowercase());
@@ -165,14 +172,7 @@ fn plan_services(p: &Plan, out: &mut PlanLines) {
         out.line("storm zookeeper", join(&st.zookeeper_servers));
         out.line("storm nimbus seeds", join(&st.nimbus_seeds));
         out.line("storm local hostname", st.local_hostname.clone());
-        out.line(
-            "storm slots",
-            st.slots
-                .iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        out.line("storm slots", join_with(&st.slots, " "));
     }
 }
 
@@ -283,10 +283,14 @@ fn plan_artifacts(p: &Plan, out: &mut PlanLines) {
 }
 
 fn join<T: ToString>(v: &[T]) -> String {
+    join_with(v, ",")
+}
+
+fn join_with<T: ToString>(v: &[T], sep: &str) -> String {
     v.iter()
         .map(|x| x.to_string())
         .collect::<Vec<_>>()
-        .join(",")
+        .join(sep)
 }
 
 /// What fetching needs: the resolved recipe, its cache, mirrors and lock file.
@@ -447,7 +451,7 @@ pub fn cache_import(cli: &Cli, files: &[std::path::PathBuf]) -> Result<()> {
         };
         s.cache.import(file, &hashes)?;
         let record = Record {
-            name: a.name.clone(),
+            name: a.name.to_string(),
             version: a.version.clone(),
             url: entry.map_or_else(|| a.urls[0].clone(), |e| e.url.clone()),
             fetched_from: format!("import:{}", file.display()),
@@ -471,7 +475,7 @@ pub fn cache_import(cli: &Cli, files: &[std::path::PathBuf]) -> Result<()> {
             .artifacts
             .iter()
             .filter(|a| !pinned.iter().any(|p| p.2.name == a.name))
-            .map(|a| a.name.as_str())
+            .map(|a| a.name.name())
             .collect();
         let mut msg = failures.join("\n");
         if !unpinned.is_empty() {

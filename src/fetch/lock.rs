@@ -72,7 +72,7 @@ pub fn write(path: &Path, lock: &LockFile) -> Result<()> {
 impl LockFile {
     /// The entry for `artifact`, or an error if the lock was made for a different version or URL.
     pub fn entry(&self, artifact: &Artifact, lock_path: &Path) -> Result<Option<&LockEntry>> {
-        let Some(e) = self.artifacts.get(&artifact.name) else {
+        let Some(e) = self.artifacts.get(artifact.name.name()) else {
             return Ok(None);
         };
         if e.version != artifact.version || !artifact.urls.contains(&e.url) {

@@ -206,7 +206,7 @@ impl<'a> Fetcher<'a> {
         let h = checksum::hash_file(&path)
             .with_context(|| format!("hashing cached {}", path.display()))?;
         let record = Record {
-            name: a.name.clone(),
+            name: a.name.to_string(),
             version: a.version.clone(),
             url: a.urls[0].clone(),
             fetched_from: "cache".into(),
@@ -233,7 +233,7 @@ impl<'a> Fetcher<'a> {
                 human(record.size)
             ));
             return Ok(Fetched {
-                name: a.name.clone(),
+                name: a.name.to_string(),
                 version: a.version.clone(),
                 path: self.cache.blob_path(&record.sha256),
                 record,
@@ -249,7 +249,7 @@ impl<'a> Fetcher<'a> {
             match self.fetch_from(a, i, &url, expect.as_ref()) {
                 Ok((path, hashes, fingerprint, final_url)) => {
                     let record = Record {
-                        name: a.name.clone(),
+                        name: a.name.to_string(),
                         version: a.version.clone(),
                         url: a.urls[i].clone(),
                         fetched_from: final_url,
@@ -260,7 +260,7 @@ impl<'a> Fetcher<'a> {
                     };
                     self.cache.write_record(&key, &record)?;
                     return Ok(Fetched {
-                        name: a.name.clone(),
+                        name: a.name.to_string(),
                         version: a.version.clone(),
                         path,
                         record,

@@ -961,7 +961,7 @@ impl<'a> Emit<'a> {
             components: plan
                 .artifacts
                 .iter()
-                .map(|a| (a.name.as_str(), a.version.as_str()))
+                .map(|a| (a.name.name(), a.version.as_str()))
                 .collect(),
             inputs: cx
                 .fetched

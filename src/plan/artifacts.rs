@@ -2,7 +2,7 @@
 
 use indexmap::IndexMap;
 
-use super::{Algorithm, Artifact, Ctx, DigestSource, NodeDraft, Role, SignaturePlan};
+use super::{Algorithm, Artifact, Component, Ctx, DigestSource, NodeDraft, Role, SignaturePlan};
 use crate::recipe::diag::did_you_mean;
 use crate::recipe::srcmap::{index, join};
 use crate::recipe::template::{self, TemplateError};
@@ -13,32 +13,32 @@ use crate::recipe::{self, BaseKind, OneOrMany, Signs};
 pub(super) fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec<Artifact>> {
     let any = |f: &dyn Fn(Role) -> bool| nodes.iter().any(|n| n.roles.iter().any(|r| f(*r)));
     let c = &cx.loaded.recipe.components;
-    let wanted: [(&str, Option<&recipe::Component>, bool, &str); 5] = [
+    let wanted: [(Component, Option<&recipe::Component>, bool, &str); 5] = [
         (
-            "java",
+            Component::Java,
             c.java.as_ref(),
             any(&|_| true),
             "ZooKeeper, Kafka and Storm run on Java",
         ),
         (
-            "zookeeper",
+            Component::Zookeeper,
             c.zookeeper.as_ref(),
             any(&|r| r == Role::Zookeeper),
             "a node has the `zookeeper` role",
         ),
         (
-            "kafka",
+            Component::Kafka,
             c.kafka.as_ref(),
             any(&|r| r == Role::Kafka),
             "a node has the `kafka` role",
         ),
         (
-            "storm",
+            Component::Storm,
             c.storm.as_ref(),
             any(&|r| r.is_storm()),
             "a node has a `storm-*` role",
         ),
-        ("python", c.python.as_ref(), false, ""),
+        (Component::Python, c.python.as_ref(), false, ""),
     ];
     let mut out = Vec::new();
     let mut ok = true;
@@ -75,30 +75,30 @@ pub(super) fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec
 }
 
 /// Upstream defaults for a component's URLs and digest, used when the recipe leaves them out.
-fn component_defaults(name: &str) -> (Vec<&'static str>, Option<(&'static str, Algorithm)>) {
+fn component_defaults(name: Component) -> (Vec<&'static str>, Option<(&'static str, Algorithm)>) {
     match name {
-        "zookeeper" => (
+        Component::Zookeeper => (
             vec![
                 "https://downloads.apache.org/zookeeper/zookeeper-{version}/apache-zookeeper-{version}-bin.tar.gz",
                 "https://archive.apache.org/dist/zookeeper/zookeeper-{version}/apache-zookeeper-{version}-bin.tar.gz",
             ],
             Some(("{url}.sha512", Algorithm::Sha512)),
         ),
-        "kafka" => (
+        Component::Kafka => (
             vec![
                 "https://downloads.apache.org/kafka/{version}/kafka_{scala}-{version}.tgz",
                 "https://archive.apache.org/dist/kafka/{version}/kafka_{scala}-{version}.tgz",
             ],
             Some(("{url}.sha512", Algorithm::Sha512)),
         ),
-        "storm" => (
+        Component::Storm => (
             vec![
                 "https://downloads.apache.org/storm/apache-storm-{version}/apache-storm-{version}.tar.gz",
                 "https://archive.apache.org/dist/storm/apache-storm-{version}/apache-storm-{version}.tar.gz",
             ],
             Some(("{url}.sha512", Algorithm::Sha512)),
         ),
-        "python" => (
+        Component::Python => (
             vec![
                 "https://github.com/astral-sh/python-build-standalone/releases/download/{release}/cpython-{version}+{release}-{triple}-install_only.tar.gz",
             ],
@@ -112,17 +112,17 @@ fn component_defaults(name: &str) -> (Vec<&'static str>, Option<(&'static str, A
 }
 
 fn component_vars(
-    name: &str,
+    name: Component,
     version: &str,
     extra: &IndexMap<String, String>,
 ) -> IndexMap<String, String> {
     let mut vars = IndexMap::new();
     vars.insert("version".to_string(), version.to_string());
     match name {
-        "kafka" => {
+        Component::Kafka => {
             vars.insert("scala".into(), "2.13".into());
         }
-        "python" => {
+        Component::Python => {
             vars.insert("triple".into(), "x86_64-unknown-linux-gnu".into());
         }
         _ => {}
@@ -133,8 +133,8 @@ fn component_vars(
     vars
 }
 
-fn resolve_component(cx: &mut Ctx, name: &str, comp: &recipe::Component) -> Option<Artifact> {
-    let path = join("components", name);
+fn resolve_component(cx: &mut Ctx, name: Component, comp: &recipe::Component) -> Option<Artifact> {
+    let path = join("components", name.name());
     if comp.version.trim().is_empty() || comp.version.contains(['/', ' ']) {
         cx.error(
             cx.at(&join(&path, "version")),
@@ -197,7 +197,7 @@ fn resolve_base_artifact(cx: &mut Ctx) -> Option<Artifact> {
                 cx,
                 &ArtifactSpec {
                     path: "base",
-                    name: "base",
+                    name: Component::Base,
                     version: &release,
                     urls: b.urls.as_ref(),
                     digest: b.digest.as_ref(),
@@ -298,7 +298,7 @@ fn render_url(
 /// imgbuild's defaults for what it leaves out.
 struct ArtifactSpec<'a> {
     path: &'a str,
-    name: &'a str,
+    name: Component,
     version: &'a str,
     urls: Option<&'a OneOrMany>,
     digest: Option<&'a recipe::Digest>,
@@ -374,7 +374,7 @@ fn resolve_artifact(cx: &mut Ctx, a: &ArtifactSpec) -> Option<Artifact> {
         }
     }
     Some(Artifact {
-        name: a.name.to_string(),
+        name: a.name,
         version: a.version.to_string(),
         urls: rendered,
         digest,

@@ -19,8 +19,10 @@ use crate::recipe::{self, BaseKind, KafkaMode, Loaded, Signs};
 mod artifacts;
 pub mod ids;
 pub mod mirror;
+pub mod services;
 pub mod wiring;
 use artifacts::{default_release, resolve_artifacts};
+use services::{BoundPort, Component, PortKey, Ports, Unit};
 
 /// Version of the `plan --json` document; bumped on any incompatible change (docs/plan-json.md).
 pub const SCHEMA_VERSION: u32 = 2;
@@ -91,6 +93,12 @@ impl Role {
     }
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything imgbuild knows about one node after resolving the recipe. Serialized as `plan --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -103,7 +111,10 @@ pub struct Plan {
     pub network: NetworkPlan,
     pub hosts: Vec<HostEntry>,
     pub roles: Vec<Role>,
-    pub units: Vec<String>,
+    pub units: Vec<Unit>,
+    /// Every port the node listens on, from the port table (the `plan` text shows them).
+    #[serde(skip)]
+    pub ports: Vec<BoundPort>,
     pub zookeeper: Option<ZookeeperPlan>,
     pub kafka: Option<KafkaPlan>,
     pub storm: Option<StormPlan>,
@@ -156,7 +167,7 @@ impl Plan {
         let url = || {
             self.artifacts
                 .iter()
-                .find(|a| a.name == "base")
+                .find(|a| a.name == Component::Base)
                 .and_then(|a| a.urls.first().cloned())
                 .unwrap_or_default()
         };
@@ -355,7 +366,7 @@ fn boot_from_packages(packages: &[String]) -> BaseBoot {
 /// A file to download and verify.
 #[derive(Debug, Clone, Serialize)]
 pub struct Artifact {
-    pub name: String,
+    pub name: Component,
     pub version: String,
     /// Tried in order: the first is the primary, the rest are mirrors/archives.
     pub urls: Vec<String>,
@@ -539,34 +550,23 @@ struct NodeDraft {
     mac: Option<String>,
     interface: Option<String>,
     roles: Vec<Role>,
+    ports: Ports,
     zk: Zk,
     kafka: Kafka,
     storm: Storm,
 }
 
-/// Effective service settings after defaults and per-node overrides; `src` remembers which
-/// recipe path set each value (for pointing at port clashes).
+/// Effective heaps after defaults and per-node overrides (ports are in [`Ports`]).
 #[derive(Clone, Default)]
 struct Zk {
-    client_port: u16,
-    quorum_port: u16,
-    election_port: u16,
-    admin_port: u16,
     heap_mb: u32,
 }
 #[derive(Clone, Default)]
 struct Kafka {
-    port: u16,
-    controller_port: u16,
     heap_mb: u32,
 }
 #[derive(Clone, Default)]
 struct Storm {
-    nimbus_port: u16,
-    supervisor_port: u16,
-    ui_port: u16,
-    logviewer_port: u16,
-    slots: Vec<u16>,
     heap_mb: u32,
     worker_heap_mb: u32,
 }
@@ -621,7 +621,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         recipe_sha256: hex::encode(Sha256::digest(cx.loaded.text.as_bytes())),
         zk_connect: ensemble
             .iter()
-            .map(|n| format!("{}:{}", n.ip, n.zk.client_port))
+            .map(|n| format!("{}:{}", n.ip, n.ports.get(PortKey::ZkClient)))
             .collect::<Vec<_>>()
             .join(","),
         zk_servers: ensemble
@@ -629,19 +629,21 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
             .map(|n| wiring::ZkServer {
                 id: n.id,
                 ip: n.ip,
-                quorum_port: n.zk.quorum_port,
-                election_port: n.zk.election_port,
+                quorum_port: n.ports.get(PortKey::ZkQuorum),
+                election_port: n.ports.get(PortKey::ZkElection),
             })
             .collect(),
         zk_ips: ensemble.iter().map(|z| z.ip).collect(),
-        zk_port: ensemble.first().map_or(2181, |z| z.zk.client_port),
+        zk_port: ensemble
+            .first()
+            .map_or(2181, |z| z.ports.get(PortKey::ZkClient)),
         controllers: controllers.iter().map(|n| n.name.clone()).collect(),
         voters: controllers
             .iter()
             .map(|n| wiring::Voter {
                 id: n.id,
                 ip: n.ip,
-                port: n.kafka.controller_port,
+                port: n.ports.get(PortKey::KafkaController),
             })
             .collect(),
         kafka_mode,
@@ -714,7 +716,8 @@ fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
         network: w.network.clone(),
         hosts: w.hosts.clone(),
         roles: n.roles.clone(),
-        units: units_for(&n.roles, w.kafka_mode),
+        units: Unit::for_roles(&n.roles, w.kafka_mode),
+        ports: n.ports.bound(&n.roles, w.kafka_mode),
         zookeeper: zookeeper_plan(w, n),
         kafka: n.roles.contains(&Role::Kafka).then(|| kafka_plan(w, n)),
         storm: n.roles.iter().any(|r| r.is_storm()).then(|| StormPlan {
@@ -722,11 +725,11 @@ fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
             zookeeper_port: w.zk_port,
             nimbus_seeds: w.nimbus_seeds.clone(),
             local_hostname: n.ip.to_string(),
-            nimbus_port: n.storm.nimbus_port,
-            supervisor_port: n.storm.supervisor_port,
-            ui_port: n.storm.ui_port,
-            logviewer_port: n.storm.logviewer_port,
-            slots: n.storm.slots.clone(),
+            nimbus_port: n.ports.get(PortKey::StormNimbus),
+            supervisor_port: n.ports.get(PortKey::StormSupervisor),
+            ui_port: n.ports.get(PortKey::StormUi),
+            logviewer_port: n.ports.get(PortKey::StormLogviewer),
+            slots: n.ports.all(PortKey::StormSlots).to_vec(),
             heap_mb: n.storm.heap_mb,
             worker_heap_mb: n.storm.worker_heap_mb,
         }),
@@ -735,7 +738,7 @@ fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
         artifacts: w.artifacts.clone(),
         disk: w.disk.clone(),
         disk_ids: ids::DiskIds::derive(&r.cluster.name, &n.name),
-        memory: memory_budget(&n.roles, &n.zk, &n.kafka, &n.storm),
+        memory: memory_budget(&n.roles, n, n.ports.all(PortKey::StormSlots)),
         overlays: vec![w.overlay_dir.join("common"), w.overlay_dir.join(&n.name)],
         provenance_signer: w.signer.clone(),
     }
@@ -745,10 +748,10 @@ fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
 fn zookeeper_plan(w: &Shared, n: &NodeDraft) -> Option<ZookeeperPlan> {
     (!w.zk_servers.is_empty()).then(|| ZookeeperPlan {
         myid: n.roles.contains(&Role::Zookeeper).then_some(n.id),
-        client_port: n.zk.client_port,
-        quorum_port: n.zk.quorum_port,
-        election_port: n.zk.election_port,
-        admin_port: n.zk.admin_port,
+        client_port: n.ports.get(PortKey::ZkClient),
+        quorum_port: n.ports.get(PortKey::ZkQuorum),
+        election_port: n.ports.get(PortKey::ZkElection),
+        admin_port: n.ports.get(PortKey::ZkAdmin),
         heap_mb: n.zk.heap_mb,
         servers: w.zk_servers.clone(),
         connect: w.zk_connect.clone(),
@@ -761,7 +764,7 @@ fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
     let plain = wiring::Listener {
         name: wiring::ListenerName::Plaintext,
         ip: n.ip,
-        port: n.kafka.port,
+        port: n.ports.get(PortKey::Kafka),
     };
     match w.kafka_mode {
         KafkaMode::Kraft => {
@@ -771,7 +774,7 @@ fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
                 listeners.push(wiring::Listener {
                     name: wiring::ListenerName::Controller,
                     ip: n.ip,
-                    port: n.kafka.controller_port,
+                    port: n.ports.get(PortKey::KafkaController),
                 });
                 roles.push(wiring::ProcessRole::Controller);
             }
@@ -787,8 +790,8 @@ fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
                 // Shown as `listeners` in the plan (see the field).
                 advertised_listeners: listeners.clone(),
                 listeners,
-                port: n.kafka.port,
-                controller_port: Some(n.kafka.controller_port),
+                port: n.ports.get(PortKey::Kafka),
+                controller_port: Some(n.ports.get(PortKey::KafkaController)),
                 heap_mb: n.kafka.heap_mb,
                 brokers: w.brokers,
             }
@@ -804,7 +807,7 @@ fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
             zookeeper_connect: Some(format!("{}/kafka", w.zk_connect)),
             listeners: vec![plain.clone()],
             advertised_listeners: vec![plain],
-            port: n.kafka.port,
+            port: n.ports.get(PortKey::Kafka),
             controller_port: None,
             heap_mb: n.kafka.heap_mb,
             brokers: w.brokers,
@@ -848,7 +851,8 @@ pub struct MemoryPlan {
     pub total_mb: u32,
 }
 
-fn memory_budget(roles: &[Role], zk: &Zk, kafka: &Kafka, storm: &Storm) -> MemoryPlan {
+fn memory_budget(roles: &[Role], n: &NodeDraft, slots: &[u16]) -> MemoryPlan {
+    let (zk, kafka, storm) = (&n.zk, &n.kafka, &n.storm);
     let mut jvms = Vec::new();
     for r in roles {
         match r {
@@ -856,7 +860,7 @@ fn memory_budget(roles: &[Role], zk: &Zk, kafka: &Kafka, storm: &Storm) -> Memor
             Role::Kafka => jvms.push(("kafka".to_string(), kafka.heap_mb)),
             Role::StormSupervisor => {
                 jvms.push(("storm-supervisor".to_string(), storm.heap_mb));
-                for s in &storm.slots {
+                for s in slots {
                     jvms.push((format!("storm-worker-{s}"), storm.worker_heap_mb));
                 }
             }
@@ -875,27 +879,6 @@ fn memory_budget(roles: &[Role], zk: &Zk, kafka: &Kafka, storm: &Storm) -> Memor
         heap_mb,
         total_mb: total.div_ceil(256) * 256,
     }
-}
-
-/// systemd units enabled on a node with these roles, in start order.
-fn units_for(roles: &[Role], mode: KafkaMode) -> Vec<String> {
-    let mut units = Vec::new();
-    for role in roles {
-        match role {
-            Role::Zookeeper => units.push("zookeeper.service"),
-            Role::Kafka => {
-                if mode == KafkaMode::Kraft {
-                    units.push("kafka-format.service");
-                }
-                units.push("kafka.service");
-            }
-            Role::StormNimbus => units.push("storm-nimbus.service"),
-            Role::StormSupervisor => units.push("storm-supervisor.service"),
-            Role::StormUi => units.push("storm-ui.service"),
-            Role::StormLogviewer => units.push("storm-logviewer.service"),
-        }
-    }
-    units.into_iter().map(String::from).collect()
 }
 
 /// `/etc/hosts` lines for every node: the node names map to their real IPs (never 127.0.1.1).
@@ -1208,6 +1191,7 @@ fn resolve_nodes(cx: &mut Ctx, network: &NetworkPlan) -> Vec<NodeDraft> {
         }
         let (zk, kafka, storm) = effective_services(&r.services, overrides);
         drafts.push(NodeDraft {
+            ports: Ports::resolve(&r.services, overrides),
             name: name.clone(),
             id: node.id.unwrap_or(i as u32 + 1),
             ip,
@@ -1272,31 +1256,15 @@ fn effective_services(
     let n = node.unwrap_or(&d);
     let (nz, nk, ns) = (&n.zookeeper, &n.kafka, &n.storm);
     let zk = Zk {
-        client_port: nz.client_port.or(cz.client_port).unwrap_or(2181),
-        quorum_port: nz.quorum_port.or(cz.quorum_port).unwrap_or(2888),
-        election_port: nz.election_port.or(cz.election_port).unwrap_or(3888),
-        // ZooKeeper's own default is 8080, which Storm UI also takes; imgbuild moves it to 8081.
-        admin_port: nz.admin_port.or(cz.admin_port).unwrap_or(8081),
         heap_mb: nz
             .heap_mb
             .or(cz.heap_mb)
             .unwrap_or(DEFAULT_HEAP_MB.zookeeper),
     };
     let kafka = Kafka {
-        port: nk.port.or(ck.port).unwrap_or(9092),
-        controller_port: nk.controller_port.or(ck.controller_port).unwrap_or(9093),
         heap_mb: nk.heap_mb.or(ck.heap_mb).unwrap_or(DEFAULT_HEAP_MB.kafka),
     };
     let storm = Storm {
-        nimbus_port: ns.nimbus_port.or(cs.nimbus_port).unwrap_or(6627),
-        supervisor_port: ns.supervisor_port.or(cs.supervisor_port).unwrap_or(6628),
-        ui_port: ns.ui_port.or(cs.ui_port).unwrap_or(8080),
-        logviewer_port: ns.logviewer_port.or(cs.logviewer_port).unwrap_or(8000),
-        slots: ns
-            .slots
-            .clone()
-            .or_else(|| cs.slots.clone())
-            .unwrap_or_else(|| vec![6700, 6701]),
         heap_mb: ns.heap_mb.or(cs.heap_mb).unwrap_or(DEFAULT_HEAP_MB.storm),
         worker_heap_mb: ns
             .worker_heap_mb
@@ -1461,79 +1429,12 @@ fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode) {
     // One clash set in the recipe usually hits every node alike: report each once, naming the nodes.
     let mut clashes: BTreeMap<(Pos, String, String), Vec<&str>> = BTreeMap::new();
     for n in nodes {
-        // (port, what, service, field)
-        let mut bound: Vec<(u16, String, &str, &str)> = Vec::new();
-        let has = |r: Role| n.roles.contains(&r);
-        if has(Role::Zookeeper) {
-            bound.push((
-                n.zk.client_port,
-                "ZooKeeper client_port".into(),
-                "zookeeper",
-                "client_port",
-            ));
-            bound.push((
-                n.zk.quorum_port,
-                "ZooKeeper quorum_port".into(),
-                "zookeeper",
-                "quorum_port",
-            ));
-            bound.push((
-                n.zk.election_port,
-                "ZooKeeper election_port".into(),
-                "zookeeper",
-                "election_port",
-            ));
-            bound.push((
-                n.zk.admin_port,
-                "ZooKeeper admin_port (AdminServer)".into(),
-                "zookeeper",
-                "admin_port",
-            ));
-        }
-        if has(Role::Kafka) {
-            bound.push((n.kafka.port, "Kafka port".into(), "kafka", "port"));
-            if mode == KafkaMode::Kraft {
-                bound.push((
-                    n.kafka.controller_port,
-                    "Kafka controller_port".into(),
-                    "kafka",
-                    "controller_port",
-                ));
-            }
-        }
-        if has(Role::StormNimbus) {
-            bound.push((
-                n.storm.nimbus_port,
-                "Storm nimbus_port".into(),
-                "storm",
-                "nimbus_port",
-            ));
-        }
-        if has(Role::StormSupervisor) {
-            bound.push((
-                n.storm.supervisor_port,
-                "Storm supervisor_port".into(),
-                "storm",
-                "supervisor_port",
-            ));
-            for s in &n.storm.slots {
-                bound.push((*s, format!("Storm worker slot {s}"), "storm", "slots"));
-            }
-        }
-        if has(Role::StormUi) {
-            bound.push((n.storm.ui_port, "Storm ui_port".into(), "storm", "ui_port"));
-        }
-        if has(Role::StormLogviewer) {
-            bound.push((
-                n.storm.logviewer_port,
-                "Storm logviewer_port".into(),
-                "storm",
-                "logviewer_port",
-            ));
-        }
+        let bound = n.ports.bound(&n.roles, mode);
         let node_pos = cx.key_at(&join("nodes", &n.name));
         let mut first: BTreeMap<u16, usize> = BTreeMap::new();
-        for (i, (port, what, service, field)) in bound.iter().enumerate() {
+        for (i, b) in bound.iter().enumerate() {
+            let (port, what) = (&b.port, b.label());
+            let (service, field) = (b.spec().service.name(), b.spec().field);
             let set_at = service_path(cx, &n.name, service, field);
             if *port == 0 {
                 let pos = set_at.as_deref().map_or(node_pos, |p| cx.at(p));
@@ -1548,7 +1449,8 @@ fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode) {
                 first.insert(*port, i);
                 continue;
             };
-            let (_, other, oservice, ofield) = &bound[j];
+            let other = bound[j].label();
+            let (oservice, ofield) = (bound[j].spec().service.name(), bound[j].spec().field);
             // Point at whichever of the two the recipe spelled out (the later one if both).
             let pos = set_at
                 .or_else(|| service_path(cx, &n.name, oservice, ofield))
@@ -1912,26 +1814,6 @@ mod tests {
         assert!(hostname_problem("-a").is_some());
         assert!(hostname_problem("123").is_some());
         assert!(hostname_problem(&"a".repeat(64)).is_some());
-    }
-
-    #[test]
-    fn units_follow_roles() {
-        assert_eq!(
-            units_for(
-                &[Role::Zookeeper, Role::Kafka, Role::StormUi],
-                KafkaMode::Kraft
-            ),
-            [
-                "zookeeper.service",
-                "kafka-format.service",
-                "kafka.service",
-                "storm-ui.service"
-            ]
-        );
-        assert_eq!(
-            units_for(&[Role::Kafka], KafkaMode::Zookeeper),
-            ["kafka.service"]
-        );
     }
 
     #[test]

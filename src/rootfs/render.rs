@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::plan::services::{Component, Unit};
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
 use crate::plan::{KafkaPlan, Plan, ZookeeperPlan};
 use crate::recipe::KafkaMode;
@@ -38,7 +39,6 @@ pub const SERVICE_USERS: &[(&str, &str, &str)] = &[
     ("storm", "/var/lib/storm", "Apache Storm"),
 ];
 
-/// systemd units for every service (installed everywhere; roles decide which are enabled).
 /// examples/python-wordcount, as installed on every Storm node.
 const EXAMPLE: &[(&str, &str, u32)] = &[
     (
@@ -73,88 +73,45 @@ const EXAMPLE: &[(&str, &str, u32)] = &[
     ),
 ];
 
+/// Every unit's file, fixed text from assets/units. Notes on them:
+/// - kafka.service in ZooKeeper mode orders after a local ZooKeeper when the node has one but
+///   never pulls one in (Wants= would start ZooKeeper on a broker outside the ensemble, which has
+///   no myid and restarts forever); in KRaft mode it requires kafka-format.service, which formats
+///   the log dir with the cluster id baked into the image on the first boot only.
+/// - storm-supervisor.service keeps the default KillMode=control-group: the worker JVMs it
+///   forks stop with it.
+fn unit_text(unit: Unit, mode: KafkaMode) -> &'static str {
+    match (unit, mode) {
+        (Unit::Zookeeper, _) => include_str!("assets/units/zookeeper.service"),
+        (Unit::KafkaFormat, _) => include_str!("assets/units/kafka-format.service"),
+        (Unit::Kafka, KafkaMode::Kraft) => include_str!("assets/units/kafka.kraft.service"),
+        (Unit::Kafka, KafkaMode::Zookeeper) => {
+            include_str!("assets/units/kafka.zookeeper.service")
+        }
+        (Unit::StormNimbus, _) => include_str!("assets/units/storm-nimbus.service"),
+        (Unit::StormSupervisor, _) => include_str!("assets/units/storm-supervisor.service"),
+        (Unit::StormUi, _) => include_str!("assets/units/storm-ui.service"),
+        (Unit::StormLogviewer, _) => include_str!("assets/units/storm-logviewer.service"),
+    }
+}
+
+/// The units installed on every node (roles decide which are enabled): kafka-format.service
+/// only in KRaft mode.
 pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
-    let common = "Restart=on-failure\nRestartSec=5\nSuccessExitStatus=143\nLimitNOFILE=100000\nTimeoutStopSec=180\n\
-                  NoNewPrivileges=true\nProtectSystem=full\nProtectHome=true\nPrivateTmp=true\n";
-    let mut out = vec![file(
-        "etc/systemd/system/zookeeper.service",
-        format!(
-            "[Unit]\nDescription=Apache ZooKeeper\nDocumentation=https://zookeeper.apache.org/doc/current/zookeeperAdmin.html\n\
-             Wants=network-online.target\nAfter=network-online.target\n\n\
-             [Service]\nType=simple\nUser=zookeeper\nGroup=zookeeper\nEnvironmentFile=/etc/default/zookeeper\n\
-             ExecStart=/opt/zookeeper/bin/zkServer.sh start-foreground\n{common}\n\
-             [Install]\nWantedBy=multi-user.target\n"
-        ),
-        0o644,
-    )];
-    let (kafka_after, format_unit) = match kafka_mode {
-        KafkaMode::Kraft => (
-            "Wants=network-online.target\nAfter=network-online.target kafka-format.service\nRequires=kafka-format.service\n",
-            true,
-        ),
-        // The ZooKeeper quorum is remote: order after a local member when the node has one, but
-        // never pull one in (Wants= would start ZooKeeper on a broker outside the ensemble, which
-        // has no myid and restarts forever).
-        KafkaMode::Zookeeper => (
-            "Wants=network-online.target\nAfter=network-online.target zookeeper.service\n",
-            false,
-        ),
-    };
-    out.push(file(
-        "etc/systemd/system/kafka.service",
-        format!(
-            "[Unit]\nDescription=Apache Kafka broker\nDocumentation=https://kafka.apache.org/documentation/\n{kafka_after}\n\
-             [Service]\nType=simple\nUser=kafka\nGroup=kafka\nEnvironmentFile=/etc/default/kafka\n\
-             ExecStart=/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties\n{common}\n\
-             [Install]\nWantedBy=multi-user.target\n"
-        ),
-        0o644,
-    ));
-    if format_unit {
-        // First boot only: format the KRaft log dir with the cluster id baked into the image.
-        out.push(file(
-            "etc/systemd/system/kafka-format.service",
-            "[Unit]\nDescription=Format Kafka KRaft storage (first boot)\nBefore=kafka.service\n\
-             ConditionPathExists=!/var/lib/kafka/data/meta.properties\n\n\
-             [Service]\nType=oneshot\nRemainAfterExit=yes\nUser=kafka\nGroup=kafka\nEnvironmentFile=/etc/default/kafka\n\
-             ExecStart=/opt/kafka/bin/kafka-storage.sh format --cluster-id ${KAFKA_CLUSTER_ID} --config /etc/kafka/server.properties --ignore-formatted\n\n\
-             [Install]\nWantedBy=multi-user.target\n"
-                .to_string(),
-            0o644,
-        ));
-    }
-    for (daemon, what) in [
-        ("nimbus", "Apache Storm Nimbus"),
-        ("supervisor", "Apache Storm Supervisor"),
-        ("ui", "Apache Storm UI"),
-        ("logviewer", "Apache Storm log viewer"),
-    ] {
-        // The supervisor forks worker JVMs: the default KillMode=control-group stops them with it.
-        out.push(file(
-            &format!("etc/systemd/system/storm-{daemon}.service"),
-            format!(
-                "[Unit]\nDescription={what}\nDocumentation=https://storm.apache.org/releases/current/Setting-up-a-Storm-cluster.html\n\
-                 Wants=network-online.target\nAfter=network-online.target zookeeper.service\n\n\
-                 [Service]\nType=simple\nUser=storm\nGroup=storm\nEnvironmentFile=/etc/default/storm\n\
-                 ExecStart=/opt/storm/bin/storm {daemon}\n{common}\n\
-                 [Install]\nWantedBy=multi-user.target\n"
-            ),
-            0o644,
-        ));
-    }
+    let mut out: Vec<FileSpec> = Unit::ALL
+        .into_iter()
+        .filter(|u| *u != Unit::KafkaFormat || kafka_mode == KafkaMode::Kraft)
+        .map(|u| {
+            file(
+                &format!("etc/systemd/system/{}", u.file_name()),
+                unit_text(u, kafka_mode).to_string(),
+                0o644,
+            )
+        })
+        .collect();
     out.push(file(
         "etc/systemd/system/imgbuild-health.service",
-        "[Unit]\nDescription=imgbuild health report on the serial console\n\
-         Documentation=file:/usr/lib/imgbuild/health.py\n\
-         Wants=network-online.target\n\
-         After=network-online.target zookeeper.service kafka.service storm-nimbus.service storm-supervisor.service\n\n\
-         [Service]\nType=simple\nExecStart=/usr/bin/python3 /usr/lib/imgbuild/health.py\n\
-         # Kafka's tools run `$JAVA_HOME/bin/java`, else plain `java`, which is not on PATH.\n\
-         Environment=JAVA_HOME=/opt/java\n\
-         Environment=PATH=/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-         StandardOutput=journal+console\nNoNewPrivileges=true\nProtectHome=true\nPrivateTmp=true\n\n\
-         [Install]\nWantedBy=multi-user.target\n"
-            .to_string(),
+        include_str!("assets/units/imgbuild-health.service").to_string(),
         0o644,
     ));
     out.push(file(
@@ -189,7 +146,7 @@ pub fn health_config(p: &Plan) -> String {
             "supervisors": 1,
         });
     }
-    if p.artifacts.iter().any(|a| a.name == "python") {
+    if p.artifacts.iter().any(|a| a.name == Component::Python) {
         c["python"] = serde_json::json!("/opt/python/bin/python3");
     }
     let mut text = serde_json::to_string_pretty(&c).unwrap_or_default();
@@ -346,7 +303,7 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
                 *mode,
             ));
         }
-        let python = if p.artifacts.iter().any(|a| a.name == "python") {
+        let python = if p.artifacts.iter().any(|a| a.name == Component::Python) {
             "/opt/python/bin/python3"
         } else {
             "python3"
@@ -485,7 +442,7 @@ pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
 pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
     p.units
         .iter()
-        .map(String::as_str)
+        .map(|u| u.file_name())
         .chain(["imgbuild-health.service"])
         .map(|u| {
             (
@@ -734,7 +691,7 @@ mod tests {
         let c = zookeeper_mode();
         let node4 = c.nodes.iter().find(|p| p.node.name == "node4").unwrap();
         assert!(node4.zookeeper.as_ref().is_some_and(|z| z.myid.is_none()));
-        assert!(!node4.units.iter().any(|u| u == "zookeeper.service"));
+        assert!(!node4.units.contains(&Unit::Zookeeper));
         let units = units(KafkaMode::Zookeeper);
         let kafka = unit(&units, "kafka.service");
         for l in kafka.lines() {
