@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Build verified, bootable Ubuntu images for a ZooKeeper/Kafka/Storm cluster from one YAML recipe.
 ///
@@ -110,73 +110,10 @@ pub enum Command {
     },
     /// Boot images/NODE/ in QEMU (UEFI, snapshot mode: the image never changes), serial
     /// console on this terminal and in a log file.
-    Boot {
-        node: String,
-        /// Guest memory in MiB (default: the node's memory budget, see `imgbuild plan`).
-        #[arg(long, value_name = "MIB")]
-        memory: Option<u32>,
-        /// Guest CPUs.
-        #[arg(long, default_value_t = 2, value_name = "N")]
-        cpus: u32,
-        /// Do not show the console: wait for cloud-init to finish, check the hostname and address
-        /// the console shows against the plan, power off. Exit 1 when a check fails.
-        #[arg(long)]
-        check: bool,
-        /// Give up after this many seconds (with --check).
-        #[arg(long, default_value_t = 900, value_name = "SECS")]
-        timeout: u64,
-        /// The serial log (default: BUILD_DIR/boot/NODE/serial.log).
-        #[arg(long, value_name = "FILE")]
-        serial_log: Option<PathBuf>,
-        /// Boot with Secure Boot enforced: OVMF with Microsoft's keys enrolled, q35 with SMM.
-        /// With --check, the kernel must report Secure Boot enabled.
-        #[arg(long)]
-        secure_boot: bool,
-        /// Boot on a virtual disk of this size (a throwaway overlay over the image, e.g. 16GiB),
-        /// as on a bigger real disk: the root partition and filesystem grow at first boot.
-        #[arg(long, value_name = "SIZE")]
-        disk_size: Option<String>,
-        /// The virtual NIC's QEMU model: virtio-net-pci, or e1000e to see the names bare-metal
-        /// NICs get (enpXsY).
-        #[arg(long, default_value = "virtio-net-pci", value_name = "MODEL")]
-        nic: String,
-    },
+    Boot(BootArgs),
     /// Boot the cluster (or NODE...) in QEMU on one private virtual network, show each node's
     /// health as its imgbuild-health unit reports it on the serial console; Ctrl-C stops all.
-    Up {
-        /// Nodes to boot (default: all).
-        nodes: Vec<String>,
-        /// Guest memory per VM in MiB (default: each node's memory budget, see `imgbuild plan`).
-        #[arg(long, value_name = "MIB")]
-        memory: Option<u32>,
-        /// CPUs per VM.
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        cpus: u32,
-        /// Stop once every node has reported (or at the timeout), judge the cluster — one
-        /// ZooKeeper leader, every Kafka voter seen, a Storm nimbus leader and every supervisor —
-        /// and exit 1 naming each failed node and check.
-        #[arg(long)]
-        check: bool,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 1800, value_name = "SECS")]
-        timeout: u64,
-        /// Boot every VM with Secure Boot enforced (OVMF with Microsoft's keys enrolled).
-        #[arg(long)]
-        secure_boot: bool,
-        /// qemu: each node's image in a VM (boot chain, kernel and all; slow without KVM).
-        /// container: each node's tree under systemd-nspawn at native speed; with --check also
-        /// proves the data path (Kafka round trip) and the loss and return of a node.
-        #[arg(long, value_enum, default_value = "qemu")]
-        runtime: crate::vm::cluster::Runtime,
-        /// A check to report but not judge (repeatable), e.g. `--ignore kafka` where the real
-        /// broker cannot start within the time under software emulation.
-        #[arg(long, value_name = "CHECK")]
-        ignore: Vec<String>,
-        /// Print the checks, phases and judgement as JSON on stdout (schema imgbuild.up/1,
-        /// docs/output-json.md); the human report goes to stderr.
-        #[arg(long)]
-        json: bool,
-    },
+    Up(UpArgs),
     /// Stop VMs an interrupted `imgbuild up` left running.
     Down,
     /// Log into NODE of the cluster `imgbuild up` is running (QEMU or containers): ssh from
@@ -198,26 +135,7 @@ pub enum Command {
     /// Write NODE's raw image onto a disk: checks the target first (whole disk, unused, not the
     /// running system's, big enough), writes only the bmap's mapped ranges and reads each back,
     /// and writes the partition table last.
-    Flash {
-        node: String,
-        /// The target: a block device such as /dev/sdb (or a file, with --to-file).
-        device: PathBuf,
-        /// Do not ask: the device is the right one.
-        #[arg(long)]
-        yes: bool,
-        /// Show the target and what would be written where; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Allow a regular file as the target (created if missing).
-        #[arg(long)]
-        to_file: bool,
-        /// The raw image (default: images/NODE/NODE.raw).
-        #[arg(long, value_name = "FILE")]
-        image: Option<PathBuf>,
-        /// Its bmap (default: the image's .bmap beside it; without one, every block is written).
-        #[arg(long, value_name = "FILE")]
-        bmap: Option<PathBuf>,
-    },
+    Flash(FlashArgs),
     /// Inspect or fill the download cache.
     Cache {
         #[command(subcommand)]
@@ -245,4 +163,113 @@ pub enum CacheAction {
     List,
     /// Remove everything the recipe (and its lock file) no longer needs.
     Prune,
+}
+
+/// `imgbuild boot NODE` (see [`Command::Boot`]).
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    pub node: String,
+    /// Guest memory in MiB (default: the node's memory budget, see `imgbuild plan`).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub cpus: u32,
+    /// Do not show the console: wait for cloud-init to finish, check the hostname and address
+    /// the console shows against the plan, power off. Exit 1 when a check fails.
+    #[arg(long)]
+    pub check: bool,
+    /// Give up after this many seconds (with --check).
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    pub timeout: u64,
+    /// The serial log (default: BUILD_DIR/boot/NODE/serial.log).
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+    /// Boot with Secure Boot enforced: OVMF with Microsoft's keys enrolled, q35 with SMM.
+    /// With --check, the kernel must report Secure Boot enabled.
+    #[arg(long)]
+    pub secure_boot: bool,
+    /// Boot on a virtual disk of this size (a throwaway overlay over the image, e.g. 16GiB),
+    /// as on a bigger real disk: the root partition and filesystem grow at first boot.
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
+    /// The virtual NIC's QEMU model: virtio-net-pci, or e1000e to see the names bare-metal
+    /// NICs get (enpXsY).
+    #[arg(long, default_value = "virtio-net-pci", value_name = "MODEL")]
+    pub nic: String,
+}
+
+/// `imgbuild up [NODE...]` (see [`Command::Up`]).
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Nodes to boot (default: all).
+    pub nodes: Vec<String>,
+    /// Guest memory per VM in MiB (default: each node's memory budget, see `imgbuild plan`).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+    /// CPUs per VM.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Stop once every node has reported (or at the timeout), judge the cluster — one
+    /// ZooKeeper leader, every Kafka voter seen, a Storm nimbus leader and every supervisor —
+    /// and exit 1 naming each failed node and check.
+    #[arg(long)]
+    pub check: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub timeout: u64,
+    /// Boot every VM with Secure Boot enforced (OVMF with Microsoft's keys enrolled).
+    #[arg(long)]
+    pub secure_boot: bool,
+    /// qemu: each node's image in a VM (boot chain, kernel and all; slow without KVM).
+    /// container: each node's tree under systemd-nspawn at native speed; with --check also
+    /// proves the data path (Kafka round trip) and the loss and return of a node.
+    #[arg(long, value_enum, default_value = "qemu")]
+    pub runtime: crate::vm::cluster::Runtime,
+    /// A check to report but not judge (repeatable), e.g. `--ignore kafka` where the real
+    /// broker cannot start within the time under software emulation.
+    #[arg(long, value_name = "CHECK")]
+    pub ignore: Vec<String>,
+    /// Print the checks, phases and judgement as JSON on stdout (schema imgbuild.up/1,
+    /// docs/output-json.md); the human report goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl UpArgs {
+    pub fn options(&self) -> crate::vm::cluster::UpOptions {
+        crate::vm::cluster::UpOptions {
+            memory: self.memory,
+            cpus: self.cpus,
+            check: self.check,
+            secure_boot: self.secure_boot,
+            runtime: self.runtime,
+            ignore: self.ignore.clone(),
+            json: self.json,
+            timeout: std::time::Duration::from_secs(self.timeout),
+        }
+    }
+}
+
+/// `imgbuild flash NODE DEVICE` (see [`Command::Flash`]).
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    pub node: String,
+    /// The target: a block device such as /dev/sdb (or a file, with --to-file).
+    pub device: PathBuf,
+    /// Do not ask: the device is the right one.
+    #[arg(long)]
+    pub yes: bool,
+    /// Show the target and what would be written where; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow a regular file as the target (created if missing).
+    #[arg(long)]
+    pub to_file: bool,
+    /// The raw image (default: images/NODE/NODE.raw).
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    /// Its bmap (default: the image's .bmap beside it; without one, every block is written).
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::Cli;
+use crate::cli::{BootArgs, Cli, FlashArgs};
 use crate::fetch::cache::{Cache, Record};
 use crate::fetch::checksum;
 use crate::fetch::lock::{self, LockEntry, LockFile};
@@ -1019,21 +1019,9 @@ fn verify_dir(dir: &std::path::Path, plan: &Plan) -> Result<String> {
     ))
 }
 
-pub struct BootOptions {
-    /// Guest memory; None: the node's memory budget (`plan`).
-    pub memory: Option<u32>,
-    pub cpus: u32,
-    pub check: bool,
-    pub timeout: u64,
-    pub serial_log: Option<std::path::PathBuf>,
-    pub secure_boot: bool,
-    /// Boot on a bigger virtual disk (an overlay over the image).
-    pub disk_size: Option<String>,
-    pub nic: String,
-}
-
 /// `imgbuild boot NODE`: the node's qcow2 (or raw) in QEMU with UEFI firmware.
-pub fn boot(cli: &Cli, node: &str, o: &BootOptions) -> Result<()> {
+pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
+    let node = o.node.as_str();
     use crate::vm::qemu;
     let cluster = resolve(&cli.recipe)?;
     let plan = node_plan(&cluster, &cli.recipe, node)?;
@@ -1254,17 +1242,17 @@ fn run_until_stopped(cmd: &mut std::process::Command) -> Result<std::process::Ex
     }
 }
 
-pub struct FlashOptions {
-    pub yes: bool,
-    pub dry_run: bool,
-    pub to_file: bool,
-    pub image: Option<std::path::PathBuf>,
-    pub bmap: Option<std::path::PathBuf>,
-}
-
-/// `imgbuild flash NODE DEVICE`
-pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) -> Result<()> {
+/// What `flash` writes: the raw image, its bmap if any, and the ranges to write.
+fn flash_inputs(
+    cli: &Cli,
+    o: &FlashArgs,
+) -> Result<(
+    std::path::PathBuf,
+    Option<std::path::PathBuf>,
+    crate::flash::WritePlan,
+)> {
     use crate::flash;
+    let node = o.node.as_str();
     let (image, bmap) = match &o.image {
         Some(img) => {
             let sibling = img.with_extension("bmap");
@@ -1308,6 +1296,14 @@ pub fn flash(cli: &Cli, node: &str, device: &std::path::Path, o: &FlashOptions) 
             flash::WritePlan::whole(size)
         }
     };
+    Ok((image, bmap, plan))
+}
+
+/// `imgbuild flash NODE DEVICE`
+pub fn flash(cli: &Cli, o: &FlashArgs) -> Result<()> {
+    use crate::flash;
+    let device = o.device.as_path();
+    let (image, bmap, plan) = flash_inputs(cli, o)?;
     let target = flash::inspect(device, plan.image_size, o.to_file)?;
     eprintln!("target: {}", target.describe());
     eprintln!(
@@ -1434,7 +1430,8 @@ pub fn ssh(
     Err(anyhow::anyhow!("running ssh: {e}"))
 }
 
-pub fn up(cli: &Cli, names: &[String], o: &crate::vm::cluster::UpOptions) -> Result<()> {
+pub fn up(cli: &Cli, args: &crate::cli::UpArgs) -> Result<()> {
+    let (names, o) = (&args.nodes, &args.options());
     let cluster = resolve(&cli.recipe)?;
     let all = vec!["all".to_string()];
     let plans = select(

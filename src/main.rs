@@ -39,30 +39,7 @@ fn main() -> ExitCode {
             )
         }
         Command::Verify { nodes, json } => cmd::verify(&cli, nodes, *json),
-        Command::Up {
-            nodes,
-            memory,
-            cpus,
-            check,
-            timeout,
-            secure_boot,
-            runtime,
-            ignore,
-            json,
-        } => cmd::up(
-            &cli,
-            nodes,
-            &imgbuild::vm::cluster::UpOptions {
-                memory: *memory,
-                cpus: *cpus,
-                check: *check,
-                secure_boot: *secure_boot,
-                runtime: *runtime,
-                ignore: ignore.clone(),
-                json: *json,
-                timeout: std::time::Duration::from_secs(*timeout),
-            },
-        ),
+        Command::Up(args) => cmd::up(&cli, args),
         Command::Down => cmd::down(&cli),
         Command::Ssh {
             node,
@@ -78,50 +55,8 @@ fn main() -> ExitCode {
         Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
             .render(&mut std::io::stdout())
             .map_err(Into::into),
-        Command::Flash {
-            node,
-            device,
-            yes,
-            dry_run,
-            to_file,
-            image,
-            bmap,
-        } => cmd::flash(
-            &cli,
-            node,
-            device,
-            &cmd::FlashOptions {
-                yes: *yes,
-                dry_run: *dry_run,
-                to_file: *to_file,
-                image: image.clone(),
-                bmap: bmap.clone(),
-            },
-        ),
-        Command::Boot {
-            node,
-            memory,
-            cpus,
-            check,
-            timeout,
-            serial_log,
-            secure_boot,
-            disk_size,
-            nic,
-        } => cmd::boot(
-            &cli,
-            node,
-            &cmd::BootOptions {
-                memory: *memory,
-                cpus: *cpus,
-                check: *check,
-                timeout: *timeout,
-                serial_log: serial_log.clone(),
-                secure_boot: *secure_boot,
-                disk_size: disk_size.clone(),
-                nic: nic.clone(),
-            },
-        ),
+        Command::Flash(args) => cmd::flash(&cli, args),
+        Command::Boot(args) => cmd::boot(&cli, args),
         Command::Cache { action } => match action {
             CacheAction::Import { files } => cmd::cache_import(&cli, files),
             CacheAction::List => cmd::cache_list(&cli),

@@ -1068,98 +1068,15 @@ fn resolve_nodes(cx: &mut Ctx, network: &NetworkPlan) -> Vec<NodeDraft> {
     if r.nodes.is_empty() {
         cx.error(cx.at("nodes"), "the recipe has no nodes");
     }
-    let (net_addr, _) = parse_cidr(&network.cidr).unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
-    let prefix = network.prefix_len;
-    let broadcast = Ipv4Addr::from(u32::from(net_addr) | !prefix_mask(prefix));
-    let mut seen_ip: HashMap<Ipv4Addr, String> = HashMap::new();
-    let mut seen_mac: HashMap<String, String> = HashMap::new();
+    let mut seen = Seen::default();
     let mut drafts = Vec::new();
     for (i, (name, node)) in r.nodes.iter().enumerate() {
         let path = join("nodes", name);
-        if let Some(why) = hostname_problem(name) {
-            let d = cx.error(
-                cx.key_at(&path),
-                format!("node name `{name}` is not a valid hostname: {why}"),
-            );
-            Ctx::hint(
-                d,
-                "node names become hostnames: use lower-case letters, digits and `-`, like node1",
-            );
-        } else if RESERVED_NAMES.contains(&name.as_str()) {
-            let d = cx.error(
-                cx.key_at(&path),
-                format!("node name `{name}` clashes with the subcommand `imgbuild {name}`"),
-            );
-            Ctx::hint(d, "pick another name, such as node1");
-        }
-        let ip_path = join(&path, "ip");
-        let ip = match node.ip.parse::<Ipv4Addr>() {
-            Ok(ip) => {
-                if prefix > 0 && !in_network(ip, net_addr, prefix) {
-                    cx.error(
-                        cx.at(&ip_path),
-                        format!(
-                            "ip {ip} of node `{name}` is outside the network {}",
-                            network.cidr
-                        ),
-                    );
-                } else if prefix < 31 && (ip == net_addr || ip == broadcast) {
-                    cx.error(
-                        cx.at(&ip_path),
-                        format!(
-                            "ip {ip} of node `{name}` is the network or broadcast address of {}",
-                            network.cidr
-                        ),
-                    );
-                } else if ip == network.gateway {
-                    cx.error(
-                        cx.at(&ip_path),
-                        format!("ip {ip} of node `{name}` is the gateway's address"),
-                    );
-                }
-                if let Some(other) = seen_ip.insert(ip, name.clone()) {
-                    cx.error(
-                        cx.at(&ip_path),
-                        format!("duplicate ip {ip}: node `{name}` and node `{other}`"),
-                    );
-                }
-                ip
-            }
-            Err(_) => {
-                cx.error(
-                    cx.at(&ip_path),
-                    format!("`{}` is not an IPv4 address", node.ip),
-                );
-                Ipv4Addr::UNSPECIFIED
-            }
-        };
+        check_node_name(cx, &path, name);
+        let ip = resolve_node_ip(cx, network, &mut seen, &path, name, &node.ip);
         let mac = node.mac.as_ref().map(|m| m.to_ascii_lowercase());
         if let Some(m) = &mac {
-            let mac_path = join(&path, "mac");
-            let octets: Vec<Option<u8>> = m
-                .split(':')
-                .map(|o| {
-                    (o.len() == 2)
-                        .then(|| u8::from_str_radix(o, 16).ok())
-                        .flatten()
-                })
-                .collect();
-            if octets.len() != 6 || octets.iter().any(Option::is_none) {
-                cx.error(
-                    cx.at(&mac_path),
-                    format!("`{m}` is not a MAC address (like 52:54:00:c8:00:97)"),
-                );
-            } else if octets[0].is_some_and(|o| o & 1 == 1) {
-                cx.error(
-                    cx.at(&mac_path),
-                    format!("`{m}` is a multicast MAC address; a NIC needs a unicast one"),
-                );
-            } else if let Some(other) = seen_mac.insert(m.clone(), name.clone()) {
-                cx.error(
-                    cx.at(&mac_path),
-                    format!("duplicate mac {m}: node `{name}` and node `{other}`"),
-                );
-            }
+            check_mac(cx, &mut seen, &path, name, m);
         }
         if let Some(ifname) = &node.interface
             && (ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']))
@@ -1172,22 +1089,7 @@ fn resolve_nodes(cx: &mut Ctx, network: &NetworkPlan) -> Vec<NodeDraft> {
         let roles = resolve_roles(cx, &path, node.roles.as_deref());
         let overrides = node.services.as_ref();
         if let Some(o) = overrides {
-            let kafka = &o.kafka;
-            for (field, set) in [
-                ("mode", kafka.mode.is_some()),
-                ("cluster_id", kafka.cluster_id.is_some()),
-                ("controllers", kafka.controllers.is_some()),
-            ] {
-                if set {
-                    let p = join(&join(&join(&path, "services"), "kafka"), field);
-                    cx.error(
-                        cx.key_at(&p),
-                        format!(
-                            "`{field}` is cluster-wide: set it in services.kafka, not per node"
-                        ),
-                    );
-                }
-            }
+            check_cluster_wide(cx, &path, &o.kafka);
         }
         let (zk, kafka, storm) = effective_services(&r.services, overrides);
         drafts.push(NodeDraft {
@@ -1204,6 +1106,124 @@ fn resolve_nodes(cx: &mut Ctx, network: &NetworkPlan) -> Vec<NodeDraft> {
         });
     }
     drafts
+}
+
+/// Addresses already taken by an earlier node: (ip or mac, node name).
+#[derive(Default)]
+struct Seen {
+    ip: HashMap<Ipv4Addr, String>,
+    mac: HashMap<String, String>,
+}
+
+/// Node names become hostnames, and must not shadow a subcommand (`imgbuild NODE`).
+fn check_node_name(cx: &mut Ctx, path: &str, name: &str) {
+    if let Some(why) = hostname_problem(name) {
+        let d = cx.error(
+            cx.key_at(path),
+            format!("node name `{name}` is not a valid hostname: {why}"),
+        );
+        Ctx::hint(
+            d,
+            "node names become hostnames: use lower-case letters, digits and `-`, like node1",
+        );
+    } else if RESERVED_NAMES.contains(&name) {
+        let d = cx.error(
+            cx.key_at(path),
+            format!("node name `{name}` clashes with the subcommand `imgbuild {name}`"),
+        );
+        Ctx::hint(d, "pick another name, such as node1");
+    }
+}
+
+/// A node's IPv4 address: inside the network, not its network, broadcast or gateway address,
+/// not another node's.
+fn resolve_node_ip(
+    cx: &mut Ctx,
+    network: &NetworkPlan,
+    seen: &mut Seen,
+    path: &str,
+    name: &str,
+    text: &str,
+) -> Ipv4Addr {
+    let ip_path = join(path, "ip");
+    let Ok(ip) = text.parse::<Ipv4Addr>() else {
+        cx.error(cx.at(&ip_path), format!("`{text}` is not an IPv4 address"));
+        return Ipv4Addr::UNSPECIFIED;
+    };
+    let (net_addr, _) = parse_cidr(&network.cidr).unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+    let prefix = network.prefix_len;
+    let broadcast = Ipv4Addr::from(u32::from(net_addr) | !prefix_mask(prefix));
+    let problem = if prefix > 0 && !in_network(ip, net_addr, prefix) {
+        Some(format!(
+            "ip {ip} of node `{name}` is outside the network {}",
+            network.cidr
+        ))
+    } else if prefix < 31 && (ip == net_addr || ip == broadcast) {
+        Some(format!(
+            "ip {ip} of node `{name}` is the network or broadcast address of {}",
+            network.cidr
+        ))
+    } else if ip == network.gateway {
+        Some(format!("ip {ip} of node `{name}` is the gateway's address"))
+    } else {
+        None
+    };
+    if let Some(msg) = problem {
+        cx.error(cx.at(&ip_path), msg);
+    }
+    if let Some(other) = seen.ip.insert(ip, name.to_string()) {
+        cx.error(
+            cx.at(&ip_path),
+            format!("duplicate ip {ip}: node `{name}` and node `{other}`"),
+        );
+    }
+    ip
+}
+
+/// A unicast MAC address, like 52:54:00:c8:00:97, not another node's.
+fn check_mac(cx: &mut Ctx, seen: &mut Seen, path: &str, name: &str, m: &str) {
+    let mac_path = join(path, "mac");
+    let octets: Vec<Option<u8>> = m
+        .split(':')
+        .map(|o| {
+            (o.len() == 2)
+                .then(|| u8::from_str_radix(o, 16).ok())
+                .flatten()
+        })
+        .collect();
+    if octets.len() != 6 || octets.iter().any(Option::is_none) {
+        cx.error(
+            cx.at(&mac_path),
+            format!("`{m}` is not a MAC address (like 52:54:00:c8:00:97)"),
+        );
+    } else if octets[0].is_some_and(|o| o & 1 == 1) {
+        cx.error(
+            cx.at(&mac_path),
+            format!("`{m}` is a multicast MAC address; a NIC needs a unicast one"),
+        );
+    } else if let Some(other) = seen.mac.insert(m.to_string(), name.to_string()) {
+        cx.error(
+            cx.at(&mac_path),
+            format!("duplicate mac {m}: node `{name}` and node `{other}`"),
+        );
+    }
+}
+
+/// Kafka settings only the cluster can have: a per-node value is an error at its key.
+fn check_cluster_wide(cx: &mut Ctx, path: &str, kafka: &recipe::KafkaService) {
+    for (field, set) in [
+        ("mode", kafka.mode.is_some()),
+        ("cluster_id", kafka.cluster_id.is_some()),
+        ("controllers", kafka.controllers.is_some()),
+    ] {
+        if set {
+            let p = join(&join(&join(path, "services"), "kafka"), field);
+            cx.error(
+                cx.key_at(&p),
+                format!("`{field}` is cluster-wide: set it in services.kafka, not per node"),
+            );
+        }
+    }
 }
 
 fn resolve_roles(cx: &mut Ctx, node_path: &str, roles: Option<&[String]>) -> Vec<Role> {
