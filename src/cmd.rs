@@ -907,13 +907,28 @@ pub fn verify(cli: &Cli, names: &[String], json: bool) -> Result<()> {
 
 fn verify_dir(dir: &std::path::Path, plan: &Plan) -> Result<String> {
     let node = plan.node.name.as_str();
+    let mut problems = Vec::new();
+    let (listed, actual) = verify_sums(dir, &mut problems)?;
+    verify_manifest(dir, node, &listed, &mut problems)?;
+    let bmap_note = verify_bmap(dir, node, &mut problems);
+    let prov_note = verify_provenance(dir, plan, &actual, &mut problems);
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n  "));
+    Ok(format!(
+        "{} files match SHA256SUMS, manifest agrees, {bmap_note}, {prov_note}",
+        listed.len()
+    ))
+}
+
+type Digests = std::collections::BTreeMap<String, String>;
+
+/// SHA256SUMS: every line well-formed and matching its file, every file listed. Returns what
+/// it lists and what each listed file hashes to now (the provenance is checked against these).
+fn verify_sums(dir: &std::path::Path, problems: &mut Vec<String>) -> Result<(Digests, Digests)> {
     let sums_path = dir.join("SHA256SUMS");
     let sums = std::fs::read_to_string(&sums_path)
         .with_context(|| format!("reading {}", sums_path.display()))?;
-    let mut problems = Vec::new();
-    let mut listed = std::collections::BTreeMap::new();
-    // What each listed file hashes to now (the provenance is checked against these).
-    let mut actual = std::collections::BTreeMap::new();
+    let mut listed = Digests::new();
+    let mut actual = Digests::new();
     for (i, line) in sums.lines().enumerate() {
         let Some((sha, file)) = line.split_once("  ") else {
             problems.push(format!(
@@ -948,7 +963,16 @@ fn verify_dir(dir: &std::path::Path, plan: &Plan) -> Result<String> {
             problems.push(format!("{name}: not listed in SHA256SUMS"));
         }
     }
-    // The manifest: this node's, and its outputs agree with SHA256SUMS.
+    Ok((listed, actual))
+}
+
+/// The manifest: this node's, and its outputs agree with SHA256SUMS.
+fn verify_manifest(
+    dir: &std::path::Path,
+    node: &str,
+    listed: &Digests,
+    problems: &mut Vec<String>,
+) -> Result<()> {
     let manifest = crate::image::ManifestRecord::read(dir)?;
     if manifest.node != node {
         problems.push(format!(
@@ -956,11 +980,10 @@ fn verify_dir(dir: &std::path::Path, plan: &Plan) -> Result<String> {
             manifest.node
         ));
     }
-    let outputs = manifest.outputs;
-    if outputs.is_empty() {
+    if manifest.outputs.is_empty() {
         problems.push("manifest.json lists no outputs".into());
     }
-    for o in &outputs {
+    for o in &manifest.outputs {
         if listed.get(&o.file) != Some(&o.sha256) {
             problems.push(format!(
                 "manifest.json: {} sha256 {} differs from SHA256SUMS",
@@ -968,29 +991,43 @@ fn verify_dir(dir: &std::path::Path, plan: &Plan) -> Result<String> {
             ));
         }
     }
-    // The bmap: its own checksum and every range against the raw image.
+    Ok(())
+}
+
+/// The bmap: its own checksum and every range against the raw image.
+fn verify_bmap(dir: &std::path::Path, node: &str, problems: &mut Vec<String>) -> String {
     let bmap_path = dir.join(crate::image::bmap_name(node));
-    let mut bmap_note = String::from("no bmap");
-    if bmap_path.exists() {
-        let r = std::fs::read_to_string(&bmap_path)
-            .map_err(anyhow::Error::from)
-            .and_then(|x| crate::image::bmap::parse(&x))
-            .and_then(|m| {
-                let bytes =
-                    crate::image::bmap::verify(&m, &dir.join(crate::image::raw_name(node)))?;
-                Ok((m.ranges.len(), bytes))
-            });
-        match r {
-            Ok((n, bytes)) => {
-                bmap_note = format!(
-                    "bmap: {n} ranges, {} checked",
-                    crate::util::fmt::human(bytes)
-                )
-            }
-            Err(e) => problems.push(format!("{}: {e:#}", bmap_path.display())),
+    if !bmap_path.exists() {
+        return "no bmap".into();
+    }
+    let r = std::fs::read_to_string(&bmap_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|x| crate::image::bmap::parse(&x))
+        .and_then(|m| {
+            let bytes = crate::image::bmap::verify(&m, &dir.join(crate::image::raw_name(node)))?;
+            Ok((m.ranges.len(), bytes))
+        });
+    match r {
+        Ok((n, bytes)) => format!(
+            "bmap: {n} ranges, {} checked",
+            crate::util::fmt::human(bytes)
+        ),
+        Err(e) => {
+            problems.push(format!("{}: {e:#}", bmap_path.display()));
+            "no bmap".into()
         }
     }
-    // The provenance: its subjects are the files as they are now.
+}
+
+/// The provenance: its subjects are the files as they are now; its signature checks against
+/// the recipe's key (the one in the signature itself proves nothing).
+fn verify_provenance(
+    dir: &std::path::Path,
+    plan: &Plan,
+    actual: &Digests,
+    problems: &mut Vec<String>,
+) -> String {
+    let node = plan.node.name.as_str();
     let prov = crate::image::sbom::provenance_name(node);
     let mut prov_note = String::from("no provenance");
     if dir.join(&prov).exists() {
@@ -1006,20 +1043,17 @@ fn verify_dir(dir: &std::path::Path, plan: &Plan) -> Result<String> {
             Err(e) => problems.push(format!("{e:#}")),
         }
     }
-    // Its signature, against the recipe's key (the one in the signature itself proves nothing).
     match crate::image::sbom::verify_signature(dir, node, plan.provenance_signer.as_ref()) {
         Ok(Some(note)) => prov_note = format!("{prov_note}, {note}"),
         Ok(None) => {}
         Err(e) => problems.push(format!("{e:#}")),
     }
-    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n  "));
-    Ok(format!(
-        "{} files match SHA256SUMS, manifest agrees, {bmap_note}, {prov_note}",
-        listed.len()
-    ))
+    prov_note
 }
 
 /// `imgbuild boot NODE`: the node's qcow2 (or raw) in QEMU with UEFI firmware.
+// Long on purpose: firmware, disk overlay, network, the Vm description and the run-or-check are the
+// command's steps in order, each a few lines.
 pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
     let node = o.node.as_str();
     use crate::vm::qemu;

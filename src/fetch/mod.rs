@@ -282,6 +282,9 @@ impl<'a> Fetcher<'a> {
 
     /// Download from one URL (index `i` of the artifact's list) and verify. On any failure the
     /// partial download is removed unless it can be resumed (transport errors).
+    // Long on purpose: its four numbered steps (expected digest, download, verify, into the store)
+    // run under one lock on the partial download; each is short, and splitting them would pass the
+    // lock and the partial around.
     fn fetch_from(
         &self,
         a: &Artifact,
@@ -509,6 +512,9 @@ impl<'a> Fetcher<'a> {
 
     /// Download `url` into `partial`, resuming what it already holds. Returns the hashes of the
     /// whole file and the URL after redirects.
+    // Long on purpose: one attempt of a resumable download (Range request, 200/206/416, re-hashing
+    // the partial, streaming with progress and the size cap): the steps share the open file and the
+    // hashers, kept in one place so a resume cannot hash differently from a fresh download.
     fn download(&self, url: &str, partial: &Path, label: &str) -> Result<(Hashes, String)> {
         self.with_retries(url, |attempt| {
             let mut file = OpenOptions::new()

@@ -113,6 +113,9 @@ pub fn inspect(path: &Path, image_size: u64, allow_file: bool) -> Result<Target>
     })
 }
 
+// Long on purpose: the safety checks before writing a disk, in the order the user reads them (whole
+// disk, partitions in use, the running system's disk, size, identity); each is short and they share
+// the sysfs path.
 fn inspect_block(path: &Path, m: &std::fs::Metadata, image_size: u64) -> Result<Target> {
     let dev = m.rdev();
     let devno = format!("{}:{}", libc::major(dev), libc::minor(dev));
@@ -440,6 +443,9 @@ pub fn write(t: &Target, dst: &File, o: &Options) -> Result<Report> {
     }
 }
 
+// Long on purpose: the write in its order (body ranges, one sync, read-back, partition tables last,
+// the backup GPT moved on a bigger disk); the buffer, progress bar and device handle are shared by
+// every step.
 fn write_body(dst: &File, img: &File, o: &Options, target_size: u64) -> Result<Report> {
     let start = Instant::now();
     let total = o.plan.bytes();

@@ -174,6 +174,8 @@ fn has_xattrs(p: &Path) -> bool {
 }
 
 /// One directory level of [`delta_script`]; `Some(reason)` when the delta is not scriptable.
+// Long on purpose: one directory level, every file-type pair (dir, file, symlink, missing on either
+// side) in one place, so no case can be forgotten between two functions.
 fn delta_dir(
     common: &Path,
     node: &Path,

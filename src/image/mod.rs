@@ -194,6 +194,8 @@ pub fn layout(
 /// `debugfs` script can make, a copy of the shared tree's filesystem (made once by `mkfs -d`,
 /// see [`disk::template`]) given the node's UUID, hash seed and files; otherwise `mkfs -d` of
 /// the node's whole tree. Returns which of the two, for the progress line.
+// Long on purpose: the raw disk in order (sized file, root filesystem, ESP, GPT) over one open
+// file and one layout; each step is a call or two.
 fn write_raw(
     raw: &Path,
     l: &Layout,

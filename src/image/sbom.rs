@@ -117,6 +117,8 @@ pub fn rfc3339(t: u64) -> String {
 }
 
 /// The SPDX 2.3 document of one image.
+// Long on purpose: the SPDX document as one JSON literal per package kind, in the order the
+// standard lists them.
 pub fn spdx(img: &Image, debs: &[DebPackage], inputs: &[Input]) -> Value {
     let mut used = BTreeSet::new();
     let image_id = spdx_id("image", img.node, &mut used);

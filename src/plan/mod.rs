@@ -571,6 +571,8 @@ struct Storm {
     worker_heap_mb: u32,
 }
 
+// Long on purpose: resolution's table of contents: each line resolves or checks one part of the
+// recipe, then the shared values are assembled once for node_plan.
 fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let r = &cx.loaded.recipe;
     check_hostname_like(cx, "cluster.name", &r.cluster.name, "cluster name");
@@ -1575,6 +1577,8 @@ fn resolve_cluster_id(cx: &mut Ctx, mode: KafkaMode) -> Option<String> {
     }
 }
 
+// Long on purpose: the base's kinds (mmdebstrap, tarball, ubuntu-cloud) each need their own keys
+// checked at their own recipe paths; one match keeps every kind's checks side by side.
 fn resolve_base(cx: &mut Ctx) -> Option<BasePlan> {
     let b = &cx.loaded.recipe.base;
     let only = |cx: &mut Ctx, field: &str, set: bool, kinds: &str| {

@@ -88,6 +88,8 @@ fn is_component(f: &Fetched) -> bool {
     f.name != "base" && f.name != crate::fetch::KEYRING
 }
 
+// Long on purpose: the shared tree's five numbered steps (base, components, users, units, no
+// identity) over one confined root, each a few lines.
 fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path, build: &Path) -> Result<()> {
     let root = Root::open(dest)?;
     let by_name = |n: &str| fetched.iter().find(|f| f.name == n);

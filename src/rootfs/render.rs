@@ -235,6 +235,8 @@ const ZOOKEEPER_LOGBACK: &str = r#"<!-- Written by imgbuild: ZooKeeper logs INFO
 "#;
 
 /// The files that make this node itself: identity, service configs, seed.
+// Long on purpose: the list of every file a node gets, one entry each: reading it top to bottom is
+// reading the node's configuration.
 pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     let mut out = vec![
         file("etc/hostname", format!("{}\n", p.node.hostname), 0o644),

@@ -605,52 +605,22 @@ pub fn up(
     o: &UpOptions,
 ) -> Result<Option<UpResult>> {
     let work = build_dir.join("up");
-    std::fs::create_dir_all(&work)?;
-    // One `up` per build directory: nodes of two runs would share work directories and names.
-    let lock = std::fs::File::create(work.join(".lock"))
-        .with_context(|| format!("creating {}", work.join(".lock").display()))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "another `imgbuild up` is running on {} (stop it first, or use another --build-dir)",
-            work.display()
-        );
-    }
-    let vm = match o.runtime {
-        Runtime::Qemu => {
-            let fw = qemu::firmware(o.secure_boot)?;
-            let kvm = qemu::kvm_works(&fw, &work);
-            if !kvm {
-                eprintln!(
-                    "note: KVM is not usable here; software emulation (a cluster boot takes several minutes)"
-                );
-            }
-            Some((fw, kvm))
-        }
-        Runtime::Container => None,
-    };
+    let _lock = lock_work(&work)?;
+    let vm = vm_runtime(o, &work)?;
     private_network()?;
     if o.runtime == Runtime::Container {
         crate::vm::container::prepare()?;
     }
     host_link(nodes, build_dir, o.runtime);
     catch_signals();
-    let mut running = Vec::new();
     let mut containers = Vec::new();
-    let mut states: BTreeMap<String, NodeState> = BTreeMap::new();
     let start = Instant::now();
+    let mut running = Vec::new();
     for p in nodes {
         let nwork = work.join(&p.node.name);
         std::fs::create_dir_all(&nwork)?;
-        let r = start_node(
-            p,
-            images,
-            build_dir,
-            &nwork,
-            o,
-            vm.as_ref().map(|(f, k)| (f, *k)),
-            &mut containers,
-        );
-        match r {
+        let vm = vm.as_ref().map(|(f, k)| (f, *k));
+        match start_node(p, images, build_dir, &nwork, o, vm, &mut containers) {
             Ok(r) => running.push(r),
             Err(e) => {
                 for r in &mut running {
@@ -659,45 +629,20 @@ pub fn up(
                 return Err(e);
             }
         }
-        states.insert(p.node.name.clone(), NodeState::default());
     }
-    let mut last_table = String::new();
-    let result = loop {
-        std::thread::sleep(Duration::from_secs(2));
-        for r in &mut running {
-            let st = states.get_mut(&r.name).expect("state per node");
-            r.poll(st);
-            if let Some(status) = r.exited(&mut containers) {
-                st.summary
-                    .get_or_insert_with(|| format!("exited({status})"));
-            }
-        }
-        let table = status_table(nodes, &states);
-        if table != last_table {
-            eprintln!("[{:>4}s] {table}", start.elapsed().as_secs());
-            last_table = table;
-        }
-        let view = judged(&states, &o.ignore);
-        let done = view.values().all(|s| s.summary.is_some());
-        if STOP.load(Ordering::SeqCst) {
-            eprintln!("stopping (interrupted)");
-            break None;
-        }
-        if o.check && done {
-            break Some(judge(cluster, nodes, &view));
-        }
-        if start.elapsed() > o.timeout {
-            let mut f = judge(cluster, nodes, &view);
-            f.insert(
-                0,
-                format!(
-                    "timeout: not every node finished its checks within {}s",
-                    o.timeout.as_secs()
-                ),
-            );
-            break Some(f);
-        }
-    };
+    let mut states: BTreeMap<String, NodeState> = nodes
+        .iter()
+        .map(|p| (p.node.name.clone(), NodeState::default()))
+        .collect();
+    let result = watch(
+        cluster,
+        nodes,
+        o,
+        start,
+        &mut running,
+        &mut containers,
+        &mut states,
+    );
     print_checks(nodes, &states, o.json);
     let healthy_at = start.elapsed().as_secs_f64();
     let mut phases = Vec::new();
@@ -737,6 +682,86 @@ pub fn up(
         phases,
         failures,
     }))
+}
+
+/// One `up` per build directory: nodes of two runs would share work directories and names.
+/// Held until the returned file is dropped.
+fn lock_work(work: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(work)?;
+    let lock = std::fs::File::create(work.join(".lock"))
+        .with_context(|| format!("creating {}", work.join(".lock").display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another `imgbuild up` is running on {} (stop it first, or use another --build-dir)",
+            work.display()
+        );
+    }
+    Ok(lock)
+}
+
+/// For QEMU: the firmware and whether KVM works; nothing for containers.
+fn vm_runtime(o: &UpOptions, work: &Path) -> Result<Option<(qemu::Firmware, bool)>> {
+    if o.runtime == Runtime::Container {
+        return Ok(None);
+    }
+    let fw = qemu::firmware(o.secure_boot)?;
+    let kvm = qemu::kvm_works(&fw, work);
+    if !kvm {
+        eprintln!(
+            "note: KVM is not usable here; software emulation (a cluster boot takes several minutes)"
+        );
+    }
+    Ok(Some((fw, kvm)))
+}
+
+/// Poll every node's reports every 2 s, showing the status table when it changes, until
+/// interrupted (None), every node reported (with --check) or the timeout: then the judgement.
+fn watch(
+    cluster: &ClusterPlan,
+    nodes: &[&Plan],
+    o: &UpOptions,
+    start: Instant,
+    running: &mut [Running],
+    containers: &mut [Container],
+    states: &mut BTreeMap<String, NodeState>,
+) -> Option<Vec<String>> {
+    let mut last_table = String::new();
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        for r in running.iter_mut() {
+            let st = states.get_mut(&r.name).expect("state per node");
+            r.poll(st);
+            if let Some(status) = r.exited(containers) {
+                st.summary
+                    .get_or_insert_with(|| format!("exited({status})"));
+            }
+        }
+        let table = status_table(nodes, states);
+        if table != last_table {
+            eprintln!("[{:>4}s] {table}", start.elapsed().as_secs());
+            last_table = table;
+        }
+        let view = judged(states, &o.ignore);
+        let done = view.values().all(|s| s.summary.is_some());
+        if STOP.load(Ordering::SeqCst) {
+            eprintln!("stopping (interrupted)");
+            return None;
+        }
+        if o.check && done {
+            return Some(judge(cluster, nodes, &view));
+        }
+        if start.elapsed() > o.timeout {
+            let mut f = judge(cluster, nodes, &view);
+            f.insert(
+                0,
+                format!(
+                    "timeout: not every node finished its checks within {}s",
+                    o.timeout.as_secs()
+                ),
+            );
+            return Some(f);
+        }
+    }
 }
 
 /// The data-path and node-loss phases, printed as they finish; their failures.

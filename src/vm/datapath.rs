@@ -358,63 +358,7 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>
                 acked.len()
             ));
         }
-        let under = tool(
-            ca,
-            &[
-                "/opt/kafka/bin/kafka-topics.sh",
-                "--bootstrap-server",
-                &bootstrap(a),
-                "--describe",
-                "--under-replicated-partitions",
-            ],
-            180,
-        )?;
-        let n = under.lines().filter(|l| l.contains("Partition:")).count();
-        lines.push(format!("under-replicated partitions: {n}"));
-        if n > 0 {
-            failures.push(format!("kafka: {n} under-replicated partitions"));
-        }
-        if let Some(k) = &a.kafka
-            && let Some(port) = k.controller_port
-        {
-            let rep = tool(
-                ca,
-                &[
-                    "/opt/kafka/bin/kafka-metadata-quorum.sh",
-                    "--bootstrap-controller",
-                    &format!("{}:{port}", a.node.ip),
-                    "describe",
-                    "--replication",
-                ],
-                180,
-            )?;
-            // NodeId DirectoryId LogEndOffset Lag LastFetchTimestamp LastCaughtUpTimestamp Status
-            let lags: Vec<(String, i64)> = rep
-                .lines()
-                .skip(1)
-                .filter_map(|l| {
-                    let cols: Vec<&str> = l.split_whitespace().collect();
-                    let status = cols.last()?.to_string();
-                    Some((
-                        format!("{}:{status}", cols.first()?),
-                        cols.get(3)?.parse().ok()?,
-                    ))
-                })
-                .collect();
-            let far = lags.iter().filter(|(_, lag)| *lag > 1000).count();
-            lines.push(format!(
-                "KRaft voters' lag: {}",
-                lags.iter()
-                    .map(|(n, l)| format!("{n} {l}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            if far > 0 || lags.is_empty() {
-                failures.push(format!(
-                    "kafka: voters not within 1000 of the leader: {rep}"
-                ));
-            }
-        }
+        replication(ca, a, &mut lines, &mut failures)?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -429,6 +373,74 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>
         },
         acked,
     )
+}
+
+/// After the round trip: no under-replicated partition, and (KRaft) every voter within 1000
+/// records of the leader.
+fn replication(
+    ca: &Container,
+    a: &Plan,
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let under = tool(
+        ca,
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            &bootstrap(a),
+            "--describe",
+            "--under-replicated-partitions",
+        ],
+        180,
+    )?;
+    let n = under.lines().filter(|l| l.contains("Partition:")).count();
+    lines.push(format!("under-replicated partitions: {n}"));
+    if n > 0 {
+        failures.push(format!("kafka: {n} under-replicated partitions"));
+    }
+    if let Some(k) = &a.kafka
+        && let Some(port) = k.controller_port
+    {
+        let rep = tool(
+            ca,
+            &[
+                "/opt/kafka/bin/kafka-metadata-quorum.sh",
+                "--bootstrap-controller",
+                &format!("{}:{port}", a.node.ip),
+                "describe",
+                "--replication",
+            ],
+            180,
+        )?;
+        // NodeId DirectoryId LogEndOffset Lag LastFetchTimestamp LastCaughtUpTimestamp Status
+        let lags: Vec<(String, i64)> = rep
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let status = cols.last()?.to_string();
+                Some((
+                    format!("{}:{status}", cols.first()?),
+                    cols.get(3)?.parse().ok()?,
+                ))
+            })
+            .collect();
+        let far = lags.iter().filter(|(_, lag)| *lag > 1000).count();
+        lines.push(format!(
+            "KRaft voters' lag: {}",
+            lags.iter()
+                .map(|(n, l)| format!("{n} {l}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if far > 0 || lags.is_empty() {
+            failures.push(format!(
+                "kafka: voters not within 1000 of the leader: {rep}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The Python word-count topology of examples/ (installed on every Storm node), submitted
@@ -667,6 +679,8 @@ impl Wordcount {
 
 /// Submit the Python topology (Flux, offline, from the image), wait for ACTIVE, feed it known
 /// sentences through Kafka and check the word counts it writes to Kafka.
+// Long on purpose: submit, wait for ACTIVE, feed, poll the counts: one sequence against one running
+// topology, each step a few lines and a tool call.
 pub fn topology(nodes: &[&Plan], cs: &[Container]) -> (Phase, Option<Wordcount>) {
     let t = Instant::now();
     let (mut lines, mut failures) = (Vec::new(), Vec::new());
