@@ -217,7 +217,7 @@ fn plan_base(p: &Plan, out: &mut PlanLines) {
     );
 }
 
-/// Memory budget, disk size, and who signs the provenance.
+/// Memory budget, OS tuning, disk size, and who signs the provenance.
 fn plan_resources(p: &Plan, out: &mut PlanLines) {
     let m = &p.memory;
     out.line(
@@ -232,6 +232,30 @@ fn plan_resources(p: &Plan, out: &mut PlanLines) {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    );
+    let os = &p.os;
+    out.line(
+        "sysctl",
+        os.sysctl
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    out.line(
+        "service limits",
+        format!(
+            "LimitNOFILE={} LimitNPROC={}",
+            os.limit_nofile, os.limit_nproc
+        ),
+    );
+    out.line(
+        "time sync",
+        if os.ntp.is_empty() {
+            "systemd-timesyncd, the distribution's servers".to_string()
+        } else {
+            format!("systemd-timesyncd from {}", os.ntp.join(" "))
+        },
     );
     out.line(
         "disk size",

@@ -324,6 +324,13 @@ bad!(
     [("admin_port: 8081", "admin_port: 8080")]
 );
 bad!(
+    os_tuning_bad_values,
+    [(
+        "users:\n",
+        "os:\n  sysctl:\n    vm.swappiness: 1\n    \"../etc/x\": 1\n    vm.dirty_ratio: \"60\\n# no\"\n  limits: {nofile: 512}\n  ntp: [pool.ntp.org, -bad-.example]\nusers:\n"
+    )]
+);
+bad!(
     port_clash_per_node_override,
     [(
         "    ip: 10.20.0.13",

@@ -20,6 +20,7 @@ mod artifacts;
 pub mod ids;
 pub mod mirror;
 pub mod services;
+pub mod tuning;
 pub mod wiring;
 use artifacts::{default_release, resolve_artifacts};
 use services::{BoundPort, Component, PortKey, Ports, Unit};
@@ -126,6 +127,7 @@ pub struct Plan {
     #[serde(skip)]
     pub disk_ids: ids::DiskIds,
     pub memory: MemoryPlan,
+    pub os: tuning::OsPlan,
     pub overlays: Vec<PathBuf>,
     /// Who signs the provenance (absent from the JSON, and so from the build key, when no one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -603,6 +605,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let users = resolve_users(cx);
     let signer = resolve_signer(cx);
     let disk = resolve_disk(cx);
+    let os = tuning::resolve_os(cx);
     let kafka_version = r
         .components
         .kafka
@@ -666,6 +669,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         base,
         artifacts,
         disk,
+        os,
         signer,
         overlay_dir,
     };
@@ -695,6 +699,7 @@ struct Shared {
     base: BasePlan,
     artifacts: Vec<Artifact>,
     disk: DiskPlan,
+    os: tuning::OsPlan,
     signer: Option<Signer>,
     overlay_dir: PathBuf,
 }
@@ -741,6 +746,7 @@ fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
         disk: w.disk.clone(),
         disk_ids: ids::DiskIds::derive(&r.cluster.name, &n.name),
         memory: memory_budget(&n.roles, n, n.ports.all(PortKey::StormSlots)),
+        os: w.os.clone(),
         overlays: vec![w.overlay_dir.join("common"), w.overlay_dir.join(&n.name)],
         provenance_signer: w.signer.clone(),
     }

@@ -35,6 +35,30 @@ pub struct Recipe {
     pub mirrors: IndexMap<String, String>,
     #[serde(default)]
     pub provenance: Provenance,
+    #[serde(default)]
+    pub os: Os,
+}
+
+/// The OS settings operators set for ZooKeeper, Kafka and Storm hosts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Os {
+    /// Kernel parameters, merged over imgbuild's defaults (`plan` shows the result).
+    #[serde(default)]
+    pub sysctl: IndexMap<String, String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// NTP servers for systemd-timesyncd (none: the distribution's default servers).
+    #[serde(default)]
+    pub ntp: Vec<String>,
+}
+
+/// Resource limits of every service unit (LimitNOFILE=, LimitNPROC=).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
 }
 
 /// How the provenance of every image is signed (`ssh-keygen -Y sign`); unsigned without a key.

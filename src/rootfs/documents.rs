@@ -134,7 +134,7 @@ fn block(v: &serde_norway::Value, indent: usize, out: &mut String) {
 pub const HEARTBEATS_RECOVERY_SECS: u32 = 60;
 
 pub fn storm_yaml(s: &StormPlan) -> String {
-    let heap = format!("-Xmx{}m", s.heap_mb);
+    let heap = format!("-Xmx{}m {}", s.heap_mb, crate::rootfs::render::G1);
     let doc = StormYaml {
         zookeeper_servers: s
             .zookeeper_servers
