@@ -25,8 +25,12 @@ t=$(now)
 # demo key, through up's namespace, until it says `active` (tried every 5 s; up ends the wait).
 ssh_probe() { # outfile
     for _ in $(seq 200); do
-        if target/release/imgbuild -r "$recipe" ssh node1 -- systemctl is-active kafka >"$1" 2>&1 &&
-            grep -qx active "$1"; then
+        # In the same login: the OS tuning as the running node has it (kernel parameters, Kafka's
+        # file limit), judged against the plan after a QEMU run.
+        if target/release/imgbuild -r "$recipe" ssh node1 -- \
+            'systemctl is-active kafka; sysctl -n vm.swappiness vm.max_map_count; systemctl show kafka -p LimitNOFILE --value' \
+            >"$1.all" 2>"$1.err"; head -1 "$1.all" >"$1" && cat "$1.err" >>"$1" && grep -qx active "$1"; then
+            tail -n +2 "$1.all" >"$1.tuning"
             return 0
         fi
         sleep 5
@@ -53,6 +57,19 @@ if [ -z "${E2E_SKIP_GOOD:-}" ]; then # (E2E_SKIP_GOOD=1: only the broken cluster
     probe=$!
     target/release/imgbuild -r "$recipe" up --check --ignore kafka --ignore storm --timeout "${E2E_TIMEOUT:-1200}" | tee "$out/e2e-health.txt"
     ssh_judge "$out/e2e-ssh-qemu.txt" QEMU
+    # What the plan says node1's kernel and kafka.service must have, against what they have.
+    want=$(target/release/imgbuild -r "$recipe" plan node1 --json 2>/dev/null | python3 -c '
+import json, sys
+os_ = json.load(sys.stdin)["os"]
+sysctl = dict(os_["sysctl"])
+print(sysctl["vm.swappiness"], sysctl["vm.max_map_count"], os_["limit_nofile"], sep="\n")')
+    if [ "$(cat "$out/e2e-ssh-qemu.txt.tuning")" = "$want" ]; then
+        echo "  QEMU: node1 has vm.swappiness, vm.max_map_count and kafka's LimitNOFILE as planned:" $want >&2
+    else
+        echo "e2e: QEMU: node1's tuning differs from the plan: want" $want "got:" >&2
+        cat "$out/e2e-ssh-qemu.txt.tuning" >&2
+        exit 1
+    fi
 fi
 p_boot=$(since "$t"); echo "phase boot to healthy (QEMU): $p_boot s" >&2
 
