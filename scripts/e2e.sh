@@ -28,7 +28,7 @@ ssh_probe() { # outfile
         # In the same login: the OS tuning as the running node has it (kernel parameters, Kafka's
         # file limit), judged against the plan after a QEMU run.
         if target/release/imgbuild -r "$recipe" ssh node1 -- \
-            'systemctl is-active kafka; sysctl -n vm.swappiness vm.max_map_count; systemctl show kafka -p LimitNOFILE --value' \
+            'systemctl is-active kafka; /usr/sbin/sysctl -n vm.swappiness vm.max_map_count; systemctl show kafka -p LimitNOFILE --value' \
             >"$1.all" 2>"$1.err"; head -1 "$1.all" >"$1" && cat "$1.err" >>"$1" && grep -qx active "$1"; then
             tail -n +2 "$1.all" >"$1.tuning"
             return 0
@@ -67,7 +67,7 @@ print(sysctl["vm.swappiness"], sysctl["vm.max_map_count"], os_["limit_nofile"], 
         echo "  QEMU: node1 has vm.swappiness, vm.max_map_count and kafka's LimitNOFILE as planned:" $want >&2
     else
         echo "e2e: QEMU: node1's tuning differs from the plan: want" $want "got:" >&2
-        cat "$out/e2e-ssh-qemu.txt.tuning" >&2
+        cat "$out/e2e-ssh-qemu.txt.tuning" "$out/e2e-ssh-qemu.txt.err" >&2
         exit 1
     fi
 fi

@@ -132,6 +132,20 @@ fn plan_identity(p: &Plan, out: &mut PlanLines) {
             out.line(what, ports.join(", "));
         }
     }
+    let fw = &p.firewall;
+    out.line(
+        "firewall",
+        if fw.enabled {
+            format!(
+                "nftables: cluster ports from the {} nodes only; SSH ({}) and client ports from {}",
+                fw.nodes.len(),
+                crate::plan::firewall::SSH_PORT,
+                fw.clients.join(" ")
+            )
+        } else {
+            "off: every port is open to any host on the network".to_string()
+        },
+    );
 }
 
 /// How its services are wired: ZooKeeper, Kafka, Storm.

@@ -324,6 +324,13 @@ bad!(
     [("admin_port: 8081", "admin_port: 8080")]
 );
 bad!(
+    firewall_bad_clients,
+    [(
+        "users:\n",
+        "firewall:\n  clients: [10.20.0.0/24, 10.20.0.5/24, nowhere]\nusers:\n"
+    )]
+);
+bad!(
     os_tuning_bad_values,
     [(
         "users:\n",

@@ -17,6 +17,7 @@ use crate::recipe::srcmap::{index, join};
 use crate::recipe::{self, BaseKind, KafkaMode, Loaded, Signs};
 
 mod artifacts;
+pub mod firewall;
 pub mod ids;
 pub mod mirror;
 pub mod services;
@@ -128,6 +129,7 @@ pub struct Plan {
     pub disk_ids: ids::DiskIds,
     pub memory: MemoryPlan,
     pub os: tuning::OsPlan,
+    pub firewall: firewall::FirewallPlan,
     pub overlays: Vec<PathBuf>,
     /// Who signs the provenance (absent from the JSON, and so from the build key, when no one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -606,6 +608,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let signer = resolve_signer(cx);
     let disk = resolve_disk(cx);
     let os = tuning::resolve_os(cx);
+    let firewall = firewall::resolve_firewall(cx, &network, nodes.iter().map(|n| n.ip).collect());
     let kafka_version = r
         .components
         .kafka
@@ -670,6 +673,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         artifacts,
         disk,
         os,
+        firewall,
         signer,
         overlay_dir,
     };
@@ -700,6 +704,7 @@ struct Shared {
     artifacts: Vec<Artifact>,
     disk: DiskPlan,
     os: tuning::OsPlan,
+    firewall: firewall::FirewallPlan,
     signer: Option<Signer>,
     overlay_dir: PathBuf,
 }
@@ -747,6 +752,7 @@ fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
         disk_ids: ids::DiskIds::derive(&r.cluster.name, &n.name),
         memory: memory_budget(&n.roles, n, n.ports.all(PortKey::StormSlots)),
         os: w.os.clone(),
+        firewall: w.firewall.clone(),
         overlays: vec![w.overlay_dir.join("common"), w.overlay_dir.join(&n.name)],
         provenance_signer: w.signer.clone(),
     }

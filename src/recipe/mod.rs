@@ -37,6 +37,19 @@ pub struct Recipe {
     pub provenance: Provenance,
     #[serde(default)]
     pub os: Os,
+    #[serde(default)]
+    pub firewall: Firewall,
+}
+
+/// Each node's nftables ruleset: cluster-internal ports only from the cluster's nodes, client
+/// ports (Kafka's client listener, Storm UI, SSH) from `clients`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    /// Default true; false leaves every port open to every host (labs; imgbuild warns).
+    pub enabled: Option<bool>,
+    /// CIDRs clients may come from (default: the cluster network).
+    pub clients: Option<Vec<String>>,
 }
 
 /// The OS settings operators set for ZooKeeper, Kafka and Storm hosts.

@@ -446,6 +446,13 @@ pub fn node_tree(
     overlays: &[PathBuf],
 ) -> Result<PathBuf> {
     let name = &plan.node.name;
+    if plan.firewall.enabled && std::fs::symlink_metadata(common.join("usr/sbin/nft")).is_err() {
+        bail!(
+            "{name}: the base has no /usr/sbin/nft, which the firewall needs (every port would stay open)\n\n\
+             hint: add nftables to base.packages, or set `firewall: {{enabled: false}}` in {}",
+            plan.recipe
+        );
+    }
     crate::util::stage::stage("node", || {
         let dir = build.join("nodes").join(name);
         let staging = Staging::dir(&build.join("nodes"), &format!("{name}.tmp-"))?;

@@ -7,7 +7,8 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::plan::services::{Component, Unit};
+use crate::plan::firewall::SSH_PORT;
+use crate::plan::services::{Component, Reach, Unit};
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
 use crate::plan::{KafkaPlan, Plan, ZookeeperPlan};
 use crate::recipe::KafkaMode;
@@ -112,6 +113,11 @@ pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
     out.push(file(
         "etc/systemd/system/imgbuild-health.service",
         include_str!("assets/units/imgbuild-health.service").to_string(),
+        0o644,
+    ));
+    out.push(file(
+        "etc/systemd/system/imgbuild-firewall.service",
+        include_str!("assets/units/imgbuild-firewall.service").to_string(),
         0o644,
     ));
     out.push(file(
@@ -325,6 +331,13 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     out.push(file("etc/fstab", fstab(p), 0o644));
     out.push(file("etc/imgbuild/health.json", health_config(p), 0o644));
     out.extend(tuning_files(p));
+    if p.firewall.enabled {
+        out.push(file(
+            "etc/imgbuild/firewall.nft",
+            firewall_ruleset(p),
+            0o644,
+        ));
+    }
     for (name, content) in seed(p) {
         out.push(file(
             &format!("var/lib/cloud/seed/nocloud/{name}"),
@@ -375,6 +388,48 @@ fn tuning_files(p: &Plan) -> Vec<FileSpec> {
         ));
     }
     out
+}
+
+/// The node's nftables ruleset (loaded by imgbuild-firewall.service before the network is up):
+/// input dropped unless established, loopback, ICMP, or one of the node's ports from the
+/// sources its reach allows: cluster ports from the nodes, client ports from `firewall.clients`.
+/// Replaces only its own table, so other rulesets on the node are left alone.
+pub fn firewall_ruleset(p: &Plan) -> String {
+    let fw = &p.firewall;
+    let mut rules = String::new();
+    let mut ports: Vec<(u16, String, Reach)> = vec![(SSH_PORT, "SSH".to_string(), Reach::Clients)];
+    ports.extend(p.ports.iter().map(|b| (b.port, b.label(), b.reach)));
+    for (port, what, reach) in ports {
+        let set = match reach {
+            Reach::Cluster => "cluster",
+            Reach::Clients => "clients",
+        };
+        let _ = writeln!(
+            rules,
+            "\t\tip saddr @{set} tcp dport {port} accept comment \"{what}\""
+        );
+    }
+    let elements = |r: Reach| fw.sources(r).join(", ");
+    format!(
+        "#!/usr/sbin/nft -f\n\
+         # Written by imgbuild from the recipe's firewall and the node's ports (imgbuild plan).\n\
+         table inet imgbuild\n\
+         delete table inet imgbuild\n\
+         table inet imgbuild {{\n\
+         \tset cluster {{\n\t\ttype ipv4_addr\n\t\telements = {{ {} }}\n\t}}\n\
+         \tset clients {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy drop;\n\
+         \t\tct state established,related accept\n\
+         \t\tct state invalid drop\n\
+         \t\tiif \"lo\" accept\n\
+         \t\tmeta l4proto {{ icmp, ipv6-icmp }} accept\n\
+         {rules}\
+         \t}}\n\
+         }}\n",
+        elements(Reach::Cluster),
+        elements(Reach::Clients),
+    )
 }
 
 /// `/etc/hosts`: loopback for localhost only, every node under its real address.
@@ -490,9 +545,15 @@ pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
         .iter()
         .map(|u| u.file_name())
         .chain(["imgbuild-health.service"])
-        .map(|u| {
+        .map(|u| ("multi-user.target.wants", u))
+        .chain(
+            p.firewall
+                .enabled
+                .then_some(("sysinit.target.wants", "imgbuild-firewall.service")),
+        )
+        .map(|(wants, u)| {
             (
-                PathBuf::from("etc/systemd/system/multi-user.target.wants").join(u),
+                PathBuf::from("etc/systemd/system").join(wants).join(u),
                 PathBuf::from("/etc/systemd/system").join(u),
             )
         })

@@ -649,15 +649,25 @@ pub fn up(
     let result = match result {
         Some(f) if f.is_empty() && o.check => {
             say(o.json, &format!("phase boot to healthy: {healthy_at:.0} s"));
+            let mut failures = Vec::new();
+            match crate::vm::hostlink::host_address(nodes) {
+                Ok((from, _)) => report(
+                    o,
+                    &crate::vm::firewall::probe_cluster(nodes, from),
+                    &mut failures,
+                    &mut phases,
+                ),
+                Err(e) => failures.push(format!("firewall: no address to probe from: {e:#}")),
+            }
             if o.runtime == Runtime::Container {
-                Some(data_path(nodes, &mut containers, o, &mut phases))
+                failures.extend(data_path(nodes, &mut containers, o, &mut phases));
             } else {
                 say(
                     o.json,
                     "note: the data-path and node-loss phases run in the container runtime (--runtime container): under software emulation every Kafka tool JVM takes minutes",
                 );
-                Some(f)
             }
+            Some(failures)
         }
         other => other,
     };
@@ -773,17 +783,7 @@ fn data_path(
 ) -> Vec<String> {
     let timeout = o.timeout;
     let mut failures = Vec::new();
-    let mut report = |p: &crate::vm::datapath::Phase| {
-        say(o.json, &format!("phase {}: {:.0} s", p.name, p.seconds));
-        for l in &p.lines {
-            say(o.json, &format!("  {l}"));
-        }
-        for f in &p.failures {
-            say(o.json, &format!("  FAIL {f}"));
-        }
-        failures.extend(p.failures.iter().cloned());
-        phases.push(p.clone());
-    };
+    let mut report = |p: &crate::vm::datapath::Phase| report(o, p, &mut failures, phases);
     report(&crate::vm::datapath::versions(nodes, containers));
     let (phase, acked) = crate::vm::datapath::round_trip(nodes, containers);
     let round_trip_ok = phase.failures.is_empty();
@@ -807,6 +807,24 @@ fn data_path(
         report(&w.kill(containers));
     }
     failures
+}
+
+/// Print a phase as it finishes (its lines, then its failures) and keep it for the report.
+fn report(
+    o: &UpOptions,
+    p: &crate::vm::datapath::Phase,
+    failures: &mut Vec<String>,
+    phases: &mut Vec<crate::vm::datapath::Phase>,
+) {
+    say(o.json, &format!("phase {}: {:.0} s", p.name, p.seconds));
+    for l in &p.lines {
+        say(o.json, &format!("  {l}"));
+    }
+    for f in &p.failures {
+        say(o.json, &format!("  FAIL {f}"));
+    }
+    failures.extend(p.failures.iter().cloned());
+    phases.push(p.clone());
 }
 
 /// Boot a stopped container again and follow its console until its health unit says healthy.

@@ -4,5 +4,6 @@
 pub mod cluster;
 pub mod container;
 pub mod datapath;
+pub mod firewall;
 pub mod hostlink;
 pub mod qemu;

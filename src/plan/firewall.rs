@@ -1,0 +1,68 @@
+//! The firewall of every node, from the port table: which sources may reach which ports.
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use super::services::Reach;
+use super::{Ctx, NetworkPlan, parse_cidr};
+use crate::recipe::srcmap::index;
+
+/// SSH, which no port table row lists (it is the OS's): a client port.
+pub const SSH_PORT: u16 = 22;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FirewallPlan {
+    pub enabled: bool,
+    /// Where clients may come from (CIDRs): Kafka's client listener, Storm UI, SSH.
+    pub clients: Vec<String>,
+    /// The cluster's nodes: the only sources of cluster-internal traffic.
+    pub nodes: Vec<Ipv4Addr>,
+}
+
+impl FirewallPlan {
+    /// Who may reach a port of this reach.
+    pub fn sources(&self, reach: Reach) -> Vec<String> {
+        match reach {
+            Reach::Cluster => self.nodes.iter().map(|ip| ip.to_string()).collect(),
+            Reach::Clients => self.clients.clone(),
+        }
+    }
+}
+
+pub(super) fn resolve_firewall(
+    cx: &mut Ctx,
+    network: &NetworkPlan,
+    nodes: Vec<Ipv4Addr>,
+) -> FirewallPlan {
+    let f = &cx.loaded.recipe.firewall;
+    let enabled = f.enabled.unwrap_or(true);
+    if !enabled {
+        cx.warn(
+            cx.at("firewall.enabled"),
+            "firewall disabled: every port of every node is open to any host that reaches the network",
+        );
+    }
+    let clients = f
+        .clients
+        .clone()
+        .unwrap_or_else(|| vec![network.cidr.clone()]);
+    for (i, c) in clients.iter().enumerate() {
+        let ok = match parse_cidr(c) {
+            // The address must be the network's (no host bits), as nft requires of a prefix.
+            Some((ip, len)) => len == 0 || u32::from(ip) & !(u32::MAX << (32 - len)) == 0,
+            None => c.parse::<Ipv4Addr>().is_ok(),
+        };
+        if !ok {
+            cx.error(
+                cx.at(&index("firewall.clients", i)),
+                format!("`{c}` is not an IPv4 network (like 192.168.200.0/24) or address"),
+            );
+        }
+    }
+    FirewallPlan {
+        enabled,
+        clients,
+        nodes,
+    }
+}

@@ -1,0 +1,112 @@
+//! The firewall as a stranger meets it: from `up`'s own address on the nodes' network (inside
+//! the cluster network, not a node's), connect to every port of every node. Cluster-internal
+//! ports must be filtered (the SYN is dropped: the connection times out); client ports must
+//! answer (connected, or refused when nothing listens there yet: the firewall let it through).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::plan::Plan;
+use crate::plan::firewall::SSH_PORT;
+use crate::plan::services::Reach;
+use crate::vm::datapath::Phase;
+
+/// Long enough for a SYN-ACK from a guest under software emulation.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Connected,
+    Refused,
+    Filtered,
+}
+
+fn probe(ip: Ipv4Addr, port: u16) -> Result<Seen, String> {
+    match TcpStream::connect_timeout(&SocketAddr::from((ip, port)), PROBE_TIMEOUT) {
+        Ok(_) => Ok(Seen::Connected),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Seen::Refused),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(Seen::Filtered),
+        Err(e) => Err(format!("{ip}:{port}: {e}")),
+    }
+}
+
+/// Probe every node's ports (SSH and the port table's) in parallel; judge each by its reach.
+pub fn probe_cluster(nodes: &[&Plan], from: Ipv4Addr) -> Phase {
+    let t = Instant::now();
+    let (mut lines, mut failures) = (Vec::new(), Vec::new());
+    let enabled: Vec<&&Plan> = nodes.iter().filter(|p| p.firewall.enabled).collect();
+    if enabled.is_empty() {
+        lines.push("firewall disabled in the recipe: not probed".to_string());
+    }
+    let mut targets = Vec::new();
+    for p in enabled {
+        targets.push((p, SSH_PORT, "SSH".to_string(), Reach::Clients));
+        for b in &p.ports {
+            targets.push((p, b.port, b.label(), b.reach));
+        }
+    }
+    let seen: Vec<Result<Seen, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|(p, port, _, _)| {
+                let (ip, port) = (p.node.ip, *port);
+                s.spawn(move || probe(ip, port))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("probe panicked".into())))
+            .collect()
+    });
+    let mut current = String::new();
+    let mut row = Vec::new();
+    for ((p, port, what, reach), seen) in targets.iter().zip(seen) {
+        if p.node.name != current {
+            if !row.is_empty() {
+                lines.push(format!("{current}: {}", row.join(", ")));
+                row.clear();
+            }
+            current = p.node.name.clone();
+        }
+        let client = p.firewall.clients.join(" ");
+        match (reach, seen) {
+            (_, Err(e)) => failures.push(format!("firewall: {}: probe failed: {e}", p.node.name)),
+            (Reach::Cluster, Ok(Seen::Filtered)) => row.push(format!("{port} filtered")),
+            (Reach::Cluster, Ok(s)) => failures.push(format!(
+                "firewall: {}: {what} ({port}) is cluster-internal but answered {from} ({s:?})",
+                p.node.name
+            )),
+            (Reach::Clients, Ok(Seen::Filtered)) => failures.push(format!(
+                "firewall: {}: {what} ({port}) is a client port for {client} but dropped {from}",
+                p.node.name
+            )),
+            (Reach::Clients, Ok(s)) => row.push(format!(
+                "{port} open ({})",
+                if s == Seen::Connected {
+                    "connected"
+                } else {
+                    "refused: nothing listening"
+                }
+            )),
+        }
+    }
+    if !row.is_empty() {
+        lines.push(format!("{current}: {}", row.join(", ")));
+    }
+    if !targets.is_empty() {
+        lines.insert(
+            0,
+            format!(
+                "from {from} (in the cluster network, not a node): {} ports of {} nodes",
+                targets.len(),
+                nodes.len()
+            ),
+        );
+    }
+    Phase {
+        name: "firewall",
+        seconds: t.elapsed().as_secs_f64(),
+        lines,
+        failures,
+    }
+}
