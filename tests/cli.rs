@@ -103,7 +103,7 @@ fn reference_recipe_plan_node2() {
     );
     assert_eq!(
         p["kafka"]["listeners"],
-        "PLAINTEXT://192.168.200.152:9092,CONTROLLER://192.168.200.152:9093"
+        "PLAINTEXT://192.168.200.152:9092,INTERNAL://192.168.200.152:9094,CONTROLLER://192.168.200.152:9093"
     );
     assert_eq!(p["storm"]["local_hostname"], "192.168.200.152");
     assert_eq!(p["storm"]["nimbus_seeds"].as_array().unwrap().len(), 3);
@@ -233,8 +233,11 @@ fn five_nodes_with_three_zookeepers() {
             "storm-supervisor.service"
         ])
     );
-    // A broker-only node listens for clients, not for controllers.
-    assert_eq!(a2["kafka"]["listeners"], "PLAINTEXT://10.9.1.2:9092");
+    // A broker-only node listens for clients and brokers, not for controllers.
+    assert_eq!(
+        a2["kafka"]["listeners"],
+        "PLAINTEXT://10.9.1.2:9092,INTERNAL://10.9.1.2:9094"
+    );
     assert_eq!(plan_json(&recipe, "a4")["kafka"]["heap_mb"], 4096);
     assert_eq!(plan_json(&recipe, "a3")["kafka"]["heap_mb"], 1024);
 }
@@ -252,7 +255,10 @@ fn kafka_zookeeper_mode_resolves() {
         p["kafka"]["zookeeper_connect"],
         "192.168.200.151:2181,192.168.200.152:2181,192.168.200.153:2181/kafka"
     );
-    assert_eq!(p["kafka"]["listeners"], "PLAINTEXT://192.168.200.153:9092");
+    assert_eq!(
+        p["kafka"]["listeners"],
+        "PLAINTEXT://192.168.200.153:9092,INTERNAL://192.168.200.153:9094"
+    );
     assert_eq!(
         p["units"][1], "kafka.service",
         "no kafka-format unit outside KRaft"

@@ -243,11 +243,14 @@ pub struct KafkaPlan {
     pub zookeeper_connect: Option<String>,
     #[serde(serialize_with = "wiring::as_comma")]
     pub listeners: Vec<wiring::Listener>,
-    /// The listeners clients are told of: the PLAINTEXT ones (KRaft rejects an advertised
-    /// CONTROLLER listener). Shown in the plan as the listeners, as before.
+    /// The listeners brokers and clients are told of: PLAINTEXT and INTERNAL (KRaft rejects an
+    /// advertised CONTROLLER listener; the renderer leaves it out). Shown in the plan as the
+    /// listeners, as before.
     #[serde(serialize_with = "wiring::as_comma")]
     pub advertised_listeners: Vec<wiring::Listener>,
     pub port: u16,
+    /// The brokers' replication listener (INTERNAL), firewalled to the cluster's nodes.
+    pub internal_port: u16,
     pub controller_port: Option<u16>,
     pub heap_mb: u32,
     /// How many brokers the cluster has (every node with the kafka role).
@@ -780,9 +783,14 @@ fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
         ip: n.ip,
         port: n.ports.get(PortKey::Kafka),
     };
+    let internal = wiring::Listener {
+        name: wiring::ListenerName::Internal,
+        ip: n.ip,
+        port: n.ports.get(PortKey::KafkaInternal),
+    };
     match w.kafka_mode {
         KafkaMode::Kraft => {
-            let mut listeners = vec![plain];
+            let mut listeners = vec![plain, internal];
             let mut roles = vec![wiring::ProcessRole::Broker];
             if w.controllers.contains(&n.name) {
                 listeners.push(wiring::Listener {
@@ -805,6 +813,7 @@ fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
                 advertised_listeners: listeners.clone(),
                 listeners,
                 port: n.ports.get(PortKey::Kafka),
+                internal_port: n.ports.get(PortKey::KafkaInternal),
                 controller_port: Some(n.ports.get(PortKey::KafkaController)),
                 heap_mb: n.kafka.heap_mb,
                 brokers: w.brokers,
@@ -819,9 +828,10 @@ fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
             cluster_id: None,
             controller_quorum_voters: None,
             zookeeper_connect: Some(format!("{}/kafka", w.zk_connect)),
-            listeners: vec![plain.clone()],
-            advertised_listeners: vec![plain],
+            listeners: vec![plain.clone(), internal.clone()],
+            advertised_listeners: vec![plain, internal],
             port: n.ports.get(PortKey::Kafka),
+            internal_port: n.ports.get(PortKey::KafkaInternal),
             controller_port: None,
             heap_mb: n.kafka.heap_mb,
             brokers: w.brokers,

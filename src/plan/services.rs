@@ -133,6 +133,7 @@ pub enum PortKey {
     ZkElection,
     ZkAdmin,
     Kafka,
+    KafkaInternal,
     KafkaController,
     StormNimbus,
     StormSupervisor,
@@ -168,7 +169,7 @@ pub struct PortSpec {
 
 /// Every port a service binds. ZooKeeper's own AdminServer default is 8080, which Storm UI
 /// also takes; imgbuild moves it to 8081.
-pub const PORTS: [PortSpec; 11] = [
+pub const PORTS: [PortSpec; 12] = [
     PortSpec {
         key: PortKey::ZkClient,
         service: Component::Zookeeper,
@@ -223,6 +224,17 @@ pub const PORTS: [PortSpec; 11] = [
         default: &[9092],
         reach: Reach::Clients,
         recipe: |s| s.kafka.port.map(|p| vec![p]),
+    },
+    PortSpec {
+        key: PortKey::KafkaInternal,
+        service: Component::Kafka,
+        field: "internal_port",
+        label: "Kafka internal_port (inter-broker)",
+        role: Role::Kafka,
+        kraft_only: false,
+        default: &[9094],
+        reach: Reach::Cluster,
+        recipe: |s| s.kafka.internal_port.map(|p| vec![p]),
     },
     PortSpec {
         key: PortKey::KafkaController,
@@ -433,13 +445,13 @@ mod tests {
             .iter()
             .map(|b| b.port)
             .collect();
-        assert_eq!(kraft, [9092, 9093]);
+        assert_eq!(kraft, [9092, 9094, 9093]);
         let zk: Vec<u16> = p
             .bound(&[Role::Kafka], KafkaMode::Zookeeper)
             .iter()
             .map(|b| b.port)
             .collect();
-        assert_eq!(zk, [9092]);
+        assert_eq!(zk, [9092, 9094]);
         let sup = p.bound(&[Role::StormSupervisor], KafkaMode::Kraft);
         assert_eq!(sup[1].label(), "Storm worker slot 6700");
         assert_eq!(sup[0].label(), "Storm supervisor_port");

@@ -49,10 +49,12 @@ impl fmt::Display for Voter {
     }
 }
 
-/// Kafka's two listeners: clients and brokers on PLAINTEXT, the KRaft quorum on CONTROLLER.
+/// Kafka's listeners: clients on PLAINTEXT, the brokers' replication on INTERNAL (firewalled
+/// to the cluster's nodes), the KRaft quorum on CONTROLLER.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerName {
     Plaintext,
+    Internal,
     Controller,
 }
 
@@ -68,6 +70,7 @@ impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let name = match self.name {
             ListenerName::Plaintext => "PLAINTEXT",
+            ListenerName::Internal => "INTERNAL",
             ListenerName::Controller => "CONTROLLER",
         };
         write!(f, "{name}://{}:{}", self.ip, self.port)

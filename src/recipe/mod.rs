@@ -258,6 +258,8 @@ pub struct KafkaService {
     pub cluster_id: Option<String>,
     pub controllers: Option<Vec<String>>,
     pub port: Option<u16>,
+    /// The brokers' own listener (replication): reachable from the cluster's nodes only.
+    pub internal_port: Option<u16>,
     pub controller_port: Option<u16>,
     pub heap_mb: Option<u32>,
 }

@@ -472,14 +472,19 @@ pub fn server_properties(k: &KafkaPlan) -> String {
                 .set("controller.listener.names", "CONTROLLER")
                 .set(
                     "listener.security.protocol.map",
-                    "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT",
                 );
         }
         KafkaMode::Zookeeper => {
-            p.set("broker.id", k.broker_id.unwrap_or_default()).set(
-                "zookeeper.connect",
-                k.zookeeper_connect.as_deref().unwrap_or(""),
-            );
+            p.set("broker.id", k.broker_id.unwrap_or_default())
+                .set(
+                    "zookeeper.connect",
+                    k.zookeeper_connect.as_deref().unwrap_or(""),
+                )
+                .set(
+                    "listener.security.protocol.map",
+                    "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT",
+                );
         }
     }
     // The controller listener is not advertised to clients in KRaft (Kafka rejects it there).
@@ -490,7 +495,8 @@ pub fn server_properties(k: &KafkaPlan) -> String {
         .collect();
     p.set("listeners", comma(&k.listeners))
         .set("advertised.listeners", comma(&advertised))
-        .set("inter.broker.listener.name", "PLAINTEXT")
+        // Replication on its own listener, which the firewall opens to the cluster's nodes only.
+        .set("inter.broker.listener.name", "INTERNAL")
         .set("log.dirs", "/var/lib/kafka/data")
         .set("default.replication.factor", 3)
         .set("min.insync.replicas", 2)
