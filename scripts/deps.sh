@@ -30,6 +30,7 @@ NEEDED=(
     "systemd-nspawn systemd-container"  # imgbuild up --runtime container (make e2e)
     "script bsdutils"              # imgbuild up --runtime container: a terminal for each console
     "ssh openssh-client"           # imgbuild ssh; make demo/e2e: ssh-keygen for the demo key
+    "openssl openssl"              # imgbuild: the cluster CA and node certificates
     "mvn maven"                    # test fixtures: ZooKeeper and Kafka jars from Maven Central
     "unzip unzip"                  # test fixtures: reading jar manifests
 )

@@ -17,8 +17,24 @@ t=$(now); fixtures_prepare; p_fix=$(since "$t"); echo "phase fixtures: $p_fix s"
 mirror_serve
 t=$(now)
 ib -r "$recipe" lock
-ib -r "$recipe" all >/dev/null
+ib -r "$recipe" all >/dev/null 2>"$out/e2e-build.log"
 p_build=$(since "$t"); echo "phase build (3 nodes): $p_build s" >&2
+# The PKI (issue 16): a rebuild with the same secrets directory is bit-identical, and no private
+# key is in any output but its own node's image.
+t=$(now)
+for n in node1 node2 node3; do cp "images/$n/SHA256SUMS" "$out/e2e-sums-$n"; done
+ib -r "$recipe" all --force >/dev/null 2>>"$out/e2e-build.log"
+for n in node1 node2 node3; do
+    cmp -s "images/$n/SHA256SUMS" "$out/e2e-sums-$n" || {
+        echo "e2e: $n: the rebuild with the same secrets differs:" >&2
+        diff "$out/e2e-sums-$n" "images/$n/SHA256SUMS" >&2
+        exit 1
+    }
+done
+echo "  rebuild with the same secrets: node1..3 bit-identical (SHA256SUMS)" >&2
+for n in node1 node2 node3; do ib -r "$recipe" plan "$n" --json; ib -r "$recipe" plan "$n"; done >"$out/e2e-plans.txt" 2>&1
+python3 scripts/pki-check.py "$out/mirror/recipe.secrets" images "$out/e2e-build.log" "$out/e2e-plans.txt" >&2
+echo "phase PKI checks: $(since "$t") s" >&2
 
 t=$(now)
 # While a cluster runs: `imgbuild ssh node1 -- systemctl is-active kafka` as the demo user with the
@@ -99,6 +115,9 @@ sed 's|^  dir: \.\./overlays|  dir: broken-overlays|' "$recipe" >"$broken"
 grep -q 'dir: broken-overlays' "$broken"
 t=$(now)
 ib -r "$broken" lock 2>/dev/null
+# The same PKI: node3 is broken only in its ZooKeeper server list.
+rm -rf "$out/mirror/recipe-broken.secrets"
+cp -a "$out/mirror/recipe.secrets" "$out/mirror/recipe-broken.secrets"
 # Only node3 differs: build it alone (sharing build/'s common tree) and hard-link the good node1 and
 # node2 images beside it — boots are snapshot=on, so nothing writes to them. This keeps the broken
 # phase's disk use to one node's images (CI ran out of space with a second full set).

@@ -281,6 +281,20 @@ fn plan_resources(p: &Plan, out: &mut PlanLines) {
     if let Some(signer) = &p.provenance_signer {
         out.line("provenance signer", signer.public_key.clone());
     }
+    out.line(
+        "pki",
+        match &p.pki.operator_ca {
+            Some((cert, _)) => format!(
+                "the operator's CA {}; node certificates in {}",
+                cert.display(),
+                p.pki.dir.display()
+            ),
+            None => format!(
+                "cluster CA and node certificates in {} (made on the first build, then reused)",
+                p.pki.dir.display()
+            ),
+        },
+    );
 }
 
 /// Every downloaded artifact with its URLs, digest source and signature.
@@ -590,8 +604,10 @@ pub fn rootfs(cli: &Cli, node: &str, output: Option<&std::path::Path>) -> Result
     let s = fetch_setup(cli)?;
     let plan = node_plan(&s.cluster, &cli.recipe, node)?.clone();
     let fetched = fetch_with(cli, &s)?;
+    crate::pki::ensure(&[&plan])?;
     let common = crate::rootfs::common_tree(&plan, &fetched, &cli.build_dir)?;
-    let tree = crate::rootfs::node_tree(&plan, &common, &cli.build_dir, &plan.overlays)?;
+    let tls = crate::pki::node_files(&plan)?;
+    let tree = crate::rootfs::node_tree(&plan, &common, &cli.build_dir, &tls, &plan.overlays)?;
     let out = output.map_or_else(
         || std::path::Path::new("images").join(node).join("rootfs.tar"),
         |p| p.to_path_buf(),
@@ -636,6 +652,7 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
     if !dry_run {
         crate::util::tools::require(&build_tools(&plans))?;
         crate::util::fs::require_root("building images")?;
+        crate::pki::ensure(&plans)?;
     }
     let names: Vec<&str> = plans.iter().map(|p| p.node.name.as_str()).collect();
     eprintln!(
@@ -722,6 +739,7 @@ fn build_tools(plans: &[&Plan]) -> Vec<crate::util::tools::Tool> {
     if plans.iter().any(|p| p.provenance_signer.is_some()) {
         tools.push(crate::image::sbom::SSH_KEYGEN);
     }
+    tools.push(crate::util::tools::OPENSSL);
     tools
 }
 
@@ -824,7 +842,8 @@ fn build_node(
     }
     let common = common.expect("built when a node needs it");
     let t = std::time::Instant::now();
-    let tree = crate::rootfs::node_tree(plan, common, &cli.build_dir, &plan.overlays)?;
+    let tls = crate::pki::node_files(plan)?;
+    let tree = crate::rootfs::node_tree(plan, common, &cli.build_dir, &tls, &plan.overlays)?;
     stages
         .times
         .push(("node".into(), t.elapsed().as_secs_f64()));

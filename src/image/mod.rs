@@ -469,6 +469,9 @@ pub fn build_key(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<String>
         h.update(format!("{}\0{}\0", f.name, f.record.sha256));
     }
     h.update(epoch.to_le_bytes());
+    for (what, digest) in crate::pki::key_entries(plan) {
+        h.update(format!("{what}\0{digest}\0"));
+    }
     for (path, mode, payload) in overlay_entries(plan)? {
         h.update(format!("{path}\0{mode:o}\0"));
         if let Some(p) = payload {
@@ -551,6 +554,7 @@ pub fn key_parts(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<BTreeMa
     for f in fetched {
         out.insert(format!("input.{}", f.name), f.record.sha256.clone());
     }
+    out.extend(crate::pki::key_entries(plan));
     for (path, mode, payload) in overlay_entries(plan)? {
         let mut h = Sha256::new();
         h.update(format!("{mode:o}\0"));

@@ -130,10 +130,21 @@ pub struct Plan {
     pub memory: MemoryPlan,
     pub os: tuning::OsPlan,
     pub firewall: firewall::FirewallPlan,
+    /// Where the cluster's certificates are (not in the JSON: their digests are in the build key).
+    #[serde(skip)]
+    pub pki: PkiPlan,
     pub overlays: Vec<PathBuf>,
     /// Who signs the provenance (absent from the JSON, and so from the build key, when no one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance_signer: Option<Signer>,
+}
+
+/// The cluster's PKI: the secrets directory beside the recipe, and the operator's CA if given.
+#[derive(Debug, Clone, Default)]
+pub struct PkiPlan {
+    pub dir: PathBuf,
+    /// (certificate, key) of the operator's CA.
+    pub operator_ca: Option<(PathBuf, PathBuf)>,
 }
 
 /// The recipe's provenance signing key: its public half (in the plan and the build key) and
@@ -609,6 +620,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let base = resolve_base(cx);
     let users = resolve_users(cx);
     let signer = resolve_signer(cx);
+    let pki = resolve_pki(cx);
     let disk = resolve_disk(cx);
     let os = tuning::resolve_os(cx);
     let firewall = firewall::resolve_firewall(cx, &network, nodes.iter().map(|n| n.ip).collect());
@@ -677,6 +689,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         disk,
         os,
         firewall,
+        pki,
         signer,
         overlay_dir,
     };
@@ -708,6 +721,7 @@ struct Shared {
     disk: DiskPlan,
     os: tuning::OsPlan,
     firewall: firewall::FirewallPlan,
+    pki: PkiPlan,
     signer: Option<Signer>,
     overlay_dir: PathBuf,
 }
@@ -756,6 +770,7 @@ fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
         memory: memory_budget(&n.roles, n, n.ports.all(PortKey::StormSlots)),
         os: w.os.clone(),
         firewall: w.firewall.clone(),
+        pki: w.pki.clone(),
         overlays: vec![w.overlay_dir.join("common"), w.overlay_dir.join(&n.name)],
         provenance_signer: w.signer.clone(),
     }
@@ -918,6 +933,44 @@ fn hosts_entries(nodes: &[NodeDraft], domain: Option<&str>) -> Vec<HostEntry> {
             HostEntry { ip: n.ip, names }
         })
         .collect()
+}
+
+/// `recipes/cluster.yaml` → `recipes/cluster.secrets/` (beside it, like the lock file).
+pub fn secrets_dir(recipe: &Path) -> PathBuf {
+    let stem = recipe
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("recipe");
+    recipe.with_file_name(format!("{stem}.secrets"))
+}
+
+/// `pki`: the operator's CA certificate and key, both or neither, both existing files.
+fn resolve_pki(cx: &mut Ctx) -> PkiPlan {
+    let dir = cx.loaded.path.parent().unwrap_or(Path::new(""));
+    let p = &cx.loaded.recipe.pki;
+    let operator_ca = match (&p.ca_cert, &p.ca_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let (c, k) = (dir.join(c), dir.join(k));
+            for (path, key) in [(&c, "pki.ca_cert"), (&k, "pki.ca_key")] {
+                if !path.is_file() {
+                    cx.error(cx.at(key), format!("{}: no such file", path.display()));
+                }
+            }
+            Some((c, k))
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            cx.error(
+                cx.key_at("pki"),
+                "the operator's CA needs both `ca_cert` and `ca_key`",
+            );
+            None
+        }
+    };
+    PkiPlan {
+        dir: secrets_dir(&cx.loaded.path),
+        operator_ca,
+    }
 }
 
 /// `provenance.signing_key`: the private key must exist and its public half (KEY.pub) be an

@@ -39,6 +39,17 @@ pub struct Recipe {
     pub os: Os,
     #[serde(default)]
     pub firewall: Firewall,
+    #[serde(default)]
+    pub pki: Pki,
+}
+
+/// The operator's CA for the cluster's certificates (default: imgbuild makes one in the recipe's
+/// secrets directory). Both relative to the recipe; the key is read by openssl only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pki {
+    pub ca_cert: Option<String>,
+    pub ca_key: Option<String>,
 }
 
 /// Each node's nftables ruleset: cluster-internal ports only from the cluster's nodes, client

@@ -443,6 +443,7 @@ pub fn node_tree(
     plan: &Plan,
     common: &Path,
     build: &Path,
+    extra: &[FileSpec],
     overlays: &[PathBuf],
 ) -> Result<PathBuf> {
     let name = &plan.node.name;
@@ -468,8 +469,8 @@ pub fn node_tree(
             crate::util::failpoint::hit("node");
             let root = Root::open(&staging.join("rootfs"))?;
             let ids = service_ids(&root)?;
-            for spec in render::node_files(plan) {
-                write_spec(&root, &spec, &ids)?;
+            for spec in render::node_files(plan).iter().chain(extra) {
+                write_spec(&root, spec, &ids)?;
             }
             // Where fstab mounts the EFI system partition.
             root.mkdir_all(Path::new("boot/efi"), 0o755, Follow::InRoot)?;

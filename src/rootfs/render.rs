@@ -173,6 +173,7 @@ fn kafka_health(k: &KafkaPlan) -> serde_json::Value {
     match k.mode {
         KafkaMode::Kraft => {
             let voters = k.controller_quorum_voters.as_deref().unwrap_or_default();
+            // The controllers speak TLS and want a client certificate: the node's own.
             let own = voters
                 .iter()
                 .find(|v| Some(v.id) == k.node_id && k.controller_port.is_some())
@@ -188,6 +189,7 @@ fn kafka_health(k: &KafkaPlan) -> serde_json::Value {
                 "controller": own,
                 "controllers": controllers,
                 "voters": voters.iter().map(|v| v.id).collect::<Vec<_>>(),
+                "tls": {"ca": CA_CERT, "keystore": KAFKA_KEYSTORE},
             })
         }
         KafkaMode::Zookeeper => {
@@ -285,6 +287,11 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
         out.push(file(
             "etc/kafka/server.properties",
             server_properties(k),
+            0o644,
+        ));
+        out.push(file(
+            KAFKA_TLS_CLIENT.trim_start_matches('/'),
+            kafka_tls_client(),
             0o644,
         ));
         let mut env = format!(
@@ -453,11 +460,45 @@ pub fn zoo_cfg(z: &ZookeeperPlan) -> String {
         .set("autopurge.snapRetainCount", 3)
         .set("autopurge.purgeInterval", 24)
         .set("4lw.commands.whitelist", "srvr,ruok,mntr,stat,conf,isro")
-        .set("admin.serverPort", z.admin_port);
+        .set("admin.serverPort", z.admin_port)
+        // Quorum and leader election over TLS, each server proving itself with its node's
+        // certificate (imgbuild's PKI); the client port stays plain (Storm's Curator and the
+        // health check do not speak TLS) and the firewall keeps it to the cluster's nodes.
+        .set("sslQuorum", true)
+        .set("ssl.quorum.keyStore.location", ZK_KEYSTORE)
+        .set("ssl.quorum.keyStore.type", "PEM")
+        .set("ssl.quorum.trustStore.location", CA_CERT)
+        .set("ssl.quorum.trustStore.type", "PEM");
     for srv in &z.servers {
         p.set(&format!("server.{}", srv.id), srv.value());
     }
     p.render()
+}
+
+/// The cluster CA's certificate on every node (imgbuild's PKI, `pki.rs`).
+pub const CA_CERT: &str = "/etc/imgbuild/tls/ca.crt";
+/// A node's key and certificate, as a PEM keystore per service (0600, owned by it).
+pub const KAFKA_KEYSTORE: &str = "/etc/kafka/tls/node.pem";
+pub const ZK_KEYSTORE: &str = "/etc/zookeeper/tls/node.pem";
+/// What a Kafka tool on a node needs to reach the TLS listeners (controller, inter-broker) as
+/// the node itself: `--command-config` of kafka-metadata-quorum.sh and the like.
+pub const KAFKA_TLS_CLIENT: &str = "/etc/kafka/tls/client.properties";
+
+/// The TLS client settings of a Kafka tool run as the node (paths only, no secret).
+pub fn kafka_tls_client() -> String {
+    let mut p =
+        Properties::new("Written by imgbuild: a Kafka tool on this node, as this node, over TLS.");
+    p.set("security.protocol", "SSL");
+    kafka_tls(&mut p);
+    p.render()
+}
+
+/// The node's keystore and the cluster CA as Kafka's PEM stores.
+fn kafka_tls(p: &mut Properties) {
+    p.set("ssl.keystore.type", "PEM")
+        .set("ssl.keystore.location", KAFKA_KEYSTORE)
+        .set("ssl.truststore.type", "PEM")
+        .set("ssl.truststore.location", CA_CERT);
 }
 
 pub fn server_properties(k: &KafkaPlan) -> String {
@@ -472,7 +513,7 @@ pub fn server_properties(k: &KafkaPlan) -> String {
                 .set("controller.listener.names", "CONTROLLER")
                 .set(
                     "listener.security.protocol.map",
-                    "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT",
+                    "CONTROLLER:SSL,PLAINTEXT:PLAINTEXT,INTERNAL:SSL",
                 );
         }
         KafkaMode::Zookeeper => {
@@ -483,7 +524,7 @@ pub fn server_properties(k: &KafkaPlan) -> String {
                 )
                 .set(
                     "listener.security.protocol.map",
-                    "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT",
+                    "PLAINTEXT:PLAINTEXT,INTERNAL:SSL",
                 );
         }
     }
@@ -496,7 +537,11 @@ pub fn server_properties(k: &KafkaPlan) -> String {
     p.set("listeners", comma(&k.listeners))
         .set("advertised.listeners", comma(&advertised))
         // Replication on its own listener, which the firewall opens to the cluster's nodes only.
-        .set("inter.broker.listener.name", "INTERNAL")
+        .set("inter.broker.listener.name", "INTERNAL");
+    // The brokers and controllers know each other by their node certificates (mTLS on the
+    // INTERNAL and CONTROLLER listeners; the peer's IP must be in its certificate's SANs).
+    kafka_tls(&mut p);
+    p.set("ssl.client.auth", "required")
         .set("log.dirs", "/var/lib/kafka/data")
         .set("default.replication.factor", 3)
         .set("min.insync.replicas", 2)

@@ -13,6 +13,11 @@ pub const MMDEBSTRAP: Tool = Tool {
     why: "builds an apt-based base OS (base kind mmdebstrap)",
     package: "mmdebstrap",
 };
+pub const OPENSSL: Tool = Tool {
+    command: "openssl",
+    why: "makes the cluster's CA and node certificates (once, in the recipe's secrets directory)",
+    package: "openssl",
+};
 pub const CP: Tool = Tool {
     command: "cp",
     why: "hard-link copies of the shared tree for each node",

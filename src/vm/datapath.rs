@@ -408,6 +408,9 @@ fn replication(
                 "/opt/kafka/bin/kafka-metadata-quorum.sh",
                 "--bootstrap-controller",
                 &format!("{}:{port}", a.node.ip),
+                // The controller listener is mTLS: the tool presents the node's certificate.
+                "--command-config",
+                crate::rootfs::render::KAFKA_TLS_CLIENT,
                 "describe",
                 "--replication",
             ],

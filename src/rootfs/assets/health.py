@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -145,7 +146,15 @@ class Reader:
             self.take(self.uvarint())
 
 
-def describe_quorum(address, timeout=10):
+def tls_context(tls):
+    """A client context for the cluster's TLS listeners: the cluster CA, the node's own
+    certificate (the controllers require one), the peer's IP checked against its SANs."""
+    ctx = ssl.create_default_context(cafile=tls["ca"])
+    ctx.load_cert_chain(tls["keystore"])
+    return ctx
+
+
+def describe_quorum(address, timeout=10, tls=None):
     """KRaft's DescribeQuorum (API key 55, version 0: KIP-595, answered by every KRaft controller
     since Kafka 3.3) for __cluster_metadata-0, straight over the wire: no JVM, which under
     software emulation takes minutes per run. Returns (leader id, {voter id: log end offset})."""
@@ -156,7 +165,8 @@ def describe_quorum(address, timeout=10):
     body = varint(2) + varint(len(topic) + 1) + topic + varint(2) + struct.pack(">i", 0) + b"\0\0\0"
     client = b"imgbuild-health"
     req = struct.pack(">hhih", 55, 0, 1, len(client)) + client + b"\0" + body
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+    with socket.create_connection((host, int(port)), timeout=timeout) as raw:
+        s = tls_context(tls).wrap_socket(raw, server_hostname=host) if tls else raw
         s.sendall(struct.pack(">i", len(req)) + req)
         r = Reader(read_exact(s, struct.unpack(">i", read_exact(s, 4))[0]))
     r.i32()  # correlation id
@@ -241,7 +251,7 @@ def check_all(c):
             leader, voters, last = None, {}, None
             for address in k.get("controllers") or [k["controller"]]:
                 try:
-                    leader, voters = describe_quorum(address)
+                    leader, voters = describe_quorum(address, tls=k.get("tls"))
                     break
                 except (OSError, ValueError, struct.error) as e:
                     last = e  # not the leader, or not up: ask the next voter
