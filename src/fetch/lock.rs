@@ -39,11 +39,7 @@ pub struct LockEntry {
 
 /// `recipes/cluster.yaml` → `recipes/cluster.lock.json`.
 pub fn path_for(recipe: &Path) -> PathBuf {
-    let stem = recipe
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("recipe");
-    recipe.with_file_name(format!("{stem}.lock.json"))
+    crate::util::fs::beside(recipe, "lock.json")
 }
 
 pub fn read(path: &Path) -> Result<Option<LockFile>> {

@@ -937,11 +937,7 @@ fn hosts_entries(nodes: &[NodeDraft], domain: Option<&str>) -> Vec<HostEntry> {
 
 /// `recipes/cluster.yaml` → `recipes/cluster.secrets/` (beside it, like the lock file).
 pub fn secrets_dir(recipe: &Path) -> PathBuf {
-    let stem = recipe
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("recipe");
-    recipe.with_file_name(format!("{stem}.secrets"))
+    crate::util::fs::beside(recipe, "secrets")
 }
 
 /// `pki`: the operator's CA certificate and key, both or neither, both existing files.

@@ -34,6 +34,16 @@ pub fn remove_stale(dir: &Path, prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// What belongs to a recipe, beside it: `recipes/cluster.yaml` + `lock.json` →
+/// `recipes/cluster.lock.json`.
+pub fn beside(recipe: &Path, suffix: &str) -> PathBuf {
+    let stem = recipe
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("recipe");
+    recipe.with_file_name(format!("{stem}.{suffix}"))
+}
+
 pub fn require_root(what: &str) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!(
