@@ -649,25 +649,7 @@ pub fn up(
     let result = match result {
         Some(f) if f.is_empty() && o.check => {
             say(o.json, &format!("phase boot to healthy: {healthy_at:.0} s"));
-            let mut failures = Vec::new();
-            match crate::vm::hostlink::host_address(nodes) {
-                Ok((from, _)) => report(
-                    o,
-                    &crate::vm::firewall::probe_cluster(nodes, from),
-                    &mut failures,
-                    &mut phases,
-                ),
-                Err(e) => failures.push(format!("firewall: no address to probe from: {e:#}")),
-            }
-            if o.runtime == Runtime::Container {
-                failures.extend(data_path(nodes, &mut containers, o, &mut phases));
-            } else {
-                say(
-                    o.json,
-                    "note: the data-path and node-loss phases run in the container runtime (--runtime container): under software emulation every Kafka tool JVM takes minutes",
-                );
-            }
-            Some(failures)
+            Some(after_healthy(nodes, &mut containers, o, &mut phases))
         }
         other => other,
     };
@@ -772,6 +754,34 @@ fn watch(
             return Some(f);
         }
     }
+}
+
+/// Once every node is healthy: the firewall probed from outside, then (containers) the data path.
+fn after_healthy(
+    nodes: &[&Plan],
+    containers: &mut [Container],
+    o: &UpOptions,
+    phases: &mut Vec<crate::vm::datapath::Phase>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    match crate::vm::hostlink::host_address(nodes) {
+        Ok((from, _)) => report(
+            o,
+            &crate::vm::firewall::probe_cluster(nodes, from),
+            &mut failures,
+            phases,
+        ),
+        Err(e) => failures.push(format!("firewall: no address to probe from: {e:#}")),
+    }
+    if o.runtime == Runtime::Container {
+        failures.extend(data_path(nodes, containers, o, phases));
+    } else {
+        say(
+            o.json,
+            "note: the data-path and node-loss phases run in the container runtime (--runtime container): under software emulation every Kafka tool JVM takes minutes",
+        );
+    }
+    failures
 }
 
 /// The data-path and node-loss phases, printed as they finish; their failures.
