@@ -554,11 +554,24 @@ fn verify_names_a_changed_file() {
     );
 }
 
+/// Give `to` the cluster PKI `from` made (the secrets directory beside its recipe): builds are
+/// bit-identical with the same secrets, and a new directory would make a new CA.
+fn same_secrets(from: &Env, to: &Env) {
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(from.path("recipe.secrets"))
+        .arg(to.path("recipe.secrets"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "copying the secrets directory");
+}
+
 #[test]
 fn two_builds_are_bit_identical() {
-    // The shared build and one more in another directory, cache and server.
+    // The shared build and one more in another directory, cache and server, with the same secrets.
     let a = built();
     let b = Env::new();
+    same_secrets(a, &b);
     b.run(&["node1"]);
     for f in [
         "node1.raw",
@@ -610,6 +623,7 @@ fn the_shared_root_filesystem_plus_node_changes_equals_mkfs_of_the_node_tree() {
     // The shared build (the template path, the default) against a build without the template.
     let a = built();
     let b = Env::new();
+    same_secrets(a, &b);
     let ob = b
         .command("build", &["node1"])
         .env("IMGBUILD_NO_TEMPLATE", "1")
