@@ -139,7 +139,7 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
     assert!(props.contains("\nnode.id=2\n"), "{props}");
     assert!(
         props.contains(
-            "\nlisteners=PLAINTEXT://192.168.200.152:9092,CONTROLLER://192.168.200.152:9093\n"
+            "\nlisteners=PLAINTEXT://192.168.200.152:9092,INTERNAL://192.168.200.152:9094,CONTROLLER://192.168.200.152:9093\n"
         ),
         "{props}"
     );
@@ -150,7 +150,7 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         "{storm}"
     );
     assert!(
-        storm.contains("supervisor.childopts: \"-Xmx384m\"")
+        storm.contains("supervisor.childopts: \"-Xmx384m -XX:+UseG1GC -XX:MaxGCPauseMillis=20\"")
             && storm.contains("\nworker.heap.memory.mb: 512\n")
             && storm.contains("\nsupervisor.memory.capacity.mb: 1024\n"),
         "heaps from the recipe:\n{storm}"
@@ -332,7 +332,7 @@ fn with_mmdebstrap_base(env: &Env, fingerprint: &str) {
     let start = text.find("base:\n").unwrap();
     let end = text.find("components:\n").unwrap();
     let base = format!(
-        "base:\n  kind: mmdebstrap\n  suite: bookworm\n  mirror: {}\n  packages: [systemd, systemd-sysv]\n  keyring:\n    url: https://ftp-master.debian.org/keys/debian-archive-keyring.asc\n    fingerprints: [{fingerprint}]\n",
+        "base:\n  kind: mmdebstrap\n  suite: bookworm\n  mirror: {}\n  packages: [systemd, systemd-sysv, nftables]\n  keyring:\n    url: https://ftp-master.debian.org/keys/debian-archive-keyring.asc\n    fingerprints: [{fingerprint}]\n",
         debian_mirror()
     );
     std::fs::write(
