@@ -30,6 +30,13 @@ impl FirewallPlan {
     }
 }
 
+/// Every port the firewall opens on a node: SSH, then the port table's, as (port, label, reach).
+pub fn open_ports(p: &super::Plan) -> Vec<(u16, String, Reach)> {
+    std::iter::once((SSH_PORT, "SSH".to_string(), Reach::Clients))
+        .chain(p.ports.iter().map(|b| (b.port, b.label(), b.reach)))
+        .collect()
+}
+
 pub(super) fn resolve_firewall(
     cx: &mut Ctx,
     network: &NetworkPlan,

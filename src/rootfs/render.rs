@@ -7,7 +7,6 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::plan::firewall::SSH_PORT;
 use crate::plan::services::{Component, Reach, Unit};
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
 use crate::plan::{KafkaPlan, Plan, ZookeeperPlan};
@@ -404,9 +403,7 @@ fn tuning_files(p: &Plan) -> Vec<FileSpec> {
 pub fn firewall_ruleset(p: &Plan) -> String {
     let fw = &p.firewall;
     let mut rules = String::new();
-    let mut ports: Vec<(u16, String, Reach)> = vec![(SSH_PORT, "SSH".to_string(), Reach::Clients)];
-    ports.extend(p.ports.iter().map(|b| (b.port, b.label(), b.reach)));
-    for (port, what, reach) in ports {
+    for (port, what, reach) in crate::plan::firewall::open_ports(p) {
         let set = match reach {
             Reach::Cluster => "cluster",
             Reach::Clients => "clients",

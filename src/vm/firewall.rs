@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::plan::Plan;
-use crate::plan::firewall::SSH_PORT;
+use crate::plan::firewall::open_ports;
 use crate::plan::services::Reach;
 use crate::vm::datapath::Phase;
 
@@ -40,9 +40,8 @@ pub fn probe_cluster(nodes: &[&Plan], from: Ipv4Addr) -> Phase {
     }
     let mut targets = Vec::new();
     for p in enabled {
-        targets.push((p, SSH_PORT, "SSH".to_string(), Reach::Clients));
-        for b in &p.ports {
-            targets.push((p, b.port, b.label(), b.reach));
+        for (port, what, reach) in open_ports(p) {
+            targets.push((p, port, what, reach));
         }
     }
     let seen: Vec<Result<Seen, String>> = std::thread::scope(|s| {
