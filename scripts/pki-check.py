@@ -5,8 +5,9 @@ usage: pki-check.py SECRETS_DIR IMAGES_DIR [FILE...]
 
 - The secrets directory is 0700 and ignores itself for git; every key in it is 0600.
 - No private key is found in any output (every file under IMAGES_DIR, and each FILE: build
-  logs, plan output) except a node's own key in that node's raw image, where it must be found
-  (the proof that the search can see a key at all). The CA key is found nowhere.
+  logs, plan output) except a node's own keys (NODE.key, storm/NODE.key) in that node's raw
+  image, where they must be found (the proof that the search can see a key at all). The CA key
+  and the Kafka users' keys (users/NAME.key) are found nowhere.
 Searches for each key's PEM body lines, the text a leak would carry.
 """
 import mmap
@@ -37,27 +38,36 @@ if stat.S_IMODE(st.st_mode) != 0o700:
     fail(f"{secrets} is {oct(stat.S_IMODE(st.st_mode))}, not 0700")
 if "*" not in open(os.path.join(secrets, ".gitignore")).read().split():
     fail(f"{secrets}/.gitignore does not ignore everything")
-keys = sorted(f for f in os.listdir(secrets) if f.endswith(".key"))
-if "ca.key" not in keys or len(keys) < 2:
+# (path relative to the secrets directory, owning node or None)
+keys = [(f, f[: -len(".key")]) for f in os.listdir(secrets) if f.endswith(".key")]
+for sub, owned in (("storm", True), ("users", False)):
+    d = os.path.join(secrets, sub)
+    if os.path.isdir(d):
+        if stat.S_IMODE(os.stat(d).st_mode) != 0o700:
+            fail(f"{d} is not 0700")
+        keys += [(os.path.join(sub, f), f[: -len(".key")] if owned else None)
+                 for f in os.listdir(d) if f.endswith(".key")]
+keys = sorted((k, None if n == "ca" else n) for k, n in keys)
+if "ca.key" not in [k for k, _ in keys] or len(keys) < 2:
     fail(f"{secrets} has keys {keys}: want ca.key and one per node")
 outputs = [os.path.join(d, f) for d, _, fs in os.walk(images) for f in fs] + extra
-for k in keys:
+for k, node in keys:
     path = os.path.join(secrets, k)
     if stat.S_IMODE(os.stat(path).st_mode) != 0o600:
         fail(f"{path} is not 0600")
     needles = body_lines(path)
     if not needles:
         fail(f"{path}: no PEM body")
-    node = k[: -len(".key")]
-    own = os.path.join(images, node, f"{node}.raw")
     where = [o for o in outputs if found(o, needles)]
-    allowed = [own] if node != "ca" else []
-    # The node's qcow2 holds the same filesystem (its clusters may be stored uncompressed).
-    allowed.append(os.path.join(images, node, f"{node}.qcow2"))
+    allowed = []
+    if node:
+        own = os.path.join(images, node, f"{node}.raw")
+        # The node's qcow2 holds the same filesystem (its clusters may be stored uncompressed).
+        allowed = [own, os.path.join(images, node, f"{node}.qcow2")]
+        if own not in where:
+            fail(f"{k} not found in {own}: the search cannot see keys, or the image lacks it")
     leaks = [w for w in where if w not in allowed]
     if leaks:
         fail(f"{k} found in {', '.join(leaks)}")
-    if node != "ca" and own not in where:
-        fail(f"{k} not found in {own}: the search cannot see keys, or the image lacks it")
     print(f"  {k}: only in {', '.join(where) or 'no output'}")
 print(f"pki-check: {len(keys)} keys, {len(outputs)} outputs searched")

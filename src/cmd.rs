@@ -146,6 +146,61 @@ fn plan_identity(p: &Plan, out: &mut PlanLines) {
             "off: every port is open to any host on the network".to_string()
         },
     );
+    let sec = &p.security;
+    if !sec.tls() {
+        out.line(
+            "security",
+            "plaintext: no TLS, no authentication, no ACLs (labs only)".into(),
+        );
+        return;
+    }
+    out.line(
+        "security",
+        "tls: mutual TLS on ZooKeeper's quorum and every Kafka listener; Kafka clients by certificate (mtls), ACLs on".into(),
+    );
+    if !sec.super_users.is_empty() {
+        out.line(
+            "kafka super users",
+            sec.super_users
+                .iter()
+                .map(|n| format!("User:{n}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    for u in &sec.users {
+        let acls: Vec<String> = u
+            .allow
+            .iter()
+            .map(|a| {
+                let what = match a.resource {
+                    crate::plan::security::Resource::Cluster => "cluster".to_string(),
+                    r => format!(
+                        "{} {}{}",
+                        serde_json::to_value(r)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
+                        a.name,
+                        if a.prefixed { "*" } else { "" }
+                    ),
+                };
+                format!("{} on {what}", a.ops.join(","))
+            })
+            .collect();
+        out.line(
+            "kafka user",
+            format!(
+                "User:{}: {}",
+                u.name,
+                if acls.is_empty() {
+                    "no ACL".into()
+                } else {
+                    acls.join("; ")
+                }
+            ),
+        );
+    }
 }
 
 /// How its services are wired: ZooKeeper, Kafka, Storm.

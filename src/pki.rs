@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+use crate::plan::security::STORM_USER;
 use crate::plan::{Plan, Role};
 use crate::rootfs::render::FileSpec;
 use crate::util::run::Cmd;
@@ -38,11 +39,68 @@ fn ca_of(plan: &Plan) -> Ca {
     }
 }
 
-fn node_cert(plan: &Plan) -> PathBuf {
-    plan.pki.dir.join(format!("{}.crt", plan.node.name))
+/// A certificate imgbuild issues from the cluster's CA, and its key: a node's own (server and
+/// client: its listeners and its peers), a node's Storm topologies' (client, CN=storm), or a
+/// recipe user's (client; handed to the user, in no image).
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+    cn: String,
+    /// The subjectAltName a server certificate carries (None: a client certificate).
+    san: Option<String>,
+    what: String,
 }
-fn node_key(plan: &Plan) -> PathBuf {
-    plan.pki.dir.join(format!("{}.key", plan.node.name))
+
+impl Leaf {
+    fn node(plan: &Plan) -> Leaf {
+        let d = &plan.pki.dir;
+        Leaf {
+            cert: d.join(format!("{}.crt", plan.node.name)),
+            key: d.join(format!("{}.key", plan.node.name)),
+            cn: plan.node.hostname.clone(),
+            san: Some(san(plan)),
+            what: format!("{}'s certificate", plan.node.name),
+        }
+    }
+    fn storm(plan: &Plan) -> Leaf {
+        let d = plan.pki.dir.join("storm");
+        Leaf {
+            cert: d.join(format!("{}.crt", plan.node.name)),
+            key: d.join(format!("{}.key", plan.node.name)),
+            cn: STORM_USER.into(),
+            san: None,
+            what: format!(
+                "{}'s Storm client certificate (User:{STORM_USER})",
+                plan.node.name
+            ),
+        }
+    }
+    fn user(plan: &Plan, name: &str) -> Leaf {
+        let d = plan.pki.dir.join("users");
+        Leaf {
+            cert: d.join(format!("{name}.crt")),
+            key: d.join(format!("{name}.key")),
+            cn: name.into(),
+            san: None,
+            what: format!("user {name}'s client certificate"),
+        }
+    }
+}
+
+/// Where a recipe user's certificate and key are (`users/NAME.crt`, `.key` in the secrets
+/// directory): what the operator hands to that user.
+pub fn user_files(plan: &Plan, name: &str) -> (PathBuf, PathBuf) {
+    let l = Leaf::user(plan, name);
+    (l.cert, l.key)
+}
+
+/// Every certificate a node's build needs: its own, its Storm topologies' when it runs Storm.
+fn node_leaves(plan: &Plan) -> Vec<Leaf> {
+    let mut v = vec![Leaf::node(plan)];
+    if plan.storm.is_some() && !plan.security.super_users.is_empty() {
+        v.push(Leaf::storm(plan));
+    }
+    v
 }
 
 /// The subjectAltName a node's certificate must carry.
@@ -62,6 +120,9 @@ pub fn ensure(plans: &[&Plan]) -> Result<()> {
     let Some(first) = plans.first() else {
         return Ok(());
     };
+    if !first.security.tls() {
+        return Ok(());
+    }
     crate::util::tools::require(&[crate::util::tools::OPENSSL])?;
     let dir = &first.pki.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -75,11 +136,21 @@ pub fn ensure(plans: &[&Plan]) -> Result<()> {
     }
     let ca = ca_of(first);
     if first.pki.operator_ca.is_none() && !(ca.cert.exists() && ca.key.exists()) {
-        make_ca(first, &ca)?;
+        make_ca(&format!("imgbuild cluster CA {}", first.cluster), &ca)?;
     }
-    for p in plans {
-        if !node_is_current(p, &ca)? {
-            make_node(p, &ca)?;
+    let users = first
+        .security
+        .users
+        .iter()
+        .map(|u| Leaf::user(first, &u.name));
+    let leaves: Vec<Leaf> = plans
+        .iter()
+        .flat_map(|p| node_leaves(p))
+        .chain(users)
+        .collect();
+    for leaf in &leaves {
+        if !is_current(leaf, &ca)? {
+            make_leaf(leaf, &ca)?;
         }
     }
     Ok(())
@@ -110,7 +181,7 @@ fn new_key(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn make_ca(plan: &Plan, ca: &Ca) -> Result<()> {
+fn make_ca(cn: &str, ca: &Ca) -> Result<()> {
     let (key_tmp, cert_tmp) = (tmp(&ca.key), tmp(&ca.cert));
     let result = (|| {
         new_key(&key_tmp)?;
@@ -125,7 +196,7 @@ fn make_ca(plan: &Plan, ca: &Ca) -> Result<()> {
             "-days",
             CA_DAYS,
             "-subj",
-            &format!("/CN=imgbuild cluster CA {}", plan.cluster),
+            &format!("/CN={cn}"),
             "-addext",
             "basicConstraints=critical,CA:TRUE,pathlen:0",
             "-addext",
@@ -133,7 +204,7 @@ fn make_ca(plan: &Plan, ca: &Ca) -> Result<()> {
         ])?;
         std::fs::rename(&key_tmp, &ca.key)?;
         std::fs::rename(&cert_tmp, &ca.cert)?;
-        eprintln!("pki: made the cluster CA {}", ca.cert.display());
+        eprintln!("pki: made the CA {}", ca.cert.display());
         Ok(())
     })();
     let _ = std::fs::remove_file(&key_tmp);
@@ -141,22 +212,37 @@ fn make_ca(plan: &Plan, ca: &Ca) -> Result<()> {
     result
 }
 
-/// The node's certificate exists, is signed by the CA and carries the SANs the plan wants.
-fn node_is_current(plan: &Plan, ca: &Ca) -> Result<bool> {
-    let (cert, key) = (node_cert(plan), node_key(plan));
+/// The certificate exists, is signed by the CA and carries the CN and SANs it should.
+fn is_current(leaf: &Leaf, ca: &Ca) -> Result<bool> {
+    let (cert, key) = (&leaf.cert, &leaf.key);
     if !(cert.exists() && key.exists()) {
         return Ok(false);
     }
     let signed = Cmd::new("openssl")
         .args(["verify", "-CAfile"])
         .arg(&ca.cert)
-        .arg(&cert)
+        .arg(cert)
         .output()?
         .status
         .success();
     if !signed {
         return Ok(false);
     }
+    let subject = openssl(&[
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-in",
+        &cert.to_string_lossy(),
+    ])?;
+    if String::from_utf8_lossy(&subject).trim() != format!("subject=CN={}", leaf.cn) {
+        return Ok(false);
+    }
+    let Some(want) = &leaf.san else {
+        return Ok(true);
+    };
     let ext = openssl(&[
         "x509",
         "-noout",
@@ -174,15 +260,19 @@ fn node_is_current(plan: &Plan, ca: &Ca) -> Result<bool> {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(",");
-    Ok(have == san(plan))
+    Ok(&have == want)
 }
 
-fn make_node(plan: &Plan, ca: &Ca) -> Result<()> {
-    let (cert, key) = (node_cert(plan), node_key(plan));
+fn make_leaf(leaf: &Leaf, ca: &Ca) -> Result<()> {
+    let (cert, key) = (&leaf.cert, &leaf.key);
+    if let Some(dir) = cert.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let (key_tmp, csr_tmp, cert_tmp, ext_tmp) = (
-        tmp(&key),
+        tmp(key),
         tmp(&cert.with_extension("csr")),
-        tmp(&cert),
+        tmp(cert),
         tmp(&cert.with_extension("ext")),
     );
     let result = (|| {
@@ -195,16 +285,18 @@ fn make_node(plan: &Plan, ca: &Ca) -> Result<()> {
             "-out",
             &csr_tmp.to_string_lossy(),
             "-subj",
-            &format!("/CN={}", plan.node.hostname),
+            &format!("/CN={}", leaf.cn),
         ])?;
-        std::fs::write(
-            &ext_tmp,
-            format!(
-                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyAgreement\n\
-                 extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={}\n",
-                san(plan)
-            ),
-        )?;
+        let mut ext = String::from(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyAgreement\n",
+        );
+        match &leaf.san {
+            Some(san) => ext.push_str(&format!(
+                "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={san}\n"
+            )),
+            None => ext.push_str("extendedKeyUsage=clientAuth\n"),
+        }
+        std::fs::write(&ext_tmp, ext)?;
         openssl(&[
             "x509",
             "-req",
@@ -223,9 +315,12 @@ fn make_node(plan: &Plan, ca: &Ca) -> Result<()> {
             "-out",
             &cert_tmp.to_string_lossy(),
         ])?;
-        std::fs::rename(&key_tmp, &key)?;
-        std::fs::rename(&cert_tmp, &cert)?;
-        eprintln!("pki: made {}'s certificate ({})", plan.node.name, san(plan));
+        std::fs::rename(&key_tmp, key)?;
+        std::fs::rename(&cert_tmp, cert)?;
+        match &leaf.san {
+            Some(san) => eprintln!("pki: made {} ({san})", leaf.what),
+            None => eprintln!("pki: made {}", leaf.what),
+        }
         Ok(())
     })();
     for t in [&key_tmp, &csr_tmp, &cert_tmp, &ext_tmp] {
@@ -247,9 +342,11 @@ fn rand_serial() -> Result<[u8; 16]> {
 /// certificates (public; a new key means a new certificate).
 pub fn key_entries(plan: &Plan) -> Vec<(String, String)> {
     let ca = ca_of(plan);
-    [("pki.ca", ca.cert), ("pki.node", node_cert(plan))]
-        .into_iter()
-        .map(|(what, path)| {
+    let leaves = node_leaves(plan).into_iter().map(|l| l.cert);
+    std::iter::once(ca.cert)
+        .chain(leaves)
+        .zip(["pki.ca", "pki.node", "pki.storm"])
+        .map(|(path, what)| {
             let digest = std::fs::read(&path)
                 .map(|b| hex::encode(Sha256::digest(b)))
                 .unwrap_or_else(|_| "absent".into());
@@ -259,38 +356,43 @@ pub fn key_entries(plan: &Plan) -> Vec<(String, String)> {
 }
 
 /// The node's TLS files: the CA and its certificate for everyone; its key, with the
-/// certificate, as a PEM keystore for each service of the node that speaks TLS, owned by it.
+/// certificate, as a PEM keystore for each service of the node that speaks TLS, owned by it;
+/// the Storm topologies' client keystore (User:storm), owned by storm. None with
+/// `security: plaintext`.
 pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
+    if !plan.security.tls() {
+        return Ok(Vec::new());
+    }
     let ca = ca_of(plan);
     let read = |p: &Path| -> Result<Vec<u8>> {
         std::fs::read(p).with_context(|| format!("reading {} (imgbuild makes it)", p.display()))
     };
-    let (ca_pem, cert_pem, key_pem) = (
-        read(&ca.cert)?,
-        read(&node_cert(plan))?,
-        read(&node_key(plan))?,
-    );
-    if !String::from_utf8_lossy(&key_pem).contains("-----BEGIN PRIVATE KEY-----") {
-        bail!(
-            "{}: not an unencrypted PKCS#8 key (Kafka's PEM keystores read no other)",
-            node_key(plan).display()
-        );
-    }
+    let keystore = |leaf: &Leaf| -> Result<Vec<u8>> {
+        let key = read(&leaf.key)?;
+        if !String::from_utf8_lossy(&key).contains("-----BEGIN PRIVATE KEY-----") {
+            bail!(
+                "{}: not an unencrypted PKCS#8 key (Kafka's PEM keystores read no other)",
+                leaf.key.display()
+            );
+        }
+        Ok([key, read(&leaf.cert)?].concat())
+    };
+    let node = Leaf::node(plan);
     let mut out = vec![
         FileSpec {
             path: "etc/imgbuild/tls/ca.crt".into(),
-            content: ca_pem,
+            content: read(&ca.cert)?,
             mode: 0o644,
             owner: None,
         },
         FileSpec {
             path: "etc/imgbuild/tls/node.crt".into(),
-            content: cert_pem.clone(),
+            content: read(&node.cert)?,
             mode: 0o644,
             owner: None,
         },
     ];
-    let keystore = [key_pem, cert_pem].concat();
+    let own = keystore(&node)?;
     for (role, owner, path) in [
         (Role::Kafka, "kafka", "etc/kafka/tls/node.pem"),
         (Role::Zookeeper, "zookeeper", "etc/zookeeper/tls/node.pem"),
@@ -298,11 +400,57 @@ pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
         if plan.roles.contains(&role) {
             out.push(FileSpec {
                 path: path.into(),
-                content: keystore.clone(),
+                content: own.clone(),
                 mode: 0o600,
                 owner: Some(owner),
             });
         }
     }
+    if let Some(storm) = node_leaves(plan).get(1) {
+        out.push(FileSpec {
+            path: STORM_KEYSTORE.trim_start_matches('/').into(),
+            content: keystore(storm)?,
+            mode: 0o600,
+            owner: Some("storm"),
+        });
+    }
     Ok(out)
+}
+
+/// Where a Storm node's topologies find their Kafka client keystore (User:storm).
+pub const STORM_KEYSTORE: &str = "/etc/storm/tls/kafka-client.pem";
+
+/// The identities `up --check` tries on Kafka's listeners, made in `dir` (a check's scratch
+/// directory, never the secrets directory): a PEM keystore signed by the cluster's CA for
+/// `user` (authenticated, and no ACL allows it anything), and one claiming to be `impersonate`
+/// signed by a CA made for the purpose (whose key is deleted at once). (user's, impostor's).
+pub fn check_identities(
+    plan: &Plan,
+    dir: &Path,
+    user: &str,
+    impersonate: &str,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let leaf = |stem: &str, cn: &str| Leaf {
+        cert: dir.join(format!("{stem}.crt")),
+        key: dir.join(format!("{stem}.key")),
+        cn: cn.into(),
+        san: None,
+        what: format!("a check identity (CN={cn})"),
+    };
+    let pem = |l: &Leaf| -> Result<Vec<u8>> {
+        Ok([std::fs::read(&l.key)?, std::fs::read(&l.cert)?].concat())
+    };
+    let ours = leaf("user", user);
+    make_leaf(&ours, &ca_of(plan))?;
+    let other = Ca {
+        cert: dir.join("other-ca.crt"),
+        key: dir.join("other-ca.key"),
+    };
+    make_ca("not the cluster's CA", &other)?;
+    let impostor = leaf("impostor", impersonate);
+    let made = make_leaf(&impostor, &other);
+    let _ = std::fs::remove_file(&other.key);
+    made?;
+    Ok((pem(&ours)?, pem(&impostor)?))
 }

@@ -103,7 +103,7 @@ fn reference_recipe_plan_node2() {
     );
     assert_eq!(
         p["kafka"]["listeners"],
-        "PLAINTEXT://192.168.200.152:9092,INTERNAL://192.168.200.152:9094,CONTROLLER://192.168.200.152:9093"
+        "CLIENT://192.168.200.152:9092,INTERNAL://192.168.200.152:9094,CONTROLLER://192.168.200.152:9093"
     );
     assert_eq!(p["storm"]["local_hostname"], "192.168.200.152");
     assert_eq!(p["storm"]["nimbus_seeds"].as_array().unwrap().len(), 3);
@@ -236,7 +236,7 @@ fn five_nodes_with_three_zookeepers() {
     // A broker-only node listens for clients and brokers, not for controllers.
     assert_eq!(
         a2["kafka"]["listeners"],
-        "PLAINTEXT://10.9.1.2:9092,INTERNAL://10.9.1.2:9094"
+        "CLIENT://10.9.1.2:9092,INTERNAL://10.9.1.2:9094"
     );
     assert_eq!(plan_json(&recipe, "a4")["kafka"]["heap_mb"], 4096);
     assert_eq!(plan_json(&recipe, "a3")["kafka"]["heap_mb"], 1024);
@@ -257,7 +257,7 @@ fn kafka_zookeeper_mode_resolves() {
     );
     assert_eq!(
         p["kafka"]["listeners"],
-        "PLAINTEXT://192.168.200.153:9092,INTERNAL://192.168.200.153:9094"
+        "CLIENT://192.168.200.153:9092,INTERNAL://192.168.200.153:9094"
     );
     assert_eq!(
         p["units"][1], "kafka.service",
@@ -334,6 +334,13 @@ bad!(
     [(
         "users:\n",
         "firewall:\n  clients: [10.20.0.0/24, 10.20.0.5/24, nowhere]\nusers:\n"
+    )]
+);
+bad!(
+    kafka_users_bad,
+    [(
+        "    admin_port: 8081\n",
+        "    admin_port: 8081\n  kafka:\n    clients: scram\n    users:\n      - name: node1\n      - name: app\n        allow:\n          - {topic: orders, group: g, ops: [read]}\n          - {topic: \"a b\", ops: [read]}\n          - {topic: orders, ops: [reed]}\n          - {group: \"app-*\", ops: []}\n      - name: app\n"
     )]
 );
 bad!(

@@ -139,7 +139,7 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
     assert!(props.contains("\nnode.id=2\n"), "{props}");
     assert!(
         props.contains(
-            "\nlisteners=PLAINTEXT://192.168.200.152:9092,INTERNAL://192.168.200.152:9094,CONTROLLER://192.168.200.152:9093\n"
+            "\nlisteners=CLIENT://192.168.200.152:9092,INTERNAL://192.168.200.152:9094,CONTROLLER://192.168.200.152:9093\n"
         ),
         "{props}"
     );
@@ -160,6 +160,27 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         "Storm's launcher uses /opt/python"
     );
     assert!(text(&t, "etc/zookeeper/zoo.cfg").contains("\nadmin.serverPort=8081\n"));
+    // Issue 16: the node's keystores are its services' own, 0600; the Storm topologies' Kafka
+    // identity (CN=storm) is a key of its own, owned by storm; the recipe's ACLs are applied.
+    let keystore = |path: &str| match t.get(Path::new(path)) {
+        Some(Node::File { data, uid, mode }) => {
+            assert_eq!(mode & 0o7777, 0o600, "{path}");
+            assert!(*uid != 0, "{path} owned by root");
+            assert!(String::from_utf8_lossy(data).contains("-----BEGIN PRIVATE KEY-----"));
+            (*uid, data.clone())
+        }
+        other => panic!("{path}: {other:?}"),
+    };
+    let (kafka_uid, kafka_ks) = keystore("etc/kafka/tls/node.pem");
+    let (storm_uid, storm_ks) = keystore("etc/storm/tls/kafka-client.pem");
+    assert!(kafka_uid != storm_uid && kafka_ks != storm_ks);
+    assert!(props.contains("\nsuper.users=User:node1;User:node2;User:node3\n"));
+    assert!(matches!(
+        t.get(Path::new(
+            "etc/systemd/system/multi-user.target.wants/kafka-acls.service"
+        )),
+        Some(Node::Link(_))
+    ));
     assert_eq!(text(&t, "etc/hostname"), "node2\n");
     let hosts = text(&t, "etc/hosts");
     assert!(

@@ -20,6 +20,7 @@ mod artifacts;
 pub mod firewall;
 pub mod ids;
 pub mod mirror;
+pub mod security;
 pub mod services;
 pub mod tuning;
 pub mod wiring;
@@ -130,6 +131,7 @@ pub struct Plan {
     pub memory: MemoryPlan,
     pub os: tuning::OsPlan,
     pub firewall: firewall::FirewallPlan,
+    pub security: security::SecurityPlan,
     /// Where the cluster's certificates are (not in the JSON: their digests are in the build key).
     #[serde(skip)]
     pub pki: PkiPlan,
@@ -254,7 +256,7 @@ pub struct KafkaPlan {
     pub zookeeper_connect: Option<String>,
     #[serde(serialize_with = "wiring::as_comma")]
     pub listeners: Vec<wiring::Listener>,
-    /// The listeners brokers and clients are told of: PLAINTEXT and INTERNAL (KRaft rejects an
+    /// The listeners brokers and clients are told of: CLIENT and INTERNAL (KRaft rejects an
     /// advertised CONTROLLER listener; the renderer leaves it out). Shown in the plan as the
     /// listeners, as before.
     #[serde(serialize_with = "wiring::as_comma")]
@@ -624,6 +626,14 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let disk = resolve_disk(cx);
     let os = tuning::resolve_os(cx);
     let firewall = firewall::resolve_firewall(cx, &network, nodes.iter().map(|n| n.ip).collect());
+    let security = security::resolve_security(
+        cx,
+        nodes
+            .iter()
+            .filter(|n| n.roles.contains(&Role::Kafka))
+            .map(|n| n.name.clone())
+            .collect(),
+    );
     let kafka_version = r
         .components
         .kafka
@@ -689,6 +699,7 @@ fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         disk,
         os,
         firewall,
+        security,
         pki,
         signer,
         overlay_dir,
@@ -721,6 +732,7 @@ struct Shared {
     disk: DiskPlan,
     os: tuning::OsPlan,
     firewall: firewall::FirewallPlan,
+    security: security::SecurityPlan,
     pki: PkiPlan,
     signer: Option<Signer>,
     overlay_dir: PathBuf,
@@ -770,6 +782,7 @@ fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) -> Plan {
         memory: memory_budget(&n.roles, n, n.ports.all(PortKey::StormSlots)),
         os: w.os.clone(),
         firewall: w.firewall.clone(),
+        security: w.security.clone(),
         pki: w.pki.clone(),
         overlays: vec![w.overlay_dir.join("common"), w.overlay_dir.join(&n.name)],
         provenance_signer: w.signer.clone(),
@@ -794,7 +807,7 @@ fn zookeeper_plan(w: &Shared, n: &NodeDraft) -> Option<ZookeeperPlan> {
 /// ZooKeeper mode a broker of the ensemble's /kafka.
 fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
     let plain = wiring::Listener {
-        name: wiring::ListenerName::Plaintext,
+        name: wiring::ListenerName::Client,
         ip: n.ip,
         port: n.ports.get(PortKey::Kafka),
     };

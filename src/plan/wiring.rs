@@ -49,11 +49,12 @@ impl fmt::Display for Voter {
     }
 }
 
-/// Kafka's listeners: clients on PLAINTEXT, the brokers' replication on INTERNAL (firewalled
-/// to the cluster's nodes), the KRaft quorum on CONTROLLER.
+/// Kafka's listeners: clients on CLIENT, the brokers' replication on INTERNAL (firewalled
+/// to the cluster's nodes), the KRaft quorum on CONTROLLER. Each is SSL with `security: tls`
+/// (mTLS: every peer shows a certificate of the cluster's CA), PLAINTEXT with `plaintext`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerName {
-    Plaintext,
+    Client,
     Internal,
     Controller,
 }
@@ -69,7 +70,7 @@ pub struct Listener {
 impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let name = match self.name {
-            ListenerName::Plaintext => "PLAINTEXT",
+            ListenerName::Client => "CLIENT",
             ListenerName::Internal => "INTERNAL",
             ListenerName::Controller => "CONTROLLER",
         };

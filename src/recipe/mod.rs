@@ -41,6 +41,47 @@ pub struct Recipe {
     pub firewall: Firewall,
     #[serde(default)]
     pub pki: Pki,
+    /// `tls` (default): TLS and authentication on every Kafka listener and ZooKeeper's quorum;
+    /// `plaintext`: neither (labs; imgbuild warns).
+    pub security: Option<SecurityMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecurityMode {
+    Tls,
+    Plaintext,
+}
+
+/// How Kafka's clients authenticate on the client listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    /// A certificate from the cluster's CA; the user is its CN.
+    Mtls,
+    /// SCRAM-SHA-512 (not built yet: the plan refuses it).
+    Scram,
+}
+
+/// A Kafka user (`services.kafka.users`): a principal `User:NAME` and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaUser {
+    pub name: String,
+    #[serde(default)]
+    pub allow: Vec<KafkaAcl>,
+}
+
+/// One ACL entry: exactly one resource (`NAME`, `PREFIX*` or `*`) and its operations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaAcl {
+    pub topic: Option<String>,
+    pub group: Option<String>,
+    pub transactional_id: Option<String>,
+    /// `cluster: true`: the cluster resource (IdempotentWrite, Create, DescribeConfigs...).
+    pub cluster: Option<bool>,
+    pub ops: Vec<String>,
 }
 
 /// The operator's CA for the cluster's certificates (default: imgbuild makes one in the recipe's
@@ -273,6 +314,10 @@ pub struct KafkaService {
     pub internal_port: Option<u16>,
     pub controller_port: Option<u16>,
     pub heap_mb: Option<u32>,
+    /// How clients authenticate (default mtls).
+    pub clients: Option<ClientAuth>,
+    /// The users and their ACLs (ACLs are on with `security: tls`; the brokers are super users).
+    pub users: Option<Vec<KafkaUser>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::plan::security::SecurityPlan;
 use crate::plan::services::{Component, Reach, Unit};
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
 use crate::plan::{KafkaPlan, Plan, ZookeeperPlan};
@@ -142,7 +143,7 @@ pub fn health_config(p: &Plan) -> String {
         c["zookeeper"] = serde_json::json!({"client_port": z.client_port});
     }
     if let Some(k) = &p.kafka {
-        c["kafka"] = kafka_health(k);
+        c["kafka"] = kafka_health(k, p.security.tls());
     }
     if let Some(s) = &p.storm {
         c["storm"] = serde_json::json!({
@@ -168,7 +169,7 @@ pub fn health_config(p: &Plan) -> String {
 /// software emulation takes minutes for each check.
 /// ZooKeeper mode: every broker registered under `<chroot>/brokers/ids` — read over ZooKeeper's
 /// protocol, no JVM either.
-fn kafka_health(k: &KafkaPlan) -> serde_json::Value {
+fn kafka_health(k: &KafkaPlan, tls: bool) -> serde_json::Value {
     match k.mode {
         KafkaMode::Kraft => {
             let voters = k.controller_quorum_voters.as_deref().unwrap_or_default();
@@ -188,7 +189,7 @@ fn kafka_health(k: &KafkaPlan) -> serde_json::Value {
                 "controller": own,
                 "controllers": controllers,
                 "voters": voters.iter().map(|v| v.id).collect::<Vec<_>>(),
-                "tls": {"ca": CA_CERT, "keystore": KAFKA_KEYSTORE},
+                "tls": tls.then(|| serde_json::json!({"ca": CA_CERT, "keystore": KAFKA_KEYSTORE})),
             })
         }
         KafkaMode::Zookeeper => {
@@ -259,7 +260,11 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     ];
     let java_env = "JAVA_HOME=/opt/java\n";
     if let Some(z) = &p.zookeeper {
-        out.push(file("etc/zookeeper/zoo.cfg", zoo_cfg(z), 0o644));
+        out.push(file(
+            "etc/zookeeper/zoo.cfg",
+            zoo_cfg(z, p.security.tls()),
+            0o644,
+        ));
         // zkEnv.sh puts ZOOCFGDIR first on the classpath: without a logback.xml there, logback
         // falls back to its default (everything at DEBUG on the console, into the journal).
         out.push(file(
@@ -285,14 +290,22 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     if let Some(k) = &p.kafka {
         out.push(file(
             "etc/kafka/server.properties",
-            server_properties(k),
+            server_properties(k, &p.security),
             0o644,
         ));
         out.push(file(
             KAFKA_TLS_CLIENT.trim_start_matches('/'),
-            kafka_tls_client(),
+            kafka_tls_client(p.security.tls()),
             0o644,
         ));
+        if let Some(script) = kafka_acls(p) {
+            out.push(file(KAFKA_ACLS.trim_start_matches('/'), script, 0o755));
+            out.push(file(
+                "etc/systemd/system/kafka-acls.service",
+                include_str!("assets/units/kafka-acls.service").to_string(),
+                0o644,
+            ));
+        }
         let mut env = format!(
             "# Environment of kafka.service (written by imgbuild)\n{java_env}KAFKA_HEAP_OPTS=-Xms{h}m -Xmx{h}m\nLOG_DIR=/var/log/kafka\n",
             h = k.heap_mb
@@ -447,7 +460,7 @@ pub fn hosts(p: &Plan) -> String {
     s
 }
 
-pub fn zoo_cfg(z: &ZookeeperPlan) -> String {
+pub fn zoo_cfg(z: &ZookeeperPlan, tls: bool) -> String {
     let mut p = Properties::new("Written by imgbuild from the recipe; identical on every node.");
     p.set("tickTime", 2000)
         .set("initLimit", 10)
@@ -457,15 +470,17 @@ pub fn zoo_cfg(z: &ZookeeperPlan) -> String {
         .set("autopurge.snapRetainCount", 3)
         .set("autopurge.purgeInterval", 24)
         .set("4lw.commands.whitelist", "srvr,ruok,mntr,stat,conf,isro")
-        .set("admin.serverPort", z.admin_port)
+        .set("admin.serverPort", z.admin_port);
+    if tls {
         // Quorum and leader election over TLS, each server proving itself with its node's
         // certificate (imgbuild's PKI); the client port stays plain (Storm's Curator and the
         // health check do not speak TLS) and the firewall keeps it to the cluster's nodes.
-        .set("sslQuorum", true)
-        .set("ssl.quorum.keyStore.location", ZK_KEYSTORE)
-        .set("ssl.quorum.keyStore.type", "PEM")
-        .set("ssl.quorum.trustStore.location", CA_CERT)
-        .set("ssl.quorum.trustStore.type", "PEM");
+        p.set("sslQuorum", true)
+            .set("ssl.quorum.keyStore.location", ZK_KEYSTORE)
+            .set("ssl.quorum.keyStore.type", "PEM")
+            .set("ssl.quorum.trustStore.location", CA_CERT)
+            .set("ssl.quorum.trustStore.type", "PEM");
+    }
     for srv in &z.servers {
         p.set(&format!("server.{}", srv.id), srv.value());
     }
@@ -481,13 +496,69 @@ pub const ZK_KEYSTORE: &str = "/etc/zookeeper/tls/node.pem";
 /// the node itself: `--command-config` of kafka-metadata-quorum.sh and the like.
 pub const KAFKA_TLS_CLIENT: &str = "/etc/kafka/tls/client.properties";
 
-/// The TLS client settings of a Kafka tool run as the node (paths only, no secret).
-pub fn kafka_tls_client() -> String {
-    let mut p =
-        Properties::new("Written by imgbuild: a Kafka tool on this node, as this node, over TLS.");
-    p.set("security.protocol", "SSL");
-    kafka_tls(&mut p);
+/// Where a broker node keeps the script that adds the recipe's ACLs (kafka-acls.service).
+pub const KAFKA_ACLS: &str = "/usr/lib/imgbuild/kafka-acls";
+
+/// The client settings of a Kafka tool run as the node (paths only, no secret): TLS with the
+/// node's certificate, or plaintext.
+pub fn kafka_tls_client(tls: bool) -> String {
+    let mut p = Properties::new(if tls {
+        "Written by imgbuild: a Kafka tool on this node, as this node, over TLS."
+    } else {
+        "Written by imgbuild: a Kafka tool on this node (security: plaintext)."
+    });
+    if tls {
+        p.set("security.protocol", "SSL");
+        kafka_tls(&mut p);
+    } else {
+        p.set("security.protocol", "PLAINTEXT");
+    }
     p.render()
+}
+
+/// The script kafka-acls.service runs on a broker: every ACL of the recipe's users, added as
+/// the node (a super user) through its own client listener. None without TLS (no authorizer),
+/// on a controller-only node, or when no user has an ACL.
+pub fn kafka_acls(p: &Plan) -> Option<String> {
+    let k = p.kafka.as_ref()?;
+    let broker = k
+        .process_roles
+        .as_ref()
+        .is_none_or(|r| r.contains(&ProcessRole::Broker));
+    let sec = &p.security;
+    if !sec.tls() || !broker || sec.users.iter().all(|u| u.allow.is_empty()) {
+        return None;
+    }
+    let mut s = format!(
+        "#!/bin/sh\n\
+         # Written by imgbuild from the recipe (services.kafka.users): each user's ACLs, added as\n\
+         # this node (a super user) through its own broker. Adding an ACL that exists changes nothing.\n\
+         set -eu\n\
+         acl() {{\n\
+         \x20 /opt/kafka/bin/kafka-acls.sh --bootstrap-server {}:{} --command-config {KAFKA_TLS_CLIENT} --add \"$@\"\n\
+         }}\n",
+        p.node.ip, k.port
+    );
+    // The names are plain (the plan checked them); `*` alone or at the end is quoted.
+    let quote = |x: &str| {
+        if x.contains('*') {
+            format!("'{x}'")
+        } else {
+            x.to_string()
+        }
+    };
+    for u in &sec.users {
+        for a in &u.allow {
+            let args: Vec<String> = a.args().iter().map(|x| quote(x)).collect();
+            let _ = writeln!(
+                s,
+                "acl --allow-principal User:{} {}",
+                u.name,
+                args.join(" ")
+            );
+        }
+    }
+    Some(s)
 }
 
 /// The node's keystore and the cluster CA as Kafka's PEM stores.
@@ -498,7 +569,8 @@ fn kafka_tls(p: &mut Properties) {
         .set("ssl.truststore.location", CA_CERT);
 }
 
-pub fn server_properties(k: &KafkaPlan) -> String {
+pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
+    let proto = if sec.tls() { "SSL" } else { "PLAINTEXT" };
     let mut p = Properties::new("Written by imgbuild from the recipe.");
     match k.mode {
         KafkaMode::Kraft => {
@@ -510,7 +582,7 @@ pub fn server_properties(k: &KafkaPlan) -> String {
                 .set("controller.listener.names", "CONTROLLER")
                 .set(
                     "listener.security.protocol.map",
-                    "CONTROLLER:SSL,PLAINTEXT:PLAINTEXT,INTERNAL:SSL",
+                    format!("CONTROLLER:{proto},CLIENT:{proto},INTERNAL:{proto}"),
                 );
         }
         KafkaMode::Zookeeper => {
@@ -521,7 +593,7 @@ pub fn server_properties(k: &KafkaPlan) -> String {
                 )
                 .set(
                     "listener.security.protocol.map",
-                    "PLAINTEXT:PLAINTEXT,INTERNAL:SSL",
+                    format!("CLIENT:{proto},INTERNAL:{proto}"),
                 );
         }
     }
@@ -535,11 +607,31 @@ pub fn server_properties(k: &KafkaPlan) -> String {
         .set("advertised.listeners", comma(&advertised))
         // Replication on its own listener, which the firewall opens to the cluster's nodes only.
         .set("inter.broker.listener.name", "INTERNAL");
-    // The brokers and controllers know each other by their node certificates (mTLS on the
-    // INTERNAL and CONTROLLER listeners; the peer's IP must be in its certificate's SANs).
-    kafka_tls(&mut p);
-    p.set("ssl.client.auth", "required")
-        .set("log.dirs", "/var/lib/kafka/data")
+    if sec.tls() {
+        // Everyone shows a certificate of the cluster's CA (mTLS on every listener): the brokers
+        // and controllers their node's (the peer's IP must be in its SANs), clients their user's.
+        // The principal is the certificate's CN; the nodes are super users, everyone else may do
+        // what the recipe's ACLs allow, and nothing without one.
+        kafka_tls(&mut p);
+        let authorizer = match k.mode {
+            KafkaMode::Kraft => "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            KafkaMode::Zookeeper => "kafka.security.authorizer.AclAuthorizer",
+        };
+        let supers: Vec<String> = sec
+            .super_users
+            .iter()
+            .map(|n| format!("User:{n}"))
+            .collect();
+        p.set("ssl.client.auth", "required")
+            .set(
+                "ssl.principal.mapping.rules",
+                "RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            )
+            .set("authorizer.class.name", authorizer)
+            .set("super.users", supers.join(";"))
+            .set("allow.everyone.if.no.acl.found", false);
+    }
+    p.set("log.dirs", "/var/lib/kafka/data")
         .set("default.replication.factor", 3)
         .set("min.insync.replicas", 2)
         .set("offsets.topic.replication.factor", 3)
@@ -593,6 +685,7 @@ pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
         .iter()
         .map(|u| u.file_name())
         .chain(["imgbuild-health.service"])
+        .chain(kafka_acls(p).map(|_| "kafka-acls.service"))
         .map(|u| ("multi-user.target.wants", u))
         .chain(
             p.firewall
@@ -837,6 +930,41 @@ mod tests {
                 insta::assert_snapshot!(format!("{name}-{}", p.node.name), text);
             }
         }
+    }
+
+    /// `security: plaintext` turns off TLS, authentication and ACLs everywhere, and keeps the
+    /// listeners and quorum as they are; `tls` (the reference recipe) has them all.
+    #[test]
+    fn plaintext_has_no_tls_no_authorizer_and_no_acl_unit() {
+        let text = reference_text().replace("security: tls\n", "security: plaintext\n");
+        let c = cluster(&text);
+        let p = &c.nodes[0];
+        let files = rendered(&node_files(p));
+        let server = server_properties(p.kafka.as_ref().unwrap(), &p.security);
+        assert!(server.contains(
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,CLIENT:PLAINTEXT,INTERNAL:PLAINTEXT\n"
+        ));
+        for absent in ["ssl.", "authorizer", "super.users"] {
+            assert!(!server.contains(absent), "{absent} in {server}");
+        }
+        assert!(!files.contains("sslQuorum") && !files.contains("kafka-acls"));
+        assert!(files.contains("security.protocol=PLAINTEXT\n"));
+        assert!(
+            !enablement(p)
+                .iter()
+                .any(|(l, _)| l.ends_with("kafka-acls.service"))
+        );
+        assert!(c.warnings.iter().any(|w| w.contains("security: plaintext")));
+        let tls = cluster(&reference_text());
+        let t = &tls.nodes[0];
+        let server = server_properties(t.kafka.as_ref().unwrap(), &t.security);
+        assert!(server.contains("ssl.client.auth=required\n"));
+        assert!(server.contains("super.users=User:node1;User:node2;User:node3\n"));
+        assert!(
+            enablement(t)
+                .iter()
+                .any(|(l, _)| l.ends_with("kafka-acls.service"))
+        );
     }
 
     /// Bug 4: ZooKeeper-mode kafka.service had Wants=zookeeper.service, which starts ZooKeeper

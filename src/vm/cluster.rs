@@ -649,7 +649,7 @@ pub fn up(
     let result = match result {
         Some(f) if f.is_empty() && o.check => {
             say(o.json, &format!("phase boot to healthy: {healthy_at:.0} s"));
-            Some(after_healthy(nodes, &mut containers, o, &mut phases))
+            Some(after_healthy(nodes, &mut containers, o, &work, &mut phases))
         }
         other => other,
     };
@@ -761,6 +761,7 @@ fn after_healthy(
     nodes: &[&Plan],
     containers: &mut [Container],
     o: &UpOptions,
+    work: &Path,
     phases: &mut Vec<crate::vm::datapath::Phase>,
 ) -> Vec<String> {
     let mut failures = Vec::new();
@@ -774,7 +775,7 @@ fn after_healthy(
         Err(e) => failures.push(format!("firewall: no address to probe from: {e:#}")),
     }
     if o.runtime == Runtime::Container {
-        failures.extend(data_path(nodes, containers, o, phases));
+        failures.extend(data_path(nodes, containers, o, work, phases));
     } else {
         say(
             o.json,
@@ -789,6 +790,7 @@ fn data_path(
     nodes: &[&Plan],
     containers: &mut [Container],
     o: &UpOptions,
+    work: &Path,
     phases: &mut Vec<crate::vm::datapath::Phase>,
 ) -> Vec<String> {
     let timeout = o.timeout;
@@ -798,6 +800,9 @@ fn data_path(
     let (phase, acked) = crate::vm::datapath::round_trip(nodes, containers);
     let round_trip_ok = phase.failures.is_empty();
     report(&phase);
+    if nodes.iter().any(|p| p.kafka.is_some() && p.security.tls()) {
+        report(&crate::vm::kafkaauth::refusals(nodes, containers, work));
+    }
     let mut wordcount = None;
     if nodes.iter().any(|p| p.storm.is_some() && p.kafka.is_some()) {
         let (phase, wc) = crate::vm::datapath::topology(nodes, containers);

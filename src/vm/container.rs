@@ -196,6 +196,19 @@ impl Container {
             .with_context(|| format!("{}: running {}", self.name, cmd.join(" ")))
     }
 
+    /// Write a file into the running container's tree (its overlay, seen from the host), at
+    /// `path` inside it; parents made as needed.
+    pub fn write(&self, path: &str, bytes: &[u8], mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let at = self.root.join(path.trim_start_matches('/'));
+        if let Some(d) = at.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        crate::fetch::cache::write_atomic(&at, bytes)?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("{}: setting the mode of {}", self.name, at.display()))
+    }
+
     /// Power the node off at once, as pulling its plug would: kill every process in it.
     pub fn power_off(&mut self) {
         if let Some(pid) = self.leader() {

@@ -15,7 +15,10 @@ use anyhow::{Context, Result, bail};
 use crate::plan::{Plan, Role};
 use crate::vm::container::Container;
 
-const TOPIC: &str = "imgbuild-check";
+pub const TOPIC: &str = "imgbuild-check";
+/// Every Kafka tool the check runs on a node is this node's client: over TLS with its certificate
+/// (a super user) with `security: tls`, plaintext otherwise.
+const CLIENT: &str = crate::rootfs::render::KAFKA_TLS_CLIENT;
 /// Messages produced in each round (the issue asks for at least 1000).
 pub const MESSAGES: usize = 1000;
 
@@ -181,6 +184,8 @@ fn produce(via: &Container, bootstrap: &str, round: usize) -> Result<BTreeSet<St
             "/opt/kafka/bin/kafka-verifiable-producer.sh",
             "--bootstrap-server",
             bootstrap,
+            "--producer.config",
+            CLIENT,
             "--topic",
             TOPIC,
             "--max-messages",
@@ -220,6 +225,8 @@ fn console_consumer(
         "/opt/kafka/bin/kafka-console-consumer.sh",
         "--bootstrap-server",
         bootstrap,
+        "--consumer.config",
+        CLIENT,
         "--topic",
         topic,
         "--from-beginning",
@@ -292,6 +299,8 @@ fn isr_sizes(via: &Container, bootstrap: &str) -> Result<Vec<usize>> {
             "/opt/kafka/bin/kafka-topics.sh",
             "--bootstrap-server",
             bootstrap,
+            "--command-config",
+            CLIENT,
             "--describe",
             "--topic",
             TOPIC,
@@ -329,6 +338,8 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>
                 "/opt/kafka/bin/kafka-topics.sh",
                 "--bootstrap-server",
                 &bootstrap(a),
+                "--command-config",
+                CLIENT,
                 "--create",
                 "--if-not-exists",
                 "--topic",
@@ -389,6 +400,8 @@ fn replication(
             "/opt/kafka/bin/kafka-topics.sh",
             "--bootstrap-server",
             &bootstrap(a),
+            "--command-config",
+            CLIENT,
             "--describe",
             "--under-replicated-partitions",
         ],
@@ -410,7 +423,7 @@ fn replication(
                 &format!("{}:{port}", a.node.ip),
                 // The controller listener is mTLS: the tool presents the node's certificate.
                 "--command-config",
-                crate::rootfs::render::KAFKA_TLS_CLIENT,
+                CLIENT,
                 "describe",
                 "--replication",
             ],
@@ -457,9 +470,11 @@ pub struct Wordcount {
     expected: BTreeMap<String, u64>,
 }
 
-const WC_NAME: &str = "imgbuild-check-wordcount";
-const WC_IN: &str = "imgbuild-check-sentences";
-const WC_OUT: &str = "imgbuild-check-word-counts";
+// The example's own names (its wordcount.properties): with `security: tls` the topology runs as
+// User:storm, and what it may touch is what the recipe's ACLs for user storm allow.
+const WC_NAME: &str = "python-wordcount";
+const WC_IN: &str = "sentences";
+const WC_OUT: &str = "word-counts";
 const WC_DIR: &str = "/usr/share/imgbuild/examples/python-wordcount";
 /// Sentences per batch.
 pub const SENTENCES: usize = 200;
@@ -548,6 +563,8 @@ fn create_topic(c: &Container, bootstrap: &str, topic: &str, rf: usize) -> Resul
             "/opt/kafka/bin/kafka-topics.sh",
             "--bootstrap-server",
             bootstrap,
+            "--command-config",
+            CLIENT,
             "--create",
             "--if-not-exists",
             "--topic",
@@ -564,6 +581,40 @@ fn create_topic(c: &Container, bootstrap: &str, topic: &str, rf: usize) -> Resul
     .map(drop)
 }
 
+/// With `security: tls`, wait until kafka-acls.service on the submitting node has added the
+/// recipe's ACLs (the topology's User:storm may do nothing before).
+fn acls_applied(c: &Container, p: &Plan) -> Result<String> {
+    if crate::rootfs::render::kafka_acls(p).is_none() {
+        return Ok(format!(
+            "{}: no ACL in the recipe: User:storm may touch nothing",
+            p.node.name
+        ));
+    }
+    let t = Instant::now();
+    loop {
+        let o = c.exec(
+            &["systemctl", "is-active", "kafka-acls.service"],
+            Duration::from_secs(30),
+        )?;
+        let state = text(&o).trim().to_string();
+        if state == "active" {
+            let n: usize = p.security.users.iter().map(|u| u.allow.len()).sum();
+            return Ok(format!(
+                "kafka-acls.service on {}: the recipe's {n} ACLs added ({:.0}s after the check asked)",
+                p.node.name,
+                t.elapsed().as_secs_f64()
+            ));
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "kafka-acls.service on {} still {state} after 300s",
+                p.node.name
+            );
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
 /// The topology's state in `storm list` (ACTIVE, INACTIVE, KILLED...), if it is listed.
 fn topology_status(c: &Container) -> Result<Option<String>> {
     let out = run_tool(c, &storm(&["list"]), 180)?;
@@ -577,7 +628,7 @@ impl Wordcount {
     /// Send the next `n` sentences with acks=all.
     fn feed(&mut self, c: &Container, n: usize) -> Result<()> {
         let script = format!(
-            "printf '%s\\n' \"$@\" | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {} --topic {WC_IN} --producer-property acks=all",
+            "printf '%s\\n' \"$@\" | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {} --producer.config {CLIENT} --topic {WC_IN} --producer-property acks=all",
             self.bootstrap
         );
         let mut cmd = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
@@ -717,9 +768,19 @@ pub fn topology(nodes: &[&Plan], cs: &[Container]) -> (Phase, Option<Wordcount>)
             120,
         )?;
         lines.push(format!("built on {}: {}", p.node.name, built.trim()));
-        let props = format!(
+        let mut props = format!(
             "topology.name={WC_NAME}\nkafka.bootstrap={servers}\ninput.topic={WC_IN}\noutput.topic={WC_OUT}\n"
         );
+        if p.security.tls() {
+            props.push_str(&format!(
+                "kafka.security.protocol=SSL\nkafka.ssl.keystore={}\nkafka.ssl.truststore={}\n",
+                crate::pki::STORM_KEYSTORE,
+                crate::rootfs::render::CA_CERT
+            ));
+            lines.push(acls_applied(c, p)?);
+        } else {
+            props.push_str("kafka.security.protocol=PLAINTEXT\n");
+        }
         tool(
             c,
             &[

@@ -6,4 +6,5 @@ pub mod container;
 pub mod datapath;
 pub mod firewall;
 pub mod hostlink;
+pub mod kafkaauth;
 pub mod qemu;
