@@ -98,6 +98,13 @@ if [ -z "${E2E_SKIP_GOOD:-}" ]; then
     target/release/imgbuild -r "$recipe" up --runtime container --check --timeout "${E2E_CT_TIMEOUT:-900}" |
         tee "$out/e2e-data.txt"
     ssh_judge "$out/e2e-ssh-containers.txt" containers
+    # Issue 16, acceptance 1: with security on, the refusals were tried and seen (a skipped phase
+    # would pass the judgement above silently).
+    for want in 'client listener [0-9.:]*: a plaintext client refused' \
+        'a TLS client without a certificate refused' 'another CA claiming CN=node1 refused' \
+        'no ACL) refused on topic' 'the recipe.s [0-9]* ACLs added'; do
+        grep -q "$want" "$out/e2e-data.txt" || { echo "e2e: no \"$want\" in the container check's report" >&2; exit 1; }
+    done
 fi
 p_data=$(since "$t"); echo "phase containers: healthy, data path, topology, node loss and rejoin: $p_data s" >&2
 

@@ -19,6 +19,21 @@ pub const TOPIC: &str = "imgbuild-check";
 /// Every Kafka tool the check runs on a node is this node's client: over TLS with its certificate
 /// (a super user) with `security: tls`, plaintext otherwise.
 const CLIENT: &str = crate::rootfs::render::KAFKA_TLS_CLIENT;
+
+/// The option that gives a console or verifiable client its properties file: `--command-config`
+/// from Kafka 4.2 (KIP-1147, which deprecates the old ones with a line on stdout, where the
+/// messages go), `legacy` (`--producer.config`, `--consumer.config`) before.
+pub fn config_opt(modern: bool, legacy: &'static str) -> &'static str {
+    if modern { "--command-config" } else { legacy }
+}
+
+/// Whether the node's Kafka takes `--command-config` everywhere (4.2 and later).
+pub fn modern_tools(p: &Plan) -> bool {
+    let v = p.kafka.as_ref().map(|k| k.version.as_str()).unwrap_or("");
+    let mut n = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (n.next().unwrap_or(0), n.next().unwrap_or(0));
+    (major, minor) >= (4, 2)
+}
 /// Messages produced in each round (the issue asks for at least 1000).
 pub const MESSAGES: usize = 1000;
 
@@ -177,14 +192,14 @@ pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
 
 /// Produce MESSAGES values `<round>.<n>` with acks=all through `via` (VerifiableProducer prints
 /// one JSON line per acknowledged send); the acknowledged values.
-fn produce(via: &Container, bootstrap: &str, round: usize) -> Result<BTreeSet<String>> {
+fn produce(via: &Container, p: &Plan, round: usize) -> Result<BTreeSet<String>> {
     let out = tool(
         via,
         &[
             "/opt/kafka/bin/kafka-verifiable-producer.sh",
             "--bootstrap-server",
-            bootstrap,
-            "--producer.config",
+            &bootstrap(p),
+            config_opt(modern_tools(p), "--producer.config"),
             CLIENT,
             "--topic",
             TOPIC,
@@ -218,6 +233,7 @@ fn produce(via: &Container, bootstrap: &str, round: usize) -> Result<BTreeSet<St
 fn console_consumer(
     via: &Container,
     bootstrap: &str,
+    modern: bool,
     topic: &str,
     extra: &[&str],
 ) -> Result<String> {
@@ -225,7 +241,7 @@ fn console_consumer(
         "/opt/kafka/bin/kafka-console-consumer.sh",
         "--bootstrap-server",
         bootstrap,
-        "--consumer.config",
+        config_opt(modern, "--consumer.config"),
         CLIENT,
         "--topic",
         topic,
@@ -243,10 +259,11 @@ fn console_consumer(
 }
 
 /// Every value in the topic, read from the beginning through `via`.
-fn consume(via: &Container, bootstrap: &str, expect: usize) -> Result<Vec<String>> {
+fn consume(via: &Container, p: &Plan, expect: usize) -> Result<Vec<String>> {
     let out = console_consumer(
         via,
-        bootstrap,
+        &bootstrap(p),
+        modern_tools(p),
         TOPIC,
         &[
             "--max-messages",
@@ -356,8 +373,8 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>
         lines.push(format!(
             "topic {TOPIC}: 3 partitions, replication factor {rf}, min.insync.replicas {isr}"
         ));
-        acked = produce(ca, &bootstrap(a), 1)?;
-        let seen = consume(cb, &bootstrap(b), acked.len())?;
+        acked = produce(ca, a, 1)?;
+        let seen = consume(cb, b, acked.len())?;
         lines.push(format!(
             "produced through {} with acks=all, consumed through {}",
             a.node.name, b.node.name
@@ -468,6 +485,8 @@ pub struct Wordcount {
     /// Sentences sent so far and the word counts they make.
     sent: usize,
     expected: BTreeMap<String, u64>,
+    /// The Kafka tools take `--command-config` (config_opt).
+    modern: bool,
 }
 
 // The example's own names (its wordcount.properties): with `security: tls` the topology runs as
@@ -628,8 +647,9 @@ impl Wordcount {
     /// Send the next `n` sentences with acks=all.
     fn feed(&mut self, c: &Container, n: usize) -> Result<()> {
         let script = format!(
-            "printf '%s\\n' \"$@\" | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {} --producer.config {CLIENT} --topic {WC_IN} --producer-property acks=all",
-            self.bootstrap
+            "printf '%s\\n' \"$@\" | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {} {} {CLIENT} --topic {WC_IN} --producer-property acks=all",
+            self.bootstrap,
+            config_opt(self.modern, "--producer.config")
         );
         let mut cmd = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
         cmd.extend((self.sent..self.sent + n).map(sentence));
@@ -648,8 +668,18 @@ impl Wordcount {
             let out = console_consumer(
                 c,
                 &self.bootstrap,
+                self.modern,
                 WC_OUT,
-                &["--property", "print.key=true", "--timeout-ms", "15000"],
+                &[
+                    if self.modern {
+                        "--formatter-property"
+                    } else {
+                        "--property"
+                    },
+                    "print.key=true",
+                    "--timeout-ms",
+                    "15000",
+                ],
             )?;
             got = final_counts(&out);
             if got == self.expected {
@@ -830,6 +860,7 @@ pub fn topology(nodes: &[&Plan], cs: &[Container]) -> (Phase, Option<Wordcount>)
             bootstrap: servers,
             sent: 0,
             expected: BTreeMap::new(),
+            modern: modern_tools(p),
         };
         w.feed(c, SENTENCES)?;
         lines.push(format!("{SENTENCES} sentences into {WC_IN} with acks=all"));
@@ -1100,10 +1131,10 @@ impl<'a> Loss<'a> {
         ph: &mut Phase,
     ) -> Result<()> {
         let (a, b) = (self.a, self.b);
-        let acked = produce(container(cs, a), &bootstrap(a), 2)?;
+        let acked = produce(container(cs, a), a, 2)?;
         let mut all = acked_before.clone();
         all.extend(acked.iter().cloned());
-        let seen = consume(container(cs, b), &bootstrap(b), all.len())?;
+        let seen = consume(container(cs, b), b, all.len())?;
         let line = compare(
             &all,
             &seen,

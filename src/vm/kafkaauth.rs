@@ -165,8 +165,12 @@ pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
         // Authenticated, but no ACL: producing to the round trip's topic must be refused.
         let cfg = format!("{DIR}/user.properties");
         let script = format!(
-            "echo refused | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {ip}:{} --producer.config {cfg} --topic {} --producer-property max.block.ms=15000",
+            "echo refused | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {ip}:{} {} {cfg} --topic {} --producer-property max.block.ms=15000",
             k.port,
+            crate::vm::datapath::config_opt(
+                crate::vm::datapath::modern_tools(p),
+                "--producer.config"
+            ),
             crate::vm::datapath::TOPIC
         );
         let (_, out) = run(c, &["sh", "-c", &script])?;
