@@ -146,6 +146,11 @@ fn plan_identity(p: &Plan, out: &mut PlanLines) {
             "off: every port is open to any host on the network".to_string()
         },
     );
+    plan_security(p, out);
+}
+
+/// Who may talk to the services: TLS or plaintext, Kafka's super users and users with ACLs.
+fn plan_security(p: &Plan, out: &mut PlanLines) {
     let sec = &p.security;
     if !sec.tls() {
         out.line(

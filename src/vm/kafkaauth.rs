@@ -87,6 +87,53 @@ fn judge(kind: &str, ok: bool, out: &str) -> Result<String> {
     }
 }
 
+/// The three unauthenticated clients against one listener; a line of what each saw, or a failure.
+fn try_listener(
+    c: &Container,
+    p: &Plan,
+    listener: &str,
+    addr: &str,
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let mut seen = Vec::new();
+    for (kind, what) in CLIENTS {
+        let cfg = format!("{DIR}/{kind}.properties");
+        let cmd: Vec<&str> = if listener == "controller" {
+            vec![
+                "/opt/kafka/bin/kafka-metadata-quorum.sh",
+                "--bootstrap-controller",
+                addr,
+                "--command-config",
+                &cfg,
+                "describe",
+                "--status",
+            ]
+        } else {
+            vec![
+                "/opt/kafka/bin/kafka-topics.sh",
+                "--bootstrap-server",
+                addr,
+                "--command-config",
+                &cfg,
+                "--list",
+            ]
+        };
+        let who = if kind == "impostor" {
+            format!("{what}{}", p.node.hostname)
+        } else {
+            what.to_string()
+        };
+        let (ok, out) = run(c, &cmd)?;
+        match judge(kind, ok, &out) {
+            Ok(s) => seen.push(format!("{who} refused ({s})")),
+            Err(e) => failures.push(format!("{listener} listener {addr}: {who} {e:#}")),
+        }
+    }
+    lines.push(format!("{listener} listener {addr}: {}", seen.join(", ")));
+    Ok(())
+}
+
 pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
     let t = Instant::now();
     let (mut lines, mut failures) = (Vec::new(), Vec::new());
@@ -125,42 +172,14 @@ pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
             listeners.push(("controller", port));
         }
         for (listener, port) in listeners {
-            let addr = format!("{ip}:{port}");
-            let mut seen = Vec::new();
-            for (kind, what) in CLIENTS {
-                let cfg = format!("{DIR}/{kind}.properties");
-                let cmd: Vec<&str> = if listener == "controller" {
-                    vec![
-                        "/opt/kafka/bin/kafka-metadata-quorum.sh",
-                        "--bootstrap-controller",
-                        &addr,
-                        "--command-config",
-                        &cfg,
-                        "describe",
-                        "--status",
-                    ]
-                } else {
-                    vec![
-                        "/opt/kafka/bin/kafka-topics.sh",
-                        "--bootstrap-server",
-                        &addr,
-                        "--command-config",
-                        &cfg,
-                        "--list",
-                    ]
-                };
-                let who = if kind == "impostor" {
-                    format!("{what}{}", p.node.hostname)
-                } else {
-                    what.to_string()
-                };
-                let (ok, out) = run(c, &cmd)?;
-                match judge(kind, ok, &out) {
-                    Ok(s) => seen.push(format!("{who} refused ({s})")),
-                    Err(e) => failures.push(format!("{listener} listener {addr}: {who} {e:#}")),
-                }
-            }
-            lines.push(format!("{listener} listener {addr}: {}", seen.join(", ")));
+            try_listener(
+                c,
+                p,
+                listener,
+                &format!("{ip}:{port}"),
+                &mut lines,
+                &mut failures,
+            )?;
         }
         // Authenticated, but no ACL: producing to the round trip's topic must be refused.
         let cfg = format!("{DIR}/user.properties");
