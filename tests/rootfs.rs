@@ -177,7 +177,7 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
     assert!(props.contains("\nsuper.users=User:node1;User:node2;User:node3\n"));
     assert!(matches!(
         t.get(Path::new(
-            "etc/systemd/system/multi-user.target.wants/kafka-acls.service"
+            "etc/systemd/system/kafka.service.wants/kafka-acls.service"
         )),
         Some(Node::Link(_))
     ));

@@ -534,10 +534,15 @@ pub fn kafka_acls(p: &Plan) -> Option<String> {
          # Written by imgbuild from the recipe (services.kafka.users): each user's ACLs, added as\n\
          # this node (a super user) through its own broker. Adding an ACL that exists changes nothing.\n\
          set -eu\n\
+         # No JVM before the broker listens: under software emulation each start takes minutes.\n\
+         until /usr/bin/python3 -c 'import socket; socket.create_connection((\"{ip}\", {port}), 5)' 2>/dev/null; do\n\
+         \x20 sleep 10\n\
+         done\n\
          acl() {{\n\
-         \x20 /opt/kafka/bin/kafka-acls.sh --bootstrap-server {}:{} --command-config {KAFKA_TLS_CLIENT} --add \"$@\"\n\
+         \x20 /opt/kafka/bin/kafka-acls.sh --bootstrap-server {ip}:{port} --command-config {KAFKA_TLS_CLIENT} --add \"$@\"\n\
          }}\n",
-        p.node.ip, k.port
+        ip = p.node.ip,
+        port = k.port
     );
     // The names are plain (the plan checked them); `*` alone or at the end is quoted.
     let quote = |x: &str| {
@@ -685,8 +690,14 @@ pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
         .iter()
         .map(|u| u.file_name())
         .chain(["imgbuild-health.service"])
-        .chain(kafka_acls(p).map(|_| "kafka-acls.service"))
         .map(|u| ("multi-user.target.wants", u))
+        // Wanted by kafka.service, not by a target: a target would wait for it (it waits for
+        // the cluster), and the boot would not be complete before it is.
+        .chain(
+            kafka_acls(p)
+                .is_some()
+                .then_some(("kafka.service.wants", "kafka-acls.service")),
+        )
         .chain(
             p.firewall
                 .enabled
