@@ -182,10 +182,7 @@ fn plan_security(p: &Plan, out: &mut PlanLines) {
                     crate::plan::security::Resource::Cluster => "cluster".to_string(),
                     r => format!(
                         "{} {}{}",
-                        serde_json::to_value(r)
-                            .ok()
-                            .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default(),
+                        r.name(),
                         a.name,
                         if a.prefixed { "*" } else { "" }
                     ),

@@ -87,13 +87,6 @@ impl Leaf {
     }
 }
 
-/// Where a recipe user's certificate and key are (`users/NAME.crt`, `.key` in the secrets
-/// directory): what the operator hands to that user.
-pub fn user_files(plan: &Plan, name: &str) -> (PathBuf, PathBuf) {
-    let l = Leaf::user(plan, name);
-    (l.cert, l.key)
-}
-
 /// Every certificate a node's build needs: its own, its Storm topologies' when it runs Storm.
 fn node_leaves(plan: &Plan) -> Vec<Leaf> {
     let mut v = vec![Leaf::node(plan)];

@@ -41,6 +41,18 @@ pub enum Resource {
     Cluster,
 }
 
+impl Resource {
+    /// As the recipe and `plan` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Topic => "topic",
+            Resource::Group => "group",
+            Resource::TransactionalId => "transactional-id",
+            Resource::Cluster => "cluster",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AclPlan {
     pub resource: Resource,
@@ -60,18 +72,12 @@ impl AclPlan {
             .iter()
             .flat_map(|o| ["--operation".to_string(), o.clone()])
             .collect();
-        match self.resource {
-            Resource::Cluster => a.push("--cluster".into()),
-            r => {
-                let flag = match r {
-                    Resource::Topic => "--topic",
-                    Resource::Group => "--group",
-                    _ => "--transactional-id",
-                };
-                a.extend([flag.to_string(), self.name.clone()]);
-                if self.prefixed {
-                    a.extend(["--resource-pattern-type".into(), "prefixed".into()]);
-                }
+        // kafka-acls.sh's resource options are the resources' names: --topic, --group...
+        a.push(format!("--{}", self.resource.name()));
+        if self.resource != Resource::Cluster {
+            a.push(self.name.clone());
+            if self.prefixed {
+                a.extend(["--resource-pattern-type".into(), "prefixed".into()]);
             }
         }
         a

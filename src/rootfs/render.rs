@@ -516,19 +516,24 @@ pub fn kafka_tls_client(tls: bool) -> String {
     p.render()
 }
 
+/// Whether the node runs kafka-acls.service: a broker, with TLS (the authorizer) and an ACL.
+pub fn acl_unit(p: &Plan) -> bool {
+    let broker = p.kafka.as_ref().is_some_and(|k| {
+        k.process_roles
+            .as_ref()
+            .is_none_or(|r| r.contains(&ProcessRole::Broker))
+    });
+    broker && p.security.tls() && p.security.users.iter().any(|u| !u.allow.is_empty())
+}
+
 /// The script kafka-acls.service runs on a broker: every ACL of the recipe's users, added as
 /// the node (a super user) through its own client listener. None without TLS (no authorizer),
 /// on a controller-only node, or when no user has an ACL.
 pub fn kafka_acls(p: &Plan) -> Option<String> {
-    let k = p.kafka.as_ref()?;
-    let broker = k
-        .process_roles
-        .as_ref()
-        .is_none_or(|r| r.contains(&ProcessRole::Broker));
-    let sec = &p.security;
-    if !sec.tls() || !broker || sec.users.iter().all(|u| u.allow.is_empty()) {
+    if !acl_unit(p) {
         return None;
     }
+    let (k, sec) = (p.kafka.as_ref()?, &p.security);
     let mut s = format!(
         "#!/bin/sh\n\
          # Written by imgbuild from the recipe (services.kafka.users): each user's ACLs, added as\n\
@@ -693,11 +698,7 @@ pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
         .map(|u| ("multi-user.target.wants", u))
         // Wanted by kafka.service, not by a target: a target would wait for it (it waits for
         // the cluster), and the boot would not be complete before it is.
-        .chain(
-            kafka_acls(p)
-                .is_some()
-                .then_some(("kafka.service.wants", "kafka-acls.service")),
-        )
+        .chain(acl_unit(p).then_some(("kafka.service.wants", "kafka-acls.service")))
         .chain(
             p.firewall
                 .enabled

@@ -603,7 +603,7 @@ fn create_topic(c: &Container, bootstrap: &str, topic: &str, rf: usize) -> Resul
 /// With `security: tls`, wait until kafka-acls.service on the submitting node has added the
 /// recipe's ACLs (the topology's User:storm may do nothing before).
 fn acls_applied(c: &Container, p: &Plan) -> Result<String> {
-    if crate::rootfs::render::kafka_acls(p).is_none() {
+    if !crate::rootfs::render::acl_unit(p) {
         return Ok(format!(
             "{}: no ACL in the recipe: User:storm may touch nothing",
             p.node.name
