@@ -54,33 +54,118 @@ fn common_key(plan: &Plan, fetched: &[Fetched]) -> String {
     hex::encode(&h.finalize()[..10])
 }
 
-/// Build (or reuse) the shared tree for `plan`'s cluster. Returns its `rootfs` directory.
-pub fn common_tree(plan: &Plan, fetched: &[Fetched], build: &Path) -> Result<PathBuf> {
+/// The shared tree a build is using: derefs to its `rootfs` directory, and holds a shared lock on
+/// its `complete` marker for as long as it lives, so that a concurrent build's [`prune_common`]
+/// leaves it alone.
+pub struct Common {
+    rootfs: PathBuf,
+    _in_use: fs::File,
+}
+
+impl std::ops::Deref for Common {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.rootfs
+    }
+}
+
+/// How many shared trees a build directory keeps: the one in use and the newest other (a user
+/// going back and forth between two recipes, or undoing a change, rebuilds nothing). Each is the
+/// size of the base OS plus the components, twice (the tree and its filesystem template).
+const COMMON_KEPT: usize = 2;
+
+/// Build (or reuse) the shared tree for `plan`'s cluster, then remove older ones.
+pub fn common_tree(plan: &Plan, fetched: &[Fetched], build: &Path) -> Result<Common> {
     let key = common_key(plan, fetched);
     let dir = build.join("common").join(&key);
-    if dir.join("complete").is_file() {
+    let rootfs = if dir.join("complete").is_file() {
         eprintln!("common   cached {key} (built once, shared by every node)");
-        return Ok(dir.join("rootfs"));
-    }
-    require_root("composing the base OS")?;
-    crate::util::stage::stage("common", || {
-        let staging = Staging::new(&build.join("common"), &format!("{key}.tmp-"))?;
-        build_common(plan, fetched, &staging.path().join("rootfs"), build)?;
-        crate::util::failpoint::hit("common");
-        fs::write(staging.path().join("complete"), format!("{key}\n"))?;
-        if dir.exists() {
-            fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing incomplete {}", dir.display()))?;
-        }
-        staging.rename_to(&dir)?;
-        Ok((
-            dir.join("rootfs"),
-            format!(
-                "built {key}: base, {} components, users, units",
-                fetched.iter().filter(|f| is_component(f)).count()
-            ),
-        ))
+        dir.join("rootfs")
+    } else {
+        require_root("composing the base OS")?;
+        crate::util::stage::stage("common", || {
+            let staging = Staging::new(&build.join("common"), &format!("{key}.tmp-"))?;
+            build_common(plan, fetched, &staging.path().join("rootfs"), build)?;
+            crate::util::failpoint::hit("common");
+            fs::write(staging.path().join("complete"), format!("{key}\n"))?;
+            if dir.exists() {
+                fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing incomplete {}", dir.display()))?;
+            }
+            staging.rename_to(&dir)?;
+            Ok((
+                dir.join("rootfs"),
+                format!(
+                    "built {key}: base, {} components, users, units",
+                    fetched.iter().filter(|f| is_component(f)).count()
+                ),
+            ))
+        })?
+    };
+    let marker = dir.join("complete");
+    let in_use =
+        fs::File::open(&marker).with_context(|| format!("opening {}", marker.display()))?;
+    in_use
+        .lock_shared()
+        .with_context(|| format!("locking {}", marker.display()))?;
+    // Its modification time says when it was last used: the newest are kept.
+    in_use.set_modified(std::time::SystemTime::now()).ok();
+    prune_common(&build.join("common"), &key)?;
+    Ok(Common {
+        rootfs,
+        _in_use: in_use,
     })
+}
+
+/// Remove the shared trees of `common/` beyond the [`COMMON_KEPT`] most recently used, never
+/// `keep` and never one another build holds (its `complete` is locked). A tree without `complete`
+/// is a dead build's staging, which [`Staging`] removes.
+fn prune_common(common: &Path, keep: &str) -> Result<()> {
+    let mut others: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(common)
+        .with_context(|| format!("reading {}", common.display()))?
+        .flatten()
+        .filter(|e| e.file_name().to_str() != Some(keep))
+        .filter_map(|e| {
+            let t = fs::metadata(e.path().join("complete"))
+                .ok()?
+                .modified()
+                .ok()?;
+            Some((t, e.path()))
+        })
+        .collect();
+    others.sort_by_key(|t| std::cmp::Reverse(t.0));
+    let (mut n, mut bytes) = (0, 0);
+    for (_, dir) in others.into_iter().skip(COMMON_KEPT - 1) {
+        let Ok(marker) = fs::File::open(dir.join("complete")) else {
+            continue;
+        };
+        if marker.try_lock().is_err() {
+            continue;
+        }
+        let size = allocated(&dir);
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        n += 1;
+        bytes += size;
+    }
+    if n > 0 {
+        eprintln!(
+            "common   removed {n} older shared tree{} ({}), keeping the {COMMON_KEPT} last used",
+            if n == 1 { "" } else { "s" },
+            crate::util::fmt::human(bytes)
+        );
+    }
+    Ok(())
+}
+
+/// The disk space a directory's files take (blocks allocated, so sparse files count as what they
+/// hold, and hard links once per link: an upper bound of what removing it frees).
+fn allocated(dir: &Path) -> u64 {
+    let mut bytes = 0;
+    let _ = crate::util::fs::walk(dir, |_, m| {
+        bytes += m.blocks() * 512;
+        Ok(true)
+    });
+    bytes
 }
 
 /// A fetched component (laid out under /opt), not the base or its keyring.
@@ -659,4 +744,56 @@ fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A shared tree `key` under `common`, last used `age_secs` ago.
+    fn tree(common: &Path, key: &str, age_secs: u64) {
+        let dir = common.join(key);
+        fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+        fs::write(dir.join("rootfs/etc/hostname"), "x\n").unwrap();
+        fs::write(dir.join("complete"), format!("{key}\n")).unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(dir.join("complete"))
+            .unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn prune_keeps_the_tree_in_use_and_the_newest_other_and_locked_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let common = tmp.path();
+        tree(common, "current", 1000); // in use: kept whatever its age
+        tree(common, "newer", 10); // the newest other: kept
+        tree(common, "old", 100);
+        tree(common, "held", 200); // another build holds it: kept
+        tree(common, "oldest", 300);
+        fs::create_dir_all(common.join("dead.tmp-1")).unwrap(); // no marker: not ours to judge
+        let held = fs::File::open(common.join("held/complete")).unwrap();
+        held.lock_shared().unwrap();
+
+        prune_common(common, "current").unwrap();
+
+        let mut left: Vec<String> = fs::read_dir(common)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["current", "dead.tmp-1", "held", "newer"]);
+    }
+
+    #[test]
+    fn allocated_counts_the_blocks_of_every_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        fs::write(tmp.path().join("a/b/f"), vec![1u8; 64 * 1024]).unwrap();
+        assert!(allocated(tmp.path()) >= 64 * 1024);
+        assert_eq!(allocated(&tmp.path().join("missing")), 0);
+    }
 }
