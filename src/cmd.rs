@@ -161,7 +161,7 @@ fn plan_security(p: &Plan, out: &mut PlanLines) {
     }
     out.line(
         "security",
-        "tls: mutual TLS on ZooKeeper's quorum and every Kafka listener; Kafka clients by certificate (mtls), ACLs on".into(),
+        "tls: mutual TLS on ZooKeeper's quorum and client port and every Kafka listener; Kafka clients by certificate (mtls), ACLs on".into(),
     );
     if !sec.super_users.is_empty() {
         out.line(

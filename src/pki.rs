@@ -87,10 +87,11 @@ impl Leaf {
     }
 }
 
-/// Every certificate a node's build needs: its own, its Storm topologies' when it runs Storm.
+/// Every certificate a node's build needs: its own, and its Storm one when it runs Storm (Storm's
+/// daemons and workers show it to ZooKeeper, its topologies to Kafka).
 fn node_leaves(plan: &Plan) -> Vec<Leaf> {
     let mut v = vec![Leaf::node(plan)];
-    if plan.storm.is_some() && !plan.security.super_users.is_empty() {
+    if plan.storm.is_some() {
         v.push(Leaf::storm(plan));
     }
     v
@@ -410,8 +411,9 @@ pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
     Ok(out)
 }
 
-/// Where a Storm node's topologies find their Kafka client keystore (User:storm).
-pub const STORM_KEYSTORE: &str = "/etc/storm/tls/kafka-client.pem";
+/// A Storm node's client keystore (CN=storm): its daemons and workers to ZooKeeper, its
+/// topologies to Kafka (User:storm).
+pub const STORM_KEYSTORE: &str = "/etc/storm/tls/client.pem";
 
 /// The identities `up --check` tries on Kafka's listeners, made in `dir` (a check's scratch
 /// directory, never the secrets directory): a PEM keystore signed by the cluster's CA for

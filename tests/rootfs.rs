@@ -172,7 +172,7 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         other => panic!("{path}: {other:?}"),
     };
     let (kafka_uid, kafka_ks) = keystore("etc/kafka/tls/node.pem");
-    let (storm_uid, storm_ks) = keystore("etc/storm/tls/kafka-client.pem");
+    let (storm_uid, storm_ks) = keystore("etc/storm/tls/client.pem");
     assert!(kafka_uid != storm_uid && kafka_ks != storm_ks);
     assert!(props.contains("\nsuper.users=User:node1;User:node2;User:node3\n"));
     assert!(matches!(

@@ -50,7 +50,14 @@ struct StormYaml<'a> {
     ui_childopts: String,
     #[serde(rename = "logviewer.childopts")]
     logviewer_childopts: String,
+    /// Only with TLS: Storm's default, and the ZooKeeper client's TLS options.
+    #[serde(rename = "worker.childopts", skip_serializing_if = "Option::is_none")]
+    worker_childopts: Option<String>,
 }
+
+/// Storm 2.8's default worker.childopts (storm-client's defaults.yaml), which a storm.yaml
+/// value replaces rather than extends.
+const STORM_WORKER_CHILDOPTS: &str = "-Xmx%HEAP-MEM%m -XX:+IgnoreUnrecognizedVMOptions -XX:+PrintGCDetails -Xloggc:artifacts/gc.log -XX:+PrintGCDateStamps -XX:+PrintGCTimeStamps -XX:+UseGCLogFileRotation -XX:NumberOfGCLogFiles=10 -XX:GCLogFileSize=1M -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath=artifacts/heapdump";
 
 fn yaml<T: Serialize>(header: &str, doc: &T) -> String {
     // serde_norway's Value keeps the struct's field order (serde_json's would sort the keys).
@@ -133,8 +140,16 @@ fn block(v: &serde_norway::Value, indent: usize, out: &mut String) {
 /// topology's worker left the topology unassigned for the whole 420 s the check waited.
 pub const HEARTBEATS_RECOVERY_SECS: u32 = 60;
 
-pub fn storm_yaml(s: &StormPlan) -> String {
-    let heap = format!("-Xmx{}m {}", s.heap_mb, crate::rootfs::render::G1);
+/// `tls`: every Storm JVM that talks to ZooKeeper (the daemons and the workers) does it over
+/// TLS, as the node's Storm identity.
+pub fn storm_yaml(s: &StormPlan, tls: bool) -> String {
+    use crate::rootfs::render::{G1, STORM_ZK_NETTY, zk_client_tls_opts};
+    let zk_tls = tls.then(|| zk_client_tls_opts(STORM_ZK_NETTY, crate::pki::STORM_KEYSTORE));
+    let with_tls = |opts: String| match &zk_tls {
+        Some(t) => format!("{opts} {t}"),
+        None => opts,
+    };
+    let heap = with_tls(format!("-Xmx{}m {G1}", s.heap_mb));
     let doc = StormYaml {
         zookeeper_servers: s
             .zookeeper_servers
@@ -162,6 +177,9 @@ pub fn storm_yaml(s: &StormPlan) -> String {
         supervisor_childopts: heap.clone(),
         ui_childopts: heap.clone(),
         logviewer_childopts: heap,
+        worker_childopts: zk_tls
+            .as_ref()
+            .map(|_| with_tls(STORM_WORKER_CHILDOPTS.to_string())),
     };
     yaml(
         "# Written by imgbuild from the recipe.\n\

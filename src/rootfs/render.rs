@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::plan::security::SecurityPlan;
 use crate::plan::services::{Component, Reach, Unit};
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
-use crate::plan::{KafkaPlan, Plan, ZookeeperPlan};
+use crate::plan::{KafkaPlan, Plan, Role, ZookeeperPlan};
 use crate::recipe::KafkaMode;
 use crate::rootfs::props::Properties;
 
@@ -141,6 +141,11 @@ pub fn health_config(p: &Plan) -> String {
         && z.myid.is_some()
     {
         c["zookeeper"] = serde_json::json!({"client_port": z.client_port});
+    }
+    // Every ZooKeeper connection of the check (srvr, and the registrations of Kafka's brokers
+    // and Storm's daemons) is TLS with this identity when ZooKeeper's clients must be.
+    if let Some(keystore) = zk_client_keystore(p) {
+        c["zookeeper_tls"] = serde_json::json!({"ca": CA_CERT, "keystore": keystore});
     }
     if let Some(k) = &p.kafka {
         c["kafka"] = kafka_health(k, p.security.tls());
@@ -319,7 +324,7 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     if let Some(s) = &p.storm {
         out.push(file(
             "etc/storm/storm.yaml",
-            crate::rootfs::documents::storm_yaml(s),
+            crate::rootfs::documents::storm_yaml(s, p.security.tls()),
             0o644,
         ));
         // The Python topology of examples/, so an operator (and `up --check`) builds and
@@ -465,16 +470,39 @@ pub fn zoo_cfg(z: &ZookeeperPlan, tls: bool) -> String {
     p.set("tickTime", 2000)
         .set("initLimit", 10)
         .set("syncLimit", 5)
-        .set("dataDir", "/var/lib/zookeeper")
-        .set("clientPort", z.client_port)
-        .set("autopurge.snapRetainCount", 3)
+        .set("dataDir", "/var/lib/zookeeper");
+    if tls {
+        // Clients on TLS only (no plain clientPort), each showing a certificate of the cluster's
+        // CA (ssl.clientAuth=need), which X509AuthenticationProvider makes its identity: Storm's
+        // daemons and workers (their node's Storm certificate, `storm_zk_tls`), Kafka in
+        // ZooKeeper mode, the health check and `up --check` (the node's). TLS on the client port
+        // needs Netty (zookeeperAdmin.md, "secureClientPort"). Unknown zoo.cfg keys become
+        // `zookeeper.`-prefixed system properties (QuorumPeerConfig), which is how these reach
+        // ClientX509Util.
+        p.set("secureClientPort", z.client_port)
+            .set(
+                "serverCnxnFactory",
+                "org.apache.zookeeper.server.NettyServerCnxnFactory",
+            )
+            .set(
+                "authProvider.x509",
+                "org.apache.zookeeper.server.auth.X509AuthenticationProvider",
+            )
+            .set("ssl.clientAuth", "need")
+            .set("ssl.keyStore.location", ZK_KEYSTORE)
+            .set("ssl.keyStore.type", "PEM")
+            .set("ssl.trustStore.location", CA_CERT)
+            .set("ssl.trustStore.type", "PEM");
+    } else {
+        p.set("clientPort", z.client_port);
+    }
+    p.set("autopurge.snapRetainCount", 3)
         .set("autopurge.purgeInterval", 24)
         .set("4lw.commands.whitelist", "srvr,ruok,mntr,stat,conf,isro")
         .set("admin.serverPort", z.admin_port);
     if tls {
         // Quorum and leader election over TLS, each server proving itself with its node's
-        // certificate (imgbuild's PKI); the client port stays plain (Storm's Curator and the
-        // health check do not speak TLS) and the firewall keeps it to the cluster's nodes.
+        // certificate (imgbuild's PKI).
         p.set("sslQuorum", true)
             .set("ssl.quorum.keyStore.location", ZK_KEYSTORE)
             .set("ssl.quorum.keyStore.type", "PEM")
@@ -485,6 +513,43 @@ pub fn zoo_cfg(z: &ZookeeperPlan, tls: bool) -> String {
         p.set(&format!("server.{}", srv.id), srv.value());
     }
     p.render()
+}
+
+/// The JVM options that make a ZooKeeper client (any: ZooKeeper's own `ZKClientConfig` reads
+/// them from system properties when the program gives it no configuration, as Storm's Curator
+/// does unless `storm.zookeeper.ssl.enable`) speak TLS with `keystore` as its identity.
+/// `netty` is the client socket class: Storm shades ZooKeeper, so its is Storm's relocated one.
+/// Why not Storm's own `storm.zookeeper.ssl.*`: Storm 2.8 refuses an empty keystore password
+/// (CuratorUtils.validateSslConfiguration), and ZooKeeper's PEM loader takes any password to
+/// mean an encrypted key: the key would have to be encrypted with a password written beside it.
+pub fn zk_client_tls_opts(netty: &str, keystore: &str) -> String {
+    format!(
+        "-Dzookeeper.client.secure=true -Dzookeeper.clientCnxnSocket={netty} \
+         -Dzookeeper.ssl.keyStore.location={keystore} -Dzookeeper.ssl.keyStore.type=PEM \
+         -Dzookeeper.ssl.trustStore.location={CA_CERT} -Dzookeeper.ssl.trustStore.type=PEM"
+    )
+}
+
+/// ZooKeeper's client socket with TLS support, in Storm's shaded copy of ZooKeeper.
+pub const STORM_ZK_NETTY: &str =
+    "org.apache.storm.shade.org.apache.zookeeper.ClientCnxnSocketNetty";
+
+/// Which of the node's keystores a ZooKeeper client run as root on it (the health check,
+/// `up --check`) shows: the node's own (ZooKeeper's or Kafka's copy), else its Storm one.
+/// None without TLS.
+pub fn zk_client_keystore(p: &Plan) -> Option<&'static str> {
+    if !p.security.tls() {
+        return None;
+    }
+    if p.roles.contains(&Role::Zookeeper) {
+        Some(ZK_KEYSTORE)
+    } else if p.roles.contains(&Role::Kafka) {
+        Some(KAFKA_KEYSTORE)
+    } else if p.storm.is_some() {
+        Some(crate::pki::STORM_KEYSTORE)
+    } else {
+        None
+    }
 }
 
 /// The cluster CA's certificate on every node (imgbuild's PKI, `pki.rs`).
@@ -605,6 +670,18 @@ pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
                     "listener.security.protocol.map",
                     format!("CLIENT:{proto},INTERNAL:{proto}"),
                 );
+            if sec.tls() {
+                // ZooKeeper takes TLS clients only: the broker is one, as its node (KIP-515).
+                p.set("zookeeper.ssl.client.enable", true)
+                    .set(
+                        "zookeeper.clientCnxnSocket",
+                        "org.apache.zookeeper.ClientCnxnSocketNetty",
+                    )
+                    .set("zookeeper.ssl.keystore.location", KAFKA_KEYSTORE)
+                    .set("zookeeper.ssl.keystore.type", "PEM")
+                    .set("zookeeper.ssl.truststore.location", CA_CERT)
+                    .set("zookeeper.ssl.truststore.type", "PEM");
+            }
         }
     }
     // The controller listener is not advertised to clients in KRaft (Kafka rejects it there).

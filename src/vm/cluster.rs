@@ -803,6 +803,12 @@ fn data_path(
     if nodes.iter().any(|p| p.kafka.is_some() && p.security.tls()) {
         report(&crate::vm::kafkaauth::refusals(nodes, containers, work));
     }
+    if nodes
+        .iter()
+        .any(|p| p.zookeeper.is_some() && p.security.tls())
+    {
+        report(&crate::vm::zkauth::refusals(nodes, containers, work));
+    }
     let mut wordcount = None;
     if nodes.iter().any(|p| p.storm.is_some() && p.kafka.is_some()) {
         let (phase, wc) = crate::vm::datapath::topology(nodes, containers);

@@ -67,10 +67,18 @@ fn tool(c: &Container, cmd: &[&str], timeout: u64) -> Result<String> {
     Ok(text(&o))
 }
 
-/// ZooKeeper's `srvr` answer from `ip:port`, asked from inside `c` with the image's python3.
-fn srvr(c: &Container, ip: &str, port: u16) -> Result<String> {
+/// ZooKeeper's `srvr` answer from node `p`'s client port, asked from inside `c` with the image's
+/// python3: over TLS as the node when ZooKeeper takes TLS clients only.
+fn srvr(c: &Container, p: &Plan, port: u16) -> Result<String> {
+    let ip = p.node.ip.to_string();
+    let tls = crate::rootfs::render::zk_client_keystore(p).map_or(String::new(), |ks| {
+        format!(
+            "import ssl\nctx=ssl.create_default_context(cafile='{}')\nctx.load_cert_chain('{ks}')\ns=ctx.wrap_socket(s,server_hostname='{ip}')\n",
+            crate::rootfs::render::CA_CERT
+        )
+    });
     let script = format!(
-        "import socket\ns=socket.create_connection(('{ip}',{port}),timeout=10)\ns.sendall(b'srvr')\nb=b''\nwhile True:\n  d=s.recv(4096)\n  if not d: break\n  b+=d\nprint(b.decode())"
+        "import socket\ns=socket.create_connection(('{ip}',{port}),timeout=10)\n{tls}s.sendall(b'srvr')\nb=b''\nwhile True:\n  d=s.recv(4096)\n  if not d: break\n  b+=d\nprint(b.decode())"
     );
     tool(c, &["/usr/bin/python3", "-c", &script], 30)
 }
@@ -114,7 +122,7 @@ pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
         if let Some(z) = &p.zookeeper
             && z.myid.is_some()
         {
-            match srvr(c, &p.node.ip.to_string(), z.client_port) {
+            match srvr(c, p, z.client_port) {
                 Ok(s) => lines.push(format!(
                     "{}: zookeeper {} ({})",
                     p.node.name,
@@ -977,7 +985,7 @@ fn zk_modes(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> Vec<(String, Stri
             let z = p.zookeeper.as_ref()?;
             z.myid?;
             let c = container(cs, p);
-            let mode = srvr(c, &p.node.ip.to_string(), z.client_port)
+            let mode = srvr(c, p, z.client_port)
                 .ok()
                 .and_then(|s| field(&s, "Mode").map(str::to_string))
                 .unwrap_or_else(|| "down".into());

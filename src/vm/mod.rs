@@ -8,3 +8,4 @@ pub mod firewall;
 pub mod hostlink;
 pub mod kafkaauth;
 pub mod qemu;
+pub mod zkauth;

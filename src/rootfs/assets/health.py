@@ -25,8 +25,25 @@ def say(node, **kv):
     print(line, flush=True)  # the unit sends stdout to the journal and the console
 
 
+# ZooKeeper's client TLS (health.json's zookeeper_tls: the cluster CA and this node's keystore),
+# or None where ZooKeeper takes plaintext clients.
+ZK_TLS = None
+
+
+def zk_connect(host, port, timeout):
+    """A connection to a ZooKeeper server's client port: TLS as this node when ZK_TLS is set."""
+    raw = socket.create_connection((host, port), timeout=timeout)
+    if not ZK_TLS:
+        return raw
+    try:
+        return tls_context(ZK_TLS).wrap_socket(raw, server_hostname=host)
+    except BaseException:
+        raw.close()
+        raise
+
+
 def four_letter(host, port, cmd, timeout=5):
-    with socket.create_connection((host, port), timeout=timeout) as s:
+    with zk_connect(host, port, timeout) as s:
         s.sendall(cmd.encode())
         out = b""
         while True:
@@ -42,7 +59,7 @@ def zk_children(servers, path, timeout=5):
     for server in servers:
         host, _, port = server.partition(":")
         try:
-            with socket.create_connection((host, int(port or 2181)), timeout=timeout) as s:
+            with zk_connect(host, int(port or 2181), timeout) as s:
                 def send(payload):
                     s.sendall(struct.pack(">i", len(payload)) + payload)
 
@@ -300,8 +317,10 @@ def check_all(c):
 
 
 def main():
+    global ZK_TLS
     with open(CONF) as f:
         c = json.load(f)
+    ZK_TLS = c.get("zookeeper_tls")
     node = c["node"]
     deadline = time.monotonic() + c.get("timeout_seconds", 1800)
     rnd = 0
