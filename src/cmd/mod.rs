@@ -1,0 +1,86 @@
+//! One function per subcommand: load, resolve, act, print. Here: the recipe's loading, `plan` and
+//! `validate`; `plan_text` (plan's text), `artifacts` (fetch, lock, cache), `build` (build, rootfs),
+//! `verify`, `boot` (boot, up, down, ssh), `flash`.
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::{BootArgs, Cli, FlashArgs};
+use crate::fetch::cache::{Cache, Record};
+use crate::fetch::checksum;
+use crate::fetch::lock::{self, LockEntry, LockFile};
+use crate::fetch::{self, Fetched, Fetcher};
+use crate::plan::mirror::{self, Mirrors};
+use crate::plan::services::Reach;
+use crate::plan::{self, Algorithm, ClusterPlan, DigestSource, Plan};
+use crate::recipe;
+use crate::recipe::diag::{UsageError, did_you_mean};
+
+mod artifacts;
+mod boot;
+mod build;
+mod flash;
+mod plan_text;
+mod verify;
+
+pub use artifacts::*;
+pub use boot::*;
+pub use build::*;
+pub use flash::*;
+pub use plan_text::*;
+pub use verify::*;
+
+/// Load and resolve the recipe, printing its warnings to stderr.
+fn resolve(path: &std::path::Path) -> Result<ClusterPlan> {
+    let loaded = recipe::load(path)?;
+    let cluster = plan::resolve(&loaded)?;
+    for w in &cluster.warnings {
+        eprint!("{w}");
+    }
+    Ok(cluster)
+}
+
+fn node_plan<'a>(cluster: &'a ClusterPlan, path: &std::path::Path, node: &str) -> Result<&'a Plan> {
+    if let Some(p) = cluster.node(node) {
+        return Ok(p);
+    }
+    let names = cluster.names();
+    let mut msg = format!("no node named `{node}` in the recipe");
+    if let Some(m) = did_you_mean(node, names.iter().copied()) {
+        msg.push_str(&format!(" (did you mean `{m}`?)"));
+    }
+    Err(UsageError {
+        message: format!("{}: {msg}", path.display()),
+        hint: Some(format!("nodes are: {}", names.join(", "))),
+    }
+    .into())
+}
+
+pub fn plan(recipe: &std::path::Path, node: &str, json: bool) -> Result<()> {
+    let cluster = resolve(recipe)?;
+    let plan = node_plan(&cluster, recipe, node)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, plan).context("writing plan JSON")?;
+        writeln!(out)?;
+    } else {
+        out.write_all(render_plan(plan).as_bytes())?;
+    }
+    Ok(())
+}
+
+pub fn validate(recipe: &std::path::Path) -> Result<()> {
+    let cluster = resolve(recipe)?;
+    let names = cluster.names();
+    eprintln!(
+        "{}: ok ({} node{}: {}; {} warning{})",
+        recipe.display(),
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", "),
+        cluster.warnings.len(),
+        if cluster.warnings.len() == 1 { "" } else { "s" },
+    );
+    Ok(())
+}
