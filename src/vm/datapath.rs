@@ -46,6 +46,34 @@ pub struct Phase {
     pub failures: Vec<String>,
 }
 
+impl Phase {
+    /// Run `f`, which adds lines and failures, as phase `name`, timed; an error it returns is
+    /// one more failure (`name: error`).
+    pub fn timed(
+        name: &'static str,
+        f: impl FnOnce(&mut Vec<String>, &mut Vec<String>) -> Result<()>,
+    ) -> Phase {
+        let t = Instant::now();
+        let (mut lines, mut failures) = (Vec::new(), Vec::new());
+        if let Err(e) = f(&mut lines, &mut failures) {
+            failures.push(format!("{name}: {e:#}"));
+        }
+        Phase {
+            name,
+            seconds: t.elapsed().as_secs_f64(),
+            lines,
+            failures,
+        }
+    }
+}
+
+/// A node's container.
+pub fn container_of<'a>(cs: &'a [Container], p: &Plan) -> Result<&'a Container> {
+    cs.iter()
+        .find(|c| c.name == p.node.name)
+        .with_context(|| format!("{}'s container", p.node.name))
+}
+
 fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -107,9 +135,7 @@ fn kafka_nodes<'a>(nodes: &[&'a Plan]) -> Vec<&'a Plan> {
 }
 
 fn container<'a>(cs: &'a [Container], p: &Plan) -> &'a Container {
-    cs.iter()
-        .find(|c| c.name == p.node.name)
-        .expect("a container per node")
+    container_of(cs, p).expect("a container per node")
 }
 
 /// Versions as the running services report them: the broker's "Kafka version" line in server.log,

@@ -5,7 +5,7 @@
 //! certificate of the cluster's CA but no ACL, on the round trip's topic.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -135,18 +135,13 @@ fn try_listener(
 }
 
 pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
-    let t = Instant::now();
-    let (mut lines, mut failures) = (Vec::new(), Vec::new());
-    if let Err(e) = (|| -> Result<()> {
+    Phase::timed("kafka refusals", |lines, failures| {
         let p = nodes
             .iter()
             .find(|p| p.kafka.is_some())
             .context("no Kafka node")?;
         let k = p.kafka.as_ref().context("no Kafka")?;
-        let c = cs
-            .iter()
-            .find(|c| c.name == p.node.name)
-            .context("the node's container")?;
+        let c = crate::vm::datapath::container_of(cs, p)?;
         let (user, impostor) = crate::pki::check_identities(
             p,
             &work.join("check-identities"),
@@ -172,14 +167,7 @@ pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
             listeners.push(("controller", port));
         }
         for (listener, port) in listeners {
-            try_listener(
-                c,
-                p,
-                listener,
-                &format!("{ip}:{port}"),
-                &mut lines,
-                &mut failures,
-            )?;
+            try_listener(c, p, listener, &format!("{ip}:{port}"), lines, failures)?;
         }
         // Authenticated, but no ACL: producing to the round trip's topic must be refused.
         let cfg = format!("{DIR}/user.properties");
@@ -210,15 +198,7 @@ pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
             }
         }
         Ok(())
-    })() {
-        failures.push(format!("kafka refusals: {e:#}"));
-    }
-    Phase {
-        name: "kafka refusals",
-        seconds: t.elapsed().as_secs_f64(),
-        lines,
-        failures,
-    }
+    })
 }
 
 #[cfg(test)]

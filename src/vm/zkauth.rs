@@ -4,7 +4,7 @@
 //! itself, which must be answered (else a refusal proves nothing).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -74,19 +74,14 @@ fn judge(kind: &str, line: Option<&str>) -> Result<String> {
 }
 
 pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
-    let t = Instant::now();
-    let (mut lines, mut failures) = (Vec::new(), Vec::new());
-    if let Err(e) = (|| -> Result<()> {
+    Phase::timed("zookeeper refusals", |lines, failures| {
         let p = nodes
             .iter()
             .find(|p| p.zookeeper.as_ref().is_some_and(|z| z.myid.is_some()))
             .context("no ZooKeeper server")?;
         let z = p.zookeeper.as_ref().context("no ZooKeeper")?;
         let own = crate::rootfs::render::zk_client_keystore(p).context("no client keystore")?;
-        let c = cs
-            .iter()
-            .find(|c| c.name == p.node.name)
-            .context("the node's container")?;
+        let c = crate::vm::datapath::container_of(cs, p)?;
         let (_, impostor) = crate::pki::check_identities(
             p,
             &work.join("check-identities-zookeeper"),
@@ -137,15 +132,7 @@ pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
         }
         lines.push(format!("zookeeper client port {addr}: {}", seen.join(", ")));
         Ok(())
-    })() {
-        failures.push(format!("zookeeper refusals: {e:#}"));
-    }
-    Phase {
-        name: "zookeeper refusals",
-        seconds: t.elapsed().as_secs_f64(),
-        lines,
-        failures,
-    }
+    })
 }
 
 #[cfg(test)]
