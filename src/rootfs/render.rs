@@ -644,6 +644,19 @@ fn kafka_tls(p: &mut Properties) {
         .set("ssl.truststore.location", CA_CERT);
 }
 
+/// ZooKeeper takes TLS clients only: a broker in ZooKeeper mode is one, as its node (KIP-515).
+fn kafka_zookeeper_tls(p: &mut Properties) {
+    p.set("zookeeper.ssl.client.enable", true)
+        .set(
+            "zookeeper.clientCnxnSocket",
+            "org.apache.zookeeper.ClientCnxnSocketNetty",
+        )
+        .set("zookeeper.ssl.keystore.location", KAFKA_KEYSTORE)
+        .set("zookeeper.ssl.keystore.type", "PEM")
+        .set("zookeeper.ssl.truststore.location", CA_CERT)
+        .set("zookeeper.ssl.truststore.type", "PEM");
+}
+
 pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
     let proto = if sec.tls() { "SSL" } else { "PLAINTEXT" };
     let mut p = Properties::new("Written by imgbuild from the recipe.");
@@ -671,16 +684,7 @@ pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
                     format!("CLIENT:{proto},INTERNAL:{proto}"),
                 );
             if sec.tls() {
-                // ZooKeeper takes TLS clients only: the broker is one, as its node (KIP-515).
-                p.set("zookeeper.ssl.client.enable", true)
-                    .set(
-                        "zookeeper.clientCnxnSocket",
-                        "org.apache.zookeeper.ClientCnxnSocketNetty",
-                    )
-                    .set("zookeeper.ssl.keystore.location", KAFKA_KEYSTORE)
-                    .set("zookeeper.ssl.keystore.type", "PEM")
-                    .set("zookeeper.ssl.truststore.location", CA_CERT)
-                    .set("zookeeper.ssl.truststore.type", "PEM");
+                kafka_zookeeper_tls(&mut p);
             }
         }
     }
