@@ -1,0 +1,174 @@
+//! The build key: what a node's images are a function of, whether they are up to date, and
+//! what changed when they are not.
+
+use super::*;
+
+/// The key of a node's images: imgbuild's version, the node's plan (without the recipe's path and
+/// hash, so an edit elsewhere in the recipe does not touch this node), the content of every
+/// input, the epoch and the overlays' files. Equal keys give identical images.
+pub fn build_key(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(concat!("imgbuild ", env!("CARGO_PKG_VERSION"), "\0"));
+    h.update(format!("outputs {OUTPUTS}\0"));
+    h.update(serde_json::to_vec(&keyed_plan(plan))?);
+    for f in fetched {
+        h.update(format!("{}\0{}\0", f.name, f.record.sha256));
+    }
+    h.update(epoch.to_le_bytes());
+    for (what, digest) in crate::pki::key_entries(plan) {
+        h.update(format!("{what}\0{digest}\0"));
+    }
+    for (path, mode, payload) in overlay_entries(plan)? {
+        h.update(format!("{path}\0{mode:o}\0"));
+        if let Some(p) = payload {
+            h.update(p);
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The version of what `images/<node>/` holds: raised when a build writes other files (2: the
+/// SBOM and the provenance), so images from before are rebuilt, not taken as up to date.
+pub(super) const OUTPUTS: u32 = 2;
+
+/// The plan as the build key sees it: without the recipe's path and hash.
+pub(super) fn keyed_plan(plan: &Plan) -> Plan {
+    let mut p = plan.clone();
+    p.recipe = String::new();
+    p.recipe_sha256 = String::new();
+    p
+}
+
+/// One entry of an overlay: path, mode, and the content (a file's bytes, a symlink's target;
+/// None for a directory).
+type OverlayEntry = (String, u32, Option<Vec<u8>>);
+
+/// Every entry of the node's overlays, in a fixed order.
+pub(super) fn overlay_entries(plan: &Plan) -> Result<Vec<OverlayEntry>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for dir in plan.overlays.iter().filter(|d| d.is_dir()) {
+        crate::util::fs::walk(dir, |rel, m| {
+            if rel.as_os_str().is_empty() {
+                return Ok(true);
+            }
+            let e = dir.join(rel);
+            let payload = if m.is_dir() {
+                None
+            } else if m.file_type().is_symlink() {
+                Some(fs::read_link(&e)?.as_os_str().as_encoded_bytes().to_vec())
+            } else {
+                Some(fs::read(&e).with_context(|| format!("reading {}", e.display()))?)
+            };
+            out.push((e.display().to_string(), m.mode(), payload));
+            Ok(true)
+        })?;
+    }
+    Ok(out)
+}
+
+/// What the build key is made of, item by item (recorded in the manifest as `build_inputs`), so
+/// a rebuild can say which part changed: `imgbuild`, `epoch`, `plan.<field path>` (the value's
+/// JSON), `input.<name>` (its SHA-256), `overlay:<path>` (SHA-256 of mode and content).
+pub fn key_parts(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<BTreeMap<String, String>> {
+    use sha2::{Digest, Sha256};
+    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    flatten(&format!("{prefix}.{k}"), x, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    flatten(&format!("{prefix}[{i}]"), x, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_string(), leaf.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::from([
+        (
+            "imgbuild".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("epoch".to_string(), epoch.to_string()),
+    ]);
+    flatten("plan", &serde_json::to_value(keyed_plan(plan))?, &mut out);
+    for f in fetched {
+        out.insert(format!("input.{}", f.name), f.record.sha256.clone());
+    }
+    out.extend(crate::pki::key_entries(plan));
+    for (path, mode, payload) in overlay_entries(plan)? {
+        let mut h = Sha256::new();
+        h.update(format!("{mode:o}\0"));
+        if let Some(p) = payload {
+            h.update(p);
+        }
+        out.insert(format!("overlay:{path}"), hex::encode(h.finalize()));
+    }
+    Ok(out)
+}
+
+/// Why `images/<node>/` does not match `parts`: the items that changed since its build, or why
+/// there is nothing to compare with.
+pub fn why_rebuild(images: &Path, node: &str, parts: &BTreeMap<String, String>) -> String {
+    let dir = images.join(node);
+    let Ok(m) = ManifestRecord::read(&dir) else {
+        return format!("no images in {} yet", dir.display());
+    };
+    let Some(old) = m.build_inputs else {
+        return "the previous images record no build inputs (built by an older imgbuild)".into();
+    };
+    let short = |v: &str| {
+        if v.chars().count() > 40 {
+            format!("{}…", v.chars().take(40).collect::<String>())
+        } else {
+            v.to_string()
+        }
+    };
+    let mut changes = Vec::new();
+    for (k, new) in parts {
+        match old.get(k).map(String::as_str) {
+            Some(o) if o == new => {}
+            Some(o) if k.starts_with("input.") || k.starts_with("overlay:") => {
+                changes.push(format!(
+                    "{k} changed (sha256 {} -> {})",
+                    &o[..12.min(o.len())],
+                    &new[..12.min(new.len())]
+                ))
+            }
+            Some(o) => changes.push(format!("{k}: {} -> {}", short(o), short(new))),
+            None => changes.push(format!("{k} added ({})", short(new))),
+        }
+    }
+    for k in old.keys().filter(|k| !parts.contains_key(*k)) {
+        changes.push(format!("{k} removed"));
+    }
+    if changes.is_empty() {
+        return "its inputs are unchanged but the previous images are incomplete".into();
+    }
+    let n = changes.len();
+    if n > 5 {
+        changes.truncate(5);
+        changes.push(format!("and {} more", n - 5));
+    }
+    changes.join("; ")
+}
+
+/// The outputs of `images/<node>/` when it was built with `key` and is still complete.
+pub fn up_to_date(images: &Path, node: &str, key: &str) -> Option<Vec<Output>> {
+    let dir = images.join(node);
+    let m = ManifestRecord::read(&dir).ok()?;
+    if m.build_key != key || !dir.join("SHA256SUMS").is_file() {
+        return None;
+    }
+    let outputs = m.outputs;
+    outputs
+        .iter()
+        .all(|o| fs::metadata(dir.join(&o.file)).is_ok_and(|md| md.len() == o.size))
+        .then_some(outputs)
+}
