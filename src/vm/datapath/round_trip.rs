@@ -1,0 +1,295 @@
+//! The Kafka round trip: a replicated topic, every acknowledged message consumed through another
+//! node, and the partitions' replication.
+
+use super::*;
+
+/// Produce MESSAGES values `<round>.<n>` with acks=all through `via` (VerifiableProducer prints
+/// one JSON line per acknowledged send); the acknowledged values.
+pub(super) fn produce(via: &Container, p: &Plan, round: usize) -> Result<BTreeSet<String>> {
+    let out = tool(
+        via,
+        &[
+            "/opt/kafka/bin/kafka-verifiable-producer.sh",
+            "--bootstrap-server",
+            &bootstrap(p),
+            config_opt(modern_tools(p), "--producer.config"),
+            CLIENT,
+            "--topic",
+            TOPIC,
+            "--max-messages",
+            &MESSAGES.to_string(),
+            "--acks",
+            "-1",
+            "--value-prefix",
+            &round.to_string(),
+            "--repeating-keys",
+            "30",
+        ],
+        300,
+    )?;
+    let mut acked = BTreeSet::new();
+    for l in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        if v["name"] == "producer_send_success"
+            && let Some(val) = v["value"].as_str()
+        {
+            acked.insert(val.to_string());
+        }
+    }
+    Ok(acked)
+}
+
+/// `topic` read from the beginning through `via` with kafka-console-consumer.sh and `extra`
+/// arguments (which give it a --timeout-ms).
+pub(super) fn console_consumer(
+    via: &Container,
+    bootstrap: &str,
+    modern: bool,
+    topic: &str,
+    extra: &[&str],
+) -> Result<String> {
+    let mut cmd = vec![
+        "/opt/kafka/bin/kafka-console-consumer.sh",
+        "--bootstrap-server",
+        bootstrap,
+        config_opt(modern, "--consumer.config"),
+        CLIENT,
+        "--topic",
+        topic,
+        "--from-beginning",
+    ];
+    cmd.extend_from_slice(extra);
+    tool(via, &cmd, 300).or_else(|e| {
+        // The consumer exits non-zero on its timeout; what it printed is still the answer.
+        if e.to_string().contains("TimeoutException") {
+            Ok(String::new())
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// Every value in the topic, read from the beginning through `via`.
+pub(super) fn consume(via: &Container, p: &Plan, expect: usize) -> Result<Vec<String>> {
+    let out = console_consumer(
+        via,
+        &bootstrap(p),
+        modern_tools(p),
+        TOPIC,
+        &[
+            "--max-messages",
+            &expect.to_string(),
+            "--timeout-ms",
+            "60000",
+        ],
+    )?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// Acknowledged values all consumed, nothing consumed that was never produced.
+pub(super) fn compare(
+    acked: &BTreeSet<String>,
+    seen: &[String],
+    what: &str,
+    f: &mut Vec<String>,
+) -> String {
+    let seen_set: BTreeSet<&str> = seen.iter().map(String::as_str).collect();
+    let lost = acked
+        .iter()
+        .filter(|v| !seen_set.contains(v.as_str()))
+        .count();
+    let corrupt = seen
+        .iter()
+        .filter(|v| {
+            let mut parts = v.splitn(2, '.');
+            !(parts.next().is_some_and(|r| r.parse::<u32>().is_ok())
+                && parts.next().is_some_and(|n| n.parse::<u32>().is_ok()))
+        })
+        .count();
+    if lost > 0 {
+        f.push(format!(
+            "{what}: {lost} acknowledged messages never consumed"
+        ));
+    }
+    if corrupt > 0 {
+        f.push(format!(
+            "{what}: {corrupt} consumed messages are not what was produced"
+        ));
+    }
+    format!(
+        "{what}: {}/{} acknowledged messages consumed, {lost} lost, {corrupt} corrupted, {} duplicates",
+        acked.len() - lost,
+        acked.len(),
+        seen.len().saturating_sub(seen_set.len())
+    )
+}
+
+/// Partitions of the topic and their ISR sizes, from `kafka-topics.sh --describe`.
+pub(super) fn isr_sizes(via: &Container, bootstrap: &str) -> Result<Vec<usize>> {
+    let out = tool(
+        via,
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--command-config",
+            CLIENT,
+            "--describe",
+            "--topic",
+            TOPIC,
+        ],
+        180,
+    )?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains("Partition:"))
+        .filter_map(|l| {
+            let isr = l.split("Isr:").nth(1)?.split_whitespace().next()?;
+            Some(isr.split(',').filter(|s| !s.is_empty()).count())
+        })
+        .collect())
+}
+
+/// The Kafka round trip: topic, produce through one node, consume through another, replication.
+pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>) {
+    let t = Instant::now();
+    let (mut lines, mut failures) = (Vec::new(), Vec::new());
+    let mut acked = BTreeSet::new();
+    let kafka = kafka_nodes(nodes);
+    let result = (|| -> Result<()> {
+        let (a, b) = match kafka.as_slice() {
+            [a, b, ..] => (*a, *b),
+            [a] => (*a, *a),
+            [] => bail!("no Kafka node"),
+        };
+        let (ca, cb) = (container(cs, a), container(cs, b));
+        let rf = kafka.len().min(3);
+        let isr = rf.min(2);
+        tool(
+            ca,
+            &[
+                "/opt/kafka/bin/kafka-topics.sh",
+                "--bootstrap-server",
+                &bootstrap(a),
+                "--command-config",
+                CLIENT,
+                "--create",
+                "--if-not-exists",
+                "--topic",
+                TOPIC,
+                "--partitions",
+                "3",
+                "--replication-factor",
+                &rf.to_string(),
+                "--config",
+                &format!("min.insync.replicas={isr}"),
+            ],
+            180,
+        )?;
+        lines.push(format!(
+            "topic {TOPIC}: 3 partitions, replication factor {rf}, min.insync.replicas {isr}"
+        ));
+        acked = produce(ca, a, 1)?;
+        let seen = consume(cb, b, acked.len())?;
+        lines.push(format!(
+            "produced through {} with acks=all, consumed through {}",
+            a.node.name, b.node.name
+        ));
+        lines.push(compare(&acked, &seen, "round trip", &mut failures));
+        if acked.len() < MESSAGES {
+            failures.push(format!(
+                "round trip: only {}/{MESSAGES} messages acknowledged",
+                acked.len()
+            ));
+        }
+        replication(ca, a, &mut lines, &mut failures)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        failures.push(format!("round trip: {e:#}"));
+    }
+    (
+        Phase {
+            name: "kafka round trip",
+            seconds: t.elapsed().as_secs_f64(),
+            lines,
+            failures,
+        },
+        acked,
+    )
+}
+
+/// After the round trip: no under-replicated partition, and (KRaft) every voter within 1000
+/// records of the leader.
+pub(super) fn replication(
+    ca: &Container,
+    a: &Plan,
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let under = tool(
+        ca,
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            &bootstrap(a),
+            "--command-config",
+            CLIENT,
+            "--describe",
+            "--under-replicated-partitions",
+        ],
+        180,
+    )?;
+    let n = under.lines().filter(|l| l.contains("Partition:")).count();
+    lines.push(format!("under-replicated partitions: {n}"));
+    if n > 0 {
+        failures.push(format!("kafka: {n} under-replicated partitions"));
+    }
+    if let Some(k) = &a.kafka
+        && let Some(port) = k.controller_port
+    {
+        let rep = tool(
+            ca,
+            &[
+                "/opt/kafka/bin/kafka-metadata-quorum.sh",
+                "--bootstrap-controller",
+                &format!("{}:{port}", a.node.ip),
+                // The controller listener is mTLS: the tool presents the node's certificate.
+                "--command-config",
+                CLIENT,
+                "describe",
+                "--replication",
+            ],
+            180,
+        )?;
+        // NodeId DirectoryId LogEndOffset Lag LastFetchTimestamp LastCaughtUpTimestamp Status
+        let lags: Vec<(String, i64)> = rep
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let status = cols.last()?.to_string();
+                Some((
+                    format!("{}:{status}", cols.first()?),
+                    cols.get(3)?.parse().ok()?,
+                ))
+            })
+            .collect();
+        let far = lags.iter().filter(|(_, lag)| *lag > 1000).count();
+        lines.push(format!(
+            "KRaft voters' lag: {}",
+            lags.iter()
+                .map(|(n, l)| format!("{n} {l}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if far > 0 || lags.is_empty() {
+            failures.push(format!(
+                "kafka: voters not within 1000 of the leader: {rep}"
+            ));
+        }
+    }
+    Ok(())
+}
