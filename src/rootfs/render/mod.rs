@@ -14,6 +14,16 @@ use crate::plan::{KafkaPlan, Plan, Role, ZookeeperPlan};
 use crate::recipe::KafkaMode;
 use crate::rootfs::props::Properties;
 
+mod health;
+mod kafka;
+mod system;
+mod zookeeper;
+
+pub use health::*;
+pub use kafka::*;
+pub use system::*;
+pub use zookeeper::*;
+
 /// A file to place in the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSpec {
@@ -44,32 +54,32 @@ pub const SERVICE_USERS: &[(&str, &str, &str)] = &[
 const EXAMPLE: &[(&str, &str, u32)] = &[
     (
         "README.md",
-        include_str!("../../examples/python-wordcount/README.md"),
+        include_str!("../../../examples/python-wordcount/README.md"),
         0o644,
     ),
     (
         "topology.yaml",
-        include_str!("../../examples/python-wordcount/topology.yaml"),
+        include_str!("../../../examples/python-wordcount/topology.yaml"),
         0o644,
     ),
     (
         "wordcount.properties",
-        include_str!("../../examples/python-wordcount/wordcount.properties"),
+        include_str!("../../../examples/python-wordcount/wordcount.properties"),
         0o644,
     ),
     (
         "build-jar.py",
-        include_str!("../../examples/python-wordcount/build-jar.py"),
+        include_str!("../../../examples/python-wordcount/build-jar.py"),
         0o755,
     ),
     (
         "multilang/resources/split_sentence.py",
-        include_str!("../../examples/python-wordcount/multilang/resources/split_sentence.py"),
+        include_str!("../../../examples/python-wordcount/multilang/resources/split_sentence.py"),
         0o644,
     ),
     (
         "multilang/resources/count_words.py",
-        include_str!("../../examples/python-wordcount/multilang/resources/count_words.py"),
+        include_str!("../../../examples/python-wordcount/multilang/resources/count_words.py"),
         0o644,
     ),
 ];
@@ -83,16 +93,16 @@ const EXAMPLE: &[(&str, &str, u32)] = &[
 ///   forks stop with it.
 fn unit_text(unit: Unit, mode: KafkaMode) -> &'static str {
     match (unit, mode) {
-        (Unit::Zookeeper, _) => include_str!("assets/units/zookeeper.service"),
-        (Unit::KafkaFormat, _) => include_str!("assets/units/kafka-format.service"),
-        (Unit::Kafka, KafkaMode::Kraft) => include_str!("assets/units/kafka.kraft.service"),
+        (Unit::Zookeeper, _) => include_str!("../assets/units/zookeeper.service"),
+        (Unit::KafkaFormat, _) => include_str!("../assets/units/kafka-format.service"),
+        (Unit::Kafka, KafkaMode::Kraft) => include_str!("../assets/units/kafka.kraft.service"),
         (Unit::Kafka, KafkaMode::Zookeeper) => {
-            include_str!("assets/units/kafka.zookeeper.service")
+            include_str!("../assets/units/kafka.zookeeper.service")
         }
-        (Unit::StormNimbus, _) => include_str!("assets/units/storm-nimbus.service"),
-        (Unit::StormSupervisor, _) => include_str!("assets/units/storm-supervisor.service"),
-        (Unit::StormUi, _) => include_str!("assets/units/storm-ui.service"),
-        (Unit::StormLogviewer, _) => include_str!("assets/units/storm-logviewer.service"),
+        (Unit::StormNimbus, _) => include_str!("../assets/units/storm-nimbus.service"),
+        (Unit::StormSupervisor, _) => include_str!("../assets/units/storm-supervisor.service"),
+        (Unit::StormUi, _) => include_str!("../assets/units/storm-ui.service"),
+        (Unit::StormLogviewer, _) => include_str!("../assets/units/storm-logviewer.service"),
     }
 }
 
@@ -112,103 +122,20 @@ pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
         .collect();
     out.push(file(
         "etc/systemd/system/imgbuild-health.service",
-        include_str!("assets/units/imgbuild-health.service").to_string(),
+        include_str!("../assets/units/imgbuild-health.service").to_string(),
         0o644,
     ));
     out.push(file(
         "etc/systemd/system/imgbuild-firewall.service",
-        include_str!("assets/units/imgbuild-firewall.service").to_string(),
+        include_str!("../assets/units/imgbuild-firewall.service").to_string(),
         0o644,
     ));
     out.push(file(
         "usr/lib/imgbuild/health.py",
-        include_str!("assets/health.py").to_string(),
+        include_str!("../assets/health.py").to_string(),
         0o755,
     ));
     out
-}
-
-/// /etc/imgbuild/health.json: what imgbuild-health checks on this node.
-pub fn health_config(p: &Plan) -> String {
-    let mut c = serde_json::json!({
-        "node": p.node.name,
-        "hostname": p.node.hostname,
-        "ip": p.node.ip.to_string(),
-        "interval_seconds": 10,
-        "timeout_seconds": 1800,
-    });
-    if let Some(z) = &p.zookeeper
-        && z.myid.is_some()
-    {
-        c["zookeeper"] = serde_json::json!({"client_port": z.client_port});
-    }
-    // Every ZooKeeper connection of the check (srvr, and the registrations of Kafka's brokers
-    // and Storm's daemons) is TLS with this identity when ZooKeeper's clients must be.
-    if let Some(keystore) = zk_client_keystore(p) {
-        c["zookeeper_tls"] = serde_json::json!({"ca": CA_CERT, "keystore": keystore});
-    }
-    if let Some(k) = &p.kafka {
-        c["kafka"] = kafka_health(k, p.security.tls());
-    }
-    if let Some(s) = &p.storm {
-        c["storm"] = serde_json::json!({
-            "zookeeper": s.zookeeper_servers.iter().map(|ip| format!("{ip}:{}", s.zookeeper_port)).collect::<Vec<_>>(),
-            "root": "/storm",
-            "supervisors": 1,
-        });
-    }
-    if p.artifacts.iter().any(|a| a.name == Component::Python) {
-        c["python"] = serde_json::json!("/opt/python/bin/python3");
-    }
-    let mut text = serde_json::to_string_pretty(&c).unwrap_or_default();
-    text.push('\n');
-    text
-}
-
-/// How imgbuild-health checks Kafka on this node.
-///
-/// KRaft: DescribeQuorum over the wire (API key 55, v0) to this node's own controller when it is
-/// one, else the first voter's: every voter listed, a leader, every voter's log within 1000 of
-/// the leader's. The same request for every KRaft release (3.3+), where `kafka-metadata-quorum.sh`
-/// takes `--bootstrap-controller` only from 3.7 (KIP-919) — and it needs no JVM, which under
-/// software emulation takes minutes for each check.
-/// ZooKeeper mode: every broker registered under `<chroot>/brokers/ids` — read over ZooKeeper's
-/// protocol, no JVM either.
-fn kafka_health(k: &KafkaPlan, tls: bool) -> serde_json::Value {
-    match k.mode {
-        KafkaMode::Kraft => {
-            let voters = k.controller_quorum_voters.as_deref().unwrap_or_default();
-            // The controllers speak TLS and want a client certificate: the node's own.
-            let own = voters
-                .iter()
-                .find(|v| Some(v.id) == k.node_id && k.controller_port.is_some())
-                .or(voters.first())
-                .map(|v| v.address())
-                .unwrap_or_default();
-            // DescribeQuorum is answered by the leader only (others: NOT_LEADER_OR_FOLLOWER):
-            // ask this node's controller first, then every other voter.
-            let mut controllers = vec![own.clone()];
-            controllers.extend(voters.iter().map(|v| v.address()).filter(|a| *a != own));
-            serde_json::json!({
-                "mode": "kraft",
-                "controller": own,
-                "controllers": controllers,
-                "voters": voters.iter().map(|v| v.id).collect::<Vec<_>>(),
-                "tls": tls.then(|| serde_json::json!({"ca": CA_CERT, "keystore": KAFKA_KEYSTORE})),
-            })
-        }
-        KafkaMode::Zookeeper => {
-            let connect = k.zookeeper_connect.as_deref().unwrap_or("");
-            let (servers, chroot) = connect.split_once('/').unwrap_or((connect, ""));
-            serde_json::json!({
-                "mode": "zookeeper",
-                "zookeeper": servers.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
-                "brokers_path": format!("/{chroot}/brokers/ids").replace("//", "/"),
-                "broker_id": k.broker_id,
-                "brokers": k.brokers,
-            })
-        }
-    }
 }
 
 /// `sysusers.d` entries and `tmpfiles.d` lines for the service users and their directories.
@@ -227,25 +154,6 @@ pub fn sysusers_and_tmpfiles() -> Vec<FileSpec> {
         file("usr/lib/tmpfiles.d/imgbuild.conf", tmpfiles, 0o644),
     ]
 }
-
-/// ZooKeeper's logging: INFO and above to the console (the journal), as upstream's
-/// conf/logback.xml does by default (`zookeeper.console.threshold`).
-const ZOOKEEPER_LOGBACK: &str = r#"<!-- Written by imgbuild: ZooKeeper logs INFO and above to the journal. -->
-<configuration>
-  <property name="zookeeper.console.threshold" value="INFO" />
-  <appender name="CONSOLE" class="ch.qos.logback.core.ConsoleAppender">
-    <encoder>
-      <pattern>%d{ISO8601} [myid:%X{myid}] - %-5p [%t:%C{1}@%L] - %m%n</pattern>
-    </encoder>
-    <filter class="ch.qos.logback.classic.filter.ThresholdFilter">
-      <level>${zookeeper.console.threshold}</level>
-    </filter>
-  </appender>
-  <root level="INFO">
-    <appender-ref ref="CONSOLE" />
-  </root>
-</configuration>
-"#;
 
 /// The files that make this node itself: identity, service configs, seed.
 // Long on purpose: the list of every file a node gets, one entry each: reading it top to bottom is
@@ -307,7 +215,7 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
             out.push(file(KAFKA_ACLS.trim_start_matches('/'), script, 0o755));
             out.push(file(
                 "etc/systemd/system/kafka-acls.service",
-                include_str!("assets/units/kafka-acls.service").to_string(),
+                include_str!("../assets/units/kafka-acls.service").to_string(),
                 0o644,
             ));
         }
@@ -376,372 +284,11 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
 /// already): stated, because the JVM picks the serial collector on a one-CPU machine.
 pub const G1: &str = "-XX:+UseG1GC -XX:MaxGCPauseMillis=20";
 
-/// The OS tuning of `plan.os`: kernel parameters in sysctl.d (applied by systemd-sysctl at
-/// boot), each service unit's limits as a drop-in, and timesyncd's servers when the recipe
-/// names some.
-fn tuning_files(p: &Plan) -> Vec<FileSpec> {
-    let os = &p.os;
-    let mut out = Vec::new();
-    let mut sysctl =
-        String::from("# Written by imgbuild from the recipe's os.sysctl over its defaults.\n");
-    for (k, v) in &os.sysctl {
-        let _ = writeln!(sysctl, "{k} = {v}");
-    }
-    out.push(file("etc/sysctl.d/60-imgbuild.conf", sysctl, 0o644));
-    for unit in Unit::ALL.into_iter().filter(|u| *u != Unit::KafkaFormat) {
-        out.push(file(
-            &format!(
-                "etc/systemd/system/{}.d/60-imgbuild-limits.conf",
-                unit.file_name()
-            ),
-            format!(
-                "# Written by imgbuild from the recipe's os.limits.\n[Service]\nLimitNOFILE={}\nLimitNPROC={}\n",
-                os.limit_nofile, os.limit_nproc
-            ),
-            0o644,
-        ));
-    }
-    if !os.ntp.is_empty() {
-        out.push(file(
-            "etc/systemd/timesyncd.conf.d/60-imgbuild.conf",
-            format!(
-                "# Written by imgbuild from the recipe's os.ntp.\n[Time]\nNTP={}\n",
-                os.ntp.join(" ")
-            ),
-            0o644,
-        ));
-    }
-    out
-}
-
-/// The node's nftables ruleset (loaded by imgbuild-firewall.service before the network is up):
-/// input dropped unless established, loopback, ICMP, or one of the node's ports from the
-/// sources its reach allows: cluster ports from the nodes, client ports from `firewall.clients`.
-/// Replaces only its own table, so other rulesets on the node are left alone.
-pub fn firewall_ruleset(p: &Plan) -> String {
-    let fw = &p.firewall;
-    let mut rules = String::new();
-    for (port, what, reach) in crate::plan::firewall::open_ports(p) {
-        let set = match reach {
-            Reach::Cluster => "cluster",
-            Reach::Clients => "clients",
-        };
-        let _ = writeln!(
-            rules,
-            "\t\tip saddr @{set} tcp dport {port} accept comment \"{what}\""
-        );
-    }
-    let elements = |r: Reach| fw.sources(r).join(", ");
-    format!(
-        "#!/usr/sbin/nft -f\n\
-         # Written by imgbuild from the recipe's firewall and the node's ports (imgbuild plan).\n\
-         table inet imgbuild\n\
-         delete table inet imgbuild\n\
-         table inet imgbuild {{\n\
-         \tset cluster {{\n\t\ttype ipv4_addr\n\t\telements = {{ {} }}\n\t}}\n\
-         \tset clients {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\
-         \tchain input {{\n\
-         \t\ttype filter hook input priority filter; policy drop;\n\
-         \t\tct state established,related accept\n\
-         \t\tct state invalid drop\n\
-         \t\tiif \"lo\" accept\n\
-         \t\tmeta l4proto {{ icmp, ipv6-icmp }} accept\n\
-         {rules}\
-         \t}}\n\
-         }}\n",
-        elements(Reach::Cluster),
-        elements(Reach::Clients),
-    )
-}
-
-/// `/etc/hosts`: loopback for localhost only, every node under its real address.
-pub fn hosts(p: &Plan) -> String {
-    let mut s = String::from(
-        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n\n# cluster nodes (imgbuild)\n",
-    );
-    for h in &p.hosts {
-        let _ = writeln!(s, "{} {}", h.ip, h.names.join(" "));
-    }
-    s
-}
-
-pub fn zoo_cfg(z: &ZookeeperPlan, tls: bool) -> String {
-    let mut p = Properties::new("Written by imgbuild from the recipe; identical on every node.");
-    p.set("tickTime", 2000)
-        .set("initLimit", 10)
-        .set("syncLimit", 5)
-        .set("dataDir", "/var/lib/zookeeper");
-    if tls {
-        // Clients on TLS only (no plain clientPort), each showing a certificate of the cluster's
-        // CA (ssl.clientAuth=need), which X509AuthenticationProvider makes its identity: Storm's
-        // daemons and workers (their node's Storm certificate, `storm_zk_tls`), Kafka in
-        // ZooKeeper mode, the health check and `up --check` (the node's). TLS on the client port
-        // needs Netty (zookeeperAdmin.md, "secureClientPort"). Unknown zoo.cfg keys become
-        // `zookeeper.`-prefixed system properties (QuorumPeerConfig), which is how these reach
-        // ClientX509Util.
-        p.set("secureClientPort", z.client_port)
-            .set(
-                "serverCnxnFactory",
-                "org.apache.zookeeper.server.NettyServerCnxnFactory",
-            )
-            .set(
-                "authProvider.x509",
-                "org.apache.zookeeper.server.auth.X509AuthenticationProvider",
-            )
-            .set("ssl.clientAuth", "need")
-            .set("ssl.keyStore.location", ZK_KEYSTORE)
-            .set("ssl.keyStore.type", "PEM")
-            .set("ssl.trustStore.location", CA_CERT)
-            .set("ssl.trustStore.type", "PEM");
-    } else {
-        p.set("clientPort", z.client_port);
-    }
-    p.set("autopurge.snapRetainCount", 3)
-        .set("autopurge.purgeInterval", 24)
-        .set("4lw.commands.whitelist", "srvr,ruok,mntr,stat,conf,isro")
-        .set("admin.serverPort", z.admin_port);
-    if tls {
-        // Quorum and leader election over TLS, each server proving itself with its node's
-        // certificate (imgbuild's PKI).
-        p.set("sslQuorum", true)
-            .set("ssl.quorum.keyStore.location", ZK_KEYSTORE)
-            .set("ssl.quorum.keyStore.type", "PEM")
-            .set("ssl.quorum.trustStore.location", CA_CERT)
-            .set("ssl.quorum.trustStore.type", "PEM");
-    }
-    for srv in &z.servers {
-        p.set(&format!("server.{}", srv.id), srv.value());
-    }
-    p.render()
-}
-
-/// The JVM options that make a ZooKeeper client (any: ZooKeeper's own `ZKClientConfig` reads
-/// them from system properties when the program gives it no configuration, as Storm's Curator
-/// does unless `storm.zookeeper.ssl.enable`) speak TLS with `keystore` as its identity.
-/// `netty` is the client socket class: Storm shades ZooKeeper, so its is Storm's relocated one.
-/// Why not Storm's own `storm.zookeeper.ssl.*`: Storm 2.8 refuses an empty keystore password
-/// (CuratorUtils.validateSslConfiguration), and ZooKeeper's PEM loader takes any password to
-/// mean an encrypted key: the key would have to be encrypted with a password written beside it.
-pub fn zk_client_tls_opts(netty: &str, keystore: &str) -> String {
-    format!(
-        "-Dzookeeper.client.secure=true -Dzookeeper.clientCnxnSocket={netty} \
-         -Dzookeeper.ssl.keyStore.location={keystore} -Dzookeeper.ssl.keyStore.type=PEM \
-         -Dzookeeper.ssl.trustStore.location={CA_CERT} -Dzookeeper.ssl.trustStore.type=PEM"
-    )
-}
-
-/// ZooKeeper's client socket with TLS support, in Storm's shaded copy of ZooKeeper.
-pub const STORM_ZK_NETTY: &str =
-    "org.apache.storm.shade.org.apache.zookeeper.ClientCnxnSocketNetty";
-
-/// Which of the node's keystores a ZooKeeper client run as root on it (the health check,
-/// `up --check`) shows: the node's own (ZooKeeper's or Kafka's copy), else its Storm one.
-/// None without TLS.
-pub fn zk_client_keystore(p: &Plan) -> Option<&'static str> {
-    if !p.security.tls() {
-        return None;
-    }
-    if p.roles.contains(&Role::Zookeeper) {
-        Some(ZK_KEYSTORE)
-    } else if p.roles.contains(&Role::Kafka) {
-        Some(KAFKA_KEYSTORE)
-    } else if p.storm.is_some() {
-        Some(crate::pki::STORM_KEYSTORE)
-    } else {
-        None
-    }
-}
-
 /// The cluster CA's certificate on every node (imgbuild's PKI, `pki.rs`).
 pub const CA_CERT: &str = "/etc/imgbuild/tls/ca.crt";
 /// A node's key and certificate, as a PEM keystore per service (0600, owned by it).
 pub const KAFKA_KEYSTORE: &str = "/etc/kafka/tls/node.pem";
 pub const ZK_KEYSTORE: &str = "/etc/zookeeper/tls/node.pem";
-/// What a Kafka tool on a node needs to reach the TLS listeners (controller, inter-broker) as
-/// the node itself: `--command-config` of kafka-metadata-quorum.sh and the like.
-pub const KAFKA_TLS_CLIENT: &str = "/etc/kafka/tls/client.properties";
-
-/// Where a broker node keeps the script that adds the recipe's ACLs (kafka-acls.service).
-pub const KAFKA_ACLS: &str = "/usr/lib/imgbuild/kafka-acls";
-
-/// The client settings of a Kafka tool run as the node (paths only, no secret): TLS with the
-/// node's certificate, or plaintext.
-pub fn kafka_tls_client(tls: bool) -> String {
-    let mut p = Properties::new(if tls {
-        "Written by imgbuild: a Kafka tool on this node, as this node, over TLS."
-    } else {
-        "Written by imgbuild: a Kafka tool on this node (security: plaintext)."
-    });
-    if tls {
-        p.set("security.protocol", "SSL");
-        kafka_tls(&mut p);
-    } else {
-        p.set("security.protocol", "PLAINTEXT");
-    }
-    p.render()
-}
-
-/// Whether the node runs kafka-acls.service: a broker, with TLS (the authorizer) and an ACL.
-pub fn acl_unit(p: &Plan) -> bool {
-    let broker = p.kafka.as_ref().is_some_and(|k| {
-        k.process_roles
-            .as_ref()
-            .is_none_or(|r| r.contains(&ProcessRole::Broker))
-    });
-    broker && p.security.tls() && p.security.users.iter().any(|u| !u.allow.is_empty())
-}
-
-/// The script kafka-acls.service runs on a broker: every ACL of the recipe's users, added as
-/// the node (a super user) through its own client listener. None without TLS (no authorizer),
-/// on a controller-only node, or when no user has an ACL.
-pub fn kafka_acls(p: &Plan) -> Option<String> {
-    if !acl_unit(p) {
-        return None;
-    }
-    let (k, sec) = (p.kafka.as_ref()?, &p.security);
-    let mut s = format!(
-        "#!/bin/sh\n\
-         # Written by imgbuild from the recipe (services.kafka.users): each user's ACLs, added as\n\
-         # this node (a super user) through its own broker. Adding an ACL that exists changes nothing.\n\
-         set -eu\n\
-         # No JVM before the broker listens: under software emulation each start takes minutes.\n\
-         until /usr/bin/python3 -c 'import socket; socket.create_connection((\"{ip}\", {port}), 5)' 2>/dev/null; do\n\
-         \x20 sleep 10\n\
-         done\n\
-         acl() {{\n\
-         \x20 /opt/kafka/bin/kafka-acls.sh --bootstrap-server {ip}:{port} --command-config {KAFKA_TLS_CLIENT} --add \"$@\"\n\
-         }}\n",
-        ip = p.node.ip,
-        port = k.port
-    );
-    // The names are plain (the plan checked them); `*` alone or at the end is quoted.
-    let quote = |x: &str| {
-        if x.contains('*') {
-            format!("'{x}'")
-        } else {
-            x.to_string()
-        }
-    };
-    for u in &sec.users {
-        for a in &u.allow {
-            let args: Vec<String> = a.args().iter().map(|x| quote(x)).collect();
-            let _ = writeln!(
-                s,
-                "acl --allow-principal User:{} {}",
-                u.name,
-                args.join(" ")
-            );
-        }
-    }
-    Some(s)
-}
-
-/// The node's keystore and the cluster CA as Kafka's PEM stores.
-fn kafka_tls(p: &mut Properties) {
-    p.set("ssl.keystore.type", "PEM")
-        .set("ssl.keystore.location", KAFKA_KEYSTORE)
-        .set("ssl.truststore.type", "PEM")
-        .set("ssl.truststore.location", CA_CERT);
-}
-
-/// ZooKeeper takes TLS clients only: a broker in ZooKeeper mode is one, as its node (KIP-515).
-fn kafka_zookeeper_tls(p: &mut Properties) {
-    p.set("zookeeper.ssl.client.enable", true)
-        .set(
-            "zookeeper.clientCnxnSocket",
-            "org.apache.zookeeper.ClientCnxnSocketNetty",
-        )
-        .set("zookeeper.ssl.keystore.location", KAFKA_KEYSTORE)
-        .set("zookeeper.ssl.keystore.type", "PEM")
-        .set("zookeeper.ssl.truststore.location", CA_CERT)
-        .set("zookeeper.ssl.truststore.type", "PEM");
-}
-
-pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
-    let proto = if sec.tls() { "SSL" } else { "PLAINTEXT" };
-    let mut p = Properties::new("Written by imgbuild from the recipe.");
-    match k.mode {
-        KafkaMode::Kraft => {
-            let roles = k.process_roles.as_deref().unwrap_or(&[ProcessRole::Broker]);
-            let voters = k.controller_quorum_voters.as_deref().unwrap_or_default();
-            p.set("process.roles", comma(roles))
-                .set("node.id", k.node_id.unwrap_or_default())
-                .set("controller.quorum.voters", comma(voters))
-                .set("controller.listener.names", "CONTROLLER")
-                .set(
-                    "listener.security.protocol.map",
-                    format!("CONTROLLER:{proto},CLIENT:{proto},INTERNAL:{proto}"),
-                );
-        }
-        KafkaMode::Zookeeper => {
-            p.set("broker.id", k.broker_id.unwrap_or_default())
-                .set(
-                    "zookeeper.connect",
-                    k.zookeeper_connect.as_deref().unwrap_or(""),
-                )
-                .set(
-                    "listener.security.protocol.map",
-                    format!("CLIENT:{proto},INTERNAL:{proto}"),
-                );
-            if sec.tls() {
-                kafka_zookeeper_tls(&mut p);
-            }
-        }
-    }
-    // The controller listener is not advertised to clients in KRaft (Kafka rejects it there).
-    let advertised: Vec<&Listener> = k
-        .advertised_listeners
-        .iter()
-        .filter(|l| l.name != ListenerName::Controller)
-        .collect();
-    p.set("listeners", comma(&k.listeners))
-        .set("advertised.listeners", comma(&advertised))
-        // Replication on its own listener, which the firewall opens to the cluster's nodes only.
-        .set("inter.broker.listener.name", "INTERNAL");
-    if sec.tls() {
-        // Everyone shows a certificate of the cluster's CA (mTLS on every listener): the brokers
-        // and controllers their node's (the peer's IP must be in its SANs), clients their user's.
-        // The principal is the certificate's CN; the nodes are super users, everyone else may do
-        // what the recipe's ACLs allow, and nothing without one.
-        kafka_tls(&mut p);
-        let authorizer = match k.mode {
-            KafkaMode::Kraft => "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            KafkaMode::Zookeeper => "kafka.security.authorizer.AclAuthorizer",
-        };
-        let supers: Vec<String> = sec
-            .super_users
-            .iter()
-            .map(|n| format!("User:{n}"))
-            .collect();
-        p.set("ssl.client.auth", "required")
-            .set(
-                "ssl.principal.mapping.rules",
-                "RULE:^CN=([^,]+)$/$1/,DEFAULT",
-            )
-            .set("authorizer.class.name", authorizer)
-            .set("super.users", supers.join(";"))
-            .set("allow.everyone.if.no.acl.found", false);
-    }
-    p.set("log.dirs", "/var/lib/kafka/data")
-        .set("default.replication.factor", 3)
-        .set("min.insync.replicas", 2)
-        .set("offsets.topic.replication.factor", 3)
-        .set("transaction.state.log.replication.factor", 3)
-        .set("transaction.state.log.min.isr", 2)
-        .set("unclean.leader.election.enable", false);
-    p.render()
-}
-
-pub fn fstab(p: &Plan) -> String {
-    let ids = &p.disk_ids;
-    format!(
-        "# Written by imgbuild: the disk image's filesystems, by UUID.\n\
-         UUID={} / ext4 defaults,errors=remount-ro 0 1\n\
-         UUID={} /boot/efi vfat umask=0077,nofail 0 2\n",
-        ids.root_fs.0.to_ascii_lowercase(),
-        crate::util::fmt::serial_text(ids.esp_serial)
-    )
-}
 
 /// The NoCloud seed: (file name, content) for meta-data, user-data and network-config.
 pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
