@@ -6,8 +6,10 @@
 
 pub mod cache;
 pub mod checksum;
+mod http;
 pub mod lock;
 pub mod pgp;
+mod progress;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
@@ -30,6 +32,10 @@ use crate::plan::mirror::Mirrors;
 use crate::plan::{Algorithm, Artifact, DigestSource, SignaturePlan};
 use crate::recipe::Signs;
 use crate::util::fmt::human;
+
+pub use http::file_name;
+use http::*;
+use progress::*;
 
 /// Largest artifact accepted (a hostile server could otherwise fill the disk).
 const MAX_ARTIFACT_BYTES: u64 = 16 << 30;
@@ -663,222 +669,6 @@ impl<'a> Fetcher<'a> {
                     attempt += 1;
                 }
             }
-        }
-    }
-}
-
-enum Retry {
-    No,
-    Backoff,
-    Now,
-    After(Duration),
-}
-
-struct Attempt {
-    error: anyhow::Error,
-    retry: Retry,
-}
-
-impl Attempt {
-    fn retry(e: impl Into<anyhow::Error>) -> Self {
-        Attempt {
-            error: e.into(),
-            retry: Retry::Backoff,
-        }
-    }
-    fn retry_now(e: anyhow::Error) -> Self {
-        Attempt {
-            error: e,
-            retry: Retry::Now,
-        }
-    }
-    fn fatal(e: anyhow::Error) -> Self {
-        Attempt {
-            error: e,
-            retry: Retry::No,
-        }
-    }
-    /// 408, 429 and 5xx are worth retrying (honouring Retry-After); other statuses are final.
-    fn from_status(status: StatusCode, resp: &reqwest::blocking::Response) -> Self {
-        let error = anyhow!("HTTP {status}");
-        if status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
-        {
-            let after = resp
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            Attempt {
-                error,
-                retry: after.map_or(Retry::Backoff, |s| Retry::After(Duration::from_secs(s))),
-            }
-        } else {
-            Attempt::fatal(error)
-        }
-    }
-}
-
-fn content_range_start(resp: &reqwest::blocking::Response) -> Option<u64> {
-    // "bytes START-END/TOTAL"
-    let v = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
-    v.strip_prefix("bytes ")?.split('-').next()?.parse().ok()
-}
-
-/// The file name a URL ends in (what checksum files name), percent-decoded.
-pub fn file_name(url: &str) -> String {
-    let path = url.split(['?', '#']).next().unwrap_or(url);
-    let last = path.rsplit('/').next().unwrap_or(path);
-    percent_decode(last)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Open and lock the partial download at `path`, making sure the lock is on the file that is at
-/// `path` now: a process that waited while another finished (and renamed the partial into the
-/// cache) would otherwise hold a lock on the renamed file and none on the new partial.
-fn lock_partial(path: &Path) -> Result<File> {
-    use std::os::unix::fs::MetadataExt;
-    loop {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        f.lock()
-            .with_context(|| format!("locking {}", path.display()))?;
-        let held = f.metadata()?.ino();
-        if std::fs::metadata(path).is_ok_and(|m| m.ino() == held) {
-            return Ok(f);
-        }
-    }
-}
-
-/// Plain http is acceptable when something other than the same channel authenticates the content:
-/// a digest pinned in the recipe or lock, or a signature from a pinned key. A loopback server
-/// counts as local files (the test suite, a local mirror).
-fn plain_http_allowed(url: &str, digest_pinned: bool, signed: bool) -> bool {
-    !url.starts_with("http://") || digest_pinned || signed || is_loopback(url)
-}
-
-fn is_loopback(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = if host.starts_with('[') {
-        host.split(']').next().unwrap_or("").trim_start_matches('[')
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Progress: indicatif bars on a terminal, plain lines otherwise (CI logs).
-struct Progress {
-    multi: Option<indicatif::MultiProgress>,
-}
-
-struct Bar {
-    bar: Option<indicatif::ProgressBar>,
-    label: String,
-    plain: bool,
-}
-
-impl Progress {
-    fn new() -> Self {
-        let tty = std::io::stderr().is_terminal() && std::env::var_os("IMGBUILD_PLAIN").is_none();
-        Progress {
-            multi: tty.then(indicatif::MultiProgress::new),
-        }
-    }
-    fn line(&self, msg: &str) {
-        match &self.multi {
-            Some(m) => {
-                let _ = m.println(msg);
-            }
-            None => eprintln!("{msg}"),
-        }
-    }
-    fn bar(&self, label: &str, total: Option<u64>, pos: u64) -> Bar {
-        let bar = self.multi.as_ref().map(|m| {
-            let b = m.add(total.map_or_else(
-                indicatif::ProgressBar::no_length,
-                indicatif::ProgressBar::new,
-            ));
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:24} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_message(label.to_string());
-            b.set_position(pos);
-            b
-        });
-        if bar.is_none() {
-            self.line(&format!(
-                "{label}: downloading{}",
-                total.map(|t| format!(" {}", human(t))).unwrap_or_default()
-            ));
-        }
-        Bar {
-            plain: bar.is_none(),
-            bar,
-            label: label.to_string(),
-        }
-    }
-    fn finish(&self) {
-        if let Some(m) = &self.multi {
-            let _ = m.clear();
-        }
-    }
-}
-
-impl Bar {
-    fn set(&self, pos: u64) {
-        if let Some(b) = &self.bar {
-            b.set_position(pos);
-        }
-    }
-    fn abandon(&self) {
-        if let Some(b) = &self.bar {
-            b.abandon();
-        }
-    }
-    fn done(&self, took: Duration, bytes: u64) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-        if self.plain {
-            let secs = took.as_secs_f64().max(1e-6);
-            eprintln!(
-                "{}: {} in {:.1}s ({}/s)",
-                self.label,
-                human(bytes),
-                secs,
-                human((bytes as f64 / secs) as u64)
-            );
         }
     }
 }
