@@ -651,58 +651,7 @@ pub fn write_tar(tree: &Path, out: &Path, mtime: u64) -> Result<u64> {
         paths.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
         let mut seen: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
         for rel in &paths {
-            let full = tree.join(rel);
-            let m = fs::symlink_metadata(&full)?;
-            let mut h = tar::Header::new_gnu();
-            h.set_mtime(mtime);
-            h.set_uid(u64::from(m.uid()));
-            h.set_gid(u64::from(m.gid()));
-            h.set_mode(m.mode() & 0o7777);
-            let xattrs = xattrs(&full);
-            if !xattrs.is_empty() {
-                b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
-            }
-            let ft = m.file_type();
-            let name = if ft.is_dir() {
-                rel.join("")
-            } else {
-                rel.clone()
-            };
-            if ft.is_file() && m.nlink() > 1 {
-                if let Some(first) = seen.get(&(m.dev(), m.ino())) {
-                    h.set_entry_type(tar::EntryType::Link);
-                    h.set_size(0);
-                    b.append_link(&mut h, &name, first)?;
-                    continue;
-                }
-                seen.insert((m.dev(), m.ino()), rel.clone());
-            }
-            if ft.is_dir() {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, &name, std::io::empty())?;
-            } else if ft.is_file() {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(m.len());
-                b.append_data(&mut h, &name, fs::File::open(&full)?)?;
-            } else if ft.is_symlink() {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, &name, fs::read_link(&full)?)?;
-            } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-                h.set_entry_type(if ft.is_char_device() {
-                    tar::EntryType::Char
-                } else if ft.is_block_device() {
-                    tar::EntryType::Block
-                } else {
-                    tar::EntryType::Fifo
-                });
-                h.set_size(0);
-                let rdev = m.rdev();
-                h.set_device_major(libc::major(rdev))?;
-                h.set_device_minor(libc::minor(rdev))?;
-                b.append_data(&mut h, &name, std::io::empty())?;
-            }
+            append_entry(&mut b, tree, rel, mtime, &mut seen)?;
         }
         let mut w = b.into_inner()?;
         w.flush()?;
@@ -713,6 +662,70 @@ pub fn write_tar(tree: &Path, out: &Path, mtime: u64) -> Result<u64> {
     let n = result.with_context(|| format!("writing {}", out.display()))?;
     staging.rename_to(out)?;
     Ok(n)
+}
+
+/// One entry of [`write_tar`]: `rel`'s header (owners, mode, `mtime`, xattrs) and content; a
+/// second link to a file already written (`seen`) as a hard link to it.
+fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    tree: &Path,
+    rel: &Path,
+    mtime: u64,
+    seen: &mut BTreeMap<(u64, u64), PathBuf>,
+) -> Result<()> {
+    let full = tree.join(rel);
+    let m = fs::symlink_metadata(&full)?;
+    let mut h = tar::Header::new_gnu();
+    h.set_mtime(mtime);
+    h.set_uid(u64::from(m.uid()));
+    h.set_gid(u64::from(m.gid()));
+    h.set_mode(m.mode() & 0o7777);
+    let xattrs = xattrs(&full);
+    if !xattrs.is_empty() {
+        b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
+    let ft = m.file_type();
+    let name = if ft.is_dir() {
+        rel.join("")
+    } else {
+        rel.to_path_buf()
+    };
+    if ft.is_file() && m.nlink() > 1 {
+        if let Some(first) = seen.get(&(m.dev(), m.ino())) {
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            b.append_link(&mut h, &name, first)?;
+            return Ok(());
+        }
+        seen.insert((m.dev(), m.ino()), rel.to_path_buf());
+    }
+    if ft.is_dir() {
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        b.append_data(&mut h, &name, std::io::empty())?;
+    } else if ft.is_file() {
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(m.len());
+        b.append_data(&mut h, &name, fs::File::open(&full)?)?;
+    } else if ft.is_symlink() {
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, &name, fs::read_link(&full)?)?;
+    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+        h.set_entry_type(if ft.is_char_device() {
+            tar::EntryType::Char
+        } else if ft.is_block_device() {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Fifo
+        });
+        h.set_size(0);
+        let rdev = m.rdev();
+        h.set_device_major(libc::major(rdev))?;
+        h.set_device_minor(libc::minor(rdev))?;
+        b.append_data(&mut h, &name, std::io::empty())?;
+    }
+    Ok(())
 }
 
 /// Extended attributes of a path (not following symlinks), as PAX `SCHILY.xattr.*` pairs.

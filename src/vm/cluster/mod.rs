@@ -188,66 +188,9 @@ fn start_node(
     let _ = std::fs::remove_file(&log);
     let image = crate::image::bootable(images, name)?;
     let handle = match vm {
-        Some((fw, kvm)) => {
-            let vars = nwork.join("OVMF_VARS.fd");
-            std::fs::copy(&fw.vars, &vars)?;
-            let vm = qemu::Vm {
-                name,
-                image: &image,
-                firmware: fw,
-                vars: &vars,
-                kvm,
-                memory_mb: p.guest_memory(o.memory)?,
-                cpus: o.cpus,
-                mac: p
-                    .node
-                    .mac
-                    .clone()
-                    .unwrap_or_else(|| qemu::default_mac(name)),
-                nic: "virtio-net-pci",
-                net: qemu::Net::Mcast {
-                    group: GROUP.into(),
-                },
-                serial_log: &log,
-                console: false,
-                cdrom: None,
-            };
-            let child = vm
-                .command()
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(nwork.join("qemu.err"))?)
-                .spawn()
-                .with_context(|| format!("starting QEMU for {name}"))?;
-            std::fs::write(nwork.join("qemu.pid"), child.id().to_string())?;
-            eprintln!(
-                "started {name} ({}), serial log {}",
-                image.display(),
-                log.display()
-            );
-            Handle::Vm(child)
-        }
+        Some((fw, kvm)) => Handle::Vm(start_vm(p, &image, nwork, o, fw, kvm, &log)?),
         None => {
-            // The tree the image was made from (kept by the build beside the images).
-            let tree = build_dir.join("nodes").join(name).join("rootfs");
-            if !tree.join("etc/imgbuild/health.json").is_file() {
-                bail!(
-                    "{}: no node tree for {name} (the container runtime boots the tree the image was built from)\n\nhint: build it with `imgbuild {name}` and the same --build-dir",
-                    tree.display()
-                );
-            }
-            let upper = nwork.join("upper");
-            if upper.exists() {
-                // A fresh first boot every time `up` starts; state lives only within one run.
-                std::fs::remove_dir_all(&upper)
-                    .with_context(|| format!("removing {}", upper.display()))?;
-            }
-            containers.push(Container::start(p, &tree, nwork, &log)?);
-            eprintln!(
-                "started {name} (container of {}), console log {}",
-                tree.display(),
-                log.display()
-            );
+            containers.push(start_container(p, build_dir, nwork, &log)?);
             Handle::Container(containers.len() - 1)
         }
     };
@@ -258,6 +201,80 @@ fn start_node(
         offset: 0,
         partial: String::new(),
     })
+}
+
+/// QEMU for `p` from `image` on the cluster's multicast segment, its serial console in `log`.
+fn start_vm(
+    p: &Plan,
+    image: &Path,
+    nwork: &Path,
+    o: &UpOptions,
+    fw: &qemu::Firmware,
+    kvm: bool,
+    log: &Path,
+) -> Result<Child> {
+    let name = &p.node.name;
+    let vars = nwork.join("OVMF_VARS.fd");
+    std::fs::copy(&fw.vars, &vars)?;
+    let vm = qemu::Vm {
+        name,
+        image,
+        firmware: fw,
+        vars: &vars,
+        kvm,
+        memory_mb: p.guest_memory(o.memory)?,
+        cpus: o.cpus,
+        mac: p
+            .node
+            .mac
+            .clone()
+            .unwrap_or_else(|| qemu::default_mac(name)),
+        nic: "virtio-net-pci",
+        net: qemu::Net::Mcast {
+            group: GROUP.into(),
+        },
+        serial_log: log,
+        console: false,
+        cdrom: None,
+    };
+    let child = vm
+        .command()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(nwork.join("qemu.err"))?)
+        .spawn()
+        .with_context(|| format!("starting QEMU for {name}"))?;
+    std::fs::write(nwork.join("qemu.pid"), child.id().to_string())?;
+    eprintln!(
+        "started {name} ({}), serial log {}",
+        image.display(),
+        log.display()
+    );
+    Ok(child)
+}
+
+/// A container of the tree `p`'s image was made from (kept by the build beside the images).
+fn start_container(p: &Plan, build_dir: &Path, nwork: &Path, log: &Path) -> Result<Container> {
+    let name = &p.node.name;
+    let tree = build_dir.join("nodes").join(name).join("rootfs");
+    if !tree.join("etc/imgbuild/health.json").is_file() {
+        bail!(
+            "{}: no node tree for {name} (the container runtime boots the tree the image was built from)\n\nhint: build it with `imgbuild {name}` and the same --build-dir",
+            tree.display()
+        );
+    }
+    let upper = nwork.join("upper");
+    if upper.exists() {
+        // A fresh first boot every time `up` starts; state lives only within one run.
+        std::fs::remove_dir_all(&upper).with_context(|| format!("removing {}", upper.display()))?;
+    }
+    let c = Container::start(p, &tree, nwork, log)?;
+    eprintln!(
+        "started {name} (container of {}), console log {}",
+        tree.display(),
+        log.display()
+    );
+    Ok(c)
 }
 
 /// The host's address on the nodes' network and the pid file `imgbuild ssh` enters by. Without

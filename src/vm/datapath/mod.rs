@@ -149,86 +149,69 @@ fn container<'a>(cs: &'a [Container], p: &Plan) -> &'a Container {
 /// Versions as the running services report them: the broker's "Kafka version" line in server.log,
 /// ZooKeeper's `srvr`, `storm version` and each nimbus's start line.
 pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
-    let t = Instant::now();
-    let (mut lines, mut failures) = (Vec::new(), Vec::new());
-    for p in nodes {
-        let c = container(cs, p);
-        if let Some(z) = &p.zookeeper
-            && z.myid.is_some()
-        {
-            match srvr(c, p, z.client_port) {
-                Ok(s) => lines.push(format!(
-                    "{}: zookeeper {} ({})",
-                    p.node.name,
-                    field(&s, "Zookeeper version").unwrap_or("?"),
-                    field(&s, "Mode").unwrap_or("?")
-                )),
-                Err(e) => failures.push(format!("{}: zookeeper srvr: {e:#}", p.node.name)),
+    Phase::timed("versions", |lines, failures| {
+        for p in nodes {
+            let c = container(cs, p);
+            if let Some(z) = &p.zookeeper
+                && z.myid.is_some()
+            {
+                match srvr(c, p, z.client_port) {
+                    Ok(s) => lines.push(format!(
+                        "{}: zookeeper {} ({})",
+                        p.node.name,
+                        field(&s, "Zookeeper version").unwrap_or("?"),
+                        field(&s, "Mode").unwrap_or("?")
+                    )),
+                    Err(e) => failures.push(format!("{}: zookeeper srvr: {e:#}", p.node.name)),
+                }
+            }
+            if p.kafka.is_some() {
+                match kafka_version(c) {
+                    Ok(v) => lines.push(format!("{}: broker says Kafka version: {v}", p.node.name)),
+                    Err(e) => failures.push(format!("{}: kafka: {e:#}", p.node.name)),
+                }
             }
         }
-        if p.kafka.is_some() {
-            // server.log in LOG_DIR, which Kafka's log4j2.yaml writes (upstream's and the
-            // fixture's): the journal is no witness here, since journald attributes a busy
-            // container's lines to the stream late or never (measured: the line missing from
-            // `-u kafka`, and in one clean-clone CI run from `-t kafka-server-start.sh`).
-            match tool(
-                c,
-                &[
-                    "grep",
-                    "-m1",
-                    "-o",
-                    "Kafka version: [^ ]*",
-                    "/var/log/kafka/server.log",
-                ],
-                30,
-            ) {
-                Ok(l) => match l.trim().strip_prefix("Kafka version: ") {
-                    Some(v) if !v.is_empty() => {
-                        lines.push(format!("{}: broker says Kafka version: {v}", p.node.name))
-                    }
-                    _ => failures.push(format!(
-                        "{}: kafka: no \"Kafka version\" line in /var/log/kafka/server.log",
-                        p.node.name
-                    )),
-                },
+        if let Some(p) = nodes.iter().find(|p| p.storm.is_some()) {
+            match run_tool(container(cs, p), &storm(&["version"]), 120) {
+                Ok(v) => lines.push(format!(
+                    "{}: storm version: {}",
+                    p.node.name,
+                    v.lines().next().unwrap_or("?")
+                )),
                 Err(e) => failures.push(format!("{e:#}")),
             }
         }
-    }
-    if let Some(p) = nodes.iter().find(|p| p.storm.is_some()) {
-        match run_tool(container(cs, p), &storm(&["version"]), 120) {
-            Ok(v) => lines.push(format!(
-                "{}: storm version: {}",
-                p.node.name,
-                v.lines().next().unwrap_or("?")
-            )),
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
-    for p in nodes
-        .iter()
-        .filter(|p| p.roles.contains(&Role::StormNimbus))
-    {
-        match tool(
-            container(cs, p),
-            &[
+        for p in nodes
+            .iter()
+            .filter(|p| p.roles.contains(&Role::StormNimbus))
+        {
+            let start = [
                 "grep",
                 "-m1",
                 "-o",
                 "Starting nimbus server for storm version.*",
                 "/var/log/storm/nimbus.log",
-            ],
-            30,
-        ) {
-            Ok(l) => lines.push(format!("{}: nimbus.log: {}", p.node.name, l.trim())),
-            Err(e) => failures.push(format!("{}: nimbus: {e:#}", p.node.name)),
+            ];
+            match tool(container(cs, p), &start, 30) {
+                Ok(l) => lines.push(format!("{}: nimbus.log: {}", p.node.name, l.trim())),
+                Err(e) => failures.push(format!("{}: nimbus: {e:#}", p.node.name)),
+            }
         }
-    }
-    Phase {
-        name: "versions",
-        seconds: t.elapsed().as_secs_f64(),
-        lines,
-        failures,
+        Ok(())
+    })
+}
+
+/// The version the broker of `c` logged at start, from server.log in LOG_DIR, which Kafka's
+/// log4j2.yaml writes (upstream's and the fixture's): the journal is no witness here, since
+/// journald attributes a busy container's lines to the stream late or never (measured: the line
+/// missing from `-u kafka`, and in one clean-clone CI run from `-t kafka-server-start.sh`).
+fn kafka_version(c: &Container) -> Result<String> {
+    let log = "/var/log/kafka/server.log";
+    let l = tool(c, &["grep", "-m1", "-o", "Kafka version: [^ ]*", log], 30)?;
+    match l.trim().strip_prefix("Kafka version: ") {
+        Some(v) if !v.is_empty() => Ok(v.to_string()),
+        _ => bail!("no \"Kafka version\" line in {log}"),
     }
 }
 
