@@ -150,7 +150,7 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         "{storm}"
     );
     assert!(
-        storm.contains("supervisor.childopts: \"-Xmx384m -XX:+UseG1GC -XX:MaxGCPauseMillis=20\"")
+        storm.contains("supervisor.childopts: \"-Xmx384m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 ")
             && storm.contains("\nworker.heap.memory.mb: 512\n")
             && storm.contains("\nsupervisor.memory.capacity.mb: 1024\n"),
         "heaps from the recipe:\n{storm}"
@@ -159,7 +159,29 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         text(&t, "etc/default/storm").contains("\nPYTHON=/opt/python/bin/python3\n"),
         "Storm's launcher uses /opt/python"
     );
-    assert!(text(&t, "etc/zookeeper/zoo.cfg").contains("\nadmin.serverPort=8081\n"));
+    let zoo = text(&t, "etc/zookeeper/zoo.cfg");
+    assert!(zoo.contains("\nadmin.serverPort=8081\n"), "{zoo}");
+    // TLS clients only: the client port is the secure one, and there is no plain one.
+    assert!(
+        zoo.contains("\nsecureClientPort=2181\n") && !zoo.contains("\nclientPort="),
+        "{zoo}"
+    );
+    // Storm's daemons and workers reach that port over TLS, as the node's Storm identity.
+    for key in [
+        "nimbus.childopts",
+        "supervisor.childopts",
+        "worker.childopts",
+    ] {
+        let line = storm
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key}:\n{storm}"));
+        assert!(
+            line.contains("-Dzookeeper.client.secure=true")
+                && line.contains("-Dzookeeper.ssl.keyStore.location=/etc/storm/tls/client.pem"),
+            "{line}"
+        );
+    }
     // Issue 16: the node's keystores are its services' own, 0600; the Storm topologies' Kafka
     // identity (CN=storm) is a key of its own, owned by storm; the recipe's ACLs are applied.
     let keystore = |path: &str| match t.get(Path::new(path)) {
