@@ -266,6 +266,36 @@ fn kafka_zookeeper_mode_resolves() {
 }
 
 #[test]
+fn scram_clients_need_kraft_and_say_so_in_the_plan() {
+    let zk = std::fs::read_to_string(repo_file("tests/recipes/kafka-zookeeper-mode.yaml"))
+        .unwrap()
+        .replace(
+            "    mode: zookeeper\n",
+            "    mode: zookeeper\n    clients: scram\n",
+        );
+    let r = run(&zk, &["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("recipe.yaml:23:14: SCRAM clients need KRaft"),
+        "{}",
+        r.stderr
+    );
+    let kraft = mutate(&[(
+        "    admin_port: 8081\n",
+        "    admin_port: 8081\n  kafka:\n    clients: scram\n",
+    )]);
+    let r = run(&kraft, &["plan", "node1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("Kafka clients by SCRAM-SHA-512 password over TLS (scram)"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
 fn derived_cluster_id_is_stable_and_well_formed() {
     let a = run(BASE, &["plan", "node1", "--json"]);
     let b = run(BASE, &["plan", "node3", "--json"]);

@@ -92,10 +92,12 @@ pub(super) fn plan_security(p: &Plan, out: &mut PlanLines) {
         );
         return;
     }
-    out.line(
-        "security",
-        "tls: mutual TLS on ZooKeeper's quorum and client port and every Kafka listener; Kafka clients by certificate (mtls), ACLs on".into(),
-    );
+    let line = if sec.scram() {
+        "tls: mutual TLS on ZooKeeper's quorum and client port and Kafka's inter-broker and controller listeners; Kafka clients by SCRAM-SHA-512 password over TLS (scram), ACLs on"
+    } else {
+        "tls: mutual TLS on ZooKeeper's quorum and client port and every Kafka listener; Kafka clients by certificate (mtls), ACLs on"
+    };
+    out.line("security", line.into());
     if !sec.super_users.is_empty() {
         out.line(
             "kafka super users",

@@ -248,6 +248,18 @@ pub struct KafkaPlan {
     pub brokers: usize,
 }
 
+impl KafkaPlan {
+    /// The port a node's own Kafka tools use, as the node (a super user, by its certificate):
+    /// the client listener, or the inter-broker one when the client listener takes SCRAM only.
+    pub fn own_port(&self, sec: &super::security::SecurityPlan) -> u16 {
+        if sec.scram() {
+            self.internal_port
+        } else {
+            self.port
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StormPlan {
     pub zookeeper_servers: Vec<Ipv4Addr>,

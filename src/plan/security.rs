@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use crate::recipe::srcmap::{index, join};
-use crate::recipe::{ClientAuth, SecurityMode};
+use crate::recipe::{ClientAuth, KafkaMode, SecurityMode};
 
 /// The principal every Storm node's topologies use with Kafka (a certificate per node, CN=storm).
 pub const STORM_USER: &str = "storm";
@@ -13,7 +13,9 @@ pub const STORM_USER: &str = "storm";
 #[derive(Debug, Clone, Serialize)]
 pub struct SecurityPlan {
     pub mode: SecurityMode,
-    /// How Kafka's clients authenticate (mTLS: the user is the certificate's CN).
+    /// How Kafka's clients authenticate on the client listener: mTLS (the user is the
+    /// certificate's CN) or SCRAM-SHA-512 over TLS (the user is the SCRAM name). The nodes and
+    /// their tools always use certificates, on the inter-broker and controller listeners.
     pub clients: ClientAuth,
     /// The brokers and controllers: every Kafka node, by its certificate's CN (its hostname).
     pub super_users: Vec<String>,
@@ -24,7 +26,14 @@ impl SecurityPlan {
     pub fn tls(&self) -> bool {
         self.mode == SecurityMode::Tls
     }
+    /// Whether Kafka's client listener takes SCRAM (SASL_SSL) rather than certificates.
+    pub fn scram(&self) -> bool {
+        self.tls() && self.clients == ClientAuth::Scram
+    }
 }
+
+/// The SCRAM mechanism of `clients: scram`, on the client listener and in the credentials.
+pub const SCRAM_MECHANISM: &str = "SCRAM-SHA-512";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KafkaUserPlan {
@@ -118,14 +127,18 @@ pub(super) fn resolve_security(cx: &mut Ctx, kafka_nodes: Vec<String>) -> Securi
             "security: plaintext: Kafka and ZooKeeper accept anyone who reaches their ports, unencrypted and unauthenticated (labs only)",
         );
     }
-    if clients == ClientAuth::Scram {
+    if clients == ClientAuth::Scram && r.services.kafka.mode == Some(KafkaMode::Zookeeper) {
+        // KIP-900's format-time credentials are KRaft's; in ZooKeeper mode they live in ZooKeeper.
         let d = cx.error(
             cx.at("services.kafka.clients"),
-            "SCRAM client authentication is not built yet",
+            "SCRAM clients need KRaft: imgbuild sets the credentials when the storage is formatted (KIP-900), which ZooKeeper mode has no step for",
         );
-        Ctx::hint(
-            d,
-            "use `clients: mtls`: imgbuild issues each user a certificate from the cluster's CA",
+        Ctx::hint(d, "use `clients: mtls`, or `mode: kraft`");
+    }
+    if clients == ClientAuth::Scram && mode == SecurityMode::Plaintext {
+        cx.warn(
+            cx.at("services.kafka.clients"),
+            "`clients: scram` does nothing with `security: plaintext` (no authentication at all)",
         );
     }
     let mut out = Vec::new();

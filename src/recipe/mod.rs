@@ -59,7 +59,8 @@ pub enum SecurityMode {
 pub enum ClientAuth {
     /// A certificate from the cluster's CA; the user is its CN.
     Mtls,
-    /// SCRAM-SHA-512 (not built yet: the plan refuses it).
+    /// SCRAM-SHA-512 over TLS: a password per user (in the secrets directory), the credentials
+    /// set when the storage is formatted (KIP-900; KRaft only).
     Scram,
 }
 

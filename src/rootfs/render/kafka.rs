@@ -2,6 +2,43 @@
 //! the ACL script of kafka-acls.service.
 
 use super::*;
+use crate::plan::security::SCRAM_MECHANISM;
+
+/// User storm's Kafka client settings on a Storm node, which the example topology loads when it
+/// is submitted (`kafka.client.config` in its wordcount.properties).
+pub const STORM_KAFKA_CLIENT: &str = "/etc/storm/kafka-client.properties";
+
+/// User storm's Kafka client settings: its certificate (mTLS), its SCRAM password (`password`,
+/// None when the recipe declares no user storm: then it has none), or plaintext.
+pub fn storm_kafka_client(sec: &SecurityPlan, password: Option<&str>) -> String {
+    let mut p = Properties::new(
+        "Written by imgbuild: Kafka client settings of User:storm (this node's Storm topologies).",
+    );
+    if sec.scram() {
+        p.set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", SCRAM_MECHANISM);
+        if let Some(pw) = password {
+            p.set(
+                "sasl.jaas.config",
+                format!(
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{}\" password=\"{pw}\";",
+                    crate::plan::security::STORM_USER
+                ),
+            );
+        }
+        p.set("ssl.truststore.type", "PEM")
+            .set("ssl.truststore.location", CA_CERT);
+    } else if sec.tls() {
+        p.set("security.protocol", "SSL")
+            .set("ssl.keystore.type", "PEM")
+            .set("ssl.keystore.location", crate::pki::STORM_KEYSTORE)
+            .set("ssl.truststore.type", "PEM")
+            .set("ssl.truststore.location", CA_CERT);
+    } else {
+        p.set("security.protocol", "PLAINTEXT");
+    }
+    p.render()
+}
 
 /// What a Kafka tool on a node needs to reach the TLS listeners (controller, inter-broker) as
 /// the node itself: `--command-config` of kafka-metadata-quorum.sh and the like.
@@ -38,7 +75,8 @@ pub fn acl_unit(p: &Plan) -> bool {
 }
 
 /// The script kafka-acls.service runs on a broker: every ACL of the recipe's users, added as
-/// the node (a super user) through its own client listener. None without TLS (no authorizer),
+/// the node (a super user) through its own client listener (the inter-broker one when clients
+/// use SCRAM: the node shows its certificate). None without TLS (no authorizer),
 /// on a controller-only node, or when no user has an ACL.
 pub fn kafka_acls(p: &Plan) -> Option<String> {
     if !acl_unit(p) {
@@ -58,7 +96,7 @@ pub fn kafka_acls(p: &Plan) -> Option<String> {
          \x20 /opt/kafka/bin/kafka-acls.sh --bootstrap-server {ip}:{port} --command-config {KAFKA_TLS_CLIENT} --add \"$@\"\n\
          }}\n",
         ip = p.node.ip,
-        port = k.port
+        port = k.own_port(sec)
     );
     // The names are plain (the plan checked them); `*` alone or at the end is quoted.
     let quote = |x: &str| {
@@ -105,6 +143,8 @@ pub(super) fn kafka_zookeeper_tls(p: &mut Properties) {
 
 pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
     let proto = if sec.tls() { "SSL" } else { "PLAINTEXT" };
+    // The client listener: the same, or SCRAM over TLS (`clients: scram`).
+    let client = if sec.scram() { "SASL_SSL" } else { proto };
     let mut p = Properties::new("Written by imgbuild from the recipe.");
     match k.mode {
         KafkaMode::Kraft => {
@@ -116,7 +156,7 @@ pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
                 .set("controller.listener.names", "CONTROLLER")
                 .set(
                     "listener.security.protocol.map",
-                    format!("CONTROLLER:{proto},CLIENT:{proto},INTERNAL:{proto}"),
+                    format!("CONTROLLER:{proto},CLIENT:{client},INTERNAL:{proto}"),
                 );
         }
         KafkaMode::Zookeeper => {
@@ -127,7 +167,7 @@ pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
                 )
                 .set(
                     "listener.security.protocol.map",
-                    format!("CLIENT:{proto},INTERNAL:{proto}"),
+                    format!("CLIENT:{client},INTERNAL:{proto}"),
                 );
             if sec.tls() {
                 kafka_zookeeper_tls(&mut p);
@@ -167,6 +207,24 @@ pub fn server_properties(k: &KafkaPlan, sec: &SecurityPlan) -> String {
             .set("authorizer.class.name", authorizer)
             .set("super.users", supers.join(";"))
             .set("allow.everyone.if.no.acl.found", false);
+        if sec.scram() {
+            // Clients prove a password instead (the credentials are set at format time,
+            // KIP-900); they show no certificate (KIP-684: a SASL_SSL listener asks for one
+            // only when told to, here explicitly not), and their principal is the SCRAM name.
+            p.set("sasl.enabled.mechanisms", SCRAM_MECHANISM)
+                .set(
+                    "listener.name.client.sasl.enabled.mechanisms",
+                    SCRAM_MECHANISM,
+                )
+                .set(
+                    &format!(
+                        "listener.name.client.{}.sasl.jaas.config",
+                        SCRAM_MECHANISM.to_ascii_lowercase()
+                    ),
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                )
+                .set("listener.name.client.ssl.client.auth", "none");
+        }
     }
     p.set("log.dirs", "/var/lib/kafka/data")
         .set("default.replication.factor", 3)

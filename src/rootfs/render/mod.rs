@@ -235,6 +235,14 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
             crate::rootfs::documents::storm_yaml(s, p.security.tls()),
             0o644,
         ));
+        // User storm's Kafka client settings (with SCRAM they hold its password: the PKI's).
+        if !p.security.scram() {
+            out.push(file(
+                STORM_KAFKA_CLIENT.trim_start_matches('/'),
+                storm_kafka_client(&p.security, None),
+                0o644,
+            ));
+        }
         // The Python topology of examples/, so an operator (and `up --check`) builds and
         // submits it offline with what the image holds.
         for (name, content, mode) in EXAMPLE {
@@ -554,9 +562,14 @@ mod tests {
     /// the shared units, users and tmpfiles. A change to any rendered byte shows here.
     #[test]
     fn rendered_files_snapshots() {
+        let scram = reference_text().replace("    clients: mtls\n", "    clients: scram\n");
+        assert!(scram.contains("clients: scram"));
         for (name, c) in [
             ("reference", cluster(&reference_text())),
             ("zkmode", zookeeper_mode()),
+            // Kafka's clients by SCRAM: server.properties' SASL_SSL client listener, the ACL
+            // script on the inter-broker port (the files with secrets are the PKI's: pki::scram).
+            ("scram", cluster(&scram)),
         ] {
             let mode = c.nodes[0].kafka.as_ref().unwrap().mode;
             let mut shared = units(mode);

@@ -25,7 +25,8 @@ pub use topology::*;
 
 pub const TOPIC: &str = "imgbuild-check";
 /// Every Kafka tool the check runs on a node is this node's client: over TLS with its certificate
-/// (a super user) with `security: tls`, plaintext otherwise.
+/// (a super user) with `security: tls`, plaintext otherwise (User:storm's topology and the
+/// refusals are the clients of the client listener).
 const CLIENT: &str = crate::rootfs::render::KAFKA_TLS_CLIENT;
 
 /// The option that gives a console or verifiable client its properties file: `--command-config`
@@ -126,11 +127,13 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// Where a node's own tools reach its broker: the client listener, or with SCRAM clients the
+/// inter-broker one (the node shows its certificate; see `KafkaPlan::own_port`).
 fn bootstrap(p: &Plan) -> String {
     format!(
         "{}:{}",
         p.node.ip,
-        p.kafka.as_ref().map_or(9092, |k| k.port)
+        p.kafka.as_ref().map_or(9092, |k| k.own_port(&p.security))
     )
 }
 

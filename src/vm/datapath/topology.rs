@@ -325,18 +325,19 @@ pub fn topology(nodes: &[&Plan], cs: &[Container]) -> (Phase, Option<Wordcount>)
             120,
         )?;
         lines.push(format!("built on {}: {}", p.node.name, built.trim()));
-        let mut props = format!(
-            "topology.name={WC_NAME}\nkafka.bootstrap={servers}\ninput.topic={WC_IN}\noutput.topic={WC_OUT}\n"
+        // The topology is a client of the client listeners, as User:storm with the node's
+        // settings for it (its certificate, or its SCRAM password).
+        let clients = kafka
+            .iter()
+            .filter_map(|k| Some(format!("{}:{}", k.node.ip, k.kafka.as_ref()?.port)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let props = format!(
+            "topology.name={WC_NAME}\nkafka.bootstrap={clients}\ninput.topic={WC_IN}\noutput.topic={WC_OUT}\nkafka.client.config={}\n",
+            crate::rootfs::render::STORM_KAFKA_CLIENT
         );
         if p.security.tls() {
-            props.push_str(&format!(
-                "kafka.security.protocol=SSL\nkafka.ssl.keystore={}\nkafka.ssl.truststore={}\n",
-                crate::pki::STORM_KEYSTORE,
-                crate::rootfs::render::CA_CERT
-            ));
             lines.push(acls_applied(c, p)?);
-        } else {
-            props.push_str("kafka.security.protocol=PLAINTEXT\n");
         }
         tool(
             c,

@@ -13,8 +13,10 @@ use sha2::{Digest, Sha256};
 
 use crate::plan::security::STORM_USER;
 use crate::plan::{Plan, Role};
-use crate::rootfs::render::FileSpec;
+use crate::rootfs::render::{FileSpec, STORM_KAFKA_CLIENT, storm_kafka_client};
 use crate::util::run::Cmd;
+
+pub mod scram;
 
 /// How long a generated certificate is valid: the CA ten years, a node's five.
 const CA_DAYS: &str = "3650";
@@ -132,11 +134,16 @@ pub fn ensure(plans: &[&Plan]) -> Result<()> {
     if first.pki.operator_ca.is_none() && !(ca.cert.exists() && ca.key.exists()) {
         make_ca(&format!("imgbuild cluster CA {}", first.cluster), &ca)?;
     }
+    // Users get a certificate, or with `clients: scram` a password.
     let users = first
         .security
         .users
         .iter()
+        .filter(|_| !first.security.scram())
         .map(|u| Leaf::user(first, &u.name));
+    if first.security.scram() {
+        scram::ensure(first)?;
+    }
     let leaves: Vec<Leaf> = plans
         .iter()
         .flat_map(|p| node_leaves(p))
@@ -333,20 +340,29 @@ fn rand_serial() -> Result<[u8; 16]> {
 }
 
 /// What the build key sees of a node's PKI: the digests of the CA's and the node's
-/// certificates (public; a new key means a new certificate).
+/// certificates (public; a new key means a new certificate), and with `clients: scram` one
+/// digest of the users' passwords (a changed password rebuilds the nodes that carry it).
 pub fn key_entries(plan: &Plan) -> Vec<(String, String)> {
     let ca = ca_of(plan);
     let leaves = node_leaves(plan).into_iter().map(|l| l.cert);
-    std::iter::once(ca.cert)
+    let digest = |path: &Path| {
+        std::fs::read(path)
+            .map(|b| hex::encode(Sha256::digest(b)))
+            .unwrap_or_else(|_| "absent".into())
+    };
+    let mut out: Vec<(String, String)> = std::iter::once(ca.cert)
         .chain(leaves)
         .zip(["pki.ca", "pki.node", "pki.storm"])
-        .map(|(path, what)| {
-            let digest = std::fs::read(&path)
-                .map(|b| hex::encode(Sha256::digest(b)))
-                .unwrap_or_else(|_| "absent".into());
-            (what.to_string(), digest)
-        })
-        .collect()
+        .map(|(path, what)| (what.to_string(), digest(&path)))
+        .collect();
+    if plan.security.scram() {
+        let mut h = Sha256::new();
+        for u in &plan.security.users {
+            h.update(digest(&scram::password_path(plan, &u.name)));
+        }
+        out.push(("pki.scram".into(), hex::encode(h.finalize())));
+    }
+    out
 }
 
 /// The node's TLS files: the CA and its certificate for everyone; its key, with the
@@ -406,6 +422,28 @@ pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
             content: keystore(storm)?,
             mode: 0o600,
             owner: Some("storm"),
+        });
+        if plan.security.scram() {
+            // User storm's password, for its topologies (with mTLS the file holds paths only,
+            // and the renderer writes it).
+            let declared = plan.security.users.iter().any(|u| u.name == STORM_USER);
+            let pw = declared
+                .then(|| scram::password(plan, STORM_USER))
+                .transpose()?;
+            out.push(FileSpec {
+                path: STORM_KAFKA_CLIENT.trim_start_matches('/').into(),
+                content: storm_kafka_client(&plan.security, pw.as_deref()).into_bytes(),
+                mode: 0o600,
+                owner: Some("storm"),
+            });
+        }
+    }
+    if let Some(env) = scram::credentials_env(plan)? {
+        out.push(FileSpec {
+            path: scram::CREDENTIALS.trim_start_matches('/').into(),
+            content: env.into_bytes(),
+            mode: 0o600,
+            owner: None,
         });
     }
     Ok(out)
