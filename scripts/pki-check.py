@@ -2,6 +2,7 @@
 """make e2e: the cluster's secrets stay where they belong (issue 16).
 
 usage: pki-check.py SECRETS_DIR IMAGES_DIR [FILE...]
+       pki-check.py --scram SECRETS_DIR NODE_IMAGES_DIR [FILE...]
 
 - The secrets directory is 0700 and ignores itself for git; every key in it is 0600.
 - No private key is found in any output (every file under IMAGES_DIR, and each FILE: build
@@ -9,6 +10,13 @@ usage: pki-check.py SECRETS_DIR IMAGES_DIR [FILE...]
   image, where they must be found (the proof that the search can see a key at all). The CA key
   and the Kafka users' keys (users/NAME.key) are found nowhere.
 Searches for each key's PEM body lines, the text a leak would carry.
+
+--scram (clients: scram), one node's images at a time (NODE_IMAGES_DIR is images/NODE): every
+user's password (users/NAME.password, 0600) is in no output but, for user storm, the node's
+image (its Storm client settings); each user's salted SCRAM credential (recomputed here as
+imgbuild derives it: PBKDF2-HMAC-SHA512, the salt from name and password) is in no output but
+the node's image, where both must be found: every node of the e2e cluster is a KRaft
+controller and runs Storm.
 """
 import mmap
 import os
@@ -32,6 +40,40 @@ def found(path, needles):
         return any(m.find(n) >= 0 for n in needles)
 
 
+def scram_check(secrets, node_dir, extra):
+    import base64
+    import hashlib
+    node = os.path.basename(os.path.normpath(node_dir))
+    own = [os.path.join(node_dir, f"{node}.raw"), os.path.join(node_dir, f"{node}.qcow2")]
+    outputs = [os.path.join(d, f) for d, _, fs in os.walk(node_dir) for f in fs] + extra
+    users = os.path.join(secrets, "users")
+    if stat.S_IMODE(os.stat(users).st_mode) != 0o700:
+        fail(f"{users} is not 0700")
+    names = sorted(f[: -len(".password")] for f in os.listdir(users) if f.endswith(".password"))
+    if "storm" not in names:
+        fail(f"{users}: no storm.password")
+    for name in names:
+        path = os.path.join(users, f"{name}.password")
+        if stat.S_IMODE(os.stat(path).st_mode) != 0o600:
+            fail(f"{path} is not 0600")
+        pw = open(path).read().splitlines()[0]
+        salt = hashlib.sha256(f"imgbuild scram salt\0{name}\0{pw}".encode()).digest()[:16]
+        salted = base64.b64encode(hashlib.pbkdf2_hmac("sha512", pw.encode(), salt, 8192))
+        for what, needle, allowed in (("password", pw.encode(), own if name == "storm" else []),
+                                      ("salted credential", salted, own)):
+            where = [o for o in outputs if found(o, [needle])]
+            if allowed and own[0] not in where:
+                fail(f"user {name}'s {what} not found in {own[0]}")
+            leaks = [w for w in where if w not in allowed]
+            if leaks:
+                fail(f"user {name}'s {what} found in {', '.join(leaks)}")
+            print(f"  user {name}'s {what}: only in {', '.join(where) or 'no output'}")
+    print(f"pki-check: {node}: {len(names)} SCRAM users, {len(outputs)} outputs searched")
+
+
+if sys.argv[1] == "--scram":
+    scram_check(sys.argv[2], sys.argv[3], sys.argv[4:])
+    sys.exit(0)
 secrets, images, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
 st = os.stat(secrets)
 if stat.S_IMODE(st.st_mode) != 0o700:

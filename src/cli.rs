@@ -226,6 +226,10 @@ pub struct UpArgs {
     /// proves the data path (Kafka round trip) and the loss and return of a node.
     #[arg(long, value_enum, default_value = "qemu")]
     pub runtime: crate::vm::cluster::Runtime,
+    /// With --check in containers: leave out the loss and return of a node (minutes), checking
+    /// the data path, the refusals and the topology only.
+    #[arg(long)]
+    pub no_node_loss: bool,
     /// A check to report but not judge (repeatable), e.g. `--ignore kafka` where the real
     /// broker cannot start within the time under software emulation.
     #[arg(long, value_name = "CHECK")]
@@ -245,6 +249,7 @@ impl UpArgs {
             secure_boot: self.secure_boot,
             runtime: self.runtime,
             ignore: self.ignore.clone(),
+            no_node_loss: self.no_node_loss,
             json: self.json,
             timeout: std::time::Duration::from_secs(self.timeout),
         }

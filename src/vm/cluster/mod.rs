@@ -151,6 +151,8 @@ pub struct UpOptions {
     pub runtime: Runtime,
     /// Checks reported but not judged (`--ignore kafka`): a node is done when the rest pass.
     pub ignore: Vec<String>,
+    /// Leave out the node-loss phase (`--no-node-loss`).
+    pub no_node_loss: bool,
     /// `--json`: the human report goes to stderr, stdout is left for the JSON document.
     pub json: bool,
 }
@@ -544,7 +546,7 @@ fn data_path(
         report(&phase);
         wordcount = wc;
     }
-    if round_trip_ok {
+    if round_trip_ok && !o.no_node_loss {
         report(&crate::vm::datapath::node_loss(
             nodes,
             containers,
