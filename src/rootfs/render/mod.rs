@@ -292,7 +292,7 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
 /// already): stated, because the JVM picks the serial collector on a one-CPU machine.
 pub const G1: &str = "-XX:+UseG1GC -XX:MaxGCPauseMillis=20";
 
-/// The cluster CA's certificate on every node (imgbuild's PKI, `pki.rs`).
+/// The cluster CA's certificate on every node (imgbuild's PKI, `pki/`).
 pub const CA_CERT: &str = "/etc/imgbuild/tls/ca.crt";
 /// A node's key and certificate, as a PEM keystore per service (0600, owned by it).
 pub const KAFKA_KEYSTORE: &str = "/etc/kafka/tls/node.pem";
