@@ -40,6 +40,17 @@ def found(path, needles):
         return any(m.find(n) >= 0 for n in needles)
 
 
+def confined(what, needles, outputs, allowed, required):
+    """Fail unless `needles` are found in no output but `allowed`, and in `required` if given."""
+    where = [o for o in outputs if found(o, needles)]
+    if required and required not in where:
+        fail(f"{what} not found in {required}: the search cannot see it, or the image lacks it")
+    leaks = [w for w in where if w not in allowed]
+    if leaks:
+        fail(f"{what} found in {', '.join(leaks)}")
+    print(f"  {what}: only in {', '.join(where) or 'no output'}")
+
+
 def scram_check(secrets, node_dir, extra):
     import base64
     import hashlib
@@ -59,15 +70,10 @@ def scram_check(secrets, node_dir, extra):
         pw = open(path).read().splitlines()[0]
         salt = hashlib.sha256(f"imgbuild scram salt\0{name}\0{pw}".encode()).digest()[:16]
         salted = base64.b64encode(hashlib.pbkdf2_hmac("sha512", pw.encode(), salt, 8192))
-        for what, needle, allowed in (("password", pw.encode(), own if name == "storm" else []),
-                                      ("salted credential", salted, own)):
-            where = [o for o in outputs if found(o, [needle])]
-            if allowed and own[0] not in where:
-                fail(f"user {name}'s {what} not found in {own[0]}")
-            leaks = [w for w in where if w not in allowed]
-            if leaks:
-                fail(f"user {name}'s {what} found in {', '.join(leaks)}")
-            print(f"  user {name}'s {what}: only in {', '.join(where) or 'no output'}")
+        storm = name == "storm"
+        confined(f"user {name}'s password", [pw.encode()], outputs, own if storm else [],
+                 own[0] if storm else None)
+        confined(f"user {name}'s salted credential", [salted], outputs, own, own[0])
     print(f"pki-check: {node}: {len(names)} SCRAM users, {len(outputs)} outputs searched")
 
 
@@ -100,16 +106,8 @@ for k, node in keys:
     needles = body_lines(path)
     if not needles:
         fail(f"{path}: no PEM body")
-    where = [o for o in outputs if found(o, needles)]
-    allowed = []
-    if node:
-        own = os.path.join(images, node, f"{node}.raw")
-        # The node's qcow2 holds the same filesystem (its clusters may be stored uncompressed).
-        allowed = [own, os.path.join(images, node, f"{node}.qcow2")]
-        if own not in where:
-            fail(f"{k} not found in {own}: the search cannot see keys, or the image lacks it")
-    leaks = [w for w in where if w not in allowed]
-    if leaks:
-        fail(f"{k} found in {', '.join(leaks)}")
-    print(f"  {k}: only in {', '.join(where) or 'no output'}")
+    own = os.path.join(images, node, f"{node}.raw") if node else None
+    # The node's qcow2 holds the same filesystem (its clusters may be stored uncompressed).
+    allowed = [own, os.path.join(images, node, f"{node}.qcow2")] if node else []
+    confined(k, needles, outputs, allowed, own)
 print(f"pki-check: {len(keys)} keys, {len(outputs)} outputs searched")

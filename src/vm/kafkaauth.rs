@@ -35,13 +35,15 @@ struct Client {
 const DROPPED: &[&str] = &["TimeoutException", "Timed out", "disconnected"];
 const HANDSHAKE: &[&str] = &["SslAuthenticationException", "SSL handshake failed"];
 
+const PLAINTEXT: Client = Client {
+    kind: "plaintext",
+    what: "a plaintext client",
+    signs: DROPPED,
+};
+
 /// The clients tried on a listener where everyone shows a certificate.
 const MTLS: [Client; 3] = [
-    Client {
-        kind: "plaintext",
-        what: "a plaintext client",
-        signs: DROPPED,
-    },
+    PLAINTEXT,
     Client {
         kind: "nocert",
         what: "a TLS client without a certificate",
@@ -57,11 +59,7 @@ const MTLS: [Client; 3] = [
 /// The clients tried on a SCRAM client listener (TLS without a certificate is the normal case
 /// there: without the SASL exchange the broker answers nothing).
 const SCRAM: [Client; 3] = [
-    Client {
-        kind: "plaintext",
-        what: "a plaintext client",
-        signs: DROPPED,
-    },
+    PLAINTEXT,
     Client {
         kind: "nocert",
         what: "a TLS client without SCRAM credentials",
