@@ -25,14 +25,17 @@ struct Env {
 }
 
 impl Env {
-    /// A fresh directory with the fixture recipe; every format asked for.
+    /// A fresh directory with the fixture recipe and its formats (raw, qcow2, seed-iso).
     fn new() -> Env {
         Env::with_mirror(common::mirror_with_bootable_base())
     }
 
-    fn with_mirror(mirror: &'static Path) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let text = std::fs::read_to_string(mirror.join("recipe.yaml"))
+    /// A fresh directory with the fixture recipe and every format asked for (the two extra ones,
+    /// seed-fat and rootfs-tar, only where they are checked: a node's tar is its whole tree again,
+    /// hundreds of MiB per build, and CI's disk is not unlimited).
+    fn every_format() -> Env {
+        let env = Env::new();
+        let text = std::fs::read_to_string(env.path("recipe.yaml"))
             .unwrap()
             .replace(
                 "  formats: [raw, qcow2, seed-iso]",
@@ -41,6 +44,17 @@ impl Env {
         assert!(
             text.contains("seed-fat, rootfs-tar]"),
             "recipe edit applied"
+        );
+        std::fs::write(env.path("recipe.yaml"), text).unwrap();
+        env
+    }
+
+    fn with_mirror(mirror: &'static Path) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(mirror.join("recipe.yaml")).unwrap();
+        assert!(
+            text.contains("\n  formats: [raw, qcow2, seed-iso] "),
+            "the fixture recipe's formats line"
         );
         // Every image's provenance signed, with one key for the whole test run (copied into
         // each directory: the same key gives the same plan, so two builds can be compared).
@@ -87,6 +101,16 @@ impl Env {
     }
 }
 
+/// The tests of this file one at a time. Each holds gigabytes (a shared tree, a node's raw and
+/// qcow2 images, a second build to compare with): two at once, beside the shared node1 build,
+/// took 19 GB at the peak and ran a CI machine out of disk, while one at a time takes about as
+/// long (a build already keeps both cores busy; measured 2026-12-05). A failed test does not
+/// stop the others (the poisoned lock is taken over).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The provenance signing key of this test run (made once, under cargo's temporary directory).
 fn signing_key() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -126,7 +150,7 @@ fn built() -> &'static Env {
         }
     }
     ENV.get_or_init(|| {
-        let env = Env::new();
+        let env = Env::every_format();
         if DIR.set(env.dir.path().to_path_buf()).is_ok() {
             unsafe { libc::atexit(remove_shared_dir) };
         }
@@ -151,6 +175,7 @@ fn extract(image: &Path, offset: u64, len: u64, out: &Path) {
 
 #[test]
 fn node1_images_pass_the_standard_tools() {
+    let _one = one_at_a_time();
     let env = built();
     let dir = env.path("images/node1");
     let raw = dir.join("node1.raw");
@@ -495,6 +520,7 @@ fn sha256_str(s: &str) -> String {
 
 #[test]
 fn verify_names_a_changed_file() {
+    let _one = one_at_a_time();
     let env = built();
     // A copy of the images, so the shared ones stay intact for the other tests.
     let other = env.path("tampered");
@@ -568,9 +594,10 @@ fn same_secrets(from: &Env, to: &Env) {
 
 #[test]
 fn two_builds_are_bit_identical() {
+    let _one = one_at_a_time();
     // The shared build and one more in another directory, cache and server, with the same secrets.
     let a = built();
-    let b = Env::new();
+    let b = Env::every_format();
     same_secrets(a, &b);
     b.run(&["node1"]);
     for f in [
@@ -620,6 +647,7 @@ fn root_listing(raw: &Path, work: &Path) -> Vec<String> {
 
 #[test]
 fn the_shared_root_filesystem_plus_node_changes_equals_mkfs_of_the_node_tree() {
+    let _one = one_at_a_time();
     // The shared build (the template path, the default) against a build without the template.
     let a = built();
     let b = Env::new();
@@ -643,6 +671,7 @@ fn the_shared_root_filesystem_plus_node_changes_equals_mkfs_of_the_node_tree() {
     let la = root_listing(&a.path("images/node1/node1.raw"), &a.path("la"));
     let lb = root_listing(&b.path("images/node1/node1.raw"), &b.path("lb"));
     let _ = std::fs::remove_dir_all(a.path("la"));
+    let _ = std::fs::remove_dir_all(b.path("lb"));
     assert!(la.len() > 10_000, "{} entries", la.len());
     let only_a: Vec<_> = la.iter().filter(|l| !lb.contains(l)).take(20).collect();
     let only_b: Vec<_> = lb.iter().filter(|l| !la.contains(l)).take(20).collect();
@@ -685,6 +714,7 @@ fn listing(dir: &Path) -> BTreeMap<String, (u64, u64, i64)> {
 
 #[test]
 fn a_build_killed_in_any_stage_leaves_the_previous_images() {
+    let _one = one_at_a_time();
     let env = Env::new();
     env.run(&["node1"]);
     let images = env.path("images");
@@ -721,6 +751,8 @@ fn a_build_killed_in_any_stage_leaves_the_previous_images() {
         assert!(reached, "the build never reached stage {stage}:\n{log}");
         child.kill().unwrap();
         child.wait().unwrap();
+        // The half-made shared tree is not looked at again: its disk is given back at once.
+        let _ = std::fs::remove_dir_all(env.path("build-kill"));
         assert_eq!(
             listing(&images.join("node1")),
             before,
@@ -745,6 +777,7 @@ fn a_build_killed_in_any_stage_leaves_the_previous_images() {
 
 #[test]
 fn unchanged_nodes_are_not_rebuilt_and_a_node_change_rebuilds_only_that_node() {
+    let _one = one_at_a_time();
     let env = Env::new();
     env.run(&["node1", "node2"]);
     let (d1, d2) = (env.path("images/node1"), env.path("images/node2"));
@@ -816,6 +849,7 @@ fn log_tail(log: &str) -> String {
 /// `make e2e`'s QEMU phase, three times.
 #[test]
 fn qcow2_boots_under_secure_boot_to_node1_identity_grows_and_matches_another_nic_name() {
+    let _one = one_at_a_time();
     let env = built();
     let raw = env.path("images/node1/node1.raw");
     let qcow2 = env.path("images/node1/node1.qcow2");
@@ -920,6 +954,7 @@ fn qcow2_boots_under_secure_boot_to_node1_identity_grows_and_matches_another_nic
 /// operator runs it, can be reached with `imgbuild ssh` as the recipe's user.
 #[test]
 fn a_systemd_boot_base_boots_through_systemd_boot_and_imgbuild_ssh_reaches_it() {
+    let _one = one_at_a_time();
     let env = Env::with_mirror(common::mirror_with_sdboot_base());
     let key = env.path("id_ed25519");
     ok(
@@ -1033,6 +1068,7 @@ fn a_systemd_boot_base_boots_through_systemd_boot_and_imgbuild_ssh_reaches_it() 
 /// before anything is downloaded, naming the base and what to use instead.
 #[test]
 fn a_cloud_root_tarball_base_is_refused_for_disk_images() {
+    let _one = one_at_a_time();
     let mirror = common::mirror_with_bootable_base();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
@@ -1068,6 +1104,7 @@ fn a_cloud_root_tarball_base_is_refused_for_disk_images() {
 /// here) gets as far as the boot chain and stops there, naming the base and what to add.
 #[test]
 fn a_tarball_base_without_a_kernel_names_what_to_add() {
+    let _one = one_at_a_time();
     let env = Env::with_mirror(common::mirror_with_debian_base());
     let o = env.command("build", &["node1"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
