@@ -17,7 +17,8 @@ fixtures_base() {
         rm -f "$out"/debian-base-full-*.tar.xz
         if [ -f "target/tmp/debian-base-full-$hash.tar.xz" ]; then
             echo "fixtures: the Debian base from make test's (target/tmp/debian-base-full-$hash.tar.xz)" >&2
-            cp "target/tmp/debian-base-full-$hash.tar.xz" "$base.tmp"
+            ln -f "target/tmp/debian-base-full-$hash.tar.xz" "$base.tmp" 2>/dev/null ||
+                cp "target/tmp/debian-base-full-$hash.tar.xz" "$base.tmp"
         else
             echo "fixtures: building the Debian base with mmdebstrap (a few minutes, once)" >&2
             bash tests/fixtures/make-base.sh "$base.tmp" full >&2
