@@ -314,7 +314,8 @@ pub fn template(path: &Path, size: u64, common: &Path, id: &FsIdentity) -> Resul
     staging.rename_to(path)
 }
 
-/// Copy the data of `src` (holes stay holes) into `dst` at byte `offset`, in the kernel.
+/// Copy the allocated extents of `src` (holes stay holes; see [`super::bmap::allocated`]) into
+/// `dst` at byte `offset`, in the kernel.
 pub fn copy_sparse(src: &Path, dst: &Path, offset: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
     let s = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
@@ -322,19 +323,11 @@ pub fn copy_sparse(src: &Path, dst: &Path, offset: u64) -> Result<()> {
         .write(true)
         .open(dst)
         .with_context(|| format!("opening {}", dst.display()))?;
-    let size = s.metadata()?.len();
-    let mut pos = 0u64;
-    while pos < size {
-        let data = unsafe { libc::lseek(s.as_raw_fd(), pos as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // ENXIO: only a hole is left
-        }
-        let end = match unsafe { libc::lseek(s.as_raw_fd(), data, libc::SEEK_HOLE) } {
-            e if e >= 0 => (e as u64).min(size),
-            _ => size,
-        };
-        let (mut from, mut to) = (data, (offset + data as u64) as i64);
-        let mut left = end - data as u64;
+    let ranges =
+        super::bmap::allocated(&s).with_context(|| format!("mapping {}", src.display()))?;
+    for (start, end) in ranges {
+        let (mut from, mut to) = (start as i64, (offset + start) as i64);
+        let mut left = end - start;
         while left > 0 {
             let n = unsafe {
                 libc::copy_file_range(
@@ -359,7 +352,6 @@ pub fn copy_sparse(src: &Path, dst: &Path, offset: u64) -> Result<()> {
             );
             left -= n as u64;
         }
-        pos = end;
     }
     Ok(())
 }
