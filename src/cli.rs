@@ -207,9 +207,10 @@ pub struct UpArgs {
     /// Guest memory per VM in MiB (default: each node's memory budget, see `imgbuild plan`).
     #[arg(long, value_name = "MIB")]
     pub memory: Option<u32>,
-    /// CPUs per VM.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub cpus: u32,
+    /// CPUs per VM (default: 1 each for a cluster of VMs; 2 for the mixed runtime's VM, which
+    /// has the host's cores mostly to itself).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
     /// Stop once every node has reported (or at the timeout), judge the cluster — one
     /// ZooKeeper leader, every Kafka voter seen, a Storm nimbus leader and every supervisor —
     /// and exit 1 naming each failed node and check.
@@ -238,16 +239,26 @@ pub struct UpArgs {
     /// docs/output-json.md); the human report goes to stderr.
     #[arg(long)]
     pub json: bool,
+    /// Boot NODE's image in QEMU among the other nodes' containers (repeatable; the rest run
+    /// as containers): the mixed runtime, which puts the booted image in the data path. The
+    /// check logs into the VM over SSH as the recipe's sudo user.
+    #[arg(long, value_name = "NODE")]
+    pub vm: Vec<String>,
 }
 
 impl UpArgs {
     pub fn options(&self) -> crate::vm::cluster::UpOptions {
         crate::vm::cluster::UpOptions {
             memory: self.memory,
-            cpus: self.cpus,
+            cpus: self.cpus.unwrap_or(if self.vm.is_empty() { 1 } else { 2 }),
             check: self.check,
             secure_boot: self.secure_boot,
-            runtime: self.runtime,
+            runtime: if self.vm.is_empty() {
+                self.runtime
+            } else {
+                crate::vm::cluster::Runtime::Container
+            },
+            vms: self.vm.clone(),
             ignore: self.ignore.clone(),
             no_node_loss: self.no_node_loss,
             json: self.json,

@@ -57,7 +57,10 @@ pub struct VerifyNode {
 pub struct Up {
     pub schema: u32,
     pub command: &'static str,
+    /// qemu, container, or mixed (`--vm NODE`: those nodes in QEMU among containers).
     pub runtime: String,
+    /// The nodes booted from their images in QEMU in the mixed runtime.
+    pub vms: Vec<String>,
     /// `--check` was given: the cluster was judged.
     pub check: bool,
     /// Judged and nothing failed (false when not judged).

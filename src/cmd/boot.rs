@@ -63,6 +63,7 @@ pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
         serial_log: &log,
         console: !o.check,
         cdrom: None,
+        writable: false,
     };
     eprintln!(
         "booting {} ({}{}, {}, snapshot mode); serial log {}",
@@ -314,6 +315,32 @@ pub fn up(cli: &Cli, args: &crate::cli::UpArgs) -> Result<()> {
             ip,
         ])?,
     }
+    if !o.vms.is_empty() {
+        for v in &o.vms {
+            anyhow::ensure!(
+                plans.iter().any(|p| &p.node.name == v),
+                "--vm {v}: no such node among those `up` boots ({})",
+                plans
+                    .iter()
+                    .map(|p| p.node.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        crate::util::tools::require(&[
+            crate::vm::qemu::QEMU,
+            crate::util::tools::Tool {
+                command: "qemu-img",
+                why: "makes the mixed runtime's VM a disk overlay of its own (up --vm)",
+                package: "qemu-utils",
+            },
+            crate::util::tools::Tool {
+                command: "ssh",
+                why: "logs into the mixed runtime's VM for the checks (up --vm)",
+                package: "openssh-client",
+            },
+        ])?;
+    }
     crate::util::fs::require_root("imgbuild up (a private network namespace)")?;
     let Some(r) = crate::vm::cluster::up(&cluster, &plans, &cli.images, &cli.build_dir, o)? else {
         anyhow::ensure!(!o.check, "interrupted before the cluster could be judged");
@@ -323,7 +350,12 @@ pub fn up(cli: &Cli, args: &crate::cli::UpArgs) -> Result<()> {
         crate::report::print(&crate::report::Up {
             schema: 1,
             command: "up",
-            runtime: format!("{:?}", o.runtime).to_lowercase(),
+            runtime: if o.vms.is_empty() {
+                format!("{:?}", o.runtime).to_lowercase()
+            } else {
+                "mixed".into()
+            },
+            vms: o.vms.clone(),
             check: o.check,
             ok: o.check && r.failures.is_empty(),
             healthy_after: r.healthy_after,
@@ -354,7 +386,17 @@ pub fn up(cli: &Cli, args: &crate::cli::UpArgs) -> Result<()> {
         );
     }
     if o.check {
-        let msg = format!("cluster ok: {} nodes healthy", plans.len());
+        // Never `ok` over a check that was not judged: say which were left out.
+        let unjudged = crate::vm::cluster::not_judged(&r.states, &o.ignore);
+        let msg = if unjudged.is_empty() {
+            format!("cluster ok: {} nodes healthy", plans.len())
+        } else {
+            format!(
+                "cluster judged on the other checks only, {} nodes; not judged: {}",
+                plans.len(),
+                unjudged.join("; ")
+            )
+        };
         if o.json {
             eprintln!("{msg}");
         } else {

@@ -14,7 +14,7 @@ pub struct Cmd {
 }
 
 /// Quote a word for a POSIX shell when it needs it.
-fn shell_quote(s: &OsStr) -> String {
+pub fn shell_quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
     if !s.is_empty()
         && s.bytes()
@@ -72,6 +72,33 @@ impl Cmd {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| anyhow::anyhow!("running `{line}`: {e}"))
+    }
+
+    /// Start a long-lived child (QEMU, systemd-nspawn) with the given stdio. It is killed when
+    /// imgbuild dies (PR_SET_PDEATHSIG), so a killed `up` leaves nothing running.
+    pub fn spawn(self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        let line = self.line();
+        if std::env::var_os("IMGBUILD_VERBOSE").is_some() {
+            eprintln!("+ {line} &");
+        }
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.spawn()
+            .map_err(|e| anyhow::anyhow!("starting `{line}`: {e}"))
     }
 
     /// Run to completion; Ok(stdout) on success.

@@ -34,6 +34,13 @@ pub const SCRIPT: Tool = Tool {
 
 pub const BRIDGE: &str = "br-imgbuild";
 
+/// The environment a check's tool runs with on a node (after `env -i`): the image's Java first.
+pub const TOOL_ENV: [&str; 3] = [
+    "JAVA_HOME=/opt/java",
+    "PATH=/opt/java/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+];
+
 /// A private mount namespace (our overlays vanish with us) and the bridge the nodes share, in
 /// the private network namespace `cluster::private_network` made.
 pub fn prepare() -> Result<()> {
@@ -144,14 +151,11 @@ impl Container {
             )
             .collect::<Vec<_>>()
             .join(" ");
-        self.child = Command::new("script")
+        self.child = Cmd::new("script")
             .args(["--quiet", "--flush", "--append", "--command"])
             .arg(&line)
             .arg(&self.log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .spawn(Stdio::null(), Stdio::null(), Stdio::null())
             .with_context(|| format!("starting systemd-nspawn for {}", self.name))?;
         self.attached = false;
         Ok(())
@@ -183,13 +187,8 @@ impl Container {
         let mut c = Command::new("timeout");
         c.arg(timeout.as_secs().to_string())
             .args(["nsenter", "--target", &pid.to_string(), "--all", "--"])
-            .args([
-                "/usr/bin/env",
-                "-i",
-                "JAVA_HOME=/opt/java",
-                "PATH=/opt/java/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME=/root",
-            ])
+            .args(["/usr/bin/env", "-i"])
+            .args(TOOL_ENV)
             .args(cmd)
             .stdin(Stdio::null());
         c.output()

@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail};
 use crate::plan::Plan;
 use crate::plan::security::SCRAM_MECHANISM;
 use crate::rootfs::render::CA_CERT;
-use crate::vm::container::Container;
 use crate::vm::datapath::Phase;
+use crate::vm::member::Member;
 
 /// Where the check's client files go inside the node (host-written into its overlay; /tmp may
 /// be a tmpfs of the container's own).
@@ -98,7 +98,7 @@ fn props(kind: &str, scram: Option<(&str, &str)>) -> String {
 }
 
 /// stdout and stderr of a tool run in `c`, and whether it exited 0.
-fn run(c: &Container, cmd: &[&str]) -> Result<(bool, String)> {
+fn run(c: &Member, cmd: &[&str]) -> Result<(bool, String)> {
     let o = c.exec(cmd, Duration::from_secs(120))?;
     Ok((
         o.status.success(),
@@ -136,7 +136,7 @@ fn judge(want: &[&str], ok: bool, out: &str) -> Result<String> {
 
 /// The unauthenticated clients against one listener; a line of what each saw, or a failure.
 fn try_listener(
-    c: &Container,
+    c: &Member,
     p: &Plan,
     (listener, addr): (&str, &str),
     clients: &[Client],
@@ -191,7 +191,7 @@ fn random_hex() -> Result<String> {
 
 /// With `clients: scram`: NO_ACL_USER's SCRAM credential, set as the node (a super user, by its
 /// certificate on the inter-broker listener) with kafka-configs.sh, as an operator adds a user.
-fn add_scram_user(c: &Container, p: &Plan, password: &str) -> Result<()> {
+fn add_scram_user(c: &Member, p: &Plan, password: &str) -> Result<()> {
     let k = p.kafka.as_ref().context("no Kafka")?;
     let (ok, out) = run(
         c,
@@ -224,14 +224,15 @@ fn add_scram_user(c: &Container, p: &Plan, password: &str) -> Result<()> {
 }
 
 // Long on purpose: one phase, told in order (the identities, the listeners, the ACL).
-pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
+pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
     Phase::timed("kafka refusals", |lines, failures| {
         let p = nodes
             .iter()
             .find(|p| p.kafka.is_some())
             .context("no Kafka node")?;
         let k = p.kafka.as_ref().context("no Kafka")?;
-        let c = crate::vm::datapath::container_of(cs, p)?;
+        // The tools run in a container (for the mixed runtime's VM: a peer, over the network).
+        let c = crate::vm::datapath::via(cs, p)?;
         let (user, impostor) = crate::pki::check_identities(
             p,
             &work.join("check-identities"),

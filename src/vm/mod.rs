@@ -7,5 +7,6 @@ pub mod datapath;
 pub mod firewall;
 pub mod hostlink;
 pub mod kafkaauth;
+pub mod member;
 pub mod qemu;
 pub mod zkauth;

@@ -213,6 +213,8 @@ pub enum Net {
     Isolated { local: u16, peer: u16 },
     /// A shared L2 segment (QEMU socket netdev, multicast on 127.0.0.1).
     Mcast { group: String },
+    /// A tap device made beforehand (on the containers' bridge: the mixed runtime).
+    Tap { ifname: String },
 }
 
 /// One VM to start.
@@ -233,6 +235,9 @@ pub struct Vm<'a> {
     pub console: bool,
     /// Extra block devices attached read-only (e.g. a seed ISO on virtio-scsi).
     pub cdrom: Option<&'a Path>,
+    /// Writes go to `image` itself (a per-run qcow2 overlay, kept across a power-off) instead of
+    /// a temporary snapshot.
+    pub writable: bool,
 }
 
 impl Vm<'_> {
@@ -257,13 +262,14 @@ impl Vm<'_> {
             // snapshot=on: writes go to a temporary overlay, the image never changes.
             .arg("-drive")
             .arg(format!(
-                "file={},format={},if=virtio,snapshot=on",
+                "file={},format={},if=virtio,snapshot={}",
                 self.image.display(),
                 if self.image.extension().is_some_and(|e| e == "qcow2") {
                     "qcow2"
                 } else {
                     "raw"
-                }
+                },
+                if self.writable { "off" } else { "on" }
             ))
             .arg("-chardev")
             .arg(if self.console {
@@ -290,6 +296,7 @@ impl Vm<'_> {
                 format!("socket,id=n0,udp=127.0.0.1:{peer},localaddr=127.0.0.1:{local}")
             }
             Net::Mcast { group } => format!("socket,id=n0,mcast={group},localaddr=127.0.0.1"),
+            Net::Tap { ifname } => format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
         };
         c.arg("-netdev")
             .arg(netdev)

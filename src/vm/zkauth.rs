@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::plan::Plan;
 use crate::rootfs::render::CA_CERT;
-use crate::vm::container::Container;
 use crate::vm::datapath::Phase;
+use crate::vm::member::Member;
 
 /// Where the check's files go inside the node (as kafkaauth's: host-written into its overlay).
 const DIR: &str = "/var/lib/imgbuild-check/zookeeper";
@@ -73,7 +73,7 @@ fn judge(kind: &str, line: Option<&str>) -> Result<String> {
     }
 }
 
-pub fn refusals(nodes: &[&Plan], cs: &[Container], work: &Path) -> Phase {
+pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
     Phase::timed("zookeeper refusals", |lines, failures| {
         let p = nodes
             .iter()

@@ -222,6 +222,23 @@ def unit_state(unit):
         return "unknown"
 
 
+def unit_fields(unit, key="unit"):
+    """Why a service's check fails, for a slow node's watcher: the unit's state and for how many
+    seconds it has been in it (`since`), e.g. unit=activating since=95s."""
+    fields = {key: unit_state(unit)}
+    try:
+        out = subprocess.run(["systemctl", "show", unit, "-p", "StateChangeTimestampMonotonic"],
+                             capture_output=True, text=True, timeout=20).stdout
+        changed = int(out.strip().split("=", 1)[1]) / 1e6
+        with open("/proc/uptime") as f:
+            now = float(f.read().split()[0])
+        if changed > 0:
+            fields[key + "_since" if key != "unit" else "since"] = "%ds" % (now - changed)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        pass
+    return fields
+
+
 def check_all(c):
     """Yield (check, ok, fields) for every check this node's roles call for."""
     # First: the checks that need no service, so they are on the console early. A container
@@ -252,7 +269,7 @@ def check_all(c):
         ok = mode in ("leader", "follower", "standalone")
         fields = {"mode": mode}
         if not ok:
-            fields["unit"] = unit_state("zookeeper.service")
+            fields.update(unit_fields("zookeeper.service"))
         yield "zookeeper", ok, fields
     if c.get("kafka") and c["kafka"].get("mode") == "zookeeper":
         k = c["kafka"]
@@ -290,8 +307,8 @@ def check_all(c):
                   "leader": leader if leader is not None and leader >= 0 else "none",
                   "max_lag": lag, "unheard": ",".join(map(str, behind)) or "none"}
         if not ok:
-            fields["unit"] = unit_state("kafka.service")
-            fields["format"] = unit_state("kafka-format.service")
+            fields.update(unit_fields("kafka.service"))
+            fields.update(unit_fields("kafka-format.service", "format"))
         yield "kafka", ok, fields
     if c.get("storm"):
         s = c["storm"]
@@ -301,8 +318,11 @@ def check_all(c):
             supervisors = zk_children(s["zookeeper"], f"{root}/supervisors")
             latch = zk_children(s["zookeeper"], f"{root}/leader-lock")
             ok = bool(nimbuses) and bool(latch) and len(supervisors) >= s["supervisors"]
-            yield "storm", ok, {"nimbuses": len(nimbuses), "leader_latch": len(latch),
-                                "supervisors": len(supervisors)}
+            fields = {"nimbuses": len(nimbuses), "leader_latch": len(latch),
+                      "supervisors": len(supervisors)}
+            if not ok:
+                fields.update(unit_fields("storm-supervisor.service", "supervisor"))
+            yield "storm", ok, fields
         except OSError:
             yield "storm", False, {"zookeeper": "unreachable"}
     if c.get("python"):

@@ -20,6 +20,8 @@ pub struct NodeState {
     pub summary: Option<String>,
     /// The checks that failed in the last complete round (None before one has ended).
     pub round_failed: Option<Vec<String>>,
+    /// When each check first passed (`note_first_ok`).
+    pub first_ok: BTreeMap<String, Instant>,
 }
 
 impl NodeState {
@@ -68,7 +70,41 @@ impl NodeState {
             };
         }
         let ok = self.checks.values().filter(|c| c.ok).count();
-        format!("checking {ok}/{}", self.checks.len())
+        // A slow node explains itself: what is still starting, and since when (health.py's
+        // unit= and since= fields on a failing check).
+        let waiting: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|(_, c)| !c.ok)
+            .map(|(name, c)| {
+                let f = &c.fields;
+                let state = f.get("unit").or_else(|| f.get("supervisor"));
+                let since = f.get("since").or_else(|| f.get("supervisor_since"));
+                match (state, since) {
+                    (Some(state), Some(s)) => format!("{name}: {state} {s}"),
+                    (Some(state), None) => format!("{name}: {state}"),
+                    _ => name.clone(),
+                }
+            })
+            .collect();
+        if waiting.is_empty() {
+            format!("checking {ok}/{}", self.checks.len())
+        } else {
+            format!(
+                "checking {ok}/{} ({})",
+                self.checks.len(),
+                waiting.join(", ")
+            )
+        }
+    }
+
+    /// When each check was first seen passing (for the time each service took on a slow node).
+    pub fn note_first_ok(&mut self, at: Instant) {
+        for (name, c) in &self.checks {
+            if c.ok {
+                self.first_ok.entry(name.clone()).or_insert(at);
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::plan::{ClusterPlan, Plan, Role};
 use crate::vm::container::Container;
+use crate::vm::member::{Member, VmMember};
 use crate::vm::qemu::{self, Seen};
 
 mod judge;
@@ -65,10 +66,11 @@ pub fn private_network() -> Result<()> {
     Ok(())
 }
 
-/// How a node runs: a QEMU process, or the container at this index of `up`'s containers.
+/// How a node runs: a QEMU process of the all-QEMU runtime, or the member (a container, or the
+/// mixed runtime's VM) at this index of `up`'s members.
 enum Handle {
     Vm(Child),
-    Container(usize),
+    Member(usize),
 }
 
 /// One running node and where its console goes.
@@ -100,17 +102,14 @@ impl Running {
         }
     }
 
-    fn exited(&mut self, cs: &mut [Container]) -> Option<std::process::ExitStatus> {
+    fn exited(&mut self, cs: &mut [Member]) -> Option<std::process::ExitStatus> {
         match &mut self.handle {
             Handle::Vm(c) => c.try_wait().ok().flatten(),
-            Handle::Container(i) => {
-                cs[*i].attach();
-                cs[*i].child.try_wait().ok().flatten()
-            }
+            Handle::Member(i) => cs[*i].exited(),
         }
     }
 
-    fn stop(&mut self, cs: &mut [Container]) {
+    fn stop(&mut self, cs: &mut [Member]) {
         match &mut self.handle {
             Handle::Vm(child) => {
                 unsafe {
@@ -124,10 +123,7 @@ impl Running {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Handle::Container(i) => {
-                cs[*i].stop();
-                cs[*i].unmount();
-            }
+            Handle::Member(i) => cs[*i].stop(),
         }
     }
 }
@@ -155,6 +151,21 @@ pub struct UpOptions {
     pub no_node_loss: bool,
     /// `--json`: the human report goes to stderr, stdout is left for the JSON document.
     pub json: bool,
+    /// `--vm NODE`: these nodes boot their images in QEMU among the others' containers (the
+    /// mixed runtime, on the containers' bridge).
+    pub vms: Vec<String>,
+}
+
+impl UpOptions {
+    /// Whether `p` boots its image in QEMU.
+    fn in_vm(&self, p: &Plan) -> bool {
+        self.runtime == Runtime::Qemu || self.vms.contains(&p.node.name)
+    }
+
+    /// Whether the nodes share the containers' bridge (containers, mixed or not).
+    fn bridged(&self) -> bool {
+        self.runtime == Runtime::Container
+    }
 }
 
 /// What `up` saw: every node's last reports, the phases run after the membership checks, and
@@ -183,17 +194,47 @@ fn start_node(
     nwork: &Path,
     o: &UpOptions,
     vm: Option<(&qemu::Firmware, bool)>,
-    containers: &mut Vec<Container>,
+    members: &mut Vec<Member>,
 ) -> Result<Running> {
     let name = &p.node.name;
     let log = nwork.join("serial.log");
     let _ = std::fs::remove_file(&log);
     let image = crate::image::bootable(images, name)?;
-    let handle = match vm {
-        Some((fw, kvm)) => Handle::Vm(start_vm(p, &image, nwork, o, fw, kvm, &log)?),
+    let handle = match vm.filter(|_| o.in_vm(p)) {
+        Some((fw, kvm)) if o.bridged() => {
+            members.push(Member::Vm(start_bridged_vm(
+                p, &image, build_dir, nwork, o, fw, kvm, &log,
+            )?));
+            Handle::Member(members.len() - 1)
+        }
+        Some((fw, kvm)) => {
+            let net = qemu::Net::Mcast {
+                group: GROUP.into(),
+            };
+            let vars = nwork.join("OVMF_VARS.fd");
+            std::fs::copy(&fw.vars, &vars)?;
+            let cmd = vm_command(p, &image, &vars, o, (fw, kvm), net, &log, false)?;
+            let child = crate::util::run::Cmd::new(cmd.get_program())
+                .args(cmd.get_args())
+                .spawn(
+                    std::process::Stdio::null(),
+                    std::process::Stdio::null(),
+                    std::fs::File::create(nwork.join("qemu.err"))?.into(),
+                )
+                .with_context(|| format!("starting QEMU for {name}"))?;
+            std::fs::write(nwork.join("qemu.pid"), child.id().to_string())?;
+            eprintln!(
+                "started {name} ({}), serial log {}",
+                image.display(),
+                log.display()
+            );
+            Handle::Vm(child)
+        }
         None => {
-            containers.push(start_container(p, build_dir, nwork, &log)?);
-            Handle::Container(containers.len() - 1)
+            members.push(Member::Container(start_container(
+                p, build_dir, nwork, &log,
+            )?));
+            Handle::Member(members.len() - 1)
         }
     };
     Ok(Running {
@@ -205,24 +246,24 @@ fn start_node(
     })
 }
 
-/// QEMU for `p` from `image` on the cluster's multicast segment, its serial console in `log`.
-fn start_vm(
+/// QEMU's command line for `p` from `image` on `net`, its serial console in `log`.
+#[allow(clippy::too_many_arguments)]
+fn vm_command(
     p: &Plan,
     image: &Path,
-    nwork: &Path,
+    vars: &Path,
     o: &UpOptions,
-    fw: &qemu::Firmware,
-    kvm: bool,
+    (fw, kvm): (&qemu::Firmware, bool),
+    net: qemu::Net,
     log: &Path,
-) -> Result<Child> {
+    writable: bool,
+) -> Result<std::process::Command> {
     let name = &p.node.name;
-    let vars = nwork.join("OVMF_VARS.fd");
-    std::fs::copy(&fw.vars, &vars)?;
     let vm = qemu::Vm {
         name,
         image,
         firmware: fw,
-        vars: &vars,
+        vars,
         kvm,
         memory_mb: p.guest_memory(o.memory)?,
         cpus: o.cpus,
@@ -232,27 +273,87 @@ fn start_vm(
             .clone()
             .unwrap_or_else(|| qemu::default_mac(name)),
         nic: "virtio-net-pci",
-        net: qemu::Net::Mcast {
-            group: GROUP.into(),
-        },
+        net,
         serial_log: log,
         console: false,
         cdrom: None,
+        writable,
     };
-    let child = vm
-        .command()
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(nwork.join("qemu.err"))?)
-        .spawn()
-        .with_context(|| format!("starting QEMU for {name}"))?;
-    std::fs::write(nwork.join("qemu.pid"), child.id().to_string())?;
+    Ok(vm.command())
+}
+
+/// The mixed runtime's VM: `p`'s image behind a qcow2 overlay of this run (so a power-off keeps
+/// the node's disk, as the containers' overlays do), its NIC a tap on the containers' bridge.
+#[allow(clippy::too_many_arguments)]
+fn start_bridged_vm(
+    p: &Plan,
+    image: &Path,
+    build_dir: &Path,
+    nwork: &Path,
+    o: &UpOptions,
+    fw: &qemu::Firmware,
+    kvm: bool,
+    log: &Path,
+) -> Result<VmMember> {
+    let name = &p.node.name;
+    let overlay = nwork.join("disk.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    let backing =
+        std::fs::canonicalize(image).with_context(|| format!("resolving {}", image.display()))?;
+    let format = if image.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    crate::util::run::Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(&backing)
+        .arg(&overlay)
+        .run()
+        .with_context(|| format!("{name}: creating the disk overlay of this run"))?;
+    let tap = vm_tap(p);
+    for args in [
+        &["tuntap", "add", "dev", &tap, "mode", "tap"][..],
+        &[
+            "link",
+            "set",
+            &tap,
+            "master",
+            crate::vm::container::BRIDGE,
+            "up",
+        ][..],
+    ] {
+        crate::util::run::Cmd::new("ip")
+            .args(args)
+            .run()
+            .with_context(|| format!("{name}: the VM's NIC on the nodes' bridge"))?;
+    }
+    let vars = nwork.join("OVMF_VARS.fd");
+    std::fs::copy(&fw.vars, &vars)?;
+    let net = qemu::Net::Tap { ifname: tap };
+    let cmd = vm_command(p, &overlay, &vars, o, (fw, kvm), net, log, true)?;
+    let login = crate::vm::member::login(p, build_dir);
+    if login.is_none() {
+        eprintln!(
+            "note: {name}: no user with sudo and an SSH key in the recipe: the data-path checks cannot log into the VM"
+        );
+    }
+    let vm = VmMember::start(name, p.node.ip, &cmd, log, &nwork.join("qemu.err"), login)?;
+    std::fs::write(nwork.join("qemu.pid"), vm.child.id().to_string())?;
     eprintln!(
-        "started {name} ({}), serial log {}",
+        "started {name} (VM of {}{}, among containers), serial log {}",
         image.display(),
+        if fw.secure { ", Secure Boot" } else { "" },
         log.display()
     );
-    Ok(child)
+    Ok(vm)
+}
+
+/// The tap of `p`'s VM on the bridge (an interface name: at most 15 bytes).
+fn vm_tap(p: &Plan) -> String {
+    let mut n = format!("vm-{}", p.node.name);
+    n.truncate(15);
+    n
 }
 
 /// A container of the tree `p`'s image was made from (kept by the build beside the images).
@@ -282,6 +383,7 @@ fn start_container(p: &Plan, build_dir: &Path, nwork: &Path, log: &Path) -> Resu
 /// The host's address on the nodes' network and the pid file `imgbuild ssh` enters by. Without
 /// it the cluster still runs (said on stderr): it is the way in, not part of what is judged.
 fn host_link(nodes: &[&Plan], build_dir: &Path, runtime: Runtime) {
+    // (the mixed runtime's VMs are on the bridge too)
     use crate::vm::hostlink;
     let r = hostlink::host_address(nodes).and_then(|addr| {
         match runtime {
@@ -339,12 +441,12 @@ pub fn up(
     let _lock = lock_work(&work)?;
     let vm = vm_runtime(o, &work)?;
     private_network()?;
-    if o.runtime == Runtime::Container {
+    if o.bridged() {
         crate::vm::container::prepare()?;
     }
     host_link(nodes, build_dir, o.runtime);
     catch_signals();
-    let mut containers = Vec::new();
+    let mut containers: Vec<Member> = Vec::new();
     let start = Instant::now();
     let mut running = Vec::new();
     for p in nodes {
@@ -374,13 +476,21 @@ pub fn up(
         &mut containers,
         &mut states,
     );
-    print_checks(nodes, &states, o.json);
+    print_checks(nodes, &states, o);
     let healthy_at = start.elapsed().as_secs_f64();
     let mut phases = Vec::new();
     let result = match result {
         Some(f) if f.is_empty() && o.check => {
             say(o.json, &format!("phase boot to healthy: {healthy_at:.0} s"));
-            Some(after_healthy(nodes, &mut containers, o, &work, &mut phases))
+            let mut f = Vec::new();
+            for m in containers.iter().filter(|m| m.is_vm()) {
+                let ph = vm_services(m, &states, start, o.timeout);
+                report(o, &ph, &mut f, &mut phases);
+            }
+            if f.is_empty() {
+                f.extend(after_healthy(nodes, &mut containers, o, &work, &mut phases));
+            }
+            Some(f)
         }
         other => other,
     };
@@ -422,9 +532,10 @@ fn lock_work(work: &Path) -> Result<std::fs::File> {
     Ok(lock)
 }
 
-/// For QEMU: the firmware and whether KVM works; nothing for containers.
+/// For QEMU (all VMs, or the mixed runtime's): the firmware and whether KVM works; nothing
+/// for containers only.
 fn vm_runtime(o: &UpOptions, work: &Path) -> Result<Option<(qemu::Firmware, bool)>> {
-    if o.runtime == Runtime::Container {
+    if o.runtime == Runtime::Container && o.vms.is_empty() {
         return Ok(None);
     }
     let fw = qemu::firmware(o.secure_boot)?;
@@ -445,7 +556,7 @@ fn watch(
     o: &UpOptions,
     start: Instant,
     running: &mut [Running],
-    containers: &mut [Container],
+    containers: &mut [Member],
     states: &mut BTreeMap<String, NodeState>,
 ) -> Option<Vec<String>> {
     let mut last_table = String::new();
@@ -454,6 +565,7 @@ fn watch(
         for r in running.iter_mut() {
             let st = states.get_mut(&r.name).expect("state per node");
             r.poll(st);
+            st.note_first_ok(Instant::now());
             if let Some(status) = r.exited(containers) {
                 st.summary
                     .get_or_insert_with(|| format!("exited({status})"));
@@ -487,10 +599,52 @@ fn watch(
     }
 }
 
+/// The mixed runtime's VM once healthy: when each of its services first passed its check (from
+/// `up`'s start: firmware, boot chain, kernel, systemd and the JVMs under emulation), and the
+/// check's login over SSH, which every later phase needs.
+fn vm_services(
+    m: &Member,
+    states: &BTreeMap<String, NodeState>,
+    start: Instant,
+    timeout: Duration,
+) -> crate::vm::datapath::Phase {
+    crate::vm::datapath::Phase::timed("the VM among containers", |lines, _| {
+        let Member::Vm(v) = m else { return Ok(()) };
+        let st = states.get(&v.name).context("the VM's state")?;
+        let mut seen: Vec<(String, f64)> = st
+            .first_ok
+            .iter()
+            .map(|(c, t)| (c.clone(), t.duration_since(start).as_secs_f64()))
+            .collect();
+        seen.sort_by(|a, b| a.1.total_cmp(&b.1));
+        lines.push(format!(
+            "{} (VM, its image in QEMU): each check first passed after {} (seconds from power-on)",
+            v.name,
+            seen.iter()
+                .map(|(c, s)| format!("{c} {s:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if let Some(sb) = st.seen.secure_boot {
+            lines.push(format!(
+                "{}: the kernel says Secure Boot {}",
+                v.name,
+                if sb { "enabled" } else { "disabled" }
+            ));
+        }
+        let secs = v.await_login(timeout)?;
+        lines.push(format!(
+            "{}: the check logs in over SSH as the recipe's sudo user ({secs:.0}s more)",
+            v.name
+        ));
+        Ok(())
+    })
+}
+
 /// Once every node is healthy: the firewall probed from outside, then (containers) the data path.
 fn after_healthy(
     nodes: &[&Plan],
-    containers: &mut [Container],
+    containers: &mut [Member],
     o: &UpOptions,
     work: &Path,
     phases: &mut Vec<crate::vm::datapath::Phase>,
@@ -505,7 +659,7 @@ fn after_healthy(
         ),
         Err(e) => failures.push(format!("firewall: no address to probe from: {e:#}")),
     }
-    if o.runtime == Runtime::Container {
+    if o.bridged() {
         failures.extend(data_path(nodes, containers, o, work, phases));
     } else {
         say(
@@ -519,7 +673,7 @@ fn after_healthy(
 /// The data-path and node-loss phases, printed as they finish; their failures.
 fn data_path(
     nodes: &[&Plan],
-    containers: &mut [Container],
+    containers: &mut [Member],
     o: &UpOptions,
     work: &Path,
     phases: &mut Vec<crate::vm::datapath::Phase>,
@@ -579,55 +733,97 @@ fn report(
     phases.push(p.clone());
 }
 
-/// Boot a stopped container again and follow its console until its health unit says healthy.
-fn boot_until_healthy(c: &mut Container, timeout: Duration) -> Result<f64> {
+/// Boot a stopped member again and follow its console until its health unit says healthy
+/// (a VM: and until the check can log in again).
+fn boot_until_healthy(c: &mut Member, timeout: Duration) -> Result<f64> {
     let t = Instant::now();
-    let from = std::fs::metadata(&c.log).map(|m| m.len()).unwrap_or(0);
+    let from = std::fs::metadata(c.log()).map(|m| m.len()).unwrap_or(0);
     c.boot()?;
     let mut st = NodeState::default();
     let mut console = Running {
-        name: c.name.clone(),
-        handle: Handle::Container(0),
-        log: c.log.clone(),
+        name: c.name().to_string(),
+        handle: Handle::Member(0),
+        log: c.log().to_path_buf(),
         offset: from,
         partial: String::new(),
     };
+    let mut last = String::new();
     while t.elapsed() < timeout {
-        c.attach();
         console.poll(&mut st);
         if st.summary.as_deref() == Some("healthy") {
+            if let Member::Vm(v) = c {
+                v.await_login(timeout.saturating_sub(t.elapsed()))?;
+            }
             return Ok(t.elapsed().as_secs_f64());
         }
-        if let Ok(Some(s)) = c.child.try_wait() {
-            bail!("{}: the container exited ({s})", c.name);
+        if let Some(s) = c.exited() {
+            bail!("{}: exited ({s}) while booting again", c.name());
+        }
+        let now = st.status();
+        if now != last && c.is_vm() {
+            eprintln!(
+                "[{:>4}s] {} booting again: {now}",
+                t.elapsed().as_secs(),
+                c.name()
+            );
+            last = now;
         }
         std::thread::sleep(Duration::from_secs(2));
     }
     bail!(
-        "{}: not healthy {}s after booting again",
-        c.name,
-        timeout.as_secs()
+        "{}: not healthy {}s after booting again ({})",
+        c.name(),
+        timeout.as_secs(),
+        st.status()
     )
 }
 
-/// Every node's last report of every check, on stdout.
-fn print_checks(nodes: &[&Plan], states: &BTreeMap<String, NodeState>, json: bool) {
+/// Every node's last report of every check, on stdout: `ok`, `FAIL`, or `ignored` for a check
+/// `--ignore` leaves unjudged (whatever it reported: an ignored check is never `ok`).
+fn print_checks(nodes: &[&Plan], states: &BTreeMap<String, NodeState>, o: &UpOptions) {
     for p in nodes {
         if let Some(s) = states.get(&p.node.name) {
             for (c, chk) in &s.checks {
+                let verdict = if o.ignore.contains(c) {
+                    "ignored"
+                } else if chk.ok {
+                    "ok"
+                } else {
+                    "FAIL"
+                };
                 say(
-                    json,
+                    o.json,
                     &format!(
-                        "{:<8} {:<10} {:<4} {}",
+                        "{:<8} {:<10} {:<7} {}",
                         p.node.name,
                         c,
-                        if chk.ok { "ok" } else { "FAIL" },
+                        verdict,
                         describe(&chk.fields)
                     ),
                 );
             }
         }
     }
+}
+
+/// The checks `--ignore` left unjudged, each with the nodes where it was not passing: for the
+/// verdict's last line.
+pub fn not_judged(states: &BTreeMap<String, NodeState>, ignore: &[String]) -> Vec<String> {
+    ignore
+        .iter()
+        .map(|c| {
+            let failing: Vec<&str> = states
+                .iter()
+                .filter(|(_, s)| s.checks.get(c).is_none_or(|k| !k.ok))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if failing.is_empty() {
+                format!("{c} (ignored; passing on every node)")
+            } else {
+                format!("{c} (ignored; not passing on {})", failing.join(", "))
+            }
+        })
+        .collect()
 }
 
 /// One line: every node's address and state (printed whenever it changes).
@@ -771,6 +967,29 @@ mod tests {
         assert!(zk.ok);
         assert_eq!(zk.fields["mode"], "leader");
         assert_eq!(s.checks["kafka"].fields["voters"], "1,2,3");
+    }
+
+    /// Issue 27: a slow node says which service is still starting and since when; an ignored
+    /// check is named in the verdict, never counted as passed.
+    #[test]
+    fn a_slow_node_explains_itself_and_ignored_checks_are_named() {
+        let mut s = NodeState::default();
+        s.line("imgbuild-health node=node1 check=zookeeper ok=yes round=3 mode=follower");
+        s.line("imgbuild-health node=node1 check=kafka ok=no round=3 voters=none leader=none max_lag=0 unheard=none unit=activating since=95s format=active format_since=120s");
+        s.line("imgbuild-health node=node1 check=storm ok=no round=3 nimbuses=0 leader_latch=0 supervisors=2 supervisor=activating supervisor_since=40s");
+        assert_eq!(
+            s.status(),
+            "checking 1/3 (kafka: activating 95s, storm: activating 40s)"
+        );
+        let states = BTreeMap::from([("node1".to_string(), s)]);
+        let ignore = vec!["kafka".to_string(), "zookeeper".to_string()];
+        assert_eq!(
+            not_judged(&states, &ignore),
+            [
+                "kafka (ignored; not passing on node1)",
+                "zookeeper (ignored; passing on every node)"
+            ]
+        );
     }
 
     /// CI once judged node3 healthy after its first three checks of a round (with kafka

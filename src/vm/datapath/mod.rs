@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::plan::{Plan, Role};
-use crate::vm::container::Container;
+use crate::vm::member::Member;
 
 mod node_loss;
 mod round_trip;
@@ -76,11 +76,36 @@ impl Phase {
     }
 }
 
-/// A node's container.
-pub fn container_of<'a>(cs: &'a [Container], p: &Plan) -> Result<&'a Container> {
+/// A node's member of the cluster (its container, or the mixed runtime's VM).
+pub fn container_of<'a>(cs: &'a [Member], p: &Plan) -> Result<&'a Member> {
     cs.iter()
-        .find(|c| c.name == p.node.name)
-        .with_context(|| format!("{}'s container", p.node.name))
+        .find(|c| c.name() == p.node.name)
+        .with_context(|| format!("{}'s container or VM", p.node.name))
+}
+
+/// Where a JVM tool (a Kafka or Storm client) runs for node `p`: its own container, or for a VM
+/// a container peer, whose tool then talks to the VM's listeners over the network. Under
+/// software emulation one client JVM in the VM takes minutes; the listeners, the broker and the
+/// data it holds are the VM's all the same.
+pub fn via<'a>(cs: &'a [Member], p: &Plan) -> Result<&'a Member> {
+    let own = container_of(cs, p)?;
+    if !own.is_vm() {
+        return Ok(own);
+    }
+    cs.iter().find(|c| !c.is_vm()).with_context(|| {
+        format!(
+            "{}: no container peer to run the check's tools from",
+            p.node.name
+        )
+    })
+}
+
+/// The node's label in a phase's lines: `node1 (VM)` for the mixed runtime's VM.
+pub fn label(cs: &[Member], p: &Plan) -> String {
+    match container_of(cs, p) {
+        Ok(m) if m.is_vm() => format!("{} (VM)", p.node.name),
+        _ => p.node.name.clone(),
+    }
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -88,14 +113,14 @@ fn text(o: &std::process::Output) -> String {
 }
 
 /// Run a tool in `c`; Err with its stderr's tail when it fails.
-fn tool(c: &Container, cmd: &[&str], timeout: u64) -> Result<String> {
+fn tool(c: &Member, cmd: &[&str], timeout: u64) -> Result<String> {
     let o = c.exec(cmd, Duration::from_secs(timeout))?;
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
         let tail: Vec<&str> = err.lines().rev().take(8).collect();
         bail!(
             "{}: `{}` failed ({}): {}",
-            c.name,
+            c.name(),
             cmd.join(" "),
             o.status,
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
@@ -106,7 +131,7 @@ fn tool(c: &Container, cmd: &[&str], timeout: u64) -> Result<String> {
 
 /// ZooKeeper's `srvr` answer from node `p`'s client port, asked from inside `c` with the image's
 /// python3: over TLS as the node when ZooKeeper takes TLS clients only.
-fn srvr(c: &Container, p: &Plan, port: u16) -> Result<String> {
+fn srvr(c: &Member, p: &Plan, port: u16) -> Result<String> {
     let ip = p.node.ip.to_string();
     let tls = crate::rootfs::render::zk_client_keystore(p).map_or(String::new(), |ks| {
         format!(
@@ -145,13 +170,17 @@ fn kafka_nodes<'a>(nodes: &[&'a Plan]) -> Vec<&'a Plan> {
         .collect()
 }
 
-fn container<'a>(cs: &'a [Container], p: &Plan) -> &'a Container {
-    container_of(cs, p).expect("a container per node")
+fn container<'a>(cs: &'a [Member], p: &Plan) -> &'a Member {
+    container_of(cs, p).expect("a member per node")
+}
+
+fn via_of<'a>(cs: &'a [Member], p: &Plan) -> &'a Member {
+    via(cs, p).expect("a container among the members")
 }
 
 /// Versions as the running services report them: the broker's "Kafka version" line in server.log,
 /// ZooKeeper's `srvr`, `storm version` and each nimbus's start line.
-pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
+pub fn versions(nodes: &[&Plan], cs: &[Member]) -> Phase {
     Phase::timed("versions", |lines, failures| {
         for p in nodes {
             let c = container(cs, p);
@@ -176,7 +205,7 @@ pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
             }
         }
         if let Some(p) = nodes.iter().find(|p| p.storm.is_some()) {
-            match run_tool(container(cs, p), &storm(&["version"]), 120) {
+            match run_tool(via_of(cs, p), &storm(&["version"]), 120) {
                 Ok(v) => lines.push(format!(
                     "{}: storm version: {}",
                     p.node.name,
@@ -209,7 +238,7 @@ pub fn versions(nodes: &[&Plan], cs: &[Container]) -> Phase {
 /// log4j2.yaml writes (upstream's and the fixture's): the journal is no witness here, since
 /// journald attributes a busy container's lines to the stream late or never (measured: the line
 /// missing from `-u kafka`, and in one clean-clone CI run from `-t kafka-server-start.sh`).
-fn kafka_version(c: &Container) -> Result<String> {
+fn kafka_version(c: &Member) -> Result<String> {
     let log = "/var/log/kafka/server.log";
     let l = tool(c, &["grep", "-m1", "-o", "Kafka version: [^ ]*", log], 30)?;
     match l.trim().strip_prefix("Kafka version: ") {

@@ -6,11 +6,7 @@ use super::*;
 /// Where Storm runs the topology, as each node in `up` sees it: (node, runs a worker). A worker
 /// is a process running Storm's worker main class (the probe, whose own command line names the
 /// class in two halves, is not one).
-pub(super) fn storm_placement(
-    nodes: &[&Plan],
-    cs: &[Container],
-    up: &[&str],
-) -> Vec<(String, bool)> {
+pub(super) fn storm_placement(nodes: &[&Plan], cs: &[Member], up: &[&str]) -> Vec<(String, bool)> {
     const PROBE: &str = r#"
 import glob, os
 main = b'org.apache.storm.daemon.' + b'worker.Worker'
@@ -46,7 +42,7 @@ pub(super) fn placement_line(placement: &[(String, bool)]) -> String {
 /// notices the lost supervisor, a new nimbus leader takes over if need be, and reassigns).
 pub(super) fn await_worker(
     nodes: &[&Plan],
-    cs: &[Container],
+    cs: &[Member],
     survivors: &[&str],
     lost_at: Instant,
     wait: Duration,
@@ -75,7 +71,7 @@ pub(super) fn await_worker(
 
 /// The last Storm log lines that explain a stalled topology (leadership, assignments, workers
 /// started or lost), from each node in `up`: printed with a failure.
-pub(super) fn storm_log_tail(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> String {
+pub(super) fn storm_log_tail(nodes: &[&Plan], cs: &[Member], up: &[&str]) -> String {
     const PATTERN: &str =
         "leadership|assignment|not alive|Launching worker|Worker Process|Exception|ERROR";
     nodes
@@ -94,7 +90,7 @@ pub(super) fn storm_log_tail(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> 
 }
 
 /// ZooKeeper modes of the ensemble members among `up`.
-pub(super) fn zk_modes(nodes: &[&Plan], cs: &[Container], up: &[&str]) -> Vec<(String, String)> {
+pub(super) fn zk_modes(nodes: &[&Plan], cs: &[Member], up: &[&str]) -> Vec<(String, String)> {
     nodes
         .iter()
         .filter(|p| up.contains(&p.node.name.as_str()))
@@ -121,10 +117,10 @@ pub(super) fn quorum_ok(modes: &[(String, String)]) -> bool {
 /// node and returns once its health unit reports healthy again (or fails).
 pub fn node_loss(
     nodes: &[&Plan],
-    cs: &mut [Container],
+    cs: &mut [Member],
     acked_before: &BTreeSet<String>,
     mut wordcount: Option<&mut Wordcount>,
-    wait_healthy: &mut dyn FnMut(&mut Container) -> Result<f64>,
+    wait_healthy: &mut dyn FnMut(&mut Member) -> Result<f64>,
 ) -> Phase {
     let t = Instant::now();
     let mut ph = Phase {
@@ -137,11 +133,15 @@ pub fn node_loss(
         let loss = Loss::choose(nodes, cs, wordcount.is_some(), &mut ph)?;
         let vi = cs
             .iter()
-            .position(|c| c.name == loss.victim.node.name)
+            .position(|c| c.name() == loss.victim.node.name)
             .context("victim container")?;
+        let how = if cs[vi].is_vm() {
+            "powered off (QEMU killed: no shutdown in the guest)"
+        } else {
+            "powered off"
+        };
         cs[vi].power_off();
-        ph.lines
-            .push(format!("{} powered off", loss.victim.node.name));
+        ph.lines.push(format!("{} {how}", loss.victim.node.name));
         let lost_at = Instant::now();
         loss.zookeeper_keeps_quorum(cs, lost_at, &mut ph);
         loss.kafka_goes_on(cs, acked_before, &mut ph)?;
@@ -151,8 +151,13 @@ pub fn node_loss(
         // The node comes back with its disk as it was.
         let secs = wait_healthy(&mut cs[vi])?;
         ph.lines.push(format!(
-            "{} booted again, healthy after {secs:.0}s",
-            loss.victim.node.name
+            "{} booted again{}, healthy after {secs:.0}s",
+            loss.victim.node.name,
+            if cs[vi].is_vm() {
+                " from the same image and disk"
+            } else {
+                ""
+            }
         ));
         loss.rejoined(cs, wordcount.is_some(), &mut ph);
         Ok(())
@@ -180,7 +185,7 @@ impl<'a> Loss<'a> {
     /// from a nimbus that may be a new leader), else the last Kafka node.
     fn choose(
         nodes: &'a [&'a Plan],
-        cs: &[Container],
+        cs: &[Member],
         topology: bool,
         ph: &mut Phase,
     ) -> Result<Loss<'a>> {
@@ -197,10 +202,17 @@ impl<'a> Loss<'a> {
         } else {
             Vec::new()
         };
+        // The mixed runtime's VM first: its power-off and return are what the runtime proves.
         let victim = kafka
             .iter()
             .copied()
-            .find(|k| placement.iter().any(|(n, w)| *w && *n == k.node.name))
+            .find(|k| container(cs, k).is_vm())
+            .or_else(|| {
+                kafka
+                    .iter()
+                    .copied()
+                    .find(|k| placement.iter().any(|(n, w)| *w && *n == k.node.name))
+            })
             .unwrap_or(kafka[kafka.len() - 1]);
         let others: Vec<&Plan> = kafka
             .iter()
@@ -228,7 +240,7 @@ impl<'a> Loss<'a> {
     }
 
     /// The survivors elect a new leader if the victim led (a few ticks): wait for them.
-    fn zookeeper_keeps_quorum(&self, cs: &[Container], lost_at: Instant, ph: &mut Phase) {
+    fn zookeeper_keeps_quorum(&self, cs: &[Member], lost_at: Instant, ph: &mut Phase) {
         let mut modes = zk_modes(self.nodes, cs, &self.survivors);
         while !quorum_ok(&modes) && lost_at.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_secs(2));
@@ -251,15 +263,15 @@ impl<'a> Loss<'a> {
     /// A second round produced through one survivor, both rounds consumed through another.
     fn kafka_goes_on(
         &self,
-        cs: &[Container],
+        cs: &[Member],
         acked_before: &BTreeSet<String>,
         ph: &mut Phase,
     ) -> Result<()> {
         let (a, b) = (self.a, self.b);
-        let acked = produce(container(cs, a), a, 2)?;
+        let acked = produce(via_of(cs, a), a, 2)?;
         let mut all = acked_before.clone();
         all.extend(acked.iter().cloned());
-        let seen = consume(container(cs, b), b, all.len())?;
+        let seen = consume(via_of(cs, b), b, all.len())?;
         let line = compare(
             &all,
             &seen,
@@ -278,7 +290,7 @@ impl<'a> Loss<'a> {
     }
 
     /// The topology goes on: a worker on a survivor again, and a new batch counted exactly.
-    fn storm_goes_on(&self, cs: &[Container], w: &mut Wordcount, lost_at: Instant, ph: &mut Phase) {
+    fn storm_goes_on(&self, cs: &[Member], w: &mut Wordcount, lost_at: Instant, ph: &mut Phase) {
         let victim = self.victim();
         let r = await_worker(
             self.nodes,
@@ -309,13 +321,13 @@ impl<'a> Loss<'a> {
     }
 
     /// Back: a ZooKeeper member again, every partition's ISR whole, the topology ACTIVE.
-    fn rejoined(&self, cs: &[Container], topology: bool, ph: &mut Phase) {
+    fn rejoined(&self, cs: &[Member], topology: bool, ph: &mut Phase) {
         let want_isr = self.kafka.len().min(3);
         let deadline = Instant::now() + Duration::from_secs(600);
         let (mut modes, mut isr) = (Vec::new(), Vec::new());
         while Instant::now() < deadline {
             modes = zk_modes(self.nodes, cs, &self.all);
-            isr = isr_sizes(container(cs, self.a), &bootstrap(self.a)).unwrap_or_default();
+            isr = isr_sizes(via_of(cs, self.a), &bootstrap(self.a)).unwrap_or_default();
             if quorum_ok(&modes) && !isr.is_empty() && isr.iter().all(|n| *n == want_isr) {
                 break;
             }
@@ -326,7 +338,7 @@ impl<'a> Loss<'a> {
             modes_line(&modes)
         ));
         if topology {
-            match topology_status(container(cs, self.a)) {
+            match topology_status(via_of(cs, self.a)) {
                 Ok(Some(s)) if s == "ACTIVE" => {
                     ph.lines.push(format!("after the rejoin: {WC_NAME} ACTIVE"))
                 }

@@ -5,7 +5,7 @@ use super::*;
 
 /// Produce MESSAGES values `<round>.<n>` with acks=all through `via` (VerifiableProducer prints
 /// one JSON line per acknowledged send); the acknowledged values.
-pub(super) fn produce(via: &Container, p: &Plan, round: usize) -> Result<BTreeSet<String>> {
+pub(super) fn produce(via: &Member, p: &Plan, round: usize) -> Result<BTreeSet<String>> {
     let out = tool(
         via,
         &[
@@ -44,7 +44,7 @@ pub(super) fn produce(via: &Container, p: &Plan, round: usize) -> Result<BTreeSe
 /// `topic` read from the beginning through `via` with kafka-console-consumer.sh and `extra`
 /// arguments (which give it a --timeout-ms).
 pub(super) fn console_consumer(
-    via: &Container,
+    via: &Member,
     bootstrap: &str,
     modern: bool,
     topic: &str,
@@ -72,7 +72,7 @@ pub(super) fn console_consumer(
 }
 
 /// Every value in the topic, read from the beginning through `via`.
-pub(super) fn consume(via: &Container, p: &Plan, expect: usize) -> Result<Vec<String>> {
+pub(super) fn consume(via: &Member, p: &Plan, expect: usize) -> Result<Vec<String>> {
     let out = console_consumer(
         via,
         &bootstrap(p),
@@ -127,7 +127,13 @@ pub(super) fn compare(
 }
 
 /// Partitions of the topic and their ISR sizes, from `kafka-topics.sh --describe`.
-pub(super) fn isr_sizes(via: &Container, bootstrap: &str) -> Result<Vec<usize>> {
+pub(super) fn isr_sizes(via: &Member, bootstrap: &str) -> Result<Vec<usize>> {
+    Ok(isrs(via, bootstrap)?.iter().map(Vec::len).collect())
+}
+
+/// Partitions of the topic and their in-sync replicas (broker ids), from `kafka-topics.sh
+/// --describe`.
+pub(super) fn isrs(via: &Member, bootstrap: &str) -> Result<Vec<Vec<u32>>> {
     let out = tool(
         via,
         &[
@@ -147,24 +153,59 @@ pub(super) fn isr_sizes(via: &Container, bootstrap: &str) -> Result<Vec<usize>> 
         .filter(|l| l.contains("Partition:"))
         .filter_map(|l| {
             let isr = l.split("Isr:").nth(1)?.split_whitespace().next()?;
-            Some(isr.split(',').filter(|s| !s.is_empty()).count())
+            Some(isr.split(',').filter_map(|s| s.parse().ok()).collect())
         })
         .collect())
 }
 
+/// The broker id of `p` (KRaft node.id, or ZooKeeper-mode broker.id).
+pub(super) fn broker_id(p: &Plan) -> Option<u32> {
+    let k = p.kafka.as_ref()?;
+    k.node_id.or(k.broker_id)
+}
+
+/// The mixed runtime's VM holds a replica of every partition and is in every ISR.
+pub(super) fn vm_in_every_isr(
+    cs: &[Member],
+    vm: &Plan,
+    via: &Member,
+    bootstrap: &str,
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let id = broker_id(vm).context("the VM's broker id")?;
+    let isr = isrs(via, bootstrap)?;
+    let with = isr.iter().filter(|r| r.contains(&id)).count();
+    lines.push(format!(
+        "{}'s broker {id} in the ISR of {with}/{} partitions of {TOPIC} ({isr:?})",
+        label(cs, vm),
+        isr.len()
+    ));
+    if isr.is_empty() || with < isr.len() {
+        failures.push(format!(
+            "{}: broker {id} is in the ISR of only {with}/{} partitions of {TOPIC}",
+            vm.node.name,
+            isr.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The Kafka round trip: topic, produce through one node, consume through another, replication.
-pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>) {
+pub fn round_trip(nodes: &[&Plan], cs: &[Member]) -> (Phase, BTreeSet<String>) {
     let t = Instant::now();
     let (mut lines, mut failures) = (Vec::new(), Vec::new());
     let mut acked = BTreeSet::new();
-    let kafka = kafka_nodes(nodes);
+    let mut kafka = kafka_nodes(nodes);
+    // The mixed runtime's VM first: messages go through its broker.
+    kafka.sort_by_key(|k| !container(cs, k).is_vm());
     let result = (|| -> Result<()> {
         let (a, b) = match kafka.as_slice() {
             [a, b, ..] => (*a, *b),
             [a] => (*a, *a),
             [] => bail!("no Kafka node"),
         };
-        let (ca, cb) = (container(cs, a), container(cs, b));
+        let (ca, cb) = (via_of(cs, a), via_of(cs, b));
         let rf = kafka.len().min(3);
         let isr = rf.min(2);
         tool(
@@ -193,9 +234,19 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>
         ));
         acked = produce(ca, a, 1)?;
         let seen = consume(cb, b, acked.len())?;
+        let from = |c: &Member, p: &Plan| {
+            if c.name() == p.node.name {
+                String::new()
+            } else {
+                format!(" (the client on {})", c.name())
+            }
+        };
         lines.push(format!(
-            "produced through {} with acks=all, consumed through {}",
-            a.node.name, b.node.name
+            "produced through {}'s broker{} with acks=all, consumed through {}'s{}",
+            label(cs, a),
+            from(ca, a),
+            label(cs, b),
+            from(cb, b)
         ));
         lines.push(compare(&acked, &seen, "round trip", &mut failures));
         if acked.len() < MESSAGES {
@@ -205,6 +256,9 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>
             ));
         }
         replication(ca, a, &mut lines, &mut failures)?;
+        if let Some(vm) = kafka.iter().find(|k| container(cs, k).is_vm()) {
+            vm_in_every_isr(cs, vm, ca, &bootstrap(a), &mut lines, &mut failures)?;
+        }
         Ok(())
     })();
     if let Err(e) = result {
@@ -224,7 +278,7 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Container]) -> (Phase, BTreeSet<String>
 /// After the round trip: no under-replicated partition, and (KRaft) every voter within 1000
 /// records of the leader.
 pub(super) fn replication(
-    ca: &Container,
+    ca: &Member,
     a: &Plan,
     lines: &mut Vec<String>,
     failures: &mut Vec<String>,

@@ -97,12 +97,12 @@ pub(super) fn storm(args: &[&str]) -> Vec<String> {
     v
 }
 
-pub(super) fn run_tool(c: &Container, cmd: &[String], timeout: u64) -> Result<String> {
+pub(super) fn run_tool(c: &Member, cmd: &[String], timeout: u64) -> Result<String> {
     let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
     tool(c, &refs, timeout)
 }
 
-pub(super) fn create_topic(c: &Container, bootstrap: &str, topic: &str, rf: usize) -> Result<()> {
+pub(super) fn create_topic(c: &Member, bootstrap: &str, topic: &str, rf: usize) -> Result<()> {
     tool(
         c,
         &[
@@ -129,7 +129,7 @@ pub(super) fn create_topic(c: &Container, bootstrap: &str, topic: &str, rf: usiz
 
 /// With `security: tls`, wait until kafka-acls.service on the submitting node has added the
 /// recipe's ACLs (the topology's User:storm may do nothing before).
-pub(super) fn acls_applied(c: &Container, p: &Plan) -> Result<String> {
+pub(super) fn acls_applied(c: &Member, p: &Plan) -> Result<String> {
     if !crate::rootfs::render::acl_unit(p) {
         return Ok(format!(
             "{}: no ACL in the recipe: User:storm may touch nothing",
@@ -162,7 +162,7 @@ pub(super) fn acls_applied(c: &Container, p: &Plan) -> Result<String> {
 }
 
 /// The topology's state in `storm list` (ACTIVE, INACTIVE, KILLED...), if it is listed.
-pub(super) fn topology_status(c: &Container) -> Result<Option<String>> {
+pub(super) fn topology_status(c: &Member) -> Result<Option<String>> {
     let out = run_tool(c, &storm(&["list"]), 180)?;
     Ok(out.lines().find_map(|l| {
         let mut cols = l.split_whitespace();
@@ -172,7 +172,7 @@ pub(super) fn topology_status(c: &Container) -> Result<Option<String>> {
 
 impl Wordcount {
     /// Send the next `n` sentences with acks=all.
-    fn feed(&mut self, c: &Container, n: usize) -> Result<()> {
+    fn feed(&mut self, c: &Member, n: usize) -> Result<()> {
         let script = format!(
             "printf '%s\\n' \"$@\" | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {} {} {CLIENT} --topic {WC_IN} --producer-property acks=all",
             self.bootstrap,
@@ -188,7 +188,7 @@ impl Wordcount {
 
     /// Read the output topic through `c` until it holds the expected counts (or `wait` passes).
     /// A line describing what was read; an error when it never matched.
-    fn await_counts(&self, c: &Container, wait: Duration) -> Result<String> {
+    fn await_counts(&self, c: &Member, wait: Duration) -> Result<String> {
         let t = Instant::now();
         let mut got = BTreeMap::new();
         while t.elapsed() < wait {
@@ -246,10 +246,10 @@ impl Wordcount {
     }
 
     /// Feed another batch through `c` and wait for the counts (the node-loss phase).
-    pub fn more(&mut self, cs: &[Container], via: &str, wait: Duration) -> Result<String> {
+    pub fn more(&mut self, cs: &[Member], via: &str, wait: Duration) -> Result<String> {
         let c = cs
             .iter()
-            .find(|c| c.name == via)
+            .find(|c| c.name() == via)
             .context("the feeding node's container")?;
         self.via = via.to_string();
         self.feed(c, SENTENCES)?;
@@ -257,13 +257,13 @@ impl Wordcount {
     }
 
     /// Kill the topology and wait until `storm list` no longer shows it.
-    pub fn kill(&self, cs: &[Container]) -> Phase {
+    pub fn kill(&self, cs: &[Member]) -> Phase {
         let t = Instant::now();
         let (mut lines, mut failures) = (Vec::new(), Vec::new());
         let r = (|| -> Result<()> {
             let c = cs
                 .iter()
-                .find(|c| c.name == self.via)
+                .find(|c| c.name() == self.via)
                 .context("the topology's node")?;
             run_tool(c, &storm(&["kill", WC_NAME, "-w", "1"]), 300)?;
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -292,16 +292,19 @@ impl Wordcount {
 /// sentences through Kafka and check the word counts it writes to Kafka.
 // Long on purpose: submit, wait for ACTIVE, feed, poll the counts: one sequence against one running
 // topology, each step a few lines and a tool call.
-pub fn topology(nodes: &[&Plan], cs: &[Container]) -> (Phase, Option<Wordcount>) {
+pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
     let t = Instant::now();
     let (mut lines, mut failures) = (Vec::new(), Vec::new());
     let kafka = kafka_nodes(nodes);
     let mut wc = None;
     let r = (|| -> Result<()> {
-        let Some(p) = nodes
+        // Submitted from a container (the mixed runtime's VM would take minutes per JVM).
+        let mut submitters: Vec<&&Plan> = nodes
             .iter()
-            .find(|p| p.storm.is_some() && p.kafka.is_some())
-        else {
+            .filter(|p| p.storm.is_some() && p.kafka.is_some())
+            .collect();
+        submitters.sort_by_key(|p| container(cs, p).is_vm());
+        let Some(p) = submitters.first().copied() else {
             bail!("no node with both Storm and Kafka to submit from");
         };
         let c = container(cs, p);
