@@ -244,6 +244,11 @@ pub struct UpArgs {
     /// check logs into the VM over SSH as the recipe's sudo user.
     #[arg(long, value_name = "NODE")]
     pub vm: Vec<String>,
+    /// With --check in containers (mixed or not): also a network partition, one container
+    /// node cut off from the others while a producer writes with acks=all, then healed (no
+    /// acknowledged message lost, its broker out of the ISR and back, no second KRaft leader).
+    #[arg(long)]
+    pub partition: bool,
 }
 
 impl UpArgs {
@@ -259,6 +264,7 @@ impl UpArgs {
                 crate::vm::cluster::Runtime::Container
             },
             vms: self.vm.clone(),
+            partition: self.partition,
             ignore: self.ignore.clone(),
             no_node_loss: self.no_node_loss,
             json: self.json,

@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod fetch;
 pub mod flash;
 pub mod image;
+pub mod layout;
 pub mod pki;
 pub mod plan;
 pub mod recipe;

@@ -9,7 +9,7 @@ pub fn rootfs(cli: &Cli, node: &str, output: Option<&std::path::Path>) -> Result
     let fetched = fetch_with(cli, &s)?;
     crate::pki::ensure(&[&plan])?;
     let common = crate::rootfs::common_tree(&plan, &fetched, &cli.build_dir)?;
-    let tls = crate::pki::node_files(&plan)?;
+    let tls = crate::rootfs::render::secret_files(&plan)?;
     let tree = crate::rootfs::node_tree(&plan, &common, &cli.build_dir, &tls, &plan.overlays)?;
     let out = output.map_or_else(
         || std::path::Path::new("images").join(node).join("rootfs.tar"),
@@ -250,7 +250,7 @@ pub(super) fn build_node(
     }
     let common = common.expect("built when a node needs it");
     let t = std::time::Instant::now();
-    let tls = crate::pki::node_files(plan)?;
+    let tls = crate::rootfs::render::secret_files(plan)?;
     let tree = crate::rootfs::node_tree(plan, common, &cli.build_dir, &tls, &plan.overlays)?;
     stages
         .times

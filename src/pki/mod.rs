@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+use crate::layout::{CA_CERT, FileSpec, KAFKA_KEYSTORE, NODE_CERT, STORM_KEYSTORE, ZK_KEYSTORE};
 use crate::plan::security::STORM_USER;
 use crate::plan::{Plan, Role};
-use crate::rootfs::render::{FileSpec, STORM_KAFKA_CLIENT, storm_kafka_client};
 use crate::util::run::Cmd;
 
 pub mod scram;
@@ -367,8 +367,10 @@ pub fn key_entries(plan: &Plan) -> Vec<(String, String)> {
 
 /// The node's TLS files: the CA and its certificate for everyone; its key, with the
 /// certificate, as a PEM keystore for each service of the node that speaks TLS, owned by it;
-/// the Storm topologies' client keystore (User:storm), owned by storm. None with
-/// `security: plaintext`.
+/// the Storm topologies' client keystore (User:storm), owned by storm; with SCRAM, the
+/// controllers' salted credentials. None with `security: plaintext`. (User storm's client
+/// settings, which hold its password with SCRAM, are rendered by `render::secret_files` from
+/// `storm_password`: the PKI hands out secrets and renders nothing.)
 pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
     if !plan.security.tls() {
         return Ok(Vec::new());
@@ -390,13 +392,13 @@ pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
     let node = Leaf::node(plan);
     let mut out = vec![
         FileSpec {
-            path: "etc/imgbuild/tls/ca.crt".into(),
+            path: CA_CERT.trim_start_matches('/').into(),
             content: read(&ca.cert)?,
             mode: 0o644,
             owner: None,
         },
         FileSpec {
-            path: "etc/imgbuild/tls/node.crt".into(),
+            path: NODE_CERT.trim_start_matches('/').into(),
             content: read(&node.cert)?,
             mode: 0o644,
             owner: None,
@@ -404,12 +406,12 @@ pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
     ];
     let own = keystore(&node)?;
     for (role, owner, path) in [
-        (Role::Kafka, "kafka", "etc/kafka/tls/node.pem"),
-        (Role::Zookeeper, "zookeeper", "etc/zookeeper/tls/node.pem"),
+        (Role::Kafka, "kafka", KAFKA_KEYSTORE),
+        (Role::Zookeeper, "zookeeper", ZK_KEYSTORE),
     ] {
         if plan.roles.contains(&role) {
             out.push(FileSpec {
-                path: path.into(),
+                path: path.trim_start_matches('/').into(),
                 content: own.clone(),
                 mode: 0o600,
                 owner: Some(owner),
@@ -423,20 +425,6 @@ pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
             mode: 0o600,
             owner: Some("storm"),
         });
-        if plan.security.scram() {
-            // User storm's password, for its topologies (with mTLS the file holds paths only,
-            // and the renderer writes it).
-            let declared = plan.security.users.iter().any(|u| u.name == STORM_USER);
-            let pw = declared
-                .then(|| scram::password(plan, STORM_USER))
-                .transpose()?;
-            out.push(FileSpec {
-                path: STORM_KAFKA_CLIENT.trim_start_matches('/').into(),
-                content: storm_kafka_client(&plan.security, pw.as_deref()).into_bytes(),
-                mode: 0o600,
-                owner: Some("storm"),
-            });
-        }
     }
     if let Some(env) = scram::credentials_env(plan)? {
         out.push(FileSpec {
@@ -449,9 +437,15 @@ pub fn node_files(plan: &Plan) -> Result<Vec<FileSpec>> {
     Ok(out)
 }
 
-/// A Storm node's client keystore (CN=storm): its daemons and workers to ZooKeeper, its
-/// topologies to Kafka (User:storm).
-pub const STORM_KEYSTORE: &str = "/etc/storm/tls/client.pem";
+/// User storm's SCRAM password on a Storm node, for its topologies' client settings: None without
+/// SCRAM, or when the recipe declares no user storm (then it has none).
+pub fn storm_password(plan: &Plan) -> Result<Option<String>> {
+    let declared = plan.security.users.iter().any(|u| u.name == STORM_USER);
+    if plan.storm.is_none() || !plan.security.scram() || !declared {
+        return Ok(None);
+    }
+    scram::password(plan, STORM_USER).map(Some)
+}
 
 /// The identities `up --check` tries on Kafka's listeners, made in `dir` (a check's scratch
 /// directory, never the secrets directory): a PEM keystore signed by the cluster's CA for

@@ -207,7 +207,7 @@ mod tests {
         );
         // No certificate for a SCRAM user.
         assert!(!p.pki.dir.join("users/storm.crt").exists());
-        let files = crate::pki::node_files(p).unwrap();
+        let files = crate::rootfs::render::secret_files(p).unwrap();
         let find = |path: &str| {
             files
                 .iter()
@@ -225,7 +225,7 @@ mod tests {
             "{creds_text}"
         );
         assert!(!creds_text.contains(&pw));
-        let client = find(crate::rootfs::render::STORM_KAFKA_CLIENT.trim_start_matches('/'));
+        let client = find(crate::layout::STORM_KAFKA_CLIENT.trim_start_matches('/'));
         assert_eq!((client.mode, client.owner), (0o600, Some("storm")));
         let client_text = String::from_utf8_lossy(&client.content);
         assert!(client_text.contains("security.protocol=SASL_SSL\n"));

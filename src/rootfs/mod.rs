@@ -10,7 +10,6 @@
 //!   never modified.
 
 pub mod confined;
-pub mod documents;
 pub mod extract;
 pub mod props;
 pub mod render;
@@ -27,11 +26,12 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::fetch::Fetched;
+use crate::layout::FileSpec;
 use crate::plan::Plan;
 use crate::recipe::BaseKind;
 use crate::rootfs::confined::{Follow, Root};
 use crate::rootfs::extract::{Limits, Policy};
-use crate::rootfs::render::{FileSpec, SERVICE_USERS};
+use crate::rootfs::render::SERVICE_USERS;
 use crate::util::fs::{Staging, require_root};
 
 /// The input hash of the shared tree.

@@ -173,6 +173,11 @@ impl Container {
         self.attached = ok;
     }
 
+    /// The host end of its veth: its port on the nodes' bridge.
+    pub fn bridge_port(&self) -> &str {
+        &self.host_if
+    }
+
     /// The container's init (pid 1 inside), for entering its namespaces: the first systemd
     /// below `script` (script -> [shell ->] systemd-nspawn -> systemd).
     pub fn leader(&self) -> Option<i32> {

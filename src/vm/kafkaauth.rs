@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::layout::CA_CERT;
 use crate::plan::Plan;
 use crate::plan::security::SCRAM_MECHANISM;
-use crate::rootfs::render::CA_CERT;
 use crate::vm::datapath::Phase;
 use crate::vm::member::Member;
 
@@ -200,7 +200,7 @@ fn add_scram_user(c: &Member, p: &Plan, password: &str) -> Result<()> {
             "--bootstrap-server",
             &format!("{}:{}", p.node.ip, k.own_port(&p.security)),
             "--command-config",
-            crate::rootfs::render::KAFKA_TLS_CLIENT,
+            crate::layout::KAFKA_TLS_CLIENT,
             "--alter",
             "--add-config",
             &format!(

@@ -32,6 +32,8 @@ pub struct VmMember {
     argv: Vec<OsString>,
     stderr: PathBuf,
     login: Option<Login>,
+    /// Its tap on the nodes' bridge.
+    pub port: String,
     pub child: Child,
 }
 
@@ -44,6 +46,7 @@ impl VmMember {
         log: &Path,
         stderr: &Path,
         login: Option<Login>,
+        port: &str,
     ) -> Result<VmMember> {
         let argv = std::iter::once(cmd.get_program().to_os_string())
             .chain(cmd.get_args().map(|a| a.to_os_string()))
@@ -55,6 +58,7 @@ impl VmMember {
             argv,
             stderr: stderr.to_path_buf(),
             login,
+            port: port.to_string(),
             child: Command::new("true").spawn()?,
         };
         let _ = vm.child.wait();
@@ -238,6 +242,35 @@ impl Member {
             Member::Container(c) => c.boot(),
             Member::Vm(v) => v.boot(),
         }
+    }
+
+    /// Cut the member off the nodes' network, both directions (its port leaves the bridge), or
+    /// put it back: a network partition, with the node itself running on.
+    pub fn cut_off(&self, cut: bool) -> Result<()> {
+        let port = match self {
+            Member::Container(c) => c.bridge_port(),
+            Member::Vm(v) => &v.port,
+        };
+        let args: &[&str] = if cut {
+            &["link", "set", port, "nomaster"]
+        } else {
+            &["link", "set", port, "master", crate::vm::container::BRIDGE]
+        };
+        crate::util::run::Cmd::new("ip")
+            .args(args)
+            .run()
+            .with_context(|| {
+                format!(
+                    "{}: {} the nodes' bridge",
+                    self.name(),
+                    if cut {
+                        "cutting it off"
+                    } else {
+                        "putting it back on"
+                    }
+                )
+            })?;
+        Ok(())
     }
 
     /// Whether it has stopped (a container's veth is put on the bridge first, once it exists).

@@ -278,7 +278,8 @@ impl Vm<'_> {
                     self.serial_log.display()
                 )
             } else {
-                format!("file,id=s0,path={}", self.serial_log.display())
+                // append: a VM booted again (the mixed runtime's node loss) adds to its console log.
+                format!("file,id=s0,path={},append=on", self.serial_log.display())
             })
             .args(["-serial", "chardev:s0"])
             .args(["-device", "virtio-rng-pci"]);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::layout::CA_CERT;
 use crate::plan::Plan;
-use crate::rootfs::render::CA_CERT;
 use crate::vm::datapath::Phase;
 use crate::vm::member::Member;
 
@@ -81,7 +81,9 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
             .context("no ZooKeeper server")?;
         let z = p.zookeeper.as_ref().context("no ZooKeeper")?;
         let own = crate::rootfs::render::zk_client_keystore(p).context("no client keystore")?;
-        let c = crate::vm::datapath::container_of(cs, p)?;
+        // From a container: for the mixed runtime's VM a peer, a remote client of its port (the
+        // control is then that peer's own certificate, of the same CA).
+        let c = crate::vm::datapath::via(cs, p)?;
         let (_, impostor) = crate::pki::check_identities(
             p,
             &work.join("check-identities-zookeeper"),
@@ -109,6 +111,8 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
         for (kind, what) in CLIENTS {
             let who = if kind == "impostor" {
                 format!("{what}{}", p.node.hostname)
+            } else if kind == "node" && c.name() != p.node.name {
+                format!("{}'s own certificate (a cluster node's)", c.name())
             } else {
                 what.to_string()
             };

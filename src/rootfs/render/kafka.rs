@@ -4,10 +4,6 @@
 use super::*;
 use crate::plan::security::SCRAM_MECHANISM;
 
-/// User storm's Kafka client settings on a Storm node, which the example topology loads when it
-/// is submitted (`kafka.client.config` in its wordcount.properties).
-pub const STORM_KAFKA_CLIENT: &str = "/etc/storm/kafka-client.properties";
-
 /// User storm's Kafka client settings: its certificate (mTLS), its SCRAM password (`password`,
 /// None when the recipe declares no user storm: then it has none), or plaintext.
 pub fn storm_kafka_client(sec: &SecurityPlan, password: Option<&str>) -> String {
@@ -31,7 +27,7 @@ pub fn storm_kafka_client(sec: &SecurityPlan, password: Option<&str>) -> String 
     } else if sec.tls() {
         p.set("security.protocol", "SSL")
             .set("ssl.keystore.type", "PEM")
-            .set("ssl.keystore.location", crate::pki::STORM_KEYSTORE)
+            .set("ssl.keystore.location", STORM_KEYSTORE)
             .set("ssl.truststore.type", "PEM")
             .set("ssl.truststore.location", CA_CERT);
     } else {
@@ -39,13 +35,6 @@ pub fn storm_kafka_client(sec: &SecurityPlan, password: Option<&str>) -> String 
     }
     p.render()
 }
-
-/// What a Kafka tool on a node needs to reach the TLS listeners (controller, inter-broker) as
-/// the node itself: `--command-config` of kafka-metadata-quorum.sh and the like.
-pub const KAFKA_TLS_CLIENT: &str = "/etc/kafka/tls/client.properties";
-
-/// Where a broker node keeps the script that adds the recipe's ACLs (kafka-acls.service).
-pub const KAFKA_ACLS: &str = "/usr/lib/imgbuild/kafka-acls";
 
 /// The client settings of a Kafka tool run as the node (paths only, no secret): TLS with the
 /// node's certificate, or plaintext.

@@ -7,6 +7,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::layout::{
+    CA_CERT, FileSpec, KAFKA_ACLS, KAFKA_KEYSTORE, KAFKA_TLS_CLIENT, STORM_KAFKA_CLIENT,
+    STORM_KEYSTORE, ZK_KEYSTORE,
+};
 use crate::plan::security::SecurityPlan;
 use crate::plan::services::{Component, Reach, Unit};
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
@@ -14,6 +18,7 @@ use crate::plan::{KafkaPlan, Plan, Role, ZookeeperPlan};
 use crate::recipe::KafkaMode;
 use crate::rootfs::props::Properties;
 
+pub mod documents;
 mod health;
 mod kafka;
 mod system;
@@ -24,14 +29,27 @@ pub use kafka::*;
 pub use system::*;
 pub use zookeeper::*;
 
-/// A file to place in the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileSpec {
-    pub path: PathBuf,
-    pub content: Vec<u8>,
-    pub mode: u32,
-    /// Owner by user name (resolved against the tree's passwd), root when None.
-    pub owner: Option<&'static str>,
+/// A node's files that hold secrets: the PKI's (CA, certificates, keystores, SCRAM credentials),
+/// and with SCRAM user storm's client settings with its password, rendered here (0600, storm),
+/// right after the Storm keystore. Empty with `security: plaintext`.
+pub fn secret_files(p: &Plan) -> anyhow::Result<Vec<FileSpec>> {
+    let mut out = crate::pki::node_files(p)?;
+    if p.storm.is_some() && p.security.scram() {
+        let pw = crate::pki::storm_password(p)?;
+        let client = FileSpec {
+            path: STORM_KAFKA_CLIENT.trim_start_matches('/').into(),
+            content: storm_kafka_client(&p.security, pw.as_deref()).into_bytes(),
+            mode: 0o600,
+            owner: Some("storm"),
+        };
+        let keystore = std::path::Path::new(STORM_KEYSTORE.trim_start_matches('/'));
+        let at = out
+            .iter()
+            .position(|f| f.path == keystore)
+            .map_or(out.len(), |i| i + 1);
+        out.insert(at, client);
+    }
+    Ok(out)
 }
 
 fn file(path: &str, content: String, mode: u32) -> FileSpec {
@@ -232,7 +250,7 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     if let Some(s) = &p.storm {
         out.push(file(
             "etc/storm/storm.yaml",
-            crate::rootfs::documents::storm_yaml(s, p.security.tls()),
+            documents::storm_yaml(s, p.security.tls()),
             0o644,
         ));
         // User storm's Kafka client settings (with SCRAM they hold its password: the PKI's).
@@ -288,20 +306,10 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     out
 }
 
-/// The collector of every service JVM, as the Kafka docs recommend (Kafka's own scripts use it
-/// already): stated, because the JVM picks the serial collector on a one-CPU machine.
-pub const G1: &str = "-XX:+UseG1GC -XX:MaxGCPauseMillis=20";
-
-/// The cluster CA's certificate on every node (imgbuild's PKI, `pki/`).
-pub const CA_CERT: &str = "/etc/imgbuild/tls/ca.crt";
-/// A node's key and certificate, as a PEM keystore per service (0600, owned by it).
-pub const KAFKA_KEYSTORE: &str = "/etc/kafka/tls/node.pem";
-pub const ZK_KEYSTORE: &str = "/etc/zookeeper/tls/node.pem";
-
 /// The NoCloud seed: (file name, content) for meta-data, user-data and network-config.
 pub fn seed(p: &Plan) -> Vec<(&'static str, String)> {
-    let user = crate::rootfs::documents::user_data(p);
-    let net = crate::rootfs::documents::network_config(p);
+    let user = documents::user_data(p);
+    let net = documents::network_config(p);
     // The instance id changes exactly when this node's own seed does, so cloud-init re-runs its
     // per-instance modules after such a change, and edits elsewhere in the recipe leave it alone.
     let h = {

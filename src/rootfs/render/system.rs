@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// The collector of every service JVM, as the Kafka docs recommend (Kafka's own scripts use it
+/// already): stated, because the JVM picks the serial collector on a one-CPU machine.
+pub const G1: &str = "-XX:+UseG1GC -XX:MaxGCPauseMillis=20";
+
 /// The OS tuning of `plan.os`: kernel parameters in sysctl.d (applied by systemd-sysctl at
 /// boot), each service unit's limits as a drop-in, and timesyncd's servers when the recipe
 /// names some.

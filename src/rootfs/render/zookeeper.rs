@@ -103,7 +103,7 @@ pub fn zk_client_keystore(p: &Plan) -> Option<&'static str> {
     } else if p.roles.contains(&Role::Kafka) {
         Some(KAFKA_KEYSTORE)
     } else if p.storm.is_some() {
-        Some(crate::pki::STORM_KEYSTORE)
+        Some(crate::layout::STORM_KEYSTORE)
     } else {
         None
     }

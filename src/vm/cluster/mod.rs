@@ -151,6 +151,8 @@ pub struct UpOptions {
     pub no_node_loss: bool,
     /// `--json`: the human report goes to stderr, stdout is left for the JSON document.
     pub json: bool,
+    /// `--partition`: after the node loss, cut a container node off the others and heal it.
+    pub partition: bool,
     /// `--vm NODE`: these nodes boot their images in QEMU among the others' containers (the
     /// mixed runtime, on the containers' bridge).
     pub vms: Vec<String>,
@@ -330,7 +332,9 @@ fn start_bridged_vm(
     }
     let vars = nwork.join("OVMF_VARS.fd");
     std::fs::copy(&fw.vars, &vars)?;
-    let net = qemu::Net::Tap { ifname: tap };
+    let net = qemu::Net::Tap {
+        ifname: tap.clone(),
+    };
     let cmd = vm_command(p, &overlay, &vars, o, (fw, kvm), net, log, true)?;
     let login = crate::vm::member::login(p, build_dir);
     if login.is_none() {
@@ -338,7 +342,15 @@ fn start_bridged_vm(
             "note: {name}: no user with sudo and an SSH key in the recipe: the data-path checks cannot log into the VM"
         );
     }
-    let vm = VmMember::start(name, p.node.ip, &cmd, log, &nwork.join("qemu.err"), login)?;
+    let vm = VmMember::start(
+        name,
+        p.node.ip,
+        &cmd,
+        log,
+        &nwork.join("qemu.err"),
+        login,
+        &vm_tap(p),
+    )?;
     std::fs::write(nwork.join("qemu.pid"), vm.child.id().to_string())?;
     eprintln!(
         "started {name} (VM of {}{}, among containers), serial log {}",
@@ -708,6 +720,9 @@ fn data_path(
             wordcount.as_mut(),
             &mut |c| boot_until_healthy(c, timeout),
         ));
+    }
+    if o.partition {
+        report(&crate::vm::datapath::partition(nodes, containers));
     }
     if let Some(w) = &wordcount {
         report(&w.kill(containers));

@@ -16,10 +16,12 @@ use crate::plan::{Plan, Role};
 use crate::vm::member::Member;
 
 mod node_loss;
+mod partition;
 mod round_trip;
 mod topology;
 
 pub use node_loss::*;
+pub use partition::*;
 pub use round_trip::*;
 pub use topology::*;
 
@@ -27,7 +29,7 @@ pub const TOPIC: &str = "imgbuild-check";
 /// Every Kafka tool the check runs on a node is this node's client: over TLS with its certificate
 /// (a super user) with `security: tls`, plaintext otherwise (User:storm's topology and the
 /// refusals are the clients of the client listener).
-const CLIENT: &str = crate::rootfs::render::KAFKA_TLS_CLIENT;
+const CLIENT: &str = crate::layout::KAFKA_TLS_CLIENT;
 
 /// The option that gives a console or verifiable client its properties file: `--command-config`
 /// from Kafka 4.2 (KIP-1147, which deprecates the old ones with a line on stdout, where the
@@ -136,7 +138,7 @@ fn srvr(c: &Member, p: &Plan, port: u16) -> Result<String> {
     let tls = crate::rootfs::render::zk_client_keystore(p).map_or(String::new(), |ks| {
         format!(
             "import ssl\nctx=ssl.create_default_context(cafile='{}')\nctx.load_cert_chain('{ks}')\ns=ctx.wrap_socket(s,server_hostname='{ip}')\n",
-            crate::rootfs::render::CA_CERT
+            crate::layout::CA_CERT
         )
     });
     let script = format!(
@@ -204,8 +206,12 @@ pub fn versions(nodes: &[&Plan], cs: &[Member]) -> Phase {
                 }
             }
         }
-        if let Some(p) = nodes.iter().find(|p| p.storm.is_some()) {
-            match run_tool(via_of(cs, p), &storm(&["version"]), 120) {
+        // `storm version` is a JVM: asked on a container (the VM's nimbus says its own below).
+        if let Some(p) = nodes
+            .iter()
+            .find(|p| p.storm.is_some() && !container(cs, p).is_vm())
+        {
+            match run_tool(container(cs, p), &storm(&["version"]), 120) {
                 Ok(v) => lines.push(format!(
                     "{}: storm version: {}",
                     p.node.name,
@@ -272,6 +278,26 @@ mod tests {
                 "rt: 3 acknowledged messages never consumed",
                 "rt: 1 consumed messages are not what was produced"
             ]
+        );
+    }
+
+    /// Issue 27, acceptance 2: the check fails when the VM's broker is out of an ISR.
+    #[test]
+    fn the_vms_broker_must_be_in_every_isr() {
+        let (line, f) = in_every_isr("node1 (VM)", 1, &[vec![1, 2, 3], vec![2, 3, 1]]);
+        assert_eq!(
+            line,
+            "node1 (VM)'s broker 1 in the ISR of 2/2 partitions of imgbuild-check ([[1, 2, 3], [2, 3, 1]])"
+        );
+        assert_eq!(f, None);
+        let (_, f) = in_every_isr("node1 (VM)", 1, &[vec![1, 2, 3], vec![2, 3]]);
+        assert_eq!(
+            f.as_deref(),
+            Some("node1 (VM): broker 1 is in the ISR of only 1/2 partitions of imgbuild-check")
+        );
+        assert!(
+            in_every_isr("node1 (VM)", 1, &[]).1.is_some(),
+            "no partition seen"
         );
     }
 

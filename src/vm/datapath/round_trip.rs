@@ -27,6 +27,11 @@ pub(super) fn produce(via: &Member, p: &Plan, round: usize) -> Result<BTreeSet<S
         ],
         300,
     )?;
+    Ok(acked_values(&out))
+}
+
+/// The values VerifiableProducer's JSON lines say were acknowledged.
+pub(super) fn acked_values(out: &str) -> BTreeSet<String> {
     let mut acked = BTreeSet::new();
     for l in out.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
@@ -38,7 +43,7 @@ pub(super) fn produce(via: &Member, p: &Plan, round: usize) -> Result<BTreeSet<S
             acked.insert(val.to_string());
         }
     }
-    Ok(acked)
+    acked
 }
 
 /// `topic` read from the beginning through `via` with kafka-console-consumer.sh and `extra`
@@ -128,12 +133,12 @@ pub(super) fn compare(
 
 /// Partitions of the topic and their ISR sizes, from `kafka-topics.sh --describe`.
 pub(super) fn isr_sizes(via: &Member, bootstrap: &str) -> Result<Vec<usize>> {
-    Ok(isrs(via, bootstrap)?.iter().map(Vec::len).collect())
+    Ok(isrs(via, bootstrap, TOPIC)?.iter().map(Vec::len).collect())
 }
 
 /// Partitions of the topic and their in-sync replicas (broker ids), from `kafka-topics.sh
 /// --describe`.
-pub(super) fn isrs(via: &Member, bootstrap: &str) -> Result<Vec<Vec<u32>>> {
+pub(super) fn isrs(via: &Member, bootstrap: &str, topic: &str) -> Result<Vec<Vec<u32>>> {
     let out = tool(
         via,
         &[
@@ -144,7 +149,7 @@ pub(super) fn isrs(via: &Member, bootstrap: &str) -> Result<Vec<Vec<u32>>> {
             CLIENT,
             "--describe",
             "--topic",
-            TOPIC,
+            topic,
         ],
         180,
     )?;
@@ -174,21 +179,27 @@ pub(super) fn vm_in_every_isr(
     failures: &mut Vec<String>,
 ) -> Result<()> {
     let id = broker_id(vm).context("the VM's broker id")?;
-    let isr = isrs(via, bootstrap)?;
-    let with = isr.iter().filter(|r| r.contains(&id)).count();
-    lines.push(format!(
-        "{}'s broker {id} in the ISR of {with}/{} partitions of {TOPIC} ({isr:?})",
-        label(cs, vm),
-        isr.len()
-    ));
-    if isr.is_empty() || with < isr.len() {
-        failures.push(format!(
-            "{}: broker {id} is in the ISR of only {with}/{} partitions of {TOPIC}",
-            vm.node.name,
-            isr.len()
-        ));
-    }
+    let isr = isrs(via, bootstrap, TOPIC)?;
+    let (line, failure) = in_every_isr(&label(cs, vm), id, &isr);
+    lines.push(line);
+    failures.extend(failure);
     Ok(())
+}
+
+/// Whether broker `id` is in the ISR of every partition: the line to print, and the failure.
+pub(super) fn in_every_isr(who: &str, id: u32, isr: &[Vec<u32>]) -> (String, Option<String>) {
+    let with = isr.iter().filter(|r| r.contains(&id)).count();
+    let line = format!(
+        "{who}'s broker {id} in the ISR of {with}/{} partitions of {TOPIC} ({isr:?})",
+        isr.len()
+    );
+    let failure = (isr.is_empty() || with < isr.len()).then(|| {
+        format!(
+            "{who}: broker {id} is in the ISR of only {with}/{} partitions of {TOPIC}",
+            isr.len()
+        )
+    });
+    (line, failure)
 }
 
 /// The Kafka round trip: topic, produce through one node, consume through another, replication.

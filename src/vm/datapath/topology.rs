@@ -337,7 +337,7 @@ pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
             .join(",");
         let props = format!(
             "topology.name={WC_NAME}\nkafka.bootstrap={clients}\ninput.topic={WC_IN}\noutput.topic={WC_OUT}\nkafka.client.config={}\n",
-            crate::rootfs::render::STORM_KAFKA_CLIENT
+            crate::layout::STORM_KAFKA_CLIENT
         );
         if p.security.tls() {
             lines.push(acls_applied(c, p)?);

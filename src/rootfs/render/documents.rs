@@ -143,8 +143,9 @@ pub const HEARTBEATS_RECOVERY_SECS: u32 = 60;
 /// `tls`: every Storm JVM that talks to ZooKeeper (the daemons and the workers) does it over
 /// TLS, as the node's Storm identity.
 pub fn storm_yaml(s: &StormPlan, tls: bool) -> String {
-    use crate::rootfs::render::{G1, STORM_ZK_NETTY, zk_client_tls_opts};
-    let zk_tls = tls.then(|| zk_client_tls_opts(STORM_ZK_NETTY, crate::pki::STORM_KEYSTORE));
+    use super::system::G1;
+    use super::zookeeper::{STORM_ZK_NETTY, zk_client_tls_opts};
+    let zk_tls = tls.then(|| zk_client_tls_opts(STORM_ZK_NETTY, crate::layout::STORM_KEYSTORE));
     let with_tls = |opts: String| match &zk_tls {
         Some(t) => format!("{opts} {t}"),
         None => opts,

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""make e2e's judge of `imgbuild up --check --json`: the fields, not English grepped from a log.
+
+usage: e2e-judge.py KIND up.json
+  KIND  mixed   node1's image in QEMU among containers: every data-path phase, with the VM in it
+        scram   containers with SCRAM clients, plus the network partition
+
+`up` already exits 1 when a check fails; this proves that each phase the run must have was run
+(a skipped phase would pass silently) and that its figures say what they must. Prints the
+figures it judged; exits 1 naming every requirement that failed.
+"""
+import json
+import re
+import sys
+
+kind, path = sys.argv[1], sys.argv[2]
+with open(path) as f:
+    up = json.load(f)
+phases = {p["name"]: p for p in up["phases"]}
+problems = []
+
+
+def need(cond, what):
+    if not cond:
+        problems.append(what)
+
+
+def lines(name):
+    return phases.get(name, {}).get("lines", [])
+
+
+def has(name, pattern):
+    """A line of phase `name` matching `pattern` (a regular expression)."""
+    found = next((l for l in lines(name) if re.search(pattern, l)), None)
+    need(found is not None, f"{name}: no line matching {pattern!r}")
+    return found
+
+
+need(up["check"] and up["ok"], f"up judged the cluster not ok: {up['failures']}")
+for p in up["phases"]:
+    need(not p["failures"], f"phase {p['name']}: {p['failures']}")
+
+common = ["firewall", "versions", "kafka round trip", "kafka refusals", "zookeeper refusals",
+          "storm topology", "topology killed"]
+if kind == "mixed":
+    want = ["the VM among containers"] + common + ["node loss and rejoin"]
+    need(up["runtime"] == "mixed" and up["vms"] == ["node1"],
+         f"runtime {up['runtime']} with VMs {up['vms']}, expected mixed with node1")
+else:
+    want = common + ["network partition"]
+for name in want:
+    need(name in phases, f"phase {name!r} was not run")
+
+figures = []
+if kind == "mixed":
+    figures.append(has("the VM among containers", r"^node1 \(VM, its image in QEMU\): each check first passed"))
+    has("the VM among containers", r"logs in over SSH")
+    figures.append(has("kafka round trip", r"produced through node1 \(VM\)'s broker"))
+    figures.append(has("kafka round trip", r"1000/1000 acknowledged messages consumed, 0 lost"))
+    figures.append(has("kafka round trip", r"^node1 \(VM\)'s broker 1 in the ISR of (\d+)/\1 partitions"))
+    figures.append(has("node loss and rejoin", r"^node1 powered off \(QEMU killed"))
+    figures.append(has("node loss and rejoin", r"^node1 booted again from the same image and disk, healthy after"))
+    figures.append(has("node loss and rejoin", r"both rounds\): 2000/2000 acknowledged messages consumed, 0 lost"))
+    figures.append(has("node loss and rejoin", r"after the rejoin: zookeeper .*node1=(leader|follower).*ISR sizes \[3, 3, 3\]"))
+    figures.append(has("storm topology", r"words exactly"))
+    for pattern in [r"client listener [0-9.:]*: a plaintext client refused",
+                    r"a TLS client without a certificate refused",
+                    r"another CA claiming CN=node1 refused", r"no ACL\) refused on topic"]:
+        has("kafka refusals", pattern)
+    has("storm topology", r"the recipe.s [0-9]* ACLs added")
+    has("zookeeper refusals", r"zookeeper client port [0-9.:]*: a plaintext client refused")
+    has("zookeeper refusals", r"another CA claiming CN=node[0-9] refused.*own certificate( \(a cluster node's\))? answered")
+else:
+    for pattern in [r"client listener [0-9.:]*: a plaintext client refused",
+                    r"a TLS client without SCRAM credentials refused",
+                    r"a wrong SCRAM password for User:[a-z-]* refused",
+                    r"its SCRAM password, no ACL\) refused on topic",
+                    r"inter-broker listener [0-9.:]*: .*another CA claiming CN=node1 refused"]:
+        has("kafka refusals", pattern)
+    has("storm topology", r"the recipe.s [0-9]* ACLs added")
+    has("storm topology", r"words exactly")
+    has("kafka round trip", r"acknowledged messages consumed, 0 lost")
+    figures.append(has("network partition", r"cut off from"))
+    figures.append(has("network partition", r"left the ISR of every partition \d+s after the cut"))
+    figures.append(has("network partition", r"zookeeper of the majority: .*(leader|follower)"))
+    figures.append(has("network partition", r"after the heal \(\d+s\): broker \d+ in every ISR again"))
+    figures.append(has("network partition", r"through the partition: (\d+)/\1 acknowledged messages consumed, 0 lost"))
+    figures.append(has("network partition", r"KRaft leaders seen"))
+
+for f in figures:
+    if f:
+        print(f"  {kind}: {f}", file=sys.stderr)
+print(f"  {kind}: healthy after {up['healthy_after']:.0f} s; phases: " + ", ".join(
+    f"{p['name']} {p['seconds']:.0f} s" for p in up["phases"]) if up["healthy_after"] else
+      f"  {kind}: never healthy", file=sys.stderr)
+if problems:
+    print(f"e2e: {kind}: {len(problems)} requirement(s) not met:", file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    sys.exit(1)

@@ -1,0 +1,37 @@
+//! Where things live inside a node's image: every in-image path that the plan, the renderer, the
+//! PKI and the cluster checks share has its one home here, with `FileSpec`, a file to place in a
+//! node's tree. A leaf: it imports nothing of imgbuild, so any stage may read it.
+
+use std::path::PathBuf;
+
+/// A file to place in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub path: PathBuf,
+    pub content: Vec<u8>,
+    pub mode: u32,
+    /// Owner by user name (resolved against the tree's passwd), root when None.
+    pub owner: Option<&'static str>,
+}
+
+/// The cluster CA's certificate on every node (imgbuild's PKI, `pki/`).
+pub const CA_CERT: &str = "/etc/imgbuild/tls/ca.crt";
+/// The node's own certificate.
+pub const NODE_CERT: &str = "/etc/imgbuild/tls/node.crt";
+/// A node's key and certificate, as a PEM keystore per service (0600, owned by it).
+pub const KAFKA_KEYSTORE: &str = "/etc/kafka/tls/node.pem";
+pub const ZK_KEYSTORE: &str = "/etc/zookeeper/tls/node.pem";
+/// A Storm node's client keystore (CN=storm): its daemons and workers to ZooKeeper, its
+/// topologies to Kafka (User:storm).
+pub const STORM_KEYSTORE: &str = "/etc/storm/tls/client.pem";
+
+/// User storm's Kafka client settings on a Storm node, which the example topology loads when it
+/// is submitted (`kafka.client.config` in its wordcount.properties).
+pub const STORM_KAFKA_CLIENT: &str = "/etc/storm/kafka-client.properties";
+
+/// What a Kafka tool on a node needs to reach the TLS listeners (controller, inter-broker) as
+/// the node itself: `--command-config` of kafka-metadata-quorum.sh and the like.
+pub const KAFKA_TLS_CLIENT: &str = "/etc/kafka/tls/client.properties";
+
+/// Where a broker node keeps the script that adds the recipe's ACLs (kafka-acls.service).
+pub const KAFKA_ACLS: &str = "/usr/lib/imgbuild/kafka-acls";
