@@ -496,7 +496,11 @@ pub fn up(
             say(o.json, &format!("phase boot to healthy: {healthy_at:.0} s"));
             let mut f = Vec::new();
             for m in containers.iter().filter(|m| m.is_vm()) {
-                let ph = vm_services(m, &states, start, o.timeout);
+                let p = nodes
+                    .iter()
+                    .find(|p| p.node.name == m.name())
+                    .expect("a plan per member");
+                let ph = vm_services(p, m, &states, start, o.timeout);
                 report(o, &ph, &mut f, &mut phases);
             }
             if f.is_empty() {
@@ -615,6 +619,7 @@ fn watch(
 /// `up`'s start: firmware, boot chain, kernel, systemd and the JVMs under emulation), and the
 /// check's login over SSH, which every later phase needs.
 fn vm_services(
+    p: &Plan,
     m: &Member,
     states: &BTreeMap<String, NodeState>,
     start: Instant,
@@ -649,6 +654,28 @@ fn vm_services(
             "{}: the check logs in over SSH as the recipe's sudo user ({secs:.0}s more)",
             v.name
         ));
+        // The health unit judges the KRaft quorum (the controller); the broker's client
+        // listener comes up after it, minutes later under emulation: wait for it, as every
+        // later phase produces through it.
+        if let Some(port) = p.kafka.as_ref().map(|k| k.port) {
+            let addr = std::net::SocketAddr::from((v.ip, port));
+            let t = Instant::now();
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_err() {
+                if t.elapsed() > timeout {
+                    anyhow::bail!(
+                        "{}: Kafka's client port {addr} not listening {}s after healthy",
+                        v.name,
+                        timeout.as_secs()
+                    );
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            }
+            lines.push(format!(
+                "{}: Kafka's client port {addr} listening after {:.0}s (from power-on)",
+                v.name,
+                start.elapsed().as_secs_f64()
+            ));
+        }
         Ok(())
     })
 }

@@ -200,7 +200,15 @@ pub fn versions(nodes: &[&Plan], cs: &[Member]) -> Phase {
                 }
             }
             if p.kafka.is_some() {
-                match kafka_version(c) {
+                // A broker under emulation logs its start line minutes after its controller has
+                // joined the quorum (which is what the health unit checks): give it the time.
+                let t = Instant::now();
+                let mut v = kafka_version(c);
+                while v.is_err() && c.is_vm() && t.elapsed() < Duration::from_secs(600) {
+                    std::thread::sleep(Duration::from_secs(10));
+                    v = kafka_version(c);
+                }
+                match v {
                     Ok(v) => lines.push(format!("{}: broker says Kafka version: {v}", p.node.name)),
                     Err(e) => failures.push(format!("{}: kafka: {e:#}", p.node.name)),
                 }
