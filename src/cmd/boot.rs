@@ -270,16 +270,8 @@ pub fn ssh(
     }])?;
     crate::vm::hostlink::enter(&cli.build_dir)?;
     let mut c = std::process::Command::new("ssh");
-    c.args([
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=10",
-    ]);
+    c.args(crate::vm::hostlink::SSH_OPTIONS)
+        .args(["-o", "ConnectTimeout=10"]);
     if let Some(k) = &key {
         c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
     }

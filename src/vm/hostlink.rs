@@ -47,6 +47,18 @@ pub fn host_address(plans: &[&Plan]) -> Result<(Ipv4Addr, u8)> {
         .with_context(|| format!("no free address in {} for the host", net.cidr))
 }
 
+/// ssh's options for a node of `up`'s network, shared by `imgbuild ssh` and the checks' logins
+/// into the mixed runtime's VM: host keys are not recorded (the nodes make new ones at every boot,
+/// and the addresses exist only inside up's private namespace).
+pub const SSH_OPTIONS: [&str; 6] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+];
+
 /// Where `up` records its pid, for `imgbuild ssh`.
 pub fn pid_file(build_dir: &Path) -> PathBuf {
     build_dir.join("up").join("up.pid")

@@ -95,21 +95,17 @@ impl VmMember {
             )
         })?;
         let mut c = Command::new("timeout");
-        c.arg(timeout.as_secs().to_string()).arg("ssh").args([
-            "-o",
-            "BatchMode=yes",
-            // Inside up's private namespace: the address can only be this VM.
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "ServerAliveInterval=15",
-        ]);
+        c.arg(timeout.as_secs().to_string())
+            .arg("ssh")
+            .args(crate::vm::hostlink::SSH_OPTIONS)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=20",
+                "-o",
+                "ServerAliveInterval=15",
+            ]);
         if let Some(k) = &login.key {
             c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
         }
