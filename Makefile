@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN   := target/release/imgbuild
 NODE  ?= node1
 
-.PHONY: all build test lint fmt deps plan validate clean help demo e2e images demo-fetch fixtures-components
+.PHONY: all build test lint fmt deps plan validate clean help demo e2e images demo-fetch fixtures-components fixtures-bases
 
 all: build ## Build the release binary (default)
 
@@ -25,6 +25,9 @@ deps: ## Install what a fresh machine lacks (called by .ci/run)
 
 fixtures-components: ## The runnable component tarballs of the fixture mirror (JRE, CPython, ZooKeeper, Kafka, Storm; cached)
 	bash -c '. scripts/fixtures.sh && fixtures_components'
+
+fixtures-bases: ## The Debian bases make test builds (target/tmp; cached), made ahead (.ci/run: while the code compiles)
+	bash -c '. scripts/fixtures.sh && fixtures_test_bases'
 
 demo: deps ## From a local fixture mirror: build node1..3's images, boot the cluster, print its health
 	bash scripts/demo.sh $(NODES)

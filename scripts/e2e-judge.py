@@ -3,7 +3,7 @@
 
 usage: e2e-judge.py KIND up.json
   KIND  mixed   node1's image in QEMU among containers: every data-path phase, with the VM in it
-        scram   containers with SCRAM clients
+        scram   containers with SCRAM clients, and a network partition (`up --partition`)
 
 `up` already exits 1 when a check fails; this proves that each phase the run must have was run
 (a skipped phase would pass silently) and that its figures say what they must. Prints the
@@ -47,7 +47,7 @@ if kind == "mixed":
     need(up["runtime"] == "mixed" and up["vms"] == ["node1"],
          f"runtime {up['runtime']} with VMs {up['vms']}, expected mixed with node1")
 else:
-    want = common
+    want = common + ["network partition"]
 for name in want:
     need(name in phases, f"phase {name!r} was not run")
 
@@ -80,6 +80,20 @@ else:
     has("storm topology", r"the recipe.s [0-9]* ACLs added")
     has("storm topology", r"words exactly")
     figures.append(has("kafka round trip", r"acknowledged messages consumed, 0 lost"))
+    # The partition: the cut-off member named, out of every ISR, back in every ISR and a ZooKeeper
+    # follower after the heal, nothing acknowledged lost, the majority serving through the cut.
+    cut = has("network partition", r"^(node\d) cut off from .* with acks=all")
+    figures.append(cut)
+    victim = re.match(r"^(node\d)", cut).group(1) if cut else "node?"
+    figures.append(has("network partition", r"^broker \d+ \(" + victim + r"\) left the ISR of every partition"))
+    figures.append(has("network partition", r"^after the heal \(\d+s\): broker \d+ in every ISR again; zookeeper .*\b"
+                       + victim + r"=follower"))
+    figures.append(has("network partition", r"^through the partition: (\d+)/\1 acknowledged messages consumed, 0 lost, 0 corrupted"))
+    served = has("network partition", r"sends acknowledged .*, (\d+) of them sent while the node was cut off")
+    figures.append(served)
+    need(served is None or int(re.search(r"(\d+) of them sent while", served).group(1)) > 0,
+         "network partition: nothing sent while the node was cut off was acknowledged")
+    figures.append(has("network partition", r"^KRaft leaders seen \(\d+ looks\)"))
 
 for f in figures:
     if f:

@@ -72,3 +72,19 @@ ib() {
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.0f", b - a}'; }
+
+# The Debian bases `make test` uses (tests/common/mod.rs: target/tmp/debian-base[-SET]-HASH.tar.xz,
+# the same script and hash), made ahead under the tests' own lock file: .ci/run builds them while
+# the code compiles (most of an mmdebstrap run is waiting on the Debian mirror), and a test that
+# needs one before it is ready waits on the lock instead of building it again. Image tests first.
+fixtures_test_bases() {
+    local hash dir=target/tmp set name
+    hash=$(sha256sum tests/fixtures/make-base.sh | cut -c1-12)
+    mkdir -p "$dir"
+    for set in full sdboot minimal; do
+        name=debian-base-$set-$hash.tar.xz
+        [ "$set" = minimal ] && name=debian-base-$hash.tar.xz
+        flock "$dir/debian-base.lock" bash -c '[ -f "$1" ] || bash tests/fixtures/make-base.sh "$1" "$2"' \
+            _ "$dir/$name" "$set"
+    done
+}

@@ -73,12 +73,12 @@ pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
         if kvm { "KVM" } else { "TCG" },
         log.display()
     );
-    let mut cmd = vm.command();
+    let cmd = vm.command();
     if !o.check {
         // Ctrl-C reaches QEMU (its console is this terminal); SIGTERM to imgbuild is passed on.
         // Either way imgbuild outlives QEMU and removes the record `imgbuild ssh` enters by.
         crate::vm::cluster::catch_signals();
-        let status = run_until_stopped(&mut cmd);
+        let status = run_until_stopped(cmd);
         crate::vm::hostlink::forget(&cli.build_dir);
         let status = status?;
         anyhow::ensure!(
@@ -89,9 +89,11 @@ pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
     }
     let t = std::time::Instant::now();
     let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
+        .spawn(
+            std::process::Stdio::null(),
+            std::process::Stdio::null(),
+            std::process::Stdio::inherit(),
+        )
         .context("starting qemu-system-x86_64")?;
     let seen = qemu::watch(
         &mut child,
@@ -213,10 +215,11 @@ pub(super) fn bigger_disk(
 }
 
 /// Run `cmd` to its end; on SIGINT/SIGTERM (see `catch_signals`) ask it to quit and wait.
-pub(super) fn run_until_stopped(
-    cmd: &mut std::process::Command,
-) -> Result<std::process::ExitStatus> {
-    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+pub(super) fn run_until_stopped(cmd: crate::util::run::Cmd) -> Result<std::process::ExitStatus> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .spawn(Stdio::inherit(), Stdio::inherit(), Stdio::inherit())
+        .context("starting qemu-system-x86_64")?;
     let mut asked = false;
     loop {
         if let Some(status) = child.try_wait().context("waiting for QEMU")? {
@@ -241,7 +244,6 @@ pub fn ssh(
     user: Option<&str>,
     command: &[String],
 ) -> Result<()> {
-    use std::os::unix::process::CommandExt;
     let cluster = resolve(&cli.recipe)?;
     let plans = select(&cluster, &cli.recipe, &[node.to_string()])?;
     let p = plans.first().context("no such node")?;
@@ -269,18 +271,17 @@ pub fn ssh(
         package: "openssh-client",
     }])?;
     crate::vm::hostlink::enter(&cli.build_dir)?;
-    let mut c = std::process::Command::new("ssh");
-    c.args(crate::vm::hostlink::SSH_OPTIONS)
+    let mut c = crate::util::run::Cmd::new("ssh")
+        .args(crate::vm::hostlink::SSH_OPTIONS)
         .args(["-o", "ConnectTimeout=10"]);
     if let Some(k) = &key {
-        c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
+        c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
     }
-    c.arg(format!("{user}@{}", p.node.ip));
+    c = c.arg(format!("{user}@{}", p.node.ip));
     if !command.is_empty() {
-        c.arg("--").args(command);
+        c = c.arg("--").args(command);
     }
-    let e = c.exec();
-    Err(anyhow::anyhow!("running ssh: {e}"))
+    Err(c.exec())
 }
 
 pub fn up(cli: &Cli, args: &crate::cli::UpArgs) -> Result<()> {

@@ -312,17 +312,16 @@ pub fn verify_signature(
             let allowed = work.join("allowed_signers");
             std::fs::write(&allowed, format!("imgbuild {}\n", s.public_key))?;
             let prov = dir.join(provenance_name(node));
-            let o = std::process::Command::new(SSH_KEYGEN.command)
+            let o = crate::util::run::Cmd::new(SSH_KEYGEN.command)
                 .args(["-Y", "verify", "-I", "imgbuild", "-n", SIG_NAMESPACE, "-f"])
                 .arg(&allowed)
                 .arg("-s")
                 .arg(&sig)
-                .stdin(
+                .output_with(
                     std::fs::File::open(&prov)
-                        .with_context(|| format!("reading {}", prov.display()))?,
-                )
-                .output()
-                .context("running ssh-keygen -Y verify")?;
+                        .with_context(|| format!("reading {}", prov.display()))?
+                        .into(),
+                )?;
             let _ = std::fs::remove_dir_all(&work);
             if !o.status.success() {
                 bail!(

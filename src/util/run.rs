@@ -62,16 +62,41 @@ impl Cmd {
     /// Run to completion and return what it did, whatever its exit status (for tools whose
     /// status or stderr needs reading: `debugfs` reports failed commands only on stderr).
     pub fn output(self) -> Result<std::process::Output> {
+        self.output_with(Stdio::null())
+    }
+
+    /// `output`, with stdin from `stdin` (a file to feed the tool).
+    pub fn output_with(self, stdin: Stdio) -> Result<std::process::Output> {
         let line = self.line();
         if std::env::var_os("IMGBUILD_VERBOSE").is_some() {
             eprintln!("+ {line}");
         }
-        Command::new(&self.program)
-            .args(&self.args)
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+        self.command()
+            .stdin(stdin)
             .output()
             .map_err(|e| anyhow::anyhow!("running `{line}`: {e}"))
+    }
+
+    /// Replace imgbuild with the tool (`imgbuild ssh`): returns only if it could not start.
+    pub fn exec(self) -> anyhow::Error {
+        use std::os::unix::process::CommandExt;
+        let line = self.line();
+        let e = self.command().exec();
+        anyhow::anyhow!("running `{line}`: {e}")
+    }
+
+    /// The program and its arguments, as QEMU's saved command line is kept to boot a VM again.
+    pub fn argv(&self) -> Vec<OsString> {
+        std::iter::once(self.program.clone())
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        c
     }
 
     /// Start a long-lived child (QEMU, systemd-nspawn) with the given stdio. It is killed when
@@ -82,12 +107,8 @@ impl Cmd {
         if std::env::var_os("IMGBUILD_VERBOSE").is_some() {
             eprintln!("+ {line} &");
         }
-        let mut c = Command::new(&self.program);
-        c.args(&self.args)
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr);
+        let mut c = self.command();
+        c.stdin(stdin).stdout(stdout).stderr(stderr);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             c.pre_exec(|| {

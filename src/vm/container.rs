@@ -12,7 +12,7 @@
 //! interface name).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -134,7 +134,7 @@ impl Container {
             host_if,
             attached: false,
             args,
-            child: Command::new("true").spawn()?,
+            child: Cmd::new("true").spawn(Stdio::null(), Stdio::null(), Stdio::null())?,
         };
         c.boot()?;
         Ok(c)
@@ -189,14 +189,13 @@ impl Container {
         let pid = self
             .leader()
             .with_context(|| format!("{}: the container is not running", self.name))?;
-        let mut c = Command::new("timeout");
-        c.arg(timeout.as_secs().to_string())
+        Cmd::new("timeout")
+            .arg(timeout.as_secs().to_string())
             .args(["nsenter", "--target", &pid.to_string(), "--all", "--"])
             .args(["/usr/bin/env", "-i"])
             .args(TOOL_ENV)
             .args(cmd)
-            .stdin(Stdio::null());
-        c.output()
+            .output()
             .with_context(|| format!("{}: running {}", self.name, cmd.join(" ")))
     }
 
@@ -229,9 +228,19 @@ impl Container {
 
     /// Halt cleanly (SIGTERM to systemd-nspawn: the container's systemd shuts down), then stop.
     pub fn stop(&mut self) {
+        self.halt();
+        self.finish();
+    }
+
+    /// Ask the container to halt (SIGTERM to systemd-nspawn) without waiting for it.
+    pub fn halt(&mut self) {
         if let Some(nspawn) = self.nspawn() {
             unsafe { libc::kill(nspawn, libc::SIGTERM) };
         }
+    }
+
+    /// Wait up to 30 s for a halt asked for, then power off what is left.
+    pub fn finish(&mut self) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(100));

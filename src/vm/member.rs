@@ -9,11 +9,12 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::util::run::Cmd;
 use crate::vm::container::Container;
 
 /// How the check logs into a VM: the recipe's first sudo user with an SSH key, and the key.
@@ -42,15 +43,13 @@ impl VmMember {
     pub fn start(
         name: &str,
         ip: Ipv4Addr,
-        cmd: &Command,
+        cmd: &Cmd,
         log: &Path,
         stderr: &Path,
         login: Option<Login>,
         port: &str,
     ) -> Result<VmMember> {
-        let argv = std::iter::once(cmd.get_program().to_os_string())
-            .chain(cmd.get_args().map(|a| a.to_os_string()))
-            .collect();
+        let argv = cmd.argv();
         let mut vm = VmMember {
             name: name.to_string(),
             ip,
@@ -59,7 +58,7 @@ impl VmMember {
             stderr: stderr.to_path_buf(),
             login,
             port: port.to_string(),
-            child: Command::new("true").spawn()?,
+            child: Cmd::new("true").spawn(Stdio::null(), Stdio::null(), Stdio::null())?,
         };
         let _ = vm.child.wait();
         vm.boot()?;
@@ -73,7 +72,7 @@ impl VmMember {
             .append(true)
             .open(&self.stderr)
             .with_context(|| format!("opening {}", self.stderr.display()))?;
-        self.child = crate::util::run::Cmd::new(&self.argv[0])
+        self.child = Cmd::new(&self.argv[0])
             .args(&self.argv[1..])
             .spawn(Stdio::null(), Stdio::null(), err.into())
             .with_context(|| format!("starting QEMU for {}", self.name))?;
@@ -87,15 +86,15 @@ impl VmMember {
     }
 
     /// The ssh command line to the VM, ending with `--`.
-    fn ssh(&self, timeout: Duration) -> Result<Command> {
+    fn ssh(&self, timeout: Duration) -> Result<Cmd> {
         let login = self.login.as_ref().with_context(|| {
             format!(
                 "{}: no user with an SSH key and sudo in the recipe, so the check cannot log into the VM\n\nhint: add a user with `sudo: true` and `ssh_authorized_keys`",
                 self.name
             )
         })?;
-        let mut c = Command::new("timeout");
-        c.arg(timeout.as_secs().to_string())
+        let mut c = Cmd::new("timeout")
+            .arg(timeout.as_secs().to_string())
             .arg("ssh")
             .args(crate::vm::hostlink::SSH_OPTIONS)
             .args([
@@ -107,10 +106,9 @@ impl VmMember {
                 "ServerAliveInterval=15",
             ]);
         if let Some(k) = &login.key {
-            c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
+            c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
         }
-        c.arg(format!("{}@{}", login.user, self.ip)).arg("--");
-        Ok(c)
+        Ok(c.arg(format!("{}@{}", login.user, self.ip)).arg("--"))
     }
 
     /// Run `cmd` in the VM as root (sudo), with the image's Java, like `Container::exec`.
@@ -122,9 +120,9 @@ impl VmMember {
             .map(|w| crate::util::run::shell_quote(w.as_ref()))
             .collect::<Vec<_>>()
             .join(" ");
-        let mut c = self.ssh(timeout)?;
-        c.arg(remote).stdin(Stdio::null());
-        c.output()
+        self.ssh(timeout)?
+            .arg(remote)
+            .output()
             .with_context(|| format!("{}: running {} over ssh", self.name, cmd.join(" ")))
     }
 
@@ -140,13 +138,10 @@ impl VmMember {
             t = q(&format!("{path}.imgbuild-tmp")),
             p = q(path),
         );
-        let mut c = self.ssh(Duration::from_secs(120))?;
-        c.arg(format!("sudo -n sh -c {}", q(&script)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = c
-            .spawn()
+        let mut child = self
+            .ssh(Duration::from_secs(120))?
+            .arg(format!("sudo -n sh -c {}", q(&script)))
+            .spawn(Stdio::piped(), Stdio::null(), Stdio::piped())
             .with_context(|| format!("{}: ssh to write {path}", self.name))?;
         child
             .stdin
@@ -282,13 +277,28 @@ impl Member {
 
     /// Stop: a container halts cleanly; a VM is stopped (its disk overlay is thrown away).
     pub fn stop(&mut self) {
+        self.halt();
+        self.finish();
+    }
+
+    /// Ask to stop without waiting: so that a cluster's members shut down at once, not in turn.
+    pub fn halt(&mut self) {
+        match self {
+            Member::Container(c) => c.halt(),
+            Member::Vm(v) => unsafe {
+                libc::kill(v.child.id() as i32, libc::SIGTERM);
+            },
+        }
+    }
+
+    /// Wait for a stop asked by `halt` (a container up to 30 s, a VM 10 s), then power off.
+    pub fn finish(&mut self) {
         match self {
             Member::Container(c) => {
-                c.stop();
+                c.finish();
                 c.unmount();
             }
             Member::Vm(v) => {
-                unsafe { libc::kill(v.child.id() as i32, libc::SIGTERM) };
                 let t = Instant::now();
                 while t.elapsed() < Duration::from_secs(10)
                     && matches!(v.child.try_wait(), Ok(None))

@@ -4,11 +4,12 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::util::run::Cmd;
 use crate::util::tools::Tool;
 
 pub const QEMU: Tool = Tool {
@@ -169,7 +170,7 @@ pub fn kvm_works(fw: &Firmware, work: &Path) -> bool {
     if std::fs::copy(&fw.vars, &vars).is_err() {
         return false;
     }
-    let child = Command::new(QEMU.command)
+    let child = Cmd::new(QEMU.command)
         .args(fw.machine_args())
         .args(["-accel", "kvm", "-m", "256", "-nodefaults"])
         .args([
@@ -182,10 +183,7 @@ pub fn kvm_works(fw: &Firmware, work: &Path) -> bool {
         ))
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
+        .spawn(Stdio::null(), Stdio::null(), Stdio::piped());
     let Ok(mut child) = child else { return false };
     let start = Instant::now();
     let ok = loop {
@@ -241,9 +239,9 @@ pub struct Vm<'a> {
 }
 
 impl Vm<'_> {
-    pub fn command(&self) -> Command {
-        let mut c = Command::new(QEMU.command);
-        c.args(["-name", self.name])
+    pub fn command(&self) -> Cmd {
+        let mut c = Cmd::new(QEMU.command)
+            .args(["-name", self.name])
             .args(self.firmware.machine_args())
             .args(["-accel", if self.kvm { "kvm" } else { "tcg" }])
             .arg("-m")
@@ -284,7 +282,8 @@ impl Vm<'_> {
             .args(["-serial", "chardev:s0"])
             .args(["-device", "virtio-rng-pci"]);
         if let Some(iso) = self.cdrom {
-            c.args(["-device", "virtio-scsi-pci,id=scsi0"])
+            c = c
+                .args(["-device", "virtio-scsi-pci,id=scsi0"])
                 .arg("-drive")
                 .arg(format!(
                     "file={},format=raw,if=none,id=seed,readonly=on,media=cdrom",
@@ -302,8 +301,7 @@ impl Vm<'_> {
         c.arg("-netdev")
             .arg(netdev)
             .arg("-device")
-            .arg(format!("{},netdev=n0,mac={}", self.nic, self.mac));
-        c
+            .arg(format!("{},netdev=n0,mac={}", self.nic, self.mac))
     }
 }
 

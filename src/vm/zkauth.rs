@@ -176,7 +176,7 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("openssl")
+        let ok = crate::util::run::Cmd::new("openssl")
             .args([
                 "req",
                 "-x509",
@@ -192,7 +192,7 @@ mod tests {
             .output()
             .unwrap();
         assert!(ok.status.success(), "{ok:?}");
-        let out = std::process::Command::new("python3")
+        let out = crate::util::run::Cmd::new("python3")
             .args(["-c", SCRIPT, "127.0.0.1", &port.to_string()])
             .arg(dir.path().join("ca.crt"))
             .arg(dir.path())

@@ -405,18 +405,17 @@ mod tests {
     }
 
     fn pyyaml(text: &str) -> serde_json::Value {
-        let o = std::process::Command::new("python3")
+        use std::process::Stdio;
+        let o = crate::util::run::Cmd::new("python3")
             .args([
                 "-c",
                 "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())))",
             ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
+            .spawn(Stdio::piped(), Stdio::piped(), Stdio::piped())
             .and_then(|mut c| {
                 use std::io::Write;
                 c.stdin.take().unwrap().write_all(text.as_bytes())?;
-                c.wait_with_output()
+                Ok(c.wait_with_output()?)
             })
             .expect("python3 with PyYAML (cloud-init's YAML reader; `make deps` installs it)");
         assert!(

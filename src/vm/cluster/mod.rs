@@ -110,11 +110,23 @@ impl Running {
     }
 
     fn stop(&mut self, cs: &mut [Member]) {
+        self.halt(cs);
+        self.finish(cs);
+    }
+
+    /// Ask the node to stop, without waiting (`finish` waits).
+    fn halt(&mut self, cs: &mut [Member]) {
+        match &mut self.handle {
+            Handle::Vm(child) => unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            },
+            Handle::Member(i) => cs[*i].halt(),
+        }
+    }
+
+    fn finish(&mut self, cs: &mut [Member]) {
         match &mut self.handle {
             Handle::Vm(child) => {
-                unsafe {
-                    libc::kill(child.id() as i32, libc::SIGTERM);
-                }
                 let t = Instant::now();
                 while t.elapsed() < Duration::from_secs(10) && matches!(child.try_wait(), Ok(None))
                 {
@@ -123,7 +135,7 @@ impl Running {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Handle::Member(i) => cs[*i].stop(),
+            Handle::Member(i) => cs[*i].finish(),
         }
     }
 }
@@ -216,8 +228,7 @@ fn start_node(
             let vars = nwork.join("OVMF_VARS.fd");
             std::fs::copy(&fw.vars, &vars)?;
             let cmd = vm_command(p, &image, &vars, o, (fw, kvm), net, &log, false)?;
-            let child = crate::util::run::Cmd::new(cmd.get_program())
-                .args(cmd.get_args())
+            let child = cmd
                 .spawn(
                     std::process::Stdio::null(),
                     std::process::Stdio::null(),
@@ -259,7 +270,7 @@ fn vm_command(
     net: qemu::Net,
     log: &Path,
     writable: bool,
-) -> Result<std::process::Command> {
+) -> Result<crate::util::run::Cmd> {
     let name = &p.node.name;
     let vm = qemu::Vm {
         name,
@@ -515,8 +526,12 @@ pub fn up(
             .values()
             .all(|s| s.summary.as_deref() == Some("healthy"))
     });
+    // All at once: each member's shutdown (a JVM's, a VM's) runs beside the others'.
     for r in &mut running {
-        r.stop(&mut containers);
+        r.halt(&mut containers);
+    }
+    for r in &mut running {
+        r.finish(&mut containers);
         let _ = std::fs::remove_file(work.join(&r.name).join("qemu.pid"));
     }
     crate::vm::hostlink::forget(build_dir);

@@ -248,22 +248,67 @@ pub fn versions(nodes: &[&Plan], cs: &[Member]) -> Phase {
     })
 }
 
-/// The version the broker of `c` logged at start, from server.log in LOG_DIR, which Kafka's
-/// log4j2.yaml writes (upstream's and the fixture's): the journal is no witness here, since
+/// The version the broker of `c` logged at its latest start, from server.log in LOG_DIR, which
+/// Kafka's log4j2.yaml writes (upstream's and the fixture's): the journal is no witness here, since
 /// journald attributes a busy container's lines to the stream late or never (measured: the line
 /// missing from `-u kafka`, and in one clean-clone CI run from `-t kafka-server-start.sh`).
 fn kafka_version(c: &Member) -> Result<String> {
-    let log = "/var/log/kafka/server.log";
-    let l = tool(c, &["grep", "-m1", "-o", "Kafka version: [^ ]*", log], 30)?;
+    let l = tool(c, &["sh", "-c", &kafka_version_script(KAFKA_LOG_DIR)], 30)?;
     match l.trim().strip_prefix("Kafka version: ") {
         Some(v) if !v.is_empty() => Ok(v.to_string()),
-        _ => bail!("no \"Kafka version\" line in {log}"),
+        _ => {
+            bail!("no \"Kafka version\" line in {KAFKA_LOG_DIR}/server.log or its hourly rollovers")
+        }
     }
+}
+
+const KAFKA_LOG_DIR: &str = "/var/log/kafka";
+
+/// The last "Kafka version" line of server.log and the files log4j2 rolls it over into every hour
+/// (`server.log.%d{yyyy-MM-dd-HH}`), oldest first: a broker that started more than an hour's turn
+/// ago has its start line only in a rolled-over file (a clean-clone CI run failed on that: the
+/// containers' brokers had started before 20:00, the check ran after).
+fn kafka_version_script(dir: &str) -> String {
+    format!(
+        "cd {} || exit 2; for f in $(ls -1 | grep -E '^server\\.log\\.[0-9-]+$' | sort) server.log; do \
+         [ -f \"$f\" ] && grep -h -o 'Kafka version: [^ ]*' \"$f\"; done | tail -n 1",
+        crate::util::run::shell_quote(dir.as_ref())
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The latest start line wins, wherever log4j2 rolled it (run by sh on files made here).
+    #[test]
+    fn the_kafka_version_is_read_across_hourly_rollovers() {
+        let d = tempfile::tempdir().unwrap();
+        let run = || {
+            let o = crate::util::run::Cmd::new("sh")
+                .args(["-c", &kafka_version_script(d.path().to_str().unwrap())])
+                .run()
+                .unwrap();
+            String::from_utf8(o).unwrap()
+        };
+        std::fs::write(
+            d.path().join("server.log"),
+            "[x] INFO nothing of the kind\n",
+        )
+        .unwrap();
+        assert_eq!(run(), "");
+        let line = |v: &str| {
+            format!(
+                "[2026] INFO Kafka version: {v} (org.apache.kafka.common.utils.AppInfoParser)\n"
+            )
+        };
+        std::fs::write(d.path().join("server.log.2026-12-05-19"), line("4.1.1")).unwrap();
+        std::fs::write(d.path().join("server.log.2026-12-05-20"), line("4.3.1")).unwrap();
+        std::fs::write(d.path().join("server.log.2026-12-05-20.bak"), line("9.9.9")).unwrap();
+        assert_eq!(run(), "Kafka version: 4.3.1\n");
+        std::fs::write(d.path().join("server.log"), line("4.3.2")).unwrap();
+        assert_eq!(run(), "Kafka version: 4.3.2\n");
+    }
 
     #[test]
     fn every_acknowledged_message_must_be_consumed_uncorrupted() {
