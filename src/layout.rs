@@ -35,3 +35,14 @@ pub const KAFKA_TLS_CLIENT: &str = "/etc/kafka/tls/client.properties";
 
 /// Where a broker node keeps the script that adds the recipe's ACLs (kafka-acls.service).
 pub const KAFKA_ACLS: &str = "/usr/lib/imgbuild/kafka-acls";
+
+/// Kafka's command-line tools as the image installs them (the component linked at /opt/kafka),
+/// which the cluster checks run on a node.
+pub mod kafka_bin {
+    pub const TOPICS: &str = "/opt/kafka/bin/kafka-topics.sh";
+    pub const CONFIGS: &str = "/opt/kafka/bin/kafka-configs.sh";
+    pub const CONSOLE_CONSUMER: &str = "/opt/kafka/bin/kafka-console-consumer.sh";
+    pub const METADATA_QUORUM: &str = "/opt/kafka/bin/kafka-metadata-quorum.sh";
+    pub const VERIFIABLE_PRODUCER: &str = "/opt/kafka/bin/kafka-verifiable-producer.sh";
+    pub const CONSOLE_PRODUCER: &str = "/opt/kafka/bin/kafka-console-producer.sh";
+}

@@ -8,7 +8,6 @@
 //! the node) but no ACL.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -98,18 +97,6 @@ fn props(kind: &str, scram: Option<(&str, &str)>) -> String {
 }
 
 /// stdout and stderr of a tool run in `c`, and whether it exited 0.
-fn run(c: &Member, cmd: &[&str]) -> Result<(bool, String)> {
-    let o = c.exec(cmd, Duration::from_secs(120))?;
-    Ok((
-        o.status.success(),
-        format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    ))
-}
-
 /// The first of `names` the output shows, the sign of why the client was turned away.
 fn sign<'a>(out: &str, names: &[&'a str]) -> Option<&'a str> {
     names.iter().copied().find(|n| out.contains(n))
@@ -148,7 +135,7 @@ fn try_listener(
         let cfg = format!("{DIR}/{kind}.properties");
         let cmd: Vec<&str> = if listener == "controller" {
             vec![
-                "/opt/kafka/bin/kafka-metadata-quorum.sh",
+                crate::layout::kafka_bin::METADATA_QUORUM,
                 "--bootstrap-controller",
                 addr,
                 "--command-config",
@@ -158,7 +145,7 @@ fn try_listener(
             ]
         } else {
             vec![
-                "/opt/kafka/bin/kafka-topics.sh",
+                crate::layout::kafka_bin::TOPICS,
                 "--bootstrap-server",
                 addr,
                 "--command-config",
@@ -171,7 +158,7 @@ fn try_listener(
             "wrong" => format!("{what}{NO_ACL_USER}"),
             _ => what.to_string(),
         };
-        let (ok, out) = run(c, &cmd)?;
+        let (ok, out) = c.attempt(&cmd, 120)?;
         match judge(signs, ok, &out) {
             Ok(s) => seen.push(format!("{who} refused ({s})")),
             Err(e) => failures.push(format!("{listener} listener {addr}: {who} {e:#}")),
@@ -193,10 +180,9 @@ fn random_hex() -> Result<String> {
 /// certificate on the inter-broker listener) with kafka-configs.sh, as an operator adds a user.
 fn add_scram_user(c: &Member, p: &Plan, password: &str) -> Result<()> {
     let k = p.kafka.as_ref().context("no Kafka")?;
-    let (ok, out) = run(
-        c,
+    let (ok, out) = c.attempt(
         &[
-            "/opt/kafka/bin/kafka-configs.sh",
+            crate::layout::kafka_bin::CONFIGS,
             "--bootstrap-server",
             &format!("{}:{}", p.node.ip, k.own_port(&p.security)),
             "--command-config",
@@ -212,6 +198,7 @@ fn add_scram_user(c: &Member, p: &Plan, password: &str) -> Result<()> {
             "--entity-name",
             NO_ACL_USER,
         ],
+        120,
     )?;
     if !ok {
         let tail: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -278,7 +265,8 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
         // Authenticated, but no ACL: producing to the round trip's topic must be refused.
         let cfg = format!("{DIR}/user.properties");
         let script = format!(
-            "echo refused | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {ip}:{} {} {cfg} --topic {} --producer-property max.block.ms=15000",
+            "echo refused | {} --bootstrap-server {ip}:{} {} {cfg} --topic {} --producer-property max.block.ms=15000",
+            crate::layout::kafka_bin::CONSOLE_PRODUCER,
             k.port,
             crate::vm::datapath::config_opt(
                 crate::vm::datapath::modern_tools(p),
@@ -286,7 +274,7 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
             ),
             crate::vm::datapath::TOPIC
         );
-        let (_, out) = run(c, &["sh", "-c", &script])?;
+        let (_, out) = c.attempt(&["sh", "-c", &script], 120)?;
         let topic = crate::vm::datapath::TOPIC;
         let how = if scram {
             "its SCRAM password"

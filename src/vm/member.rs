@@ -214,6 +214,40 @@ impl Member {
         }
     }
 
+    /// Run a tool on the node (`timeout` seconds) and require that it succeed: its stdout, or
+    /// an error naming the node, the command, its exit status and the tail of its stderr. The
+    /// one way the cluster checks run a tool on a node (`attempt` when failing is the point).
+    pub fn tool<S: AsRef<str>>(&self, cmd: &[S], timeout: u64) -> Result<String> {
+        let cmd: Vec<&str> = cmd.iter().map(AsRef::as_ref).collect();
+        let o = self.exec(&cmd, Duration::from_secs(timeout))?;
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(8).collect();
+            bail!(
+                "{}: `{}` failed ({}): {}",
+                self.name(),
+                cmd.join(" "),
+                o.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Run a tool on the node whatever comes of it (a refusal is what the check wants):
+    /// whether it succeeded, and its stdout and stderr together.
+    pub fn attempt(&self, cmd: &[&str], timeout: u64) -> Result<(bool, String)> {
+        let o = self.exec(cmd, Duration::from_secs(timeout))?;
+        Ok((
+            o.status.success(),
+            format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ))
+    }
+
     pub fn write(&self, path: &str, bytes: &[u8], mode: u32) -> Result<()> {
         match self {
             Member::Container(c) => c.write(path, bytes, mode),

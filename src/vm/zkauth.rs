@@ -4,7 +4,6 @@
 //! itself, which must be answered (else a refusal proves nothing).
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -92,7 +91,7 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
         )?;
         c.write(&format!("{DIR}/impostor.pem"), &impostor, 0o600)?;
         let (ip, port) = (p.node.ip.to_string(), z.client_port.to_string());
-        let o = c.exec(
+        let (ok, out) = c.attempt(
             &[
                 "/usr/bin/python3",
                 "-c",
@@ -103,9 +102,8 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
                 DIR,
                 own,
             ],
-            Duration::from_secs(120),
+            120,
         )?;
-        let out = String::from_utf8_lossy(&o.stdout);
         let addr = format!("{ip}:{port}");
         let mut seen = Vec::new();
         for (kind, what) in CLIENTS {
@@ -122,14 +120,10 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
                 Ok(s) => seen.push(format!("{who} refused ({s})")),
                 Err(e) => failures.push(format!(
                     "zookeeper client port {addr}: {who} {e:#}{}",
-                    if o.status.success() {
+                    if ok {
                         String::new()
                     } else {
-                        format!(
-                            " ({}: {})",
-                            o.status,
-                            String::from_utf8_lossy(&o.stderr).trim()
-                        )
+                        format!(" (the probe failed: {})", out.trim())
                     }
                 )),
             }

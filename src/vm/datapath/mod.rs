@@ -114,23 +114,6 @@ fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Run a tool in `c`; Err with its stderr's tail when it fails.
-fn tool(c: &Member, cmd: &[&str], timeout: u64) -> Result<String> {
-    let o = c.exec(cmd, Duration::from_secs(timeout))?;
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(8).collect();
-        bail!(
-            "{}: `{}` failed ({}): {}",
-            c.name(),
-            cmd.join(" "),
-            o.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        );
-    }
-    Ok(text(&o))
-}
-
 /// ZooKeeper's `srvr` answer from node `p`'s client port, asked from inside `c` with the image's
 /// python3: over TLS as the node when ZooKeeper takes TLS clients only.
 fn srvr(c: &Member, p: &Plan, port: u16) -> Result<String> {
@@ -144,7 +127,7 @@ fn srvr(c: &Member, p: &Plan, port: u16) -> Result<String> {
     let script = format!(
         "import socket\ns=socket.create_connection(('{ip}',{port}),timeout=10)\n{tls}s.sendall(b'srvr')\nb=b''\nwhile True:\n  d=s.recv(4096)\n  if not d: break\n  b+=d\nprint(b.decode())"
     );
-    tool(c, &["/usr/bin/python3", "-c", &script], 30)
+    c.tool(&["/usr/bin/python3", "-c", &script], 30)
 }
 
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
@@ -219,7 +202,7 @@ pub fn versions(nodes: &[&Plan], cs: &[Member]) -> Phase {
             .iter()
             .find(|p| p.storm.is_some() && !container(cs, p).is_vm())
         {
-            match run_tool(container(cs, p), &storm(&["version"]), 120) {
+            match container(cs, p).tool(&storm(&["version"]), 120) {
                 Ok(v) => lines.push(format!(
                     "{}: storm version: {}",
                     p.node.name,
@@ -239,7 +222,7 @@ pub fn versions(nodes: &[&Plan], cs: &[Member]) -> Phase {
                 "Starting nimbus server for storm version.*",
                 "/var/log/storm/nimbus.log",
             ];
-            match tool(container(cs, p), &start, 30) {
+            match container(cs, p).tool(&start, 30) {
                 Ok(l) => lines.push(format!("{}: nimbus.log: {}", p.node.name, l.trim())),
                 Err(e) => failures.push(format!("{}: nimbus: {e:#}", p.node.name)),
             }
@@ -253,7 +236,7 @@ pub fn versions(nodes: &[&Plan], cs: &[Member]) -> Phase {
 /// journald attributes a busy container's lines to the stream late or never (measured: the line
 /// missing from `-u kafka`, and in one clean-clone CI run from `-t kafka-server-start.sh`).
 fn kafka_version(c: &Member) -> Result<String> {
-    let l = tool(c, &["sh", "-c", &kafka_version_script(KAFKA_LOG_DIR)], 30)?;
+    let l = c.tool(&["sh", "-c", &kafka_version_script(KAFKA_LOG_DIR)], 30)?;
     match l.trim().strip_prefix("Kafka version: ") {
         Some(v) if !v.is_empty() => Ok(v.to_string()),
         _ => {

@@ -22,7 +22,8 @@ print('worker' if w else 'none')
         .iter()
         .filter(|p| p.storm.is_some() && up.contains(&p.node.name.as_str()))
         .map(|p| {
-            let seen = tool(container(cs, p), &["/usr/bin/python3", "-c", PROBE], 30)
+            let seen = container(cs, p)
+                .tool(&["/usr/bin/python3", "-c", PROBE], 30)
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
             (p.node.name.clone(), seen == "worker")
@@ -81,7 +82,7 @@ pub(super) fn storm_log_tail(nodes: &[&Plan], cs: &[Member], up: &[&str]) -> Str
             let script = format!(
                 "for f in /var/log/storm/nimbus.log /var/log/storm/supervisor.log; do grep -hE '{PATTERN}' \"$f\" 2>/dev/null | tail -n 6 | sed \"s|^|  $(basename \"$f\"): |\"; done"
             );
-            let tail = tool(container(cs, p), &["sh", "-c", &script], 30)
+            let tail = container(cs, p).tool(&["sh", "-c", &script], 30)
                 .unwrap_or_else(|e| format!("  ? ({e:#})\n"));
             format!("{}:\n{}", p.node.name, tail.trim_end())
         })

@@ -18,20 +18,20 @@ type LeaderSeen = (String, i64, i64);
 
 /// `kafka-metadata-quorum.sh describe --status` as `via` sees it through `controller`.
 fn leader_seen(via: &Member, controller: &str) -> Option<(i64, i64)> {
-    let out = tool(
-        via,
-        &[
-            "/opt/kafka/bin/kafka-metadata-quorum.sh",
-            "--bootstrap-controller",
-            controller,
-            "--command-config",
-            CLIENT,
-            "describe",
-            "--status",
-        ],
-        60,
-    )
-    .ok()?;
+    let out = via
+        .tool(
+            &[
+                crate::layout::kafka_bin::METADATA_QUORUM,
+                "--bootstrap-controller",
+                controller,
+                "--command-config",
+                CLIENT,
+                "describe",
+                "--status",
+            ],
+            60,
+        )
+        .ok()?;
     let num = |k: &str| field(&out, k)?.parse::<i64>().ok();
     Some((num("LeaderId")?, num("LeaderEpoch")?))
 }
@@ -100,7 +100,7 @@ pub fn partition(nodes: &[&Plan], cs: &[Member]) -> Phase {
         look(&mut seen);
         let modern = modern_tools(a);
         let cmd: Vec<String> = [
-            "/opt/kafka/bin/kafka-verifiable-producer.sh",
+            crate::layout::kafka_bin::VERIFIABLE_PRODUCER,
             "--bootstrap-server",
             &servers,
             config_opt(modern, "--producer.config"),
@@ -122,7 +122,7 @@ pub fn partition(nodes: &[&Plan], cs: &[Member]) -> Phase {
         std::thread::scope(|s| -> Result<()> {
             let producer = s.spawn(|| {
                 let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
-                tool(ca, &refs, 900)
+                ca.tool(&refs, 900)
             });
             std::thread::sleep(Duration::from_secs(10));
             cv.cut_off(true)?;

@@ -6,10 +6,9 @@ use super::*;
 /// Produce MESSAGES values `<round>.<n>` with acks=all through `via` (VerifiableProducer prints
 /// one JSON line per acknowledged send); the acknowledged values.
 pub(super) fn produce(via: &Member, p: &Plan, round: usize) -> Result<BTreeSet<String>> {
-    let out = tool(
-        via,
+    let out = via.tool(
         &[
-            "/opt/kafka/bin/kafka-verifiable-producer.sh",
+            crate::layout::kafka_bin::VERIFIABLE_PRODUCER,
             "--bootstrap-server",
             &bootstrap(p),
             config_opt(modern_tools(p), "--producer.config"),
@@ -56,7 +55,7 @@ pub(super) fn console_consumer(
     extra: &[&str],
 ) -> Result<String> {
     let mut cmd = vec![
-        "/opt/kafka/bin/kafka-console-consumer.sh",
+        crate::layout::kafka_bin::CONSOLE_CONSUMER,
         "--bootstrap-server",
         bootstrap,
         config_opt(modern, "--consumer.config"),
@@ -66,7 +65,7 @@ pub(super) fn console_consumer(
         "--from-beginning",
     ];
     cmd.extend_from_slice(extra);
-    tool(via, &cmd, 300).or_else(|e| {
+    via.tool(&cmd, 300).or_else(|e| {
         // The consumer exits non-zero on its timeout; what it printed is still the answer.
         if e.to_string().contains("TimeoutException") {
             Ok(String::new())
@@ -139,10 +138,9 @@ pub(super) fn isr_sizes(via: &Member, bootstrap: &str) -> Result<Vec<usize>> {
 /// Partitions of the topic and their in-sync replicas (broker ids), from `kafka-topics.sh
 /// --describe`.
 pub(super) fn isrs(via: &Member, bootstrap: &str, topic: &str) -> Result<Vec<Vec<u32>>> {
-    let out = tool(
-        via,
+    let out = via.tool(
         &[
-            "/opt/kafka/bin/kafka-topics.sh",
+            crate::layout::kafka_bin::TOPICS,
             "--bootstrap-server",
             bootstrap,
             "--command-config",
@@ -219,10 +217,9 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Member]) -> (Phase, BTreeSet<String>) {
         let (ca, cb) = (via_of(cs, a), via_of(cs, b));
         let rf = kafka.len().min(3);
         let isr = rf.min(2);
-        tool(
-            ca,
+        ca.tool(
             &[
-                "/opt/kafka/bin/kafka-topics.sh",
+                crate::layout::kafka_bin::TOPICS,
                 "--bootstrap-server",
                 &bootstrap(a),
                 "--command-config",
@@ -294,10 +291,9 @@ pub(super) fn replication(
     lines: &mut Vec<String>,
     failures: &mut Vec<String>,
 ) -> Result<()> {
-    let under = tool(
-        ca,
+    let under = ca.tool(
         &[
-            "/opt/kafka/bin/kafka-topics.sh",
+            crate::layout::kafka_bin::TOPICS,
             "--bootstrap-server",
             &bootstrap(a),
             "--command-config",
@@ -315,10 +311,9 @@ pub(super) fn replication(
     if let Some(k) = &a.kafka
         && let Some(port) = k.controller_port
     {
-        let rep = tool(
-            ca,
+        let rep = ca.tool(
             &[
-                "/opt/kafka/bin/kafka-metadata-quorum.sh",
+                crate::layout::kafka_bin::METADATA_QUORUM,
                 "--bootstrap-controller",
                 &format!("{}:{port}", a.node.ip),
                 // The controller listener is mTLS: the tool presents the node's certificate.

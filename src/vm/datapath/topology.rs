@@ -97,16 +97,10 @@ pub(super) fn storm(args: &[&str]) -> Vec<String> {
     v
 }
 
-pub(super) fn run_tool(c: &Member, cmd: &[String], timeout: u64) -> Result<String> {
-    let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    tool(c, &refs, timeout)
-}
-
 pub(super) fn create_topic(c: &Member, bootstrap: &str, topic: &str, rf: usize) -> Result<()> {
-    tool(
-        c,
+    c.tool(
         &[
-            "/opt/kafka/bin/kafka-topics.sh",
+            crate::layout::kafka_bin::TOPICS,
             "--bootstrap-server",
             bootstrap,
             "--command-config",
@@ -163,7 +157,7 @@ pub(super) fn acls_applied(c: &Member, p: &Plan) -> Result<String> {
 
 /// The topology's state in `storm list` (ACTIVE, INACTIVE, KILLED...), if it is listed.
 pub(super) fn topology_status(c: &Member) -> Result<Option<String>> {
-    let out = run_tool(c, &storm(&["list"]), 180)?;
+    let out = c.tool(&storm(&["list"]), 180)?;
     Ok(out.lines().find_map(|l| {
         let mut cols = l.split_whitespace();
         (cols.next() == Some(WC_NAME)).then(|| cols.next().unwrap_or("?").to_string())
@@ -174,13 +168,14 @@ impl Wordcount {
     /// Send the next `n` sentences with acks=all.
     fn feed(&mut self, c: &Member, n: usize) -> Result<()> {
         let script = format!(
-            "printf '%s\\n' \"$@\" | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server {} {} {CLIENT} --topic {WC_IN} --producer-property acks=all",
+            "printf '%s\\n' \"$@\" | {} --bootstrap-server {} {} {CLIENT} --topic {WC_IN} --producer-property acks=all",
+            crate::layout::kafka_bin::CONSOLE_PRODUCER,
             self.bootstrap,
             config_opt(self.modern, "--producer.config")
         );
         let mut cmd = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
         cmd.extend((self.sent..self.sent + n).map(sentence));
-        run_tool(c, &cmd, 300)?;
+        c.tool(&cmd, 300)?;
         self.sent += n;
         self.expected = word_counts(self.sent);
         Ok(())
@@ -265,7 +260,7 @@ impl Wordcount {
                 .iter()
                 .find(|c| c.name() == self.via)
                 .context("the topology's node")?;
-            run_tool(c, &storm(&["kill", WC_NAME, "-w", "1"]), 300)?;
+            c.tool(&storm(&["kill", WC_NAME, "-w", "1"]), 300)?;
             let deadline = Instant::now() + Duration::from_secs(120);
             while let Some(s) = topology_status(c)? {
                 if Instant::now() > deadline {
@@ -318,8 +313,7 @@ pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
             create_topic(c, &servers, topic, rf)?;
         }
         let jar = "/tmp/imgbuild-wordcount.jar";
-        let built = tool(
-            c,
+        let built = c.tool(
             &[
                 "/opt/python/bin/python3",
                 &format!("{WC_DIR}/build-jar.py"),
@@ -342,8 +336,7 @@ pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
         if p.security.tls() {
             lines.push(acls_applied(c, p)?);
         }
-        tool(
-            c,
+        c.tool(
             &[
                 "sh",
                 "-c",
@@ -354,8 +347,7 @@ pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
             30,
         )?;
         let submit = Instant::now();
-        run_tool(
-            c,
+        c.tool(
             &storm(&[
                 "jar",
                 jar,
