@@ -70,7 +70,7 @@ pub struct Up {
     pub ignored: Vec<String>,
     pub nodes: Vec<UpNode>,
     /// The data-path and node-loss phases (container runtime with --check), in order.
-    pub phases: Vec<crate::vm::datapath::Phase>,
+    pub phases: Vec<crate::vm::checks::Phase>,
     /// Every problem the judgement found, one line each.
     pub failures: Vec<String>,
 }

@@ -1,12 +1,9 @@
 //! Running the built nodes: QEMU virtual machines or systemd-nspawn containers on a private
 //! network, the cluster checks (membership, data path, node loss) and what to show when one fails.
 
+pub mod checks;
 pub mod cluster;
 pub mod container;
-pub mod datapath;
-pub mod firewall;
 pub mod hostlink;
-pub mod kafkaauth;
 pub mod member;
 pub mod qemu;
-pub mod zkauth;

@@ -187,7 +187,7 @@ impl UpOptions {
 pub struct UpResult {
     pub states: BTreeMap<String, NodeState>,
     pub healthy_after: Option<f64>,
-    pub phases: Vec<crate::vm::datapath::Phase>,
+    pub phases: Vec<crate::vm::checks::Phase>,
     pub failures: Vec<String>,
 }
 
@@ -639,8 +639,8 @@ fn vm_services(
     states: &BTreeMap<String, NodeState>,
     start: Instant,
     timeout: Duration,
-) -> crate::vm::datapath::Phase {
-    crate::vm::datapath::Phase::timed("the VM among containers", |lines, _| {
+) -> crate::vm::checks::Phase {
+    crate::vm::checks::Phase::timed("the VM among containers", |lines, _| {
         let Member::Vm(v) = m else { return Ok(()) };
         let st = states.get(&v.name).context("the VM's state")?;
         let mut seen: Vec<(String, f64)> = st
@@ -695,89 +695,47 @@ fn vm_services(
     })
 }
 
-/// Once every node is healthy: the firewall probed from outside, then (containers) the data path.
+/// Once every node is healthy: the checks of `vm::checks::CHECKS` that apply, in order (the
+/// firewall probed from outside; with the nodes on the host's bridge, the data path).
 fn after_healthy(
     nodes: &[&Plan],
     containers: &mut [Member],
     o: &UpOptions,
     work: &Path,
-    phases: &mut Vec<crate::vm::datapath::Phase>,
+    phases: &mut Vec<crate::vm::checks::Phase>,
 ) -> Vec<String> {
     let mut failures = Vec::new();
-    match crate::vm::hostlink::host_address(nodes) {
-        Ok((from, _)) => report(
-            o,
-            &crate::vm::firewall::probe_cluster(nodes, from),
-            &mut failures,
-            phases,
-        ),
-        Err(e) => failures.push(format!("firewall: no address to probe from: {e:#}")),
-    }
-    if o.bridged() {
-        failures.extend(data_path(nodes, containers, o, work, phases));
-    } else {
+    if !o.bridged() {
         say(
             o.json,
             "note: the data-path and node-loss phases run in the container runtime (--runtime container): under software emulation every Kafka tool JVM takes minutes",
         );
     }
-    failures
-}
-
-/// The data-path and node-loss phases, printed as they finish; their failures.
-fn data_path(
-    nodes: &[&Plan],
-    containers: &mut [Member],
-    o: &UpOptions,
-    work: &Path,
-    phases: &mut Vec<crate::vm::datapath::Phase>,
-) -> Vec<String> {
     let timeout = o.timeout;
-    let mut failures = Vec::new();
-    let mut report = |p: &crate::vm::datapath::Phase| report(o, p, &mut failures, phases);
-    report(&crate::vm::datapath::versions(nodes, containers));
-    let (phase, acked) = crate::vm::datapath::round_trip(nodes, containers);
-    let round_trip_ok = phase.failures.is_empty();
-    report(&phase);
-    if nodes.iter().any(|p| p.kafka.is_some() && p.security.tls()) {
-        report(&crate::vm::kafkaauth::refusals(nodes, containers, work));
-    }
-    if nodes
-        .iter()
-        .any(|p| p.zookeeper.is_some() && p.security.tls())
-    {
-        report(&crate::vm::zkauth::refusals(nodes, containers, work));
-    }
-    let mut wordcount = None;
-    if nodes.iter().any(|p| p.storm.is_some() && p.kafka.is_some()) {
-        let (phase, wc) = crate::vm::datapath::topology(nodes, containers);
-        report(&phase);
-        wordcount = wc;
-    }
-    if round_trip_ok && !o.no_node_loss {
-        report(&crate::vm::datapath::node_loss(
-            nodes,
-            containers,
-            &acked,
-            wordcount.as_mut(),
-            &mut |c| boot_until_healthy(c, timeout),
-        ));
-    }
-    if o.partition {
-        report(&crate::vm::datapath::partition(nodes, containers));
-    }
-    if let Some(w) = &wordcount {
-        report(&w.kill(containers));
-    }
+    let mut reboot = |c: &mut Member| boot_until_healthy(c, timeout);
+    let mut ctx = crate::vm::checks::Ctx {
+        nodes,
+        members: containers,
+        work,
+        wanted: crate::vm::checks::Wanted {
+            bridged: o.bridged(),
+            node_loss: !o.no_node_loss,
+            partition: o.partition,
+        },
+        reboot: &mut reboot,
+        acked: None,
+        wordcount: None,
+    };
+    crate::vm::checks::run_all(&mut ctx, &mut |p| report(o, p, &mut failures, phases));
     failures
 }
 
 /// Print a phase as it finishes (its lines, then its failures) and keep it for the report.
 fn report(
     o: &UpOptions,
-    p: &crate::vm::datapath::Phase,
+    p: &crate::vm::checks::Phase,
     failures: &mut Vec<String>,
-    phases: &mut Vec<crate::vm::datapath::Phase>,
+    phases: &mut Vec<crate::vm::checks::Phase>,
 ) {
     say(o.json, &format!("phase {}: {:.0} s", p.name, p.seconds));
     for l in &p.lines {

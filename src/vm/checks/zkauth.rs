@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::layout::CA_CERT;
 use crate::plan::Plan;
-use crate::vm::datapath::Phase;
+use crate::vm::checks::Phase;
 use crate::vm::member::Member;
 
 /// Where the check's files go inside the node (as kafkaauth's: host-written into its overlay).
@@ -82,7 +82,7 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
         let own = crate::rootfs::render::zk_client_keystore(p).context("no client keystore")?;
         // From a container: for the mixed runtime's VM a peer, a remote client of its port (the
         // control is then that peer's own certificate, of the same CA).
-        let c = crate::vm::datapath::via(cs, p)?;
+        let c = crate::vm::checks::via(cs, p)?;
         let (_, impostor) = crate::pki::check_identities(
             p,
             &work.join("check-identities-zookeeper"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::plan::Plan;
 use crate::plan::firewall::open_ports;
 use crate::plan::services::Reach;
-use crate::vm::datapath::Phase;
+use crate::vm::checks::Phase;
 
 /// Long enough for a SYN-ACK from a guest under software emulation.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,6 +27,16 @@ fn probe(ip: Ipv4Addr, port: u16) -> Result<Seen, String> {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Seen::Refused),
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(Seen::Filtered),
         Err(e) => Err(format!("{ip}:{port}: {e}")),
+    }
+}
+
+/// The firewall check: every node's ports probed from the host's address on the nodes' network.
+pub fn run(nodes: &[&Plan]) -> Phase {
+    match crate::vm::hostlink::host_address(nodes) {
+        Ok((from, _)) => probe_cluster(nodes, from),
+        Err(e) => Phase::timed("firewall", |_, _| {
+            Err(e.context("no address on the nodes' network to probe from"))
+        }),
     }
 }
 

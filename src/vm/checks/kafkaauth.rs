@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::layout::CA_CERT;
 use crate::plan::Plan;
 use crate::plan::security::SCRAM_MECHANISM;
-use crate::vm::datapath::Phase;
+use crate::vm::checks::Phase;
 use crate::vm::member::Member;
 
 /// Where the check's client files go inside the node (host-written into its overlay; /tmp may
@@ -219,7 +219,7 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
             .context("no Kafka node")?;
         let k = p.kafka.as_ref().context("no Kafka")?;
         // The tools run in a container (for the mixed runtime's VM: a peer, over the network).
-        let c = crate::vm::datapath::via(cs, p)?;
+        let c = crate::vm::checks::via(cs, p)?;
         let (user, impostor) = crate::pki::check_identities(
             p,
             &work.join("check-identities"),
@@ -268,14 +268,11 @@ pub fn refusals(nodes: &[&Plan], cs: &[Member], work: &Path) -> Phase {
             "echo refused | {} --bootstrap-server {ip}:{} {} {cfg} --topic {} --producer-property max.block.ms=15000",
             crate::layout::kafka_bin::CONSOLE_PRODUCER,
             k.port,
-            crate::vm::datapath::config_opt(
-                crate::vm::datapath::modern_tools(p),
-                "--producer.config"
-            ),
-            crate::vm::datapath::TOPIC
+            crate::vm::checks::config_opt(crate::vm::checks::modern_tools(p), "--producer.config"),
+            crate::vm::checks::TOPIC
         );
         let (_, out) = c.attempt(&["sh", "-c", &script], 120)?;
-        let topic = crate::vm::datapath::TOPIC;
+        let topic = crate::vm::checks::TOPIC;
         let how = if scram {
             "its SCRAM password"
         } else {
