@@ -75,6 +75,44 @@ pub struct Up {
     pub failures: Vec<String>,
 }
 
+impl Up {
+    /// The report of an `up` run: its options, each node's last health report, the phases.
+    pub fn of(
+        plans: &[&crate::plan::Plan],
+        o: &crate::vm::cluster::UpOptions,
+        r: &crate::vm::cluster::UpResult,
+    ) -> Up {
+        Up {
+            schema: 1,
+            command: "up",
+            runtime: if o.vms.is_empty() {
+                format!("{:?}", o.runtime).to_lowercase()
+            } else {
+                "mixed".into()
+            },
+            vms: o.vms.clone(),
+            check: o.check,
+            ok: o.check && r.failures.is_empty(),
+            healthy_after: r.healthy_after,
+            ignored: o.ignore.clone(),
+            nodes: plans
+                .iter()
+                .map(|p| {
+                    let st = r.states.get(&p.node.name);
+                    UpNode {
+                        node: p.node.name.clone(),
+                        ip: p.node.ip.to_string(),
+                        summary: st.and_then(|s| s.summary.clone()),
+                        checks: st.map(|s| s.checks.clone()).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            phases: r.phases.clone(),
+            failures: r.failures.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct UpNode {
     pub node: String,

@@ -53,7 +53,7 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
     let plans = select(&s.cluster, &cli.recipe, names)?;
     refuse_unbootable(cli, &plans)?;
     if !dry_run {
-        crate::util::tools::require(&build_tools(&plans))?;
+        crate::util::tools::require(&crate::image::build_tools(&plans))?;
         crate::util::fs::require_root("building images")?;
         crate::pki::ensure(&plans)?;
     }
@@ -66,7 +66,7 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
     let t = std::time::Instant::now();
     let fetched = fetch_with(cli, &s)?;
     let fetch_secs = t.elapsed().as_secs_f64();
-    let states = assess(cli, &plans, &fetched, force)?;
+    let states = crate::image::key::assess(&cli.images, &plans, &fetched, force)?;
     if dry_run {
         return report_dry_run(cli, &plans, &states, json, t0);
     }
@@ -101,13 +101,6 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
     report_built(cli, built, why, json, t0)
 }
 
-/// The source date epoch of a node's build: the recipe's, else SOURCE_DATE_EPOCH, else 0.
-pub(super) fn epoch_of(plan: &Plan) -> u64 {
-    plan.source_date_epoch
-        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A disk image needs a kernel and a boot chain: say so before downloading anything.
 pub(super) fn refuse_unbootable(cli: &Cli, plans: &[&Plan]) -> Result<()> {
     let Some(why) = plans.first().and_then(|p| p.base.boot.missing()) else {
@@ -127,66 +120,11 @@ pub(super) fn refuse_unbootable(cli: &Cli, plans: &[&Plan]) -> Result<()> {
     );
 }
 
-/// Every tool the build of `plans` will run, checked before any work starts.
-pub(super) fn build_tools(plans: &[&Plan]) -> Vec<crate::util::tools::Tool> {
-    let mut formats: Vec<crate::plan::DiskFormat> =
-        plans.iter().flat_map(|p| p.disk.formats.clone()).collect();
-    formats.dedup();
-    let mut tools = crate::image::tools(&formats);
-    if plans
-        .iter()
-        .any(|p| p.base.kind == recipe::BaseKind::Mmdebstrap)
-    {
-        tools.push(crate::util::tools::MMDEBSTRAP);
-    }
-    if plans.iter().any(|p| p.provenance_signer.is_some()) {
-        tools.push(crate::image::sbom::SSH_KEYGEN);
-    }
-    tools.push(crate::util::tools::OPENSSL);
-    tools
-}
-
-/// One node's standing before the build: its build key, its outputs when its images already
-/// match that key (nothing to do), else why it is rebuilt.
-#[derive(Clone)]
-pub(super) struct NodeState {
-    pub(super) key: String,
-    pub(super) fresh: Option<Vec<crate::image::Output>>,
-    pub(super) why: Option<String>,
-}
-
-pub(super) fn assess(
-    cli: &Cli,
-    plans: &[&Plan],
-    fetched: &[Fetched],
-    force: bool,
-) -> Result<Vec<NodeState>> {
-    plans
-        .iter()
-        .map(|p| {
-            let key = crate::image::build_key(p, fetched, epoch_of(p))?;
-            let fresh = (!force)
-                .then(|| crate::image::up_to_date(&cli.images, &p.node.name, &key))
-                .flatten();
-            // Why it is rebuilt: what changed since its images were built.
-            let why = if fresh.is_some() {
-                None
-            } else if force {
-                Some("--force".to_string())
-            } else {
-                let parts = crate::image::key_parts(p, fetched, epoch_of(p))?;
-                Some(crate::image::why_rebuild(&cli.images, &p.node.name, &parts))
-            };
-            Ok(NodeState { key, fresh, why })
-        })
-        .collect()
-}
-
 /// `build --dry-run`: what would be rebuilt and why, building nothing.
 pub(super) fn report_dry_run(
     cli: &Cli,
     plans: &[&Plan],
-    states: &[NodeState],
+    states: &[crate::image::key::NodeState],
     json: bool,
     t0: std::time::Instant,
 ) -> Result<()> {
@@ -225,7 +163,7 @@ pub(super) fn report_dry_run(
 pub(super) fn build_node(
     cli: &Cli,
     plan: &Plan,
-    st: NodeState,
+    st: crate::image::key::NodeState,
     common: Option<&std::path::Path>,
     fetched: &[Fetched],
     mut stages: crate::image::Stages,
@@ -262,7 +200,7 @@ pub(super) fn build_node(
             common: Some(common),
             fetched,
             build_dir: &cli.build_dir,
-            epoch: epoch_of(plan),
+            epoch: crate::image::key::epoch_of(plan),
             key: &st.key,
         },
         &cli.images,

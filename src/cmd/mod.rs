@@ -1,5 +1,5 @@
 //! One function per subcommand: load, resolve, act, print. Here: the recipe's loading, `plan` and
-//! `validate`; `plan_text` (plan's text), `artifacts` (fetch, lock, cache), `build` (build, rootfs),
+//! `validate` (the plan's text is `plan::text`); `artifacts` (fetch, lock, cache), `build` (build, rootfs),
 //! `verify`, `boot` (boot, up, down, ssh), `flash`.
 
 use std::io::Write;
@@ -12,7 +12,6 @@ use crate::fetch::checksum;
 use crate::fetch::lock::{self, LockEntry, LockFile};
 use crate::fetch::{self, Fetched, Fetcher};
 use crate::plan::mirror::{self, Mirrors};
-use crate::plan::services::Reach;
 use crate::plan::{self, Algorithm, ClusterPlan, DigestSource, Plan};
 use crate::recipe;
 use crate::recipe::diag::{UsageError, did_you_mean};
@@ -21,14 +20,13 @@ mod artifacts;
 mod boot;
 mod build;
 mod flash;
-mod plan_text;
 mod verify;
 
+pub use crate::plan::text::render_plan;
 pub use artifacts::*;
 pub use boot::*;
 pub use build::*;
 pub use flash::*;
-pub use plan_text::*;
 pub use verify::*;
 
 /// Load and resolve the recipe, printing its warnings to stderr.

@@ -172,3 +172,47 @@ pub fn up_to_date(images: &Path, node: &str, key: &str) -> Option<Vec<Output>> {
         .all(|o| fs::metadata(dir.join(&o.file)).is_ok_and(|md| md.len() == o.size))
         .then_some(outputs)
 }
+
+/// The source date epoch of a node's build: the recipe's, else SOURCE_DATE_EPOCH, else 0.
+pub fn epoch_of(plan: &Plan) -> u64 {
+    plan.source_date_epoch
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One node's standing before the build: its build key, its outputs when its images already
+/// match that key (nothing to do), else why it is rebuilt.
+#[derive(Clone)]
+pub struct NodeState {
+    pub key: String,
+    pub fresh: Option<Vec<Output>>,
+    pub why: Option<String>,
+}
+
+/// Each node's standing (`imgbuild build`: which to build, and why).
+pub fn assess(
+    images: &std::path::Path,
+    plans: &[&Plan],
+    fetched: &[Fetched],
+    force: bool,
+) -> Result<Vec<NodeState>> {
+    plans
+        .iter()
+        .map(|p| {
+            let key = build_key(p, fetched, epoch_of(p))?;
+            let fresh = (!force)
+                .then(|| up_to_date(images, &p.node.name, &key))
+                .flatten();
+            // Why it is rebuilt: what changed since its images were built.
+            let why = if fresh.is_some() {
+                None
+            } else if force {
+                Some("--force".to_string())
+            } else {
+                let parts = key_parts(p, fetched, epoch_of(p))?;
+                Some(why_rebuild(images, &p.node.name, &parts))
+            };
+            Ok(NodeState { key, fresh, why })
+        })
+        .collect()
+}

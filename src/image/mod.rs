@@ -13,6 +13,7 @@ pub mod gpt;
 pub mod key;
 pub mod manifest;
 pub mod sbom;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -796,6 +797,25 @@ fn sbom_inputs(fetched: &[Fetched]) -> Vec<crate::image::sbom::Input> {
             signed_by: f.record.fingerprint.clone(),
         })
         .collect()
+}
+
+/// Every tool the build of `plans` will run, checked before any work starts.
+pub fn build_tools(plans: &[&Plan]) -> Vec<crate::util::tools::Tool> {
+    let mut formats: Vec<crate::plan::DiskFormat> =
+        plans.iter().flat_map(|p| p.disk.formats.clone()).collect();
+    formats.dedup();
+    let mut tools = tools(&formats);
+    if plans
+        .iter()
+        .any(|p| p.base.kind == crate::recipe::BaseKind::Mmdebstrap)
+    {
+        tools.push(crate::util::tools::MMDEBSTRAP);
+    }
+    if plans.iter().any(|p| p.provenance_signer.is_some()) {
+        tools.push(sbom::SSH_KEYGEN);
+    }
+    tools.push(crate::util::tools::OPENSSL);
+    tools
 }
 
 #[cfg(test)]

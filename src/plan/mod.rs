@@ -40,6 +40,7 @@ pub mod model;
 mod network;
 mod nodes;
 mod system;
+pub mod text;
 
 use assemble::*;
 use checks::*;

@@ -1,5 +1,6 @@
 //! `imgbuild plan`'s text: a node's resolved plan, section by section.
 
+use super::services::Reach;
 use super::*;
 
 /// The readable form of a plan (stdout of `imgbuild plan NODE`).
@@ -23,7 +24,7 @@ impl PlanLines {
 }
 
 /// Who the node is: name, address, roles, units, /etc/hosts.
-pub(super) fn plan_identity(p: &Plan, out: &mut PlanLines) {
+fn plan_identity(p: &Plan, out: &mut PlanLines) {
     let n = &p.node;
     out.line(
         "node",
@@ -83,7 +84,7 @@ pub(super) fn plan_identity(p: &Plan, out: &mut PlanLines) {
 }
 
 /// Who may talk to the services: TLS or plaintext, Kafka's super users and users with ACLs.
-pub(super) fn plan_security(p: &Plan, out: &mut PlanLines) {
+fn plan_security(p: &Plan, out: &mut PlanLines) {
     let sec = &p.security;
     if !sec.tls() {
         out.line(
@@ -141,7 +142,7 @@ pub(super) fn plan_security(p: &Plan, out: &mut PlanLines) {
 }
 
 /// How its services are wired: ZooKeeper, Kafka, Storm.
-pub(super) fn plan_services(p: &Plan, out: &mut PlanLines) {
+fn plan_services(p: &Plan, out: &mut PlanLines) {
     if let Some(z) = &p.zookeeper {
         out.line(
             "zookeeper myid",
@@ -183,7 +184,7 @@ pub(super) fn plan_services(p: &Plan, out: &mut PlanLines) {
 }
 
 /// The base OS and how it boots.
-pub(super) fn plan_base(p: &Plan, out: &mut PlanLines) {
+fn plan_base(p: &Plan, out: &mut PlanLines) {
     let b = &p.base;
     match b.kind {
         recipe::BaseKind::Mmdebstrap => out.line(
@@ -224,7 +225,7 @@ pub(super) fn plan_base(p: &Plan, out: &mut PlanLines) {
 }
 
 /// Memory budget, OS tuning, disk size, and who signs the provenance.
-pub(super) fn plan_resources(p: &Plan, out: &mut PlanLines) {
+fn plan_resources(p: &Plan, out: &mut PlanLines) {
     let m = &p.memory;
     out.line(
         "memory",
@@ -290,7 +291,7 @@ pub(super) fn plan_resources(p: &Plan, out: &mut PlanLines) {
 }
 
 /// Every downloaded artifact with its URLs, digest source and signature.
-pub(super) fn plan_artifacts(p: &Plan, out: &mut PlanLines) {
+fn plan_artifacts(p: &Plan, out: &mut PlanLines) {
     for a in &p.artifacts {
         out.line("artifact", format!("{} {}", a.name, a.version));
         for u in &a.urls {
@@ -326,11 +327,11 @@ pub(super) fn plan_artifacts(p: &Plan, out: &mut PlanLines) {
     }
 }
 
-pub(super) fn join<T: ToString>(v: &[T]) -> String {
+fn join<T: ToString>(v: &[T]) -> String {
     join_with(v, ",")
 }
 
-pub(super) fn join_with<T: ToString>(v: &[T], sep: &str) -> String {
+fn join_with<T: ToString>(v: &[T], sep: &str) -> String {
     v.iter()
         .map(|x| x.to_string())
         .collect::<Vec<_>>()
