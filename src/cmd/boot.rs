@@ -148,11 +148,7 @@ pub fn ssh(
     let key = identity
         .map(std::path::Path::to_path_buf)
         .or_else(|| default_key.is_file().then_some(default_key));
-    crate::util::tools::require(&[crate::util::tools::Tool {
-        command: "ssh",
-        why: "logs into the nodes (imgbuild ssh)",
-        package: "openssh-client",
-    }])?;
+    crate::util::tools::require(&[crate::util::tools::SSH])?;
     crate::vm::hostlink::enter(&cli.build_dir)?;
     let mut c = crate::util::run::Cmd::new("ssh")
         .args(crate::vm::hostlink::SSH_OPTIONS)

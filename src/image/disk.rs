@@ -1,18 +1,12 @@
 //! Writing filesystems into a disk image file in place: no loop devices, no mounts.
 
+pub use crate::util::tools::{E2FSCK, MKFS_EXT4, TUNE2FS};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::image::gpt::Guid;
 use crate::util::run::Cmd;
-use crate::util::tools::Tool;
-
-pub const MKFS_EXT4: Tool = Tool {
-    command: "mkfs.ext4",
-    why: "writes the root filesystem into the disk image",
-    package: "e2fsprogs",
-};
 
 /// Identity and clock of a filesystem, fixed so two builds of the same tree are bit-identical.
 pub struct FsIdentity<'a> {
@@ -284,18 +278,6 @@ fn delta_dir(
     }
     Ok(None)
 }
-
-pub const TUNE2FS: Tool = Tool {
-    command: "tune2fs",
-    why: "gives each node's copy of the shared root filesystem its own UUID",
-    package: "e2fsprogs",
-};
-
-pub const E2FSCK: Tool = Tool {
-    command: "e2fsck",
-    why: "re-indexes and checks each node's root filesystem",
-    package: "e2fsprogs",
-};
 
 /// The shared tree's filesystem, made once by `mkfs -d` and kept at `path` (written under a
 /// temporary name, renamed when complete) for every node whose root partition has this size.

@@ -2,6 +2,7 @@
 //! by mkfs.fat and mtools, then made reproducible: mtools stamps directory entries with the
 //! clock whatever SOURCE_DATE_EPOCH says, so every entry's times are reset to the epoch in-process.
 
+pub use crate::util::tools::{MCOPY, MKFS_FAT};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -10,18 +11,6 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::util::fmt::civil_from_days;
 use crate::util::run::Cmd;
-use crate::util::tools::Tool;
-
-pub const MKFS_FAT: Tool = Tool {
-    command: "mkfs.fat",
-    why: "formats the EFI system partition and the FAT seed volume",
-    package: "dosfstools",
-};
-pub const MCOPY: Tool = Tool {
-    command: "mcopy",
-    why: "copies the boot chain and the seed into FAT volumes without mounting them",
-    package: "mtools",
-};
 
 /// A FAT volume to create.
 pub struct Volume<'a> {

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod sbom;
 pub mod verify;
 
+pub use crate::util::tools::{DEBUGFS, QEMU_IMG, XORRISO};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -38,22 +39,6 @@ use manifest::{Manifest, ManifestInput, ManifestPartition};
 
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
-
-pub const QEMU_IMG: Tool = Tool {
-    command: "qemu-img",
-    why: "converts the raw disk to qcow2",
-    package: "qemu-utils",
-};
-pub const XORRISO: Tool = Tool {
-    command: "xorriso",
-    why: "writes the ISO9660 NoCloud seed (cidata)",
-    package: "xorriso",
-};
-pub const DEBUGFS: Tool = Tool {
-    command: "debugfs",
-    why: "fixes inode times so the root filesystem is bit-identical across builds",
-    package: "e2fsprogs",
-};
 
 /// Every host tool building these formats needs (checked before any work starts).
 pub fn tools(formats: &[DiskFormat]) -> Vec<Tool> {

@@ -8,6 +8,7 @@
 //! validates it independently (the tests do). Everything is derived from the build's inputs
 //! and SOURCE_DATE_EPOCH, so equal builds give equal documents.
 
+pub use crate::util::tools::SSH_KEYGEN;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -266,12 +267,6 @@ pub fn signature_name(node: &str) -> String {
 /// The namespace of imgbuild's provenance signatures (ssh-keygen's -n: a signature made for
 /// something else, e.g. a git commit, is not one of these).
 const SIG_NAMESPACE: &str = "imgbuild-provenance";
-
-pub const SSH_KEYGEN: crate::util::tools::Tool = crate::util::tools::Tool {
-    command: "ssh-keygen",
-    why: "signs and verifies the provenance (the recipe's provenance.signing_key)",
-    package: "openssh-client",
-};
 
 /// Sign `dir`'s provenance with the recipe's key: writes `<node>.provenance.json.sig`
 /// (Ed25519 signatures are deterministic, so a rebuild gives the same bytes).

@@ -8,21 +8,41 @@ pub struct Tool {
     pub package: &'static str,
 }
 
-pub const MMDEBSTRAP: Tool = Tool {
-    command: "mmdebstrap",
-    why: "builds an apt-based base OS (base kind mmdebstrap)",
-    package: "mmdebstrap",
-};
-pub const OPENSSL: Tool = Tool {
-    command: "openssl",
-    why: "makes the cluster's CA and node certificates (once, in the recipe's secrets directory)",
-    package: "openssl",
-};
-pub const CP: Tool = Tool {
-    command: "cp",
-    why: "hard-link copies of the shared tree for each node",
-    package: "coreutils",
-};
+// Every external tool imgbuild runs, declared once: what it is for and which Debian/Ubuntu
+// package has it. A command checks the ones it needs before it starts (`require`); `ALL` is the
+// table a test holds every tool the source runs by name to.
+
+macro_rules! tools {
+    ($($name:ident: $command:literal, $package:literal, $why:literal;)*) => {
+        $(pub const $name: Tool = Tool { command: $command, why: $why, package: $package };)*
+        /// Every tool above.
+        pub const ALL: &[Tool] = &[$($name),*];
+    };
+}
+
+tools! {
+    MMDEBSTRAP: "mmdebstrap", "mmdebstrap", "builds an apt-based base OS (base kind mmdebstrap)";
+    OPENSSL: "openssl", "openssl", "makes the cluster's CA and node certificates (once, in the recipe's secrets directory)";
+    CP: "cp", "coreutils", "hard-link copies of the shared tree for each node";
+    MOUNT: "mount", "mount", "mounts a container's overlay over its node tree (imgbuild up --runtime container)";
+    UMOUNT: "umount", "mount", "unmounts a container's overlay when it stops";
+    TIMEOUT: "timeout", "coreutils", "bounds each tool the cluster checks run in a node";
+    NSENTER: "nsenter", "util-linux", "runs the cluster checks' tools inside a container's namespaces";
+    MKFS_EXT4: "mkfs.ext4", "e2fsprogs", "writes the root filesystem into the disk image";
+    TUNE2FS: "tune2fs", "e2fsprogs", "gives each node's copy of the shared root filesystem its own UUID";
+    E2FSCK: "e2fsck", "e2fsprogs", "re-indexes and checks each node's root filesystem";
+    DEBUGFS: "debugfs", "e2fsprogs", "fixes inode times so the root filesystem is bit-identical across builds";
+    QEMU_IMG: "qemu-img", "qemu-utils", "converts the raw disk to qcow2, and makes the throwaway disk overlays VMs boot from";
+    XORRISO: "xorriso", "xorriso", "writes the ISO9660 NoCloud seed (cidata)";
+    MKFS_FAT: "mkfs.fat", "dosfstools", "formats the EFI system partition and the FAT seed volume";
+    MCOPY: "mcopy", "mtools", "copies the boot chain and the seed into FAT volumes without mounting them";
+    SSH_KEYGEN: "ssh-keygen", "openssh-client", "signs and verifies the provenance (the recipe's provenance.signing_key)";
+    SSH: "ssh", "openssh-client", "logs into the nodes (imgbuild ssh; the mixed runtime's VM for the checks)";
+    QEMU: "qemu-system-x86_64", "qemu-system-x86", "boots images";
+    NSPAWN: "systemd-nspawn", "systemd-container", "boots node trees as containers (imgbuild up --runtime container)";
+    SCRIPT: "script", "bsdutils", "gives each container's console a terminal (systemd-nspawn needs one)";
+    IP: "ip", "iproute2", "sets up the private network namespace the nodes share, its bridge and taps";
+}
 
 fn on_path(cmd: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| {
@@ -60,6 +80,37 @@ pub fn require(tools: &[Tool]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every tool the source runs by name is in the table (shells and `true` aside, and what
+    /// only tests run).
+    #[test]
+    fn every_tool_the_source_runs_is_declared() {
+        let mut undeclared = Vec::new();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut dirs = vec![src];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                    continue;
+                }
+                if p.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                // What comes before the file's tests.
+                let code = text.split("#[cfg(test)]").next().unwrap();
+                for piece in code.split("Cmd::new(\"").skip(1) {
+                    let name = piece.split('"').next().unwrap();
+                    if !["sh", "true"].contains(&name) && !ALL.iter().any(|t| t.command == name) {
+                        undeclared.push(format!("{}: {name}", p.display()));
+                    }
+                }
+            }
+        }
+        assert!(undeclared.is_empty(), "not in util::tools: {undeclared:?}");
+    }
 
     #[test]
     fn missing_tool_is_named_with_its_package() {

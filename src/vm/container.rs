@@ -11,6 +11,7 @@
 //! veth pair, named so that the seed's own network-config matches it (`e*`, or the recipe's
 //! interface name).
 
+pub use crate::util::tools::{NSPAWN, SCRIPT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -19,18 +20,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::plan::Plan;
 use crate::util::run::Cmd;
-use crate::util::tools::Tool;
-
-pub const NSPAWN: Tool = Tool {
-    command: "systemd-nspawn",
-    why: "boots node trees as containers (imgbuild up --runtime container)",
-    package: "systemd-container",
-};
-pub const SCRIPT: Tool = Tool {
-    command: "script",
-    why: "gives each container's console a terminal (systemd-nspawn needs one)",
-    package: "bsdutils",
-};
 
 pub const BRIDGE: &str = "br-imgbuild";
 

@@ -2,6 +2,7 @@
 //! really works (a short probe boot) and software emulation otherwise, the image in snapshot mode
 //! so it never changes, the serial console in a log file.
 
+pub use crate::util::tools::QEMU;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -10,13 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::util::run::Cmd;
-use crate::util::tools::Tool;
-
-pub const QEMU: Tool = Tool {
-    command: "qemu-system-x86_64",
-    why: "boots images",
-    package: "qemu-system-x86",
-};
 
 /// UEFI firmware: the code image and the template of its variable store.
 #[derive(Debug, Clone, PartialEq, Eq)]

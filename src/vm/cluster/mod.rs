@@ -145,18 +145,12 @@ impl Running {
 /// What `up` needs before it starts anything: its tools (QEMU, systemd-nspawn, ip, and for the
 /// mixed runtime qemu-img and ssh), each `--vm` among the nodes it boots.
 pub fn preflight(plans: &[&Plan], o: &UpOptions) -> Result<()> {
-    let ip = crate::util::tools::Tool {
-        command: "ip",
-        why: "sets up the private network namespace the nodes share",
-        package: "iproute2",
-    };
+    use crate::util::tools::{IP, MOUNT, NSENTER, NSPAWN, QEMU, QEMU_IMG, SCRIPT, SSH, TIMEOUT};
     match o.runtime {
-        Runtime::Qemu => crate::util::tools::require(&[crate::vm::qemu::QEMU, ip])?,
-        Runtime::Container => crate::util::tools::require(&[
-            crate::vm::container::NSPAWN,
-            crate::vm::container::SCRIPT,
-            ip,
-        ])?,
+        Runtime::Qemu => crate::util::tools::require(&[QEMU, IP])?,
+        Runtime::Container => {
+            crate::util::tools::require(&[NSPAWN, SCRIPT, IP, MOUNT, NSENTER, TIMEOUT])?
+        }
     }
     if !o.vms.is_empty() {
         for v in &o.vms {
@@ -170,19 +164,7 @@ pub fn preflight(plans: &[&Plan], o: &UpOptions) -> Result<()> {
                     .join(", ")
             );
         }
-        crate::util::tools::require(&[
-            crate::vm::qemu::QEMU,
-            crate::util::tools::Tool {
-                command: "qemu-img",
-                why: "makes the mixed runtime's VM a disk overlay of its own (up --vm)",
-                package: "qemu-utils",
-            },
-            crate::util::tools::Tool {
-                command: "ssh",
-                why: "logs into the mixed runtime's VM for the checks (up --vm)",
-                package: "openssh-client",
-            },
-        ])?;
+        crate::util::tools::require(&[QEMU, QEMU_IMG, SSH])?;
     }
     Ok(())
 }
