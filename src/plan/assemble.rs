@@ -103,6 +103,10 @@ pub(super) fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
             .filter(|n| n.roles.contains(&Role::StormNimbus))
             .map(|n| n.ip)
             .collect(),
+        supervisors: nodes
+            .iter()
+            .filter(|n| n.roles.contains(&Role::StormSupervisor))
+            .count(),
         hosts: hosts_entries(&nodes, r.cluster.domain.as_deref()),
         network,
         users,
@@ -136,6 +140,7 @@ pub(super) struct Shared {
     pub(super) cluster_id: Option<String>,
     pub(super) brokers: usize,
     pub(super) nimbus_seeds: Vec<Ipv4Addr>,
+    pub(super) supervisors: usize,
     pub(super) hosts: Vec<HostEntry>,
     pub(super) network: NetworkPlan,
     pub(super) users: Vec<UserPlan>,
@@ -177,6 +182,7 @@ pub(super) fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) ->
             zookeeper_servers: w.zk_ips.clone(),
             zookeeper_port: w.zk_port,
             nimbus_seeds: w.nimbus_seeds.clone(),
+            supervisors: w.supervisors,
             local_hostname: n.ip.to_string(),
             nimbus_port: n.ports.get(PortKey::StormNimbus),
             supervisor_port: n.ports.get(PortKey::StormSupervisor),

@@ -265,6 +265,8 @@ pub struct StormPlan {
     pub zookeeper_servers: Vec<Ipv4Addr>,
     pub zookeeper_port: u16,
     pub nimbus_seeds: Vec<Ipv4Addr>,
+    /// How many supervisors the cluster has: a node's Storm is healthy once all are registered.
+    pub supervisors: usize,
     pub local_hostname: String,
     pub nimbus_port: u16,
     pub supervisor_port: u16,

@@ -28,7 +28,9 @@ pub fn health_config(p: &Plan) -> String {
         c["storm"] = serde_json::json!({
             "zookeeper": s.zookeeper_servers.iter().map(|ip| format!("{ip}:{}", s.zookeeper_port)).collect::<Vec<_>>(),
             "root": "/storm",
-            "supervisors": 1,
+            // Every supervisor of the cluster, as `up` judges it (a node's health unit stops
+            // reporting once healthy: counting one would let a late supervisor go unseen).
+            "supervisors": s.supervisors,
         });
     }
     if p.artifacts.iter().any(|a| a.name == Component::Python) {
