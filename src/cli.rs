@@ -189,8 +189,9 @@ pub struct BootArgs {
     /// With --check, the kernel must report Secure Boot enabled.
     #[arg(long)]
     pub secure_boot: bool,
-    /// Boot on a virtual disk of this size (a throwaway overlay over the image, e.g. 16GiB),
-    /// as on a bigger real disk: the root partition and filesystem grow at first boot.
+    /// Boot on a virtual disk of this size (a throwaway overlay over the image, e.g. 16GiB;
+    /// default: twice the image plus 2 GiB), as on a real disk: root slot B and the data
+    /// partition are made on it at first boot.
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<String>,
     /// The virtual NIC's QEMU model: virtio-net-pci, or e1000e to see the names bare-metal
@@ -294,4 +295,8 @@ pub struct FlashArgs {
     /// Its bmap (default: the image's .bmap beside it; without one, every block is written).
     #[arg(long, value_name = "FILE")]
     pub bmap: Option<PathBuf>,
+    /// Erase a data partition of another node or cluster (or one that is not imgbuild's) on the
+    /// target instead of refusing; this node's own data partition is always kept.
+    #[arg(long)]
+    pub wipe_data: bool,
 }

@@ -36,6 +36,22 @@ pub const KAFKA_TLS_CLIENT: &str = "/etc/kafka/tls/client.properties";
 /// Where a broker node keeps the script that adds the recipe's ACLs (kafka-acls.service).
 pub const KAFKA_ACLS: &str = "/usr/lib/imgbuild/kafka-acls";
 
+/// The node's state apart from the OS (`imgbuild-data.service`): a partition labelled
+/// [`DATA_LABEL`] mounted here, holding [`DATA_DIRS`] (bind-mounted over `/var/lib/<dir>`) and
+/// the [`DATA_IDENTITY`] record; in the container runtime a kept directory bind-mounted here.
+pub const DATA_MOUNT: &str = "/var/lib/imgbuild";
+/// The GPT partition label (name) of the data partition, and its ext4 label.
+pub const DATA_LABEL: &str = "imgbuild-data";
+/// The GPT partition names of the two root slots: A is in the image, B made at first boot.
+pub const ROOT_A_LABEL: &str = "imgbuild-root-a";
+pub const ROOT_B_LABEL: &str = "imgbuild-root-b";
+/// What a node keeps across images: `/var/lib/<dir>` for each, on the data partition.
+pub const DATA_DIRS: &[&str] = &["zookeeper", "kafka", "storm"];
+/// The identity record on the data partition (cluster, Kafka cluster id, node, node id) ...
+pub const DATA_IDENTITY: &str = "/var/lib/imgbuild/identity";
+/// ... and the one the image expects it to be, checked at every boot before any service starts.
+pub const IMAGE_IDENTITY: &str = "/usr/lib/imgbuild/identity";
+
 /// Kafka's command-line tools as the image installs them (the component linked at /opt/kafka),
 /// which the cluster checks run on a node.
 pub mod kafka_bin {

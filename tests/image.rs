@@ -190,7 +190,7 @@ fn node1_images_pass_the_standard_tools() {
     );
     assert!(
         dump.contains("type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
-            && dump.contains("name=\"root\""),
+            && dump.contains("name=\"imgbuild-root-a\""),
         "{dump}"
     );
     ok(
@@ -837,24 +837,36 @@ fn unchanged_nodes_are_not_rebuilt_and_a_node_change_rebuilds_only_that_node() {
 
 /// What QEMU's serial log says, for a failure message.
 fn log_tail(log: &str) -> String {
-    log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+    // The data partition's unit says on the console why it refused; then the last lines.
+    let data: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("imgbuild-data") || l.contains("repart"))
+        .collect();
+    format!(
+        "{}\n...\n{}",
+        data.join("\n"),
+        log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+    )
 }
 
 /// node1's qcow2 (what `boot` picks) under Secure Boot firmware with Microsoft's keys enrolled,
-/// on a virtual disk twice the image's size, with an e1000e NIC (named like a bare-metal one,
+/// on a virtual disk twice the image's size plus 3 GiB, with an e1000e NIC (named like a bare-metal one,
 /// enp0sN): shim verifies GRUB, GRUB the kernel; the kernel reports Secure Boot on; the node
-/// reaches cloud-init "finished" with node1's hostname and address; growpart + resize2fs grow the
-/// root to the disk; the network config's name glob matches the other NIC name. One boot proves
+/// reaches cloud-init "finished" with node1's hostname and address; systemd-repart makes root slot
+/// B and the data partition on the bigger disk, and imgbuild-data.service formats and mounts the
+/// data partition with node1's identity; the network config's name glob matches the other NIC name. One boot proves
 /// all of it (a boot costs minutes under TCG); the default firmware and virtio NIC boot in
 /// `make e2e`'s QEMU phase, three times.
 #[test]
-fn qcow2_boots_under_secure_boot_to_node1_identity_grows_and_matches_another_nic_name() {
+fn qcow2_boots_under_secure_boot_to_node1_identity_lays_out_its_disk_and_matches_another_nic_name()
+{
     let _one = one_at_a_time();
     let env = built();
     let raw = env.path("images/node1/node1.raw");
     let qcow2 = env.path("images/node1/node1.qcow2");
     let digest = sha256(&qcow2);
     let size = std::fs::metadata(&raw).unwrap().len();
+    let disk = 2 * size + (3 << 30);
     let o = env
         .command(
             "build-secure",
@@ -866,7 +878,7 @@ fn qcow2_boots_under_secure_boot_to_node1_identity_grows_and_matches_another_nic
                 "900",
                 "--secure-boot",
                 "--disk-size",
-                &(2 * size).to_string(),
+                &disk.to_string(),
                 "--nic",
                 "e1000e",
             ],
@@ -899,11 +911,35 @@ fn qcow2_boots_under_secure_boot_to_node1_identity_grows_and_matches_another_nic
             .find_map(|kv| kv.strip_prefix(k)?.parse().ok())
             .unwrap()
     };
-    let (root_mb, disk_mb) = (field("root_mb="), field("disk_mb="));
-    assert_eq!(disk_mb, (2 * size) >> 20, "{disk_line}");
+    let (root_mb, slot_b_mb, data_mb, disk_mb) = (
+        field("root_mb="),
+        field("slot_b_mb="),
+        field("data_mb="),
+        field("disk_mb="),
+    );
+    assert_eq!(disk_mb, disk >> 20, "{disk_line}");
+    // Root slot A as the image wrote it, slot B as big, the data partition the rest: made by
+    // systemd-repart at first boot on the bigger disk.
+    assert!(root_mb < size >> 20, "{disk_line}");
+    assert_eq!(slot_b_mb, root_mb, "{disk_line}");
     assert!(
-        root_mb * 100 >= disk_mb * 85 && root_mb > size >> 20,
-        "the root did not grow to the disk: {disk_line}"
+        data_mb + 2 * root_mb + 600 >= disk_mb && data_mb >= 3 << 10,
+        "the data partition does not take the rest of the disk: {disk_line}"
+    );
+    // The data partition mounted, with this node's identity record.
+    let data_line = log
+        .lines()
+        .filter(|l| l.contains("imgbuild-health") && l.contains(" check=data "))
+        .last()
+        .expect("a data line on the console");
+    assert!(
+        data_line.contains(" ok=yes ") && data_line.contains("identity=this-node"),
+        "{data_line}"
+    );
+    assert!(
+        log.contains("imgbuild-data: first start: cluster="),
+        "{}",
+        log_tail(&log)
     );
     // ... and the address on an interface named as on real hardware (not eth0).
     let nic = log
@@ -930,7 +966,7 @@ fn qcow2_boots_under_secure_boot_to_node1_identity_grows_and_matches_another_nic
             &[
                 "info",
                 "--output=json",
-                env.path("build-secure/boot/node1/bigger-disk.qcow2")
+                env.path("build-secure/boot/node1/disk.qcow2")
                     .to_str()
                     .unwrap(),
             ],

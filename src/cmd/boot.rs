@@ -15,14 +15,19 @@ pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
     let fw = qemu::firmware(o.secure_boot)?;
     let work = cli.build_dir.join("boot").join(node);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let disk_size = match &o.disk_size {
+    // Always an overlay with a real disk's room: slot B and the data partition are made on it at
+    // first boot.
+    let asked = match &o.disk_size {
         None => None,
-        Some(text) => {
-            let (overlay, size) = crate::vm::boot::bigger_disk(&image, text, &work)?;
-            image = overlay;
-            Some(size)
-        }
+        Some(text) => Some(
+            crate::plan::parse_size(text)
+                .with_context(|| format!("--disk-size {text}: not a size (write it like 16GiB)"))?,
+        ),
     };
+    let overlay = work.join("disk.qcow2");
+    let size = crate::vm::boot::disk_overlay(&image, asked, &overlay)?;
+    image = overlay;
+    let disk_size = Some(size);
     let vars = work.join("OVMF_VARS.fd");
     std::fs::copy(&fw.vars, &vars)
         .with_context(|| format!("copying {} to {}", fw.vars.display(), vars.display()))?;
@@ -100,7 +105,12 @@ pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
         &log,
         std::time::Duration::from_secs(o.timeout),
         None,
-        |s| s.cloud_init_finished && s.login_hostname.is_some() && s.disk.is_some(),
+        |s| {
+            s.cloud_init_finished
+                && s.login_hostname.is_some()
+                && s.disk.is_some()
+                && s.data.is_some()
+        },
     );
     let _ = child.kill();
     let _ = child.wait();

@@ -13,6 +13,9 @@ use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
 
 use crate::image::bmap::Bmap;
+use crate::image::gpt::Gpt;
+
+pub mod keep;
 
 const MIB: u64 = 1 << 20;
 /// Written last: the protective MBR and primary GPT live here.
@@ -309,6 +312,8 @@ pub struct Options<'a> {
     pub image: &'a Path,
     pub plan: WritePlan,
     pub progress: bool,
+    /// The data partition kept, and slot B and a data partition added (see [`keep`]).
+    pub data: keep::DataPlan,
 }
 
 /// What the flash did.
@@ -414,20 +419,39 @@ pub fn write(t: &Target, dst: &File, o: &Options) -> Result<Report> {
     } else {
         dst.metadata()?.len()
     };
-    // Any old partition table goes first: the old primary and the old backup at the disk's end.
-    wipe(dst, 0, HEAD).context("wiping the old partition table")?;
-    if target_size >= 2 * HEAD {
-        wipe(dst, target_size - HEAD, HEAD).context("wiping the old backup partition table")?;
-    }
+    // Any old partition table goes first: the old primary and the old backup at the disk's end;
+    // a kept data partition is left in a table of its own, so even a flash cut short here shows
+    // it to the next one.
+    let kept_only = match Gpt::read(&img) {
+        Ok(g) => o.data.kept_only(&g.disk_guid),
+        Err(_) => None,
+    };
+    let clear_tables = |also_image_end: bool| -> Result<()> {
+        if also_image_end {
+            let size = o.plan.image_size;
+            wipe(dst, size.saturating_sub(HEAD), HEAD.min(size))?;
+        }
+        match &kept_only {
+            Some(g) => {
+                g.write(dst, target_size)?;
+                dst.sync_all()?;
+            }
+            None => {
+                wipe(dst, 0, HEAD)?;
+                if target_size >= 2 * HEAD {
+                    wipe(dst, target_size - HEAD, HEAD)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    clear_tables(false).context("wiping the old partition table")?;
     let r = write_body(dst, &img, o, target_size);
     match r {
         Ok(rep) => Ok(rep),
         Err(e) => {
             // Both tables: the primary, and the backup wherever it may already be.
-            let size = o.plan.image_size;
-            let wiped = wipe(dst, 0, HEAD).is_ok()
-                && wipe(dst, size.saturating_sub(HEAD), HEAD.min(size)).is_ok()
-                && (target_size < 2 * HEAD || wipe(dst, target_size - HEAD, HEAD).is_ok());
+            let wiped = clear_tables(true).is_ok();
             Err(e.context(if wiped {
                 format!(
                     "flashing {} failed; its partition table regions were wiped, so the disk will not boot half-written",
@@ -526,14 +550,24 @@ fn write_body(dst: &File, img: &File, o: &Options, target_size: u64) -> Result<R
         check(i, &mut buf)?;
     }
     bar.finish_and_clear();
-    // On a bigger disk, move the backup GPT to its end so the root can grow at first boot.
+    // On a bigger disk, the backup GPT moves to its end, and the table gets what the flash keeps
+    // and adds (the data partition, slot B), in one write of both tables.
     let relocated = target_size > o.plan.image_size;
-    if relocated {
-        crate::image::gpt::relocate_backup(dst, target_size)
-            .context("moving the backup GPT to the disk's end")?;
-        // The image's own backup GPT (now stale, inside free space) is cleared.
-        let old = o.plan.image_size - 33 * 512;
-        dst.write_all_at(&[0u8; 33 * 512], old)?;
+    if relocated || o.data.touches_table() {
+        for (at, len) in &o.data.blank {
+            wipe(dst, *at, *len).context("blanking the new data partition")?;
+        }
+        let table = o
+            .data
+            .table(&Gpt::read(dst).context("reading the written GPT")?);
+        table
+            .write(dst, target_size)
+            .context("writing the partition table for the whole disk")?;
+        if relocated {
+            // The image's own backup GPT (now stale, inside free space) is cleared.
+            let old = o.plan.image_size - 33 * 512;
+            dst.write_all_at(&[0u8; 33 * 512], old)?;
+        }
         dst.sync_all()?;
     }
     Ok(Report {

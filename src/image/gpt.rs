@@ -170,11 +170,17 @@ impl Gpt {
 
     /// Read and check the primary GPT (signature, header and entry CRCs).
     pub fn read(f: &File) -> Result<Gpt> {
+        Gpt::read_at(f, 1)
+    }
+
+    /// Read and check the GPT whose header is at `lba` (1: the primary; the disk's last sector:
+    /// the backup).
+    pub fn read_at(f: &File, lba: u64) -> Result<Gpt> {
         let mut h = [0u8; SECTOR as usize];
-        f.read_exact_at(&mut h, SECTOR)
+        f.read_exact_at(&mut h, lba * SECTOR)
             .context("reading the GPT header")?;
         if &h[..8] != b"EFI PART" {
-            bail!("no GPT header at LBA 1");
+            bail!("no GPT header at LBA {lba}");
         }
         let size = u32::from_le_bytes(h[12..16].try_into()?) as usize;
         ensure!((92..=512).contains(&size), "bad GPT header size {size}");

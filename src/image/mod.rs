@@ -276,7 +276,12 @@ fn write_raw(
         disk_guid: ids.disk.clone(),
         partitions: vec![
             part("ESP", gpt::ESP, &ids.esp_partition, l.esp),
-            part("root", gpt::LINUX_ROOT_X86_64, &ids.root_partition, l.root),
+            part(
+                crate::layout::ROOT_A_LABEL,
+                gpt::LINUX_ROOT_X86_64,
+                &ids.root_partition,
+                l.root,
+            ),
         ],
     };
     let f = fs::OpenOptions::new().write(true).open(raw)?;

@@ -268,8 +268,29 @@ fn plan_resources(p: &Plan, out: &mut PlanLines) {
         "disk size",
         match p.disk.size_bytes {
             Some(n) => crate::util::fmt::human(n),
-            None => "auto (the content plus headroom; grows to the disk at first boot)".into(),
+            None => "auto (the content plus headroom)".into(),
         },
+    );
+    out.line(
+        "disk layout",
+        format!(
+            "GPT: ESP, root slot A `{}` (the image's root); made at first boot by systemd-repart on the real disk: root slot B `{}` (as big as A, for the next image), data partition `{}` (ext4, the rest of the disk, at least 1 GiB)",
+            crate::layout::ROOT_A_LABEL,
+            crate::layout::ROOT_B_LABEL,
+            crate::layout::DATA_LABEL
+        ),
+    );
+    out.line(
+        "node state",
+        format!(
+            "on the data partition at {}: {}; its identity record checked at every boot before any service starts",
+            crate::layout::DATA_MOUNT,
+            crate::layout::DATA_DIRS
+                .iter()
+                .map(|d| format!("/var/lib/{d}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     );
     if let Some(signer) = &p.provenance_signer {
         out.line("provenance signer", signer.public_key.clone());

@@ -91,7 +91,9 @@ impl Container {
             );
         }
         let (upper, scratch, root) = (work.join("upper"), work.join("ovl-work"), work.join("root"));
-        for d in [&upper, &scratch, &root] {
+        // The node's data partition: a directory kept across restarts like the overlay.
+        let data = work.join("data");
+        for d in [&upper, &scratch, &root, &data] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         Cmd::new("mount")
@@ -114,6 +116,7 @@ impl Container {
             "--keep-unit".into(),
             format!("--machine={}", p.node.name),
             format!("--directory={}", root.display()),
+            format!("--bind={}:{}", data.display(), crate::layout::DATA_MOUNT),
             format!("--network-veth-extra={host_if}:{}", interface(p)),
         ];
         let mut c = Container {

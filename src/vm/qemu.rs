@@ -320,8 +320,11 @@ pub struct Seen {
     pub cloud_init_finished: bool,
     /// The kernel's `secureboot:` line: enabled or not.
     pub secure_boot: Option<bool>,
-    /// imgbuild-health's disk line: (root filesystem MiB, its disk's MiB).
-    pub disk: Option<(u64, u64)>,
+    /// imgbuild-health's disk line, in MiB.
+    pub disk: Option<DiskSeen>,
+    /// imgbuild-health's latest data line: the data partition mounted with this node's identity
+    /// (the line itself, for the verdict).
+    pub data: Option<(bool, String)>,
     pub lines: usize,
 }
 
@@ -371,14 +374,45 @@ impl Seen {
                     .split_whitespace()
                     .find_map(|kv| kv.strip_prefix(k)?.parse::<u64>().ok())
             };
-            if let (Some(root), Some(disk)) = (field("root_mb="), field("disk_mb=")) {
-                self.disk = Some((root, disk));
+            if let (Some(root), Some(slot_b), Some(data), Some(disk)) = (
+                field("root_mb="),
+                field("slot_b_mb="),
+                field("data_mb="),
+                field("disk_mb="),
+            ) {
+                self.disk = Some(DiskSeen {
+                    root,
+                    slot_b,
+                    data,
+                    disk,
+                });
             }
+        }
+        if let Some(i) = clean.find("imgbuild-health ")
+            && clean.contains(" check=data ")
+        {
+            self.data = Some((
+                clean.contains(" ok=yes "),
+                clean[i..].trim_end().to_string(),
+            ));
         }
         if clean.contains("Cloud-init v.") && clean.contains(" finished at ") {
             self.cloud_init_finished = true;
         }
     }
+}
+
+/// The partitions of a booted node's disk as its health unit measured them, in MiB (0: absent).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSeen {
+    /// The root slot it booted from.
+    pub root: u64,
+    /// The other root slot.
+    pub slot_b: u64,
+    /// The data partition.
+    pub data: u64,
+    /// The whole disk.
+    pub disk: u64,
 }
 
 /// Follow `log` (written by a running VM) until `done(seen)` or the deadline or the VM's exit,
@@ -445,8 +479,16 @@ mod tests {
         s.line("\x1b[0;32m  OK  \x1b[0m] Reached target");
         s.line("[    0.000000] secureboot: Secure boot enabled");
         assert_eq!(s.secure_boot, Some(true));
-        s.line("[   61.2] python3[512]: imgbuild-health node=node1 check=disk ok=yes round=1 root_mb=7890 disk_mb=8192");
-        assert_eq!(s.disk, Some((7890, 8192)));
+        s.line("[   61.2] python3[512]: imgbuild-health node=node1 check=disk ok=yes round=1 root_mb=2048 slot_b_mb=2048 data_mb=4094 disk_mb=8192");
+        assert_eq!(
+            s.disk,
+            Some(DiskSeen {
+                root: 2048,
+                slot_b: 2048,
+                data: 4094,
+                disk: 8192
+            })
+        );
         s.line("node1 login: [   55.18] cloud-init[387]: Cloud-init v. 22.4.2 finished at Wed, 25 Nov 2026 09:36:32 +0000. Datasource DataSourceNoCloud");
         assert_eq!(s.login_hostname.as_deref(), Some("node1"));
         assert_eq!(s.addresses, ["192.168.200.151"]);

@@ -100,17 +100,51 @@ def read_exact(s, n):
     return b
 
 
-def root_and_disk_mb():
-    """The root filesystem's size and the size of the whole disk it is on, in MiB."""
-    st = os.statvfs("/")
-    root = st.f_blocks * st.f_frsize >> 20
+DATA_MOUNT = "/var/lib/imgbuild"
+
+
+def block_mb(name):
+    with open(f"/sys/class/block/{name}/size") as f:
+        return int(f.read()) * 512 >> 20
+
+
+def partition(label):
+    """The kernel name of the partition with GPT name `label` (udev's by-partlabel link), or None."""
+    link = f"/dev/disk/by-partlabel/{label}"
+    return os.path.basename(os.path.realpath(link)) if os.path.exists(link) else None
+
+
+def disk_layout_mb():
+    """The running root slot, the other slot, the data partition and the whole disk, in MiB
+    (0: absent)."""
     dev = os.stat("/").st_dev
     block = os.path.realpath(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    me = os.path.basename(block)
     if os.path.exists(os.path.join(block, "partition")):
         block = os.path.dirname(block)
-    with open(os.path.join(block, "size")) as f:
-        disk = int(f.read()) * 512 >> 20
-    return root, disk
+    slots = [partition(p) for p in ("imgbuild-root-a", "imgbuild-root-b")]
+    other = next((p for p in slots if p and p != me), None)
+    data = partition("imgbuild-data")
+    return (block_mb(me), block_mb(other) if other else 0, block_mb(data) if data else 0,
+            block_mb(os.path.basename(block)))
+
+
+def data_state():
+    """(ok, fields) of the data partition: mounted (not the root), its identity this image's."""
+    try:
+        mounted = os.stat(DATA_MOUNT).st_dev != os.stat("/").st_dev
+        with open("/usr/lib/imgbuild/identity") as f:
+            want = f.read()
+        try:
+            with open(os.path.join(DATA_MOUNT, "identity")) as f:
+                have = f.read()
+        except FileNotFoundError:
+            have = ""
+        fields = {"mounted": "yes" if mounted else "no",
+                  "identity": "this-node" if have == want else ("none" if not have else "other")}
+        return mounted and have == want, fields
+    except OSError as e:
+        return False, {"error": type(e).__name__}
 
 
 def varint(n):
@@ -245,11 +279,18 @@ def check_all(c):
     # (imgbuild up --runtime container) has no disk of its own.
     if not os.path.exists("/run/systemd/container"):
         try:
-            root, disk = root_and_disk_mb()
-            # The root partition and filesystem fill the disk (grown at first boot on a bigger one).
-            yield "disk", root * 100 >= disk * 85, {"root_mb": root, "disk_mb": disk}
+            root, slot_b, data, disk = disk_layout_mb()
+            # Two root slots of one size and the data partition on the rest of the disk
+            # (systemd-repart at first boot).
+            yield "disk", slot_b >= root > 0 and data > 0, {
+                "root_mb": root, "slot_b_mb": slot_b, "data_mb": data, "disk_mb": disk}
         except (OSError, ValueError) as e:
             yield "disk", False, {"error": type(e).__name__}
+    # The services' state on the data partition (a kept directory in a container).
+    ok, fields = data_state()
+    if not ok:
+        fields.update(unit_fields("imgbuild-data.service"))
+    yield "data", ok, fields
     host = socket.gethostname()
     yield "hostname", host == c["hostname"], {"value": host}
     try:

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::layout::{
-    CA_CERT, FileSpec, KAFKA_ACLS, KAFKA_KEYSTORE, KAFKA_TLS_CLIENT, STORM_KAFKA_CLIENT,
-    STORM_KEYSTORE, ZK_KEYSTORE,
+    CA_CERT, FileSpec, IMAGE_IDENTITY, KAFKA_ACLS, KAFKA_KEYSTORE, KAFKA_TLS_CLIENT,
+    STORM_KAFKA_CLIENT, STORM_KEYSTORE, ZK_KEYSTORE,
 };
 use crate::plan::security::SecurityPlan;
 use crate::plan::services::{Component, Reach, Unit};
@@ -153,7 +153,69 @@ pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
         include_str!("../assets/health.py").to_string(),
         0o755,
     ));
+    out.extend(data_partition_files());
     out
+}
+
+/// The node's state apart from the OS: systemd-repart's definitions (root slot A as written,
+/// slot B the size of the running slot, the data partition the rest of the disk; made at first
+/// boot on the real disk, so the raw image stays content-sized), and `imgbuild-data.service`,
+/// which formats the data partition only when blank, checks its identity record and mounts
+/// the services' state from it before any of them starts. cloud-init no longer grows the root.
+fn data_partition_files() -> Vec<FileSpec> {
+    vec![
+        file(
+            "usr/lib/repart.d/20-root-a.conf",
+            include_str!("../assets/repart.d/20-root-a.conf").to_string(),
+            0o644,
+        ),
+        file(
+            "usr/lib/repart.d/40-data.conf",
+            include_str!("../assets/repart.d/40-data.conf").to_string(),
+            0o644,
+        ),
+        file(
+            "etc/systemd/system/systemd-repart.service.d/imgbuild.conf",
+            "# imgbuild: slot B's definition, sized from the running slot.\n[Service]\nExecStartPre=/usr/lib/imgbuild/repart-slot\n"
+                .to_string(),
+            0o644,
+        ),
+        file(
+            "usr/lib/imgbuild/repart-slot",
+            include_str!("../assets/repart-slot").to_string(),
+            0o755,
+        ),
+        file(
+            "etc/systemd/system/imgbuild-data.service",
+            include_str!("../assets/units/imgbuild-data.service").to_string(),
+            0o644,
+        ),
+        file(
+            "usr/lib/imgbuild/data",
+            include_str!("../assets/data").to_string(),
+            0o755,
+        ),
+        file(
+            "etc/cloud/cloud.cfg.d/91_imgbuild_disk.cfg",
+            "# Written by imgbuild: the root stays in its slot; systemd-repart gives the rest of the\n# disk to slot B and the data partition.\ngrowpart:\n  mode: \"off\"\nresize_rootfs: false\n"
+                .to_string(),
+            0o644,
+        ),
+    ]
+}
+
+/// The identity a node's data partition must carry (`/usr/lib/imgbuild/identity`).
+pub fn data_identity(p: &Plan) -> String {
+    format!(
+        "cluster={}\nkafka_cluster_id={}\nnode={}\nnode_id={}\n",
+        p.cluster,
+        p.kafka
+            .as_ref()
+            .and_then(|k| k.cluster_id.as_deref())
+            .unwrap_or("-"),
+        p.node.name,
+        p.node.id
+    )
 }
 
 /// `sysusers.d` entries and `tmpfiles.d` lines for the service users and their directories.
@@ -287,6 +349,11 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
         ));
     }
     out.push(file("etc/fstab", fstab(p), 0o644));
+    out.push(file(
+        IMAGE_IDENTITY.trim_start_matches('/'),
+        data_identity(p),
+        0o644,
+    ));
     out.push(file("etc/imgbuild/health.json", health_config(p), 0o644));
     out.extend(tuning_files(p));
     if p.firewall.enabled {
@@ -338,7 +405,7 @@ pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
     p.units
         .iter()
         .map(|u| u.file_name())
-        .chain(["imgbuild-health.service"])
+        .chain(["imgbuild-health.service", "imgbuild-data.service"])
         .map(|u| ("multi-user.target.wants", u))
         // Wanted by kafka.service, not by a target: a target would wait for it (it waits for
         // the cluster), and the boot would not be complete before it is.

@@ -30,7 +30,11 @@ pub(super) fn start_node(
             };
             let vars = nwork.join("OVMF_VARS.fd");
             std::fs::copy(&fw.vars, &vars)?;
-            let cmd = vm_command(p, &image, &vars, o, (fw, kvm), net, &log, false)?;
+            // A real disk's room for slot B and the data partition (made at first boot).
+            let disk = nwork.join("disk.qcow2");
+            crate::vm::boot::disk_overlay(&image, None, &disk)
+                .with_context(|| format!("{name}: creating the disk of this run"))?;
+            let cmd = vm_command(p, &disk, &vars, o, (fw, kvm), net, &log, false)?;
             let child = cmd
                 .spawn(
                     std::process::Stdio::null(),
@@ -113,19 +117,7 @@ fn start_bridged_vm(
 ) -> Result<VmMember> {
     let name = &p.node.name;
     let overlay = nwork.join("disk.qcow2");
-    let _ = std::fs::remove_file(&overlay);
-    let backing =
-        std::fs::canonicalize(image).with_context(|| format!("resolving {}", image.display()))?;
-    let format = if image.extension().is_some_and(|e| e == "qcow2") {
-        "qcow2"
-    } else {
-        "raw"
-    };
-    crate::util::run::Cmd::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-        .arg(&backing)
-        .arg(&overlay)
-        .run()
+    crate::vm::boot::disk_overlay(image, None, &overlay)
         .with_context(|| format!("{name}: creating the disk overlay of this run"))?;
     let tap = vm_tap(p);
     for args in [
@@ -192,10 +184,12 @@ fn start_container(p: &Plan, build_dir: &Path, nwork: &Path, log: &Path) -> Resu
             tree.display()
         );
     }
-    let upper = nwork.join("upper");
-    if upper.exists() {
-        // A fresh first boot every time `up` starts; state lives only within one run.
-        std::fs::remove_dir_all(&upper).with_context(|| format!("removing {}", upper.display()))?;
+    // A fresh first boot every time `up` starts; state (the overlay, the data directory) lives
+    // only within one run.
+    for d in [nwork.join("upper"), nwork.join("data")] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+        }
     }
     let c = Container::start(p, &tree, nwork, log)?;
     eprintln!(
