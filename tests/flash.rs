@@ -79,7 +79,7 @@ impl Drop for Mount {
     }
 }
 
-/// A small GPT disk image with an ext4 "root" partition and scattered data, plus its bmap.
+/// A small GPT disk image with an ext4 root slot A and scattered data, plus its bmap.
 struct Image {
     dir: tempfile::TempDir,
     raw: PathBuf,
@@ -87,6 +87,18 @@ struct Image {
 }
 
 fn image(size: u64) -> Image {
+    image_of(size, NODE1, b"v1")
+}
+
+/// The identity records of images of two nodes (what /usr/lib/imgbuild/identity holds).
+const NODE1: &str =
+    "cluster=test\nkafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA\nnode=node1\nnode_id=1\n";
+const NODE2: &str =
+    "cluster=test\nkafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA\nnode=node2\nnode_id=2\n";
+
+/// An image laid out as imgbuild's: ESP, root slot A `imgbuild-root-a` holding the node's
+/// identity record and `version` (so a reflash shows which root is on the disk).
+fn image_of(size: u64, identity: &str, version: &[u8]) -> Image {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("disk.raw");
     let f = std::fs::File::create(&raw).unwrap();
@@ -106,6 +118,9 @@ fn image(size: u64) -> Image {
         })
         .collect();
     std::fs::write(content.join("noise"), noise).unwrap();
+    std::fs::create_dir_all(content.join("usr/lib/imgbuild")).unwrap();
+    std::fs::write(content.join("usr/lib/imgbuild/identity"), identity).unwrap();
+    std::fs::write(content.join("version"), version).unwrap();
     let root = (2 * MIB, size - 4 * MIB);
     ok(
         &sh(
@@ -137,7 +152,11 @@ fn image(size: u64) -> Image {
         disk_guid: Guid::derived("test disk"),
         partitions: vec![
             part("ESP", imgbuild::image::gpt::ESP, (MIB, MIB)),
-            part("root", imgbuild::image::gpt::LINUX_ROOT_X86_64, root),
+            part(
+                imgbuild::layout::ROOT_A_LABEL,
+                imgbuild::image::gpt::LINUX_ROOT_X86_64,
+                root,
+            ),
         ],
     }
     .write(&f, size)
@@ -407,4 +426,182 @@ fn a_range_failing_verification_wipes_the_table_and_says_so() {
         "{err}"
     );
     assert!(!has_valid_gpt(&l.dev));
+}
+
+/// `cat FILE` in the ext4 filesystem at byte `offset` of `dev`.
+fn ext4_cat(dev: &str, offset: u64, file: &str) -> String {
+    ok(
+        &sh(
+            "debugfs",
+            &[
+                "-R",
+                &format!("cat {file}"),
+                &format!("{dev}?offset={offset}"),
+            ],
+        ),
+        "debugfs cat",
+    )
+}
+
+fn sha256_of_range(dev: &str, (a, len): (u64, u64)) -> String {
+    use sha2::Digest;
+    let f = std::fs::File::open(dev).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, a).unwrap();
+    hex::encode(sha2::Sha256::digest(&buf))
+}
+
+/// Acceptance of "flash keeps the data": a fresh disk gets slot B and a blank data partition;
+/// after a first boot (here: the data filesystem made as imgbuild-data.service makes it, with
+/// node1's identity and a marker) a reflash with a new root keeps the data partition's bytes;
+/// node2's image is refused naming both identities, with nothing written; a flash cut short
+/// leaves the data partition findable and the next flash keeps it; `--wipe-data` starts afresh.
+#[test]
+fn a_reflash_keeps_this_nodes_data_partition_and_refuses_another_nodes() {
+    let v1 = image_of(64 * MIB, NODE1, b"v1");
+    let target = backing(v1.dir.path(), "disk.img", 1300 * MIB);
+    let l = Loop::new(&target, false);
+    let o = flash(&v1, &l.dev, &["--yes"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("a blank data partition `imgbuild-data`"),
+        "{err}"
+    );
+    let f = std::fs::File::open(&l.dev).unwrap();
+    let g = Gpt::read(&f).unwrap();
+    let names: Vec<&str> = g.partitions.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ESP", "imgbuild-root-a", "imgbuild-root-b", "imgbuild-data"],
+        "{g:?}"
+    );
+    let (a, b) = (&g.partitions[1], &g.partitions[2]);
+    assert_eq!(
+        a.last_lba - a.first_lba,
+        b.last_lba - b.first_lba,
+        "slot B is as big as A"
+    );
+    let data = g.partitions[3].clone();
+    let range = (
+        data.first_lba * 512,
+        (data.last_lba + 1 - data.first_lba) * 512,
+    );
+    assert!(range.1 >= 1 << 30, "{range:?}");
+    let v = ok(&sh("sfdisk", &["--verify", &l.dev]), "sfdisk --verify");
+    assert!(v.contains("No errors detected"), "{v}");
+    drop(f);
+
+    // The first boot: the data filesystem with node1's identity and the node's state.
+    let state = v1.dir.path().join("state");
+    std::fs::create_dir_all(state.join("kafka/data")).unwrap();
+    std::fs::write(state.join("identity"), NODE1).unwrap();
+    std::fs::write(state.join("kafka/data/marker"), b"kept across images\n").unwrap();
+    ok(
+        &sh(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-L",
+                "imgbuild-data",
+                "-d",
+                state.to_str().unwrap(),
+                "-E",
+                &format!("offset={}", range.0),
+                &l.dev,
+                &format!("{}k", range.1 / 1024),
+            ],
+        ),
+        "mkfs.ext4 of the data partition",
+    );
+    let before = sha256_of_range(&l.dev, range);
+
+    // A new root for node1: written, the data partition kept byte for byte.
+    let v2 = image_of(64 * MIB, NODE1, b"v2");
+    let o = flash(&v2, &l.dev, &["--yes"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("keeping the data partition `imgbuild-data`") && err.contains("node=node1"),
+        "{err}"
+    );
+    assert_eq!(
+        sha256_of_range(&l.dev, range),
+        before,
+        "the data partition changed"
+    );
+    assert_eq!(
+        ext4_cat(&l.dev, range.0, "/kafka/data/marker"),
+        "kept across images\n"
+    );
+    assert_eq!(ext4_cat(&l.dev, a.first_lba * 512, "/version"), "v2");
+    let f = std::fs::File::open(&l.dev).unwrap();
+    assert_eq!(
+        Gpt::read(&f).unwrap().partitions[3],
+        data,
+        "the table entry changed"
+    );
+    drop(f);
+
+    // node2's image: refused, both identities named, nothing written.
+    let other = image_of(64 * MIB, NODE2, b"v1");
+    refused(
+        &other,
+        &l.dev,
+        &target,
+        &["--yes"],
+        "its data partition belongs to cluster=test kafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA node=node1 node_id=1, this image is cluster=test kafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA node=node2 node_id=2",
+    );
+
+    // A flash cut short: the data partition is still in a table, and the next flash keeps it.
+    let mut child = flash(&v1, &l.dev, &["--yes"])
+        .env("IMGBUILD_FAILPOINT", "flash")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reached = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().starts_with("failpoint flash:") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the flash never got halfway");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        sha256_of_range(&l.dev, range),
+        before,
+        "a cut flash changed the data"
+    );
+    let o = flash(&v1, &l.dev, &["--yes"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        o.status.success() && err.contains("keeping the data partition"),
+        "{err}"
+    );
+    assert_eq!(sha256_of_range(&l.dev, range), before);
+    assert_eq!(ext4_cat(&l.dev, a.first_lba * 512, "/version"), "v1");
+
+    // --wipe-data: node2's image written, its data partition blank for its first boot.
+    let o = flash(&other, &l.dev, &["--yes", "--wipe-data"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("--wipe-data: the data partition"), "{err}");
+    let f = std::fs::File::open(&l.dev).unwrap();
+    let g = Gpt::read(&f).unwrap();
+    let d = g
+        .partitions
+        .iter()
+        .find(|p| p.name == "imgbuild-data")
+        .unwrap();
+    let mut head = vec![0u8; MIB as usize];
+    f.read_exact_at(&mut head, d.first_lba * 512).unwrap();
+    assert!(
+        head.iter().all(|b| *b == 0),
+        "the data partition is not blank"
+    );
 }
