@@ -7,6 +7,8 @@ use std::process::Command;
 use imgbuild::image::gpt::{self, Gpt, Guid, Partition};
 use serde_json::Value;
 
+mod common;
+
 const MIB: u64 = 1 << 20;
 
 /// A new sparse image file of `size` bytes, open for reading and writing.
@@ -248,6 +250,9 @@ fn disk_with_root(dir: &Path, tree: &Path) -> (std::path::PathBuf, u64) {
 
 #[test]
 fn root_ext4_in_place_is_clean_keeps_metadata_and_is_reproducible() {
+    if !common::as_root() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     small_tree(&tree);
@@ -338,6 +343,9 @@ fn dumped(image: &Path, offset: u64, out: &Path) -> Vec<String> {
 
 #[test]
 fn a_node_delta_on_the_shared_filesystem_equals_mkfs_of_the_node_tree() {
+    if !common::as_root() {
+        return;
+    }
     use imgbuild::image::disk;
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
@@ -499,4 +507,133 @@ fn an_unwritten_extent_is_mapped_whatever_the_page_cache_holds() {
     disk::copy_sparse(&path, &copy, 0).unwrap();
     assert_eq!(bmap::mapped_ranges(&g).unwrap(), want, "the copy's map");
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&path).unwrap());
+}
+
+/// imgbuild-data.service's script (src/rootfs/assets/data, as the image carries it) run for real
+/// on directories of the test's own, in a private mount namespace (its bind mounts vanish with
+/// it): the container runtime's branch, where the data partition is a kept directory. The disk
+/// branch (blkid, mkfs, mount by partition label) is proven by tests/image.rs's Secure Boot boot.
+#[test]
+fn the_data_script_keeps_state_and_refuses_another_nodes_data() {
+    if !common::as_root() {
+        return;
+    }
+    const NODE1: &str =
+        "cluster=test\nkafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA\nnode=node1\nnode_id=1\n";
+    const NODE2: &str =
+        "cluster=test\nkafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA\nnode=node2\nnode_id=2\n";
+    let t = tempfile::tempdir().unwrap();
+    let (varlib, mnt) = (t.path().join("varlib"), t.path().join("mnt"));
+    for d in ["zookeeper", "kafka/data", "storm"] {
+        std::fs::create_dir_all(varlib.join(d)).unwrap();
+    }
+    std::fs::write(varlib.join("zookeeper/myid"), "1\n").unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/rootfs/assets/data");
+    // The script, then (only if it let the services start) a service's write through /var/lib.
+    let boot = |mnt: &Path, identity: &str| {
+        let want = t.path().join("image-identity");
+        std::fs::write(&want, identity).unwrap();
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"sh "$0" && echo written >"$IMGBUILD_VARLIB/kafka/data/by-kafka""#)
+            .arg(&script)
+            .env("IMGBUILD_DATA_KEPT_DIRECTORY", "1")
+            .env("IMGBUILD_DATA_MOUNT", mnt)
+            .env("IMGBUILD_IMAGE_IDENTITY", &want)
+            .env("IMGBUILD_VARLIB", &varlib)
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // First start: the image's state copied in, identity written, /var/lib bound to it.
+    let o = boot(&mnt, NODE1);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "first start: cluster=test kafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA node=node1 node_id=1"
+        ),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("identity")).unwrap(),
+        NODE1
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("zookeeper/myid")).unwrap(),
+        "1\n"
+    );
+    assert!(
+        mnt.join("kafka/data/by-kafka").is_file(),
+        "the write did not go to the data"
+    );
+    assert!(
+        !varlib.join("kafka/data/by-kafka").exists(),
+        "the write went to the root"
+    );
+    // Every later boot: the same data, nothing copied again.
+    std::fs::write(mnt.join("kafka/data/segment"), "kept").unwrap();
+    let o = boot(&mnt, NODE1);
+    assert!(
+        o.status.success() && !text(&o).contains("first start"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("kafka/data/segment")).unwrap(),
+        "kept"
+    );
+    // node2's image on node1's data: refused in one line naming both, nothing changed, no
+    // service write.
+    std::fs::remove_file(mnt.join("kafka/data/by-kafka")).unwrap();
+    let o = boot(&mnt, NODE2);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the data partition belongs to cluster=test kafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA node=node1 node_id=1, this image is cluster=test kafka_cluster_id=AAAAAAAAAAAAAAAAAAAAAA node=node2 node_id=2: services not started"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("identity")).unwrap(),
+        NODE1
+    );
+    assert!(!mnt.join("kafka/data/by-kafka").exists());
+    // Files without an identity record: not ours, not touched.
+    let foreign = t.path().join("foreign");
+    std::fs::create_dir_all(foreign.join("kafka")).unwrap();
+    std::fs::write(foreign.join("kafka/x"), "someone's").unwrap();
+    let o = boot(&foreign, NODE1);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("holds files but no identity record"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("kafka/x")).unwrap(),
+        "someone's"
+    );
+    // A first start cut short (its marker, half a copy, no identity): done again.
+    let cut = t.path().join("cut");
+    std::fs::create_dir_all(cut.join("zookeeper")).unwrap();
+    std::fs::write(cut.join(".imgbuild-init"), "").unwrap();
+    let o = boot(&cut, NODE1);
+    assert!(
+        o.status.success() && text(&o).contains("first start"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(cut.join("zookeeper/myid")).unwrap(),
+        "1\n"
+    );
+    assert!(!cut.join(".imgbuild-init").exists());
 }

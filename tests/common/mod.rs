@@ -128,3 +128,30 @@ pub fn ok(o: &std::process::Output, what: &str) -> String {
 pub fn sha256(p: &Path) -> String {
     ok(&sh("sha256sum", &[p.to_str().unwrap()]), "sha256sum")[..64].to_string()
 }
+
+/// Test tiers: whether this machine gives the running test what it `needs` (e.g. "root").
+/// Without it the test is skipped with one line on stderr saying why (written past the test
+/// harness's capture, so `cargo test` shows it), unless `IMGBUILD_TEST_ALL` is set — `make test`
+/// sets it — where a missing need fails the test instead: a skip is never a pass there.
+pub fn runs_here(needs: &str, have: bool) -> bool {
+    if have {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    if std::env::var_os("IMGBUILD_TEST_ALL").is_some() {
+        panic!(
+            "{test} needs {needs}, which this machine lacks (IMGBUILD_TEST_ALL is set: make test runs every test)"
+        );
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: needs {needs}");
+    false
+}
+
+/// Root: owners and device nodes in trees, loop devices, mounts, mmdebstrap, namespaces.
+pub fn as_root() -> bool {
+    runs_here("root", unsafe { libc::geteuid() } == 0)
+}
