@@ -25,7 +25,7 @@ fn new_image(path: &Path, size: u64) -> std::fs::File {
 }
 
 fn sfdisk(args: &[&str], image: &Path) -> (bool, String) {
-    let o = Command::new("sfdisk")
+    let o = Command::new(common::tool("sfdisk"))
         .args(args)
         .arg(image)
         .output()
