@@ -950,8 +950,7 @@ fn qcow2_boots_under_secure_boot_to_node1_identity_lays_out_its_disk_and_matches
     // The data partition mounted, with this node's identity record.
     let data_line = log
         .lines()
-        .filter(|l| l.contains("imgbuild-health") && l.contains(" check=data "))
-        .last()
+        .rfind(|l| l.contains("imgbuild-health") && l.contains(" check=data "))
         .expect("a data line on the console");
     assert!(
         data_line.contains(" ok=yes ") && data_line.contains("identity=this-node"),
