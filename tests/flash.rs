@@ -122,24 +122,7 @@ fn image_of(size: u64, identity: &str, version: &[u8]) -> Image {
     std::fs::write(content.join("usr/lib/imgbuild/identity"), identity).unwrap();
     std::fs::write(content.join("version"), version).unwrap();
     let root = (2 * MIB, size - 4 * MIB);
-    ok(
-        &sh(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-L",
-                "root",
-                "-d",
-                content.to_str().unwrap(),
-                "-E",
-                &format!("offset={}", root.0),
-                raw.to_str().unwrap(),
-                &format!("{}k", root.1 / 1024),
-            ],
-        ),
-        "mkfs.ext4",
-    );
+    mkfs_ext4(raw.to_str().unwrap(), root, "root", &content);
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
     let part = |n: &str, t: &str, (a, l): (u64, u64)| Partition {
         type_guid: Guid(t.into()),
@@ -169,6 +152,28 @@ fn image_of(size: u64, identity: &str, version: &[u8]) -> Image {
     )
     .unwrap();
     Image { dir, raw, size }
+}
+
+/// An ext4 filesystem labelled `label` of `tree` at `(offset, len)` of `dev` (a file or device).
+fn mkfs_ext4(dev: &str, (offset, len): (u64, u64), label: &str, tree: &Path) {
+    ok(
+        &sh(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-L",
+                label,
+                "-d",
+                tree.to_str().unwrap(),
+                "-E",
+                &format!("offset={offset}"),
+                dev,
+                &format!("{}k", len / 1024),
+            ],
+        ),
+        "mkfs.ext4",
+    );
 }
 
 fn flash(img: &Image, target: &str, extra: &[&str]) -> Command {
@@ -366,6 +371,25 @@ fn a_file_target_and_an_image_without_bmap_work_too() {
     assert_eq!(sha256(&target), sha256(&img.raw));
 }
 
+/// Flash `img` onto `dev` and kill it once it is halfway (the `flash` failpoint).
+fn kill_halfway(img: &Image, dev: &str) {
+    let mut child = flash(img, dev, &["--yes"])
+        .env("IMGBUILD_FAILPOINT", "flash")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reached = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().starts_with("failpoint flash:") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the flash never got halfway");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 fn has_valid_gpt(dev: &str) -> bool {
     let o = sh("sfdisk", &["-d", dev]);
     o.status.success() && String::from_utf8_lossy(&o.stdout).contains("label: gpt")
@@ -382,21 +406,7 @@ fn a_flash_killed_mid_write_leaves_no_partition_table() {
     // First a good flash: the device has a valid table to lose.
     ok(&flash(&img, &l.dev, &["--yes"]).output().unwrap(), "flash");
     assert!(has_valid_gpt(&l.dev));
-    let mut child = flash(&img, &l.dev, &["--yes"])
-        .env("IMGBUILD_FAILPOINT", "flash")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reached = false;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        if line.unwrap().starts_with("failpoint flash:") {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached, "the flash never got halfway");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_halfway(&img, &l.dev);
     assert!(
         !has_valid_gpt(&l.dev),
         "a half-written disk still has a partition table"
@@ -512,24 +522,7 @@ fn a_reflash_keeps_this_nodes_data_partition_and_refuses_another_nodes() {
     std::fs::create_dir_all(state.join("kafka/data")).unwrap();
     std::fs::write(state.join("identity"), NODE1).unwrap();
     std::fs::write(state.join("kafka/data/marker"), b"kept across images\n").unwrap();
-    ok(
-        &sh(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-L",
-                "imgbuild-data",
-                "-d",
-                state.to_str().unwrap(),
-                "-E",
-                &format!("offset={}", range.0),
-                &l.dev,
-                &format!("{}k", range.1 / 1024),
-            ],
-        ),
-        "mkfs.ext4 of the data partition",
-    );
+    mkfs_ext4(&l.dev, range, "imgbuild-data", &state);
     let before = sha256_of_range(&l.dev, range);
 
     // A new root for node1: written, the data partition kept byte for byte.
@@ -570,21 +563,7 @@ fn a_reflash_keeps_this_nodes_data_partition_and_refuses_another_nodes() {
     );
 
     // A flash cut short: the data partition is still in a table, and the next flash keeps it.
-    let mut child = flash(&v1, &l.dev, &["--yes"])
-        .env("IMGBUILD_FAILPOINT", "flash")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reached = false;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        if line.unwrap().starts_with("failpoint flash:") {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached, "the flash never got halfway");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_halfway(&v1, &l.dev);
     assert_eq!(
         sha256_of_range(&l.dev, range),
         before,

@@ -163,45 +163,47 @@ pub fn units(kafka_mode: KafkaMode) -> Vec<FileSpec> {
 /// which formats the data partition only when blank, checks its identity record and mounts
 /// the services' state from it before any of them starts. cloud-init no longer grows the root.
 fn data_partition_files() -> Vec<FileSpec> {
-    vec![
-        file(
+    const FILES: &[(&str, &str, u32)] = &[
+        (
             "usr/lib/repart.d/20-root-a.conf",
-            include_str!("../assets/repart.d/20-root-a.conf").to_string(),
+            include_str!("../assets/repart.d/20-root-a.conf"),
             0o644,
         ),
-        file(
+        (
             "usr/lib/repart.d/40-data.conf",
-            include_str!("../assets/repart.d/40-data.conf").to_string(),
+            include_str!("../assets/repart.d/40-data.conf"),
             0o644,
         ),
-        file(
+        (
             "etc/systemd/system/systemd-repart.service.d/imgbuild.conf",
-            "# imgbuild: slot B's definition, sized from the running slot.\n[Service]\nExecStartPre=/usr/lib/imgbuild/repart-slot\n"
-                .to_string(),
+            "# imgbuild: slot B's definition, sized from the running slot.\n[Service]\nExecStartPre=/usr/lib/imgbuild/repart-slot\n",
             0o644,
         ),
-        file(
+        (
             "usr/lib/imgbuild/repart-slot",
-            include_str!("../assets/repart-slot").to_string(),
+            include_str!("../assets/repart-slot"),
             0o755,
         ),
-        file(
+        (
             "etc/systemd/system/imgbuild-data.service",
-            include_str!("../assets/units/imgbuild-data.service").to_string(),
+            include_str!("../assets/units/imgbuild-data.service"),
             0o644,
         ),
-        file(
+        (
             "usr/lib/imgbuild/data",
-            include_str!("../assets/data").to_string(),
+            include_str!("../assets/data"),
             0o755,
         ),
-        file(
+        (
             "etc/cloud/cloud.cfg.d/91_imgbuild_disk.cfg",
-            "# Written by imgbuild: the root stays in its slot; systemd-repart gives the rest of the\n# disk to slot B and the data partition.\ngrowpart:\n  mode: \"off\"\nresize_rootfs: false\n"
-                .to_string(),
+            "# Written by imgbuild: the root stays in its slot; systemd-repart gives the rest of the\n# disk to slot B and the data partition.\ngrowpart:\n  mode: \"off\"\nresize_rootfs: false\n",
             0o644,
         ),
-    ]
+    ];
+    FILES
+        .iter()
+        .map(|(path, text, mode)| file(path, text.to_string(), *mode))
+        .collect()
 }
 
 /// The identity a node's data partition must carry (`/usr/lib/imgbuild/identity`).
