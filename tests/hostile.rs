@@ -8,6 +8,8 @@ use imgbuild::rootfs::confined::Root;
 use imgbuild::rootfs::extract::{self, Limits, Policy, Report};
 use tar::EntryType;
 
+mod common;
+
 /// One raw ustar entry; names and link targets are written as raw bytes, bypassing every check
 /// a well-behaved tar writer would make.
 fn entry(
@@ -118,6 +120,9 @@ fn rejected(bytes: Vec<u8>, why: &str) {
 
 #[test]
 fn a_normal_archive_extracts() {
+    if !common::as_root() {
+        return;
+    }
     let (r, top) = run(archive(vec![
         dir("pkg/"),
         dir("pkg/bin/"),
@@ -246,6 +251,9 @@ fn fifo() {
 
 #[test]
 fn setuid_and_setgid_are_stripped() {
+    if !common::as_root() {
+        return;
+    }
     let (r, top) = run(archive(vec![
         dir("pkg/"),
         entry("pkg/su", EntryType::Regular, b"x", "", 0o4755, None),
@@ -265,6 +273,9 @@ fn setuid_and_setgid_are_stripped() {
 
 #[test]
 fn file_then_directory_with_the_same_name() {
+    if !common::as_root() {
+        return;
+    }
     rejected(
         archive(vec![
             dir("pkg/"),
@@ -278,6 +289,9 @@ fn file_then_directory_with_the_same_name() {
 
 #[test]
 fn duplicate_file() {
+    if !common::as_root() {
+        return;
+    }
     rejected(
         archive(vec![
             dir("pkg/"),
@@ -301,6 +315,9 @@ fn huge_declared_size() {
 
 #[test]
 fn very_many_entries() {
+    if !common::as_root() {
+        return;
+    }
     let mut entries = vec![dir("pkg/")];
     for i in 0..Limits::COMPONENT.max_entries {
         entries.push(file(&format!("pkg/f{i}"), b""));
@@ -310,6 +327,9 @@ fn very_many_entries() {
 
 #[test]
 fn entries_outside_the_top_directory() {
+    if !common::as_root() {
+        return;
+    }
     rejected(
         archive(vec![
             dir("pkg/"),
@@ -331,6 +351,9 @@ fn garbage_is_an_error() {
 /// the root, never onto the host.
 #[test]
 fn base_archives_keep_owners_modes_devices_and_capabilities() {
+    if !common::as_root() {
+        return;
+    }
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let top = tempfile::tempdir().unwrap();
     let mut b = tar::Builder::new(Vec::new());

@@ -93,7 +93,14 @@ impl Cmd {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.program);
+        // A bare name is looked up as the tool check does (PATH, then the sbin directories).
+        let program = match self.program.to_str() {
+            Some(name) if !name.contains('/') => crate::util::tools::locate(name)
+                .map(|p| p.into_os_string())
+                .unwrap_or_else(|| self.program.clone()),
+            _ => self.program.clone(),
+        };
+        let mut c = Command::new(program);
         c.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)));
         c

@@ -45,14 +45,22 @@ tools! {
 }
 
 fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| {
-            let f = d.join(cmd);
-            std::fs::metadata(&f).is_ok_and(|m| {
-                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+    locate(cmd).is_some()
+}
+
+/// Where the executable `cmd` is: on PATH, else in /usr/sbin or /sbin, where Debian and Ubuntu
+/// keep mkfs.ext4, debugfs, sfdisk and the like, off an ordinary user's PATH.
+pub fn locate(cmd: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(cmd))
+        .find(|f| {
+            std::fs::metadata(f).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
             })
         })
-    })
 }
 
 /// Fail naming every missing tool, what it is for and the Debian/Ubuntu package providing it.
