@@ -25,7 +25,7 @@ pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
         ),
     };
     let overlay = work.join("disk.qcow2");
-    let size = crate::vm::boot::disk_overlay(&image, asked, &overlay)?;
+    let size = crate::vm::disk::disk_overlay(&image, asked, &overlay)?;
     image = overlay;
     let disk_size = Some(size);
     let vars = work.join("OVMF_VARS.fd");

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod checks;
 pub mod cluster;
 pub mod container;
+pub mod disk;
 pub mod hostlink;
 pub mod member;
 pub mod qemu;

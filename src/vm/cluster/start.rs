@@ -32,7 +32,7 @@ pub(super) fn start_node(
             std::fs::copy(&fw.vars, &vars)?;
             // A real disk's room for slot B and the data partition (made at first boot).
             let disk = nwork.join("disk.qcow2");
-            crate::vm::boot::disk_overlay(&image, None, &disk)
+            crate::vm::disk::disk_overlay(&image, None, &disk)
                 .with_context(|| format!("{name}: creating the disk of this run"))?;
             let cmd = vm_command(p, &disk, &vars, o, (fw, kvm), net, &log, false)?;
             let child = cmd
@@ -117,7 +117,7 @@ fn start_bridged_vm(
 ) -> Result<VmMember> {
     let name = &p.node.name;
     let overlay = nwork.join("disk.qcow2");
-    crate::vm::boot::disk_overlay(image, None, &overlay)
+    crate::vm::disk::disk_overlay(image, None, &overlay)
         .with_context(|| format!("{name}: creating the disk overlay of this run"))?;
     let tap = vm_tap(p);
     for args in [
