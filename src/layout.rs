@@ -45,6 +45,8 @@ pub const DATA_LABEL: &str = "imgbuild-data";
 /// The GPT partition names of the two root slots: A is in the image, B made at first boot.
 pub const ROOT_A_LABEL: &str = "imgbuild-root-a";
 pub const ROOT_B_LABEL: &str = "imgbuild-root-b";
+/// The data partition's least size (usr/lib/repart.d/40-data.conf in the image says the same).
+pub const DATA_MIN_BYTES: u64 = 1 << 30;
 /// What a node keeps across images: `/var/lib/<dir>` for each, on the data partition.
 pub const DATA_DIRS: &[&str] = &["zookeeper", "kafka", "storm"];
 /// The identity record on the data partition (cluster, Kafka cluster id, node, node id) ...

@@ -11,13 +11,13 @@ use std::path::Path;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::image::gpt::{Gpt, Guid, Partition, SECTOR};
-use crate::layout::{DATA_LABEL, IMAGE_IDENTITY, ROOT_A_LABEL, ROOT_B_LABEL};
+use crate::layout::{
+    DATA_LABEL, DATA_MIN_BYTES as DATA_MIN, IMAGE_IDENTITY, ROOT_A_LABEL, ROOT_B_LABEL,
+};
 use crate::util::fmt::human;
 use crate::util::run::Cmd;
 
 const MIB: u64 = 1 << 20;
-/// The data partition's least size (the image's usr/lib/repart.d/40-data.conf says the same).
-pub const DATA_MIN: u64 = 1 << 30;
 /// The Linux filesystem data partition type (systemd-repart's `linux-generic`).
 const LINUX_GENERIC: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
@@ -37,6 +37,9 @@ pub enum State {
 pub struct DataPlan {
     /// The data partition found on the target, kept as it is (bytes and table entry).
     pub kept: Option<Partition>,
+    /// The table written first when a data partition is kept (it alone, under the image's disk
+    /// GUID), so an interrupted flash still shows it to the next one.
+    pub kept_only: Option<Gpt>,
     /// Partitions added to the image's table: slot B, and the data partition on a fresh disk.
     pub added: Vec<Partition>,
     /// Byte ranges zeroed so a fresh data partition is blank (its first and last MiB).
@@ -45,14 +48,6 @@ pub struct DataPlan {
 }
 
 impl DataPlan {
-    /// The table to write first, so an interrupted flash still shows the kept partition.
-    pub fn kept_only(&self, disk_guid: &Guid) -> Option<Gpt> {
-        self.kept.as_ref().map(|k| Gpt {
-            disk_guid: disk_guid.clone(),
-            partitions: vec![k.clone()],
-        })
-    }
-
     /// The final table: the image's partitions, then what the flash keeps and adds.
     pub fn table(&self, image: &Gpt) -> Gpt {
         let mut g = image.clone();
@@ -185,6 +180,10 @@ pub fn plan(
                 }
             ));
             free_end = start;
+            out.kept_only = Some(Gpt {
+                disk_guid: image.disk_guid.clone(),
+                partitions: vec![p.clone()],
+            });
             out.kept = Some(p);
         }
         Some((_, state)) => out.lines.push(format!(

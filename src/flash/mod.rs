@@ -422,16 +422,12 @@ pub fn write(t: &Target, dst: &File, o: &Options) -> Result<Report> {
     // Any old partition table goes first: the old primary and the old backup at the disk's end;
     // a kept data partition is left in a table of its own, so even a flash cut short here shows
     // it to the next one.
-    let kept_only = match Gpt::read(&img) {
-        Ok(g) => o.data.kept_only(&g.disk_guid),
-        Err(_) => None,
-    };
     let clear_tables = |also_image_end: bool| -> Result<()> {
         if also_image_end {
             let size = o.plan.image_size;
             wipe(dst, size.saturating_sub(HEAD), HEAD.min(size))?;
         }
-        match &kept_only {
+        match &o.data.kept_only {
             Some(g) => {
                 g.write(dst, target_size)?;
                 dst.sync_all()?;

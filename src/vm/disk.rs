@@ -14,13 +14,13 @@ pub fn default_disk(image: &Path) -> u64 {
 }
 
 /// The smallest disk a node's image can live on: the image, slot B (at most the image's size)
-/// and the data partition's 1 GiB minimum (usr/lib/repart.d/40-data.conf in the image).
+/// and the data partition's minimum.
 pub fn min_disk(image: &Path) -> u64 {
     let raw = std::fs::metadata(image.with_extension("raw"))
         .or_else(|_| std::fs::metadata(image))
         .map(|m| m.len())
         .unwrap_or(0);
-    (2 * raw + GIB).div_ceil(MIB) * MIB
+    (2 * raw + crate::layout::DATA_MIN_BYTES).div_ceil(MIB) * MIB
 }
 
 const MIB: u64 = 1 << 20;

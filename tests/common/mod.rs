@@ -107,12 +107,7 @@ pub fn mirror_with_debian_base() -> &'static Path {
 /// Where `name` is: on PATH, else in /usr/sbin or /sbin (where Debian keeps sfdisk, mkfs.ext4
 /// and the like, off an ordinary user's PATH).
 pub fn tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
+    imgbuild::util::tools::locate(name).unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Run a command, capturing its output.
