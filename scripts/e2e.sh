@@ -39,6 +39,17 @@ for n in node1 node2 node3; do ib -r "$recipe" plan "$n" --json; ib -r "$recipe"
 python3 scripts/pki-check.py "$out/mirror/recipe.secrets" images "$out/e2e-build.log" "$out/e2e-plans.txt" >&2
 p_pki=$(since "$t"); echo "phase PKI checks: $p_pki s" >&2
 
+# Day 2 (issue 29): node1's image in QEMU under Secure Boot, `imgbuild update` to a v2 through
+# its other root slot (data kept), then to a broken v3 that the node refuses by itself.
+p_update=0
+if [ -z "${E2E_SKIP_GOOD:-}" ]; then
+    t=$(now)
+    bash scripts/e2e-update.sh "$recipe" "$out" 2>"$out/e2e-update.txt" || { cat "$out/e2e-update.txt" >&2; exit 1; }
+    cat "$out/e2e-update.txt" >&2
+    rm -rf build/boot/node1
+    p_update=$(since "$t"); echo "phase update (QEMU, Secure Boot): v1 -> v2 kept, broken v3 rolled back by the node: $p_update s" >&2
+fi
+
 t=$(now)
 # While a cluster runs: `imgbuild ssh node1 -- systemctl is-active kafka` as the demo user with the
 # demo key, through up's namespace, until it says `active` (tried every 5 s; up ends the wait).
@@ -212,15 +223,15 @@ if [ -z "${E2E_SKIP_GOOD:-}" ] && [ -z "${E2E_SKIP_SCRAM:-}" ]; then
     echo "phase SCRAM clients and the partition (build + containers + judge): $p_scram s" >&2
 fi
 
-total=$((p_fix + p_build + p_pki + p_boot + p_neg + p_scram))
+total=$((p_fix + p_build + p_pki + p_update + p_boot + p_neg + p_scram))
 [ -z "${E2E_SKIP_GOOD:-}" ] || { echo "e2e: ok (broken cluster only; BENCHMARKS.md not updated)" >&2; exit 0; }
 # The reports without the watch's progress lines.
 report() { grep -v '^\[ *[0-9]*s\]' "$1" | grep -v '^started \|^host: \|^stopped \|^note: KVM'; }
-section=$(printf '<!-- e2e:begin -->\n## End to end: `make e2e`\n\nMeasured %s on %s (%s cores, no KVM: QEMU software emulation).\n\n| phase | time |\n|---|---|\n| fixtures (Debian base, components, mirror; cached after the first run) | %s s |\n| build node1..3 | %s s |\n| PKI: rebuild bit-identical, keys searched in every output | %s s |\n| mixed cluster: node1 booted from its image in QEMU among node2..3 containers; round trip through its broker, refusals, topology, its power-off and return (`imgbuild up --vm node1 --check`) | %s s |\n| broken cluster detected (build + containers + judge) | %s s |\n| Kafka clients by SCRAM in containers: build, secrets searched, round trip, refusals, topology, network partition (`clients: scram`, `--partition`) | %s s |\n| total | %s s |\n\nThe mixed cluster (`up --vm node1 --check`; checks, then phases):\n\n```\n%s\n```\n\nThe SCRAM cluster'"'"'s phases:\n\n```\n%s\n```\n<!-- e2e:end -->' \
-    "$(date -u +%Y-%m-%d)" "$(uname -m)" "$(nproc)" "$p_fix" "$p_build" "$p_pki" "$p_boot" "$p_neg" "$p_scram" "$total" "$(report "$out/e2e-health.txt")" "$(python3 -c '
+section=$(printf '<!-- e2e:begin -->\n## End to end: `make e2e`\n\nMeasured %s on %s (%s cores, no KVM: QEMU software emulation).\n\n| phase | time |\n|---|---|\n| fixtures (Debian base, components, mirror; cached after the first run) | %s s |\n| build node1..3 | %s s |\n| PKI: rebuild bit-identical, keys searched in every output | %s s |\n| update: node1 in QEMU under Secure Boot, `imgbuild update` to v2 (data kept), to a broken v3 (back on v2 by itself), refusals | %s s |\n| mixed cluster: node1 booted from its image in QEMU among node2..3 containers; round trip through its broker, refusals, topology, its power-off and return (`imgbuild up --vm node1 --check`) | %s s |\n| broken cluster detected (build + containers + judge) | %s s |\n| Kafka clients by SCRAM in containers: build, secrets searched, round trip, refusals, topology, network partition (`clients: scram`, `--partition`) | %s s |\n| total | %s s |\n\nThe mixed cluster (`up --vm node1 --check`; checks, then phases):\n\n```\n%s\n```\n\nThe SCRAM cluster'"'"'s phases:\n\n```\n%s\n```\n\nThe update phase:\n\n```\n%s\n```\n<!-- e2e:end -->' \
+    "$(date -u +%Y-%m-%d)" "$(uname -m)" "$(nproc)" "$p_fix" "$p_build" "$p_pki" "$p_update" "$p_boot" "$p_neg" "$p_scram" "$total" "$(report "$out/e2e-health.txt")" "$(python3 -c '
 import json, sys
 up = json.load(open(sys.argv[1]))
 for p in up["phases"]:
-    print("phase %s: %.0f s" % (p["name"], p["seconds"]))' "$out/e2e-scram.json")")
+    print("phase %s: %.0f s" % (p["name"], p["seconds"]))' "$out/e2e-scram.json")" "$(cat "$out/e2e-update.txt")")
 write_section e2e "$section"
 echo "e2e: ok (${total}s)" >&2

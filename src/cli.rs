@@ -136,6 +136,11 @@ pub enum Command {
     /// running system's, big enough), writes only the bmap's mapped ranges and reads each back,
     /// and writes the partition table last.
     Flash(FlashArgs),
+    /// Bring a running node to the image `imgbuild build` made, keeping its data: the new root
+    /// filesystem goes into the other root slot (mapped blocks only, verified on the node by
+    /// SHA-256), GRUB tries it once, and the node keeps it only when its own health passes; else it
+    /// goes back to the previous slot by itself. Exit 1 naming what failed and which slot runs.
+    Update(UpdateArgs),
     /// Inspect or fill the download cache.
     Cache {
         #[command(subcommand)]
@@ -272,6 +277,29 @@ impl UpArgs {
             timeout: std::time::Duration::from_secs(self.timeout),
         }
     }
+}
+
+/// `imgbuild update NODE` (see [`Command::Update`]).
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub node: String,
+    /// The node's address, where it is not the plan's (a machine reached on another network).
+    /// Without it, a node of a running `imgbuild up` or `boot` is reached inside its network, any
+    /// other at the plan's address.
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// Say what would change (the build inputs that differ) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Give up waiting for the node's verdict after this many seconds (the node still decides).
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists).
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The user (default: the recipe's first user with sudo and an SSH key).
+    #[arg(short = 'l', long)]
+    pub user: Option<String>,
 }
 
 /// `imgbuild flash NODE DEVICE` (see [`Command::Flash`]).

@@ -1,5 +1,5 @@
 //! imgbuild as a library: the binary in `main.rs` dispatches into these modules, one per stage of
-//! the pipeline (recipe → plan → fetch → rootfs → image → vm / flash), plus the command layer
+//! the pipeline (recipe → plan → fetch → rootfs → image → vm / flash → update), plus the command layer
 //! (`cli`, `cmd`, `report`) and `util`, which every stage may use and which uses none of them.
 
 pub mod cli;
@@ -13,5 +13,6 @@ pub mod plan;
 pub mod recipe;
 pub mod report;
 pub mod rootfs;
+pub mod update;
 pub mod util;
 pub mod vm;

@@ -69,6 +69,7 @@ pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
         console: !o.check,
         cdrom: None,
         writable: false,
+        reboot: !o.check,
     };
     eprintln!(
         "booting {} ({}{}, {}, snapshot mode); serial log {}",

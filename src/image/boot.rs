@@ -97,7 +97,9 @@ pub fn esp(root: &Root, root_uuid: &str) -> Result<Esp> {
     let initrd = read(root, &format!("boot/initrd.img-{kver}"))?.context("initrd vanished")?;
     // Serial and VGA consoles: QEMU's -serial and a bare-metal screen both show the boot; the
     // last console is /dev/console (systemd's messages, the login prompt).
-    let cmdline = format!("root=UUID={root_uuid} rw console=tty0 console=ttyS0,115200n8");
+    // panic=10: a kernel that cannot mount its root (a slot being tried) restarts the machine,
+    // and the boot counter falls back to the other slot.
+    let cmdline = format!("root=UUID={root_uuid} rw console=tty0 console=ttyS0,115200n8 panic=10");
     if let Some(sdboot) = read(root, SYSTEMD_BOOT)? {
         let dir = format!("imgbuild/{kver}");
         let entry = format!(
@@ -143,9 +145,7 @@ pub fn esp(root: &Root, root_uuid: &str) -> Result<Esp> {
     // started from; the menu loads the kernel from the root filesystem, found by UUID. No
     // fbx64.efi next to BOOTX64.EFI: shim would run the fallback instead of GRUB.
     let vendor = vendor(root)?;
-    let cfg = format!(
-        "set timeout=0\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\nmenuentry '{kver} (imgbuild)' {{\n  linux /boot/vmlinuz-{kver} {cmdline}\n  initrd /boot/initrd.img-{kver}\n}}\n"
-    );
+    let cfg = grub_cfg(&vendor);
     let mut files = vec![
         (PathBuf::from("EFI/BOOT/BOOTX64.EFI"), shim.clone()),
         ("EFI/BOOT/grubx64.efi".into(), grub.clone()),
@@ -153,6 +153,14 @@ pub fn esp(root: &Root, root_uuid: &str) -> Result<Esp> {
         (format!("EFI/{vendor}/shimx64.efi").into(), shim),
         (format!("EFI/{vendor}/grubx64.efi").into(), grub),
         (format!("EFI/{vendor}/grub.cfg").into(), cfg.into_bytes()),
+        (
+            format!("EFI/{vendor}/grubenv").into(),
+            grubenv(&[("imgbuild_default", "a")])?,
+        ),
+        (
+            slot_entry_path('a').into(),
+            slot_entry('a', &kver, root_uuid, &cmdline).into_bytes(),
+        ),
     ];
     for m in MOKMANAGERS {
         if let Some(b) = read(root, m)? {
@@ -169,9 +177,102 @@ pub fn esp(root: &Root, root_uuid: &str) -> Result<Esp> {
     })
 }
 
+/// Where on the ESP the boot entry of root slot `slot` is: the kernel and initrd of the image in
+/// that slot, its root filesystem found by its UUID.
+pub fn slot_entry_path(slot: char) -> String {
+    format!("EFI/imgbuild/slot-{slot}.cfg")
+}
+
+/// Where on the ESP the record of the image in root slot `slot` is (its build key and inputs,
+/// what `imgbuild update` compares with).
+pub fn slot_record_path(slot: char) -> String {
+    format!("EFI/imgbuild/slot-{slot}.json")
+}
+
+/// The GRUB entry of the image in root slot `slot`.
+pub fn slot_entry(slot: char, kver: &str, root_uuid: &str, cmdline: &str) -> String {
+    format!(
+        "# imgbuild: root slot {slot}\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\nmenuentry '{kver} (imgbuild, slot {slot})' {{\n  linux /boot/vmlinuz-{kver} {cmdline}\n  initrd /boot/initrd.img-{kver}\n}}\n"
+    )
+}
+
+/// grub.cfg: which root slot to boot, from GRUB's environment block beside it (as Fedora's and
+/// greenboot's boot counting keep it). `imgbuild_default` is the slot that last proved healthy;
+/// `imgbuild_try` a slot to try once: GRUB spends the one try (`imgbuild_tries` 1 -> 0, written
+/// before the kernel starts) and boots it; the next boot goes back to the default unless the
+/// tried system, once healthy, made itself the default (`/usr/lib/imgbuild/slot`). A panic or a
+/// hang that ends in a reset therefore falls back by itself.
+pub fn grub_cfg(vendor: &str) -> String {
+    let env = format!("/EFI/{vendor}/grubenv");
+    format!(
+        "# imgbuild: A/B root slots with boot counting (see /usr/lib/imgbuild/slot).\n\
+         set timeout=0\n\
+         set imgbuild_default=a\n\
+         set imgbuild_try=\n\
+         set imgbuild_tries=0\n\
+         load_env --file {env} imgbuild_default imgbuild_try imgbuild_tries\n\
+         set slot=$imgbuild_default\n\
+         if [ -n \"$imgbuild_try\" ]; then\n\
+         \x20 if [ \"$imgbuild_tries\" = 1 ]; then\n\
+         \x20   set imgbuild_tries=0\n\
+         \x20   save_env --file {env} imgbuild_tries\n\
+         \x20   set slot=$imgbuild_try\n\
+         \x20 fi\n\
+         fi\n\
+         if [ ! -f /EFI/imgbuild/slot-$slot.cfg ]; then set slot=a; fi\n\
+         source /EFI/imgbuild/slot-$slot.cfg\n"
+    )
+}
+
+/// A GRUB environment block (grub-editenv's format: 1024 bytes, `name=value` lines, padded
+/// with `#`).
+pub fn grubenv(vars: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let mut s = String::from("# GRUB Environment Block\n");
+    for (k, v) in vars {
+        s.push_str(&format!("{k}={v}\n"));
+    }
+    anyhow::ensure!(s.len() <= 1024, "GRUB environment block over 1024 bytes");
+    let mut b = s.into_bytes();
+    b.resize(1024, b'#');
+    Ok(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grubenv_is_one_block_as_grub_editenv_writes_it() {
+        let env = grubenv(&[("imgbuild_default", "a")]).unwrap();
+        assert_eq!(env.len(), 1024);
+        let text = String::from_utf8(env).unwrap();
+        assert!(text.starts_with("# GRUB Environment Block\nimgbuild_default=a\n#"));
+        assert!(text.trim_end_matches('#').ends_with("=a\n"));
+        let big = "x".repeat(1100);
+        assert!(grubenv(&[("k", big.as_str())]).is_err());
+    }
+
+    #[test]
+    fn grub_cfg_spends_the_try_before_booting_the_tried_slot() {
+        let cfg = grub_cfg("debian");
+        let at = |s: &str| cfg.find(s).unwrap_or_else(|| panic!("{s:?} not in\n{cfg}"));
+        // The environment is read from the vendor directory, the try spent (written) before the
+        // tried slot is chosen, and the chosen slot's entry sourced last.
+        assert!(
+            at("load_env --file /EFI/debian/grubenv") < at("set imgbuild_tries=0\n    save_env")
+        );
+        assert!(
+            at("save_env --file /EFI/debian/grubenv imgbuild_tries") < at("set slot=$imgbuild_try")
+        );
+        assert!(at("set slot=$imgbuild_try") < at("source /EFI/imgbuild/slot-$slot.cfg"));
+        // A missing entry falls back to slot A's, which every image has.
+        assert!(cfg.contains("if [ ! -f /EFI/imgbuild/slot-$slot.cfg ]; then set slot=a; fi"));
+        let entry = slot_entry('b', "6.1.0-1-amd64", "u-u-i-d", "root=UUID=u-u-i-d rw");
+        assert!(entry.contains("search --no-floppy --fs-uuid --set=root u-u-i-d\n"));
+        assert!(entry.contains("linux /boot/vmlinuz-6.1.0-1-amd64 root=UUID=u-u-i-d rw\n"));
+        assert!(entry.contains("initrd /boot/initrd.img-6.1.0-1-amd64\n"));
+        assert_eq!(slot_entry_path('b'), "EFI/imgbuild/slot-b.cfg");
+    }
 
     #[test]
     fn newest_kernel_wins_numerically() {

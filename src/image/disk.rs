@@ -30,9 +30,11 @@ pub fn mkfs_ext4(image: &Path, offset: u64, size: u64, tree: &Path, id: &FsIdent
         "ext4 offset and size must be multiples of 4 KiB"
     );
     Cmd::new("mkfs.ext4")
-        .args([
-            "-q", "-F", "-b", "4096", "-T", "default", "-L", id.label, "-U",
-        ])
+        .args(["-q", "-F", "-b", "4096", "-T", "default", "-L", id.label])
+        // The metadata checksums' seed is kept in the superblock: a node's images, each with its
+        // own UUID (set by tune2fs on the shared filesystem's copy), keep the same checksums, so
+        // two of them differ only where their files do (`imgbuild update` sends only that).
+        .args(["-O", "metadata_csum_seed", "-U"])
         .arg(id.uuid.0.to_ascii_lowercase())
         .arg("-E")
         .arg(format!(

@@ -123,31 +123,7 @@ pub fn why_rebuild(images: &Path, node: &str, parts: &BTreeMap<String, String>) 
     let Some(old) = m.build_inputs else {
         return "the previous images record no build inputs (built by an older imgbuild)".into();
     };
-    let short = |v: &str| {
-        if v.chars().count() > 40 {
-            format!("{}…", v.chars().take(40).collect::<String>())
-        } else {
-            v.to_string()
-        }
-    };
-    let mut changes = Vec::new();
-    for (k, new) in parts {
-        match old.get(k).map(String::as_str) {
-            Some(o) if o == new => {}
-            Some(o) if k.starts_with("input.") || k.starts_with("overlay:") => {
-                changes.push(format!(
-                    "{k} changed (sha256 {} -> {})",
-                    &o[..12.min(o.len())],
-                    &new[..12.min(new.len())]
-                ))
-            }
-            Some(o) => changes.push(format!("{k}: {} -> {}", short(o), short(new))),
-            None => changes.push(format!("{k} added ({})", short(new))),
-        }
-    }
-    for k in old.keys().filter(|k| !parts.contains_key(*k)) {
-        changes.push(format!("{k} removed"));
-    }
+    let mut changes = changes(&old, parts);
     if changes.is_empty() {
         return "its inputs are unchanged but the previous images are incomplete".into();
     }
@@ -157,6 +133,37 @@ pub fn why_rebuild(images: &Path, node: &str, parts: &BTreeMap<String, String>) 
         changes.push(format!("and {} more", n - 5));
     }
     changes.join("; ")
+}
+
+/// The items of `new` that differ from `old` (build inputs: plan fields, input digests, overlay
+/// files), one line each.
+pub fn changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<String> {
+    let short = |v: &str| {
+        if v.chars().count() > 40 {
+            format!("{}…", v.chars().take(40).collect::<String>())
+        } else {
+            v.to_string()
+        }
+    };
+    let mut changes = Vec::new();
+    for (k, new_v) in new {
+        match old.get(k).map(String::as_str) {
+            Some(o) if o == new_v => {}
+            Some(o) if k.starts_with("input.") || k.starts_with("overlay:") => {
+                changes.push(format!(
+                    "{k} changed (sha256 {} -> {})",
+                    &o[..12.min(o.len())],
+                    &new_v[..12.min(new_v.len())]
+                ))
+            }
+            Some(o) => changes.push(format!("{k}: {} -> {}", short(o), short(new_v))),
+            None => changes.push(format!("{k} added ({})", short(new_v))),
+        }
+    }
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        changes.push(format!("{k} removed"));
+    }
+    changes
 }
 
 /// The outputs of `images/<node>/` when it was built with `key` and is still complete.

@@ -188,10 +188,12 @@ pub fn layout(
 /// the node's whole tree. Returns which of the two, for the progress line.
 // Long on purpose: the raw disk in order (sized file, root filesystem, ESP, GPT) over one open
 // file and one layout; each step is a call or two.
+#[allow(clippy::too_many_arguments)]
 fn write_raw(
     raw: &Path,
     l: &Layout,
     ids: &DiskIds,
+    root_uuid: &crate::image::gpt::Guid,
     tree: &Path,
     common: Option<&Path>,
     esp: &Path,
@@ -201,7 +203,7 @@ fn write_raw(
     f.set_len(l.size)?;
     let id = FsIdentity {
         label: "root",
-        uuid: &ids.root_fs,
+        uuid: root_uuid,
         hash_seed: &ids.root_hash_seed,
         epoch,
     };
@@ -216,7 +218,7 @@ fn write_raw(
         (Ok(script), Some(common)) => {
             let shared = common.parent().unwrap_or(Path::new("."));
             let key = shared.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let name = format!("root-v1-{}-{epoch}.ext4", l.root.1);
+            let name = format!("root-v2-{}-{epoch}.ext4", l.root.1);
             let derive = |what: &str| {
                 crate::image::gpt::Guid::derived(&format!(
                     "imgbuild shared root\0{key}\0{name}\0{what}"
@@ -448,6 +450,17 @@ fn emit(cx: &BuildContext, out: &Path, stages: &mut Stages) -> Result<Vec<Output
     stages.run("manifest", || w.manifest(&esp, &layout))
 }
 
+/// What a root slot holds (`EFI/imgbuild/slot-X.json` on the ESP): the image's build key and
+/// inputs (what `imgbuild update` compares with the image it brings) and its root filesystem.
+#[derive(Serialize, serde::Deserialize, Debug, Clone)]
+pub struct SlotRecord {
+    pub node: String,
+    pub build_key: String,
+    pub root_uuid: String,
+    pub kernel: String,
+    pub build_inputs: BTreeMap<String, String>,
+}
+
 /// The state the stages share: where outputs go and the ones made so far.
 struct Emit<'a> {
     cx: &'a BuildContext<'a>,
@@ -474,7 +487,7 @@ impl<'a> Emit<'a> {
             out,
             scratch,
             root: Root::open(cx.tree)?,
-            root_uuid: cx.plan.disk_ids.root_fs.0.to_ascii_lowercase(),
+            root_uuid: cx.plan.disk_ids.root_fs_of(cx.key).0.to_ascii_lowercase(),
             names: vec![],
             hashing: vec![],
         })
@@ -487,8 +500,21 @@ impl<'a> Emit<'a> {
     /// The boot chain onto the ESP tree, and the partition layout that fits it and the root.
     fn esp(&mut self) -> Result<((boot::Esp, Layout), String)> {
         let (plan, epoch) = (self.cx.plan, self.cx.epoch);
-        let esp = boot::esp(&self.root, &self.root_uuid)
+        let mut esp = boot::esp(&self.root, &self.root_uuid)
             .with_context(|| format!("the boot chain of base {}", plan.base_description()))?;
+        if esp.loader == "shim+grub" {
+            // What root slot A holds, for `imgbuild update` to compare with.
+            let record = SlotRecord {
+                node: plan.node.name.clone(),
+                build_key: self.cx.key.to_string(),
+                root_uuid: self.root_uuid.clone(),
+                kernel: esp.kernel_version.clone(),
+                build_inputs: key_parts(plan, self.cx.fetched, epoch)?,
+            };
+            let mut json = serde_json::to_vec_pretty(&record)?;
+            json.push(b'\n');
+            esp.files.push((boot::slot_record_path('a').into(), json));
+        }
         write_tree(&self.scratch.join("esp"), &esp.files, epoch)?;
         crate::util::failpoint::hit("esp");
         let (bytes, inodes) = tree_usage(self.cx.tree)?;
@@ -509,6 +535,7 @@ impl<'a> Emit<'a> {
             &raw,
             layout,
             &self.cx.plan.disk_ids,
+            &self.cx.plan.disk_ids.root_fs_of(self.cx.key),
             self.cx.tree,
             self.cx.common,
             &self.scratch.join("esp"),

@@ -11,7 +11,8 @@ pub struct DiskIds {
     pub disk: Guid,
     pub esp_partition: Guid,
     pub root_partition: Guid,
-    /// The root ext4's UUID (root=UUID=… on the kernel command line, fstab).
+    /// The seed of the root ext4's UUID: each image's own is [`DiskIds::root_fs_of`] its build
+    /// key, so two images of a node (one in each root slot) never share one.
     pub root_fs: Guid,
     pub root_hash_seed: Guid,
     /// The EFI system partition's FAT serial.
@@ -21,6 +22,13 @@ pub struct DiskIds {
 }
 
 impl DiskIds {
+    /// The UUID of the root filesystem of the image with build key `key` (root=UUID=… on the
+    /// kernel command line): one per image, so GRUB and the initramfs find the slot that holds
+    /// this image and not the other slot's.
+    pub fn root_fs_of(&self, key: &str) -> Guid {
+        Guid::derived(&format!("imgbuild root-fs\0{}\0{key}", self.root_fs.0))
+    }
+
     pub fn derive(cluster: &str, node: &str) -> DiskIds {
         let g =
             |label: &str| Guid::derived(&format!("imgbuild disk\0{}\0{}\0{label}", cluster, node));

@@ -230,6 +230,10 @@ pub struct Vm<'a> {
     /// Writes go to `image` itself (a per-run qcow2 overlay, kept across a power-off) instead of
     /// a temporary snapshot.
     pub writable: bool,
+    /// A restart of the guest restarts the machine (`imgbuild boot`, where `update` restarts a
+    /// node into its other root slot); otherwise QEMU exits (a check's boot that ends in a panic
+    /// or reset ends the run).
+    pub reboot: bool,
 }
 
 impl Vm<'_> {
@@ -243,7 +247,12 @@ impl Vm<'_> {
             .arg("-smp")
             .arg(self.cpus.to_string())
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-monitor", "none", "-no-reboot"])
+            .args(["-monitor", "none"])
+            .args(if self.reboot {
+                None
+            } else {
+                Some("-no-reboot")
+            })
             .arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,readonly=on,file={}",

@@ -4,6 +4,9 @@
 #   imgbuild-health node=NODE check=NAME ok=yes|no key=value ...
 #   imgbuild-health node=NODE round=N failed=NAME,...|none     (at the end of every round)
 #   imgbuild-health node=NODE summary=healthy|unhealthy round=N
+# With --local [--timeout S] (imgbuild-slot, deciding whether a root slot being tried stays):
+# only what this node is on its own — its disk and data partition, name, address, and each of its
+# units started and none failed, twice in a row a minute apart — not the cluster's quorums.
 # Reads /etc/imgbuild/health.json (written by imgbuild). Standard library only. No SSH needed:
 # `imgbuild up` reads these lines from each VM's serial console.
 import json
@@ -273,10 +276,51 @@ def unit_fields(unit, key="unit"):
     return fields
 
 
-def check_all(c):
-    """Yield (check, ok, fields) for every check this node's roles call for."""
-    # First: the checks that need no service, so they are on the console early. A container
-    # (imgbuild up --runtime container) has no disk of its own.
+def units_state(units):
+    """(ok, fields): every unit started this boot (it has been active) and none failed.
+
+    Restarts are reported, not judged: a node alone (its peers down or being rolled) sees Storm's
+    daemons and even the broker restart while they look for a quorum; whether the node serves
+    with its peers is the cluster's health (`imgbuild up --check`, the roll's gates)."""
+    bad, restarts, final = {}, {}, False
+    for unit in units:
+        try:
+            out = subprocess.run(["systemctl", "show", unit, "-p", "ActiveState", "-p", "SubState",
+                                  "-p", "NRestarts", "-p", "ActiveEnterTimestampMonotonic",
+                                  "-p", "ConditionResult", "-p", "ConditionTimestampMonotonic"],
+                                 capture_output=True, text=True, timeout=20).stdout
+            p = dict(l.split("=", 1) for l in out.splitlines() if "=" in l)
+        except (OSError, subprocess.SubprocessError):
+            p = {}
+        name = unit.removesuffix(".service")
+        state = p.get("ActiveState", "unknown")
+        started = int(p.get("ActiveEnterTimestampMonotonic", "0") or 0) > 0
+        # Checked and skipped by its condition (kafka-format.service on formatted storage).
+        skipped = (p.get("ConditionResult") == "no"
+                   and int(p.get("ConditionTimestampMonotonic", "0") or 0) > 0 and state == "inactive")
+        if skipped:
+            continue
+        if int(p.get("NRestarts", "0") or 0):
+            restarts[name] = p["NRestarts"]
+        if state == "failed":
+            final = True
+        if state == "failed" or not started or state not in ("active", "activating", "reloading"):
+            bad[name] = f"{state}/{p.get('SubState', '?')}" + ("" if started else "/never-started")
+    fields = {"units": len(units)}
+    if bad:
+        fields["not_running"] = ",".join(f"{k}:{v}" for k, v in sorted(bad.items()))
+    if restarts:
+        fields["restarts"] = ",".join(f"{k}:{v}" for k, v in sorted(restarts.items()))
+    if final:
+        # systemd gave up on a unit: no waiting makes this boot a good one.
+        fields["final"] = "yes"
+    return not bad, fields
+
+
+def node_checks(c):
+    """Yield (check, ok, fields) for what needs no service: the disk, the data partition, the
+    name and the address."""
+    # A container (imgbuild up --runtime container) has no disk of its own.
     if not os.path.exists("/run/systemd/container"):
         try:
             root, slot_b, data, disk = disk_layout_mb()
@@ -300,6 +344,19 @@ def check_all(c):
         addrs = ""
     has_ip = any(f" {c['ip']}/" in line for line in addrs.splitlines())
     yield "ip", has_ip, {"value": c["ip"] if has_ip else "missing"}
+
+
+def check_local(c):
+    """Yield (check, ok, fields) for what this node is on its own (imgbuild-slot's verdict)."""
+    yield from node_checks(c)
+    ok, fields = units_state(c.get("units", []))
+    yield "units", ok, fields
+
+
+def check_all(c):
+    """Yield (check, ok, fields) for every check this node's roles call for."""
+    # First: the checks that need no service, so they are on the console early.
+    yield from node_checks(c)
     if c.get("zookeeper"):
         try:
             srvr = four_letter(c["ip"], c["zookeeper"]["client_port"], "srvr")
@@ -377,30 +434,41 @@ def check_all(c):
             yield "python", False, {"version": "none"}
 
 
-def main():
+def main(argv):
     global ZK_TLS
     with open(CONF) as f:
         c = json.load(f)
     ZK_TLS = c.get("zookeeper_tls")
     node = c["node"]
-    deadline = time.monotonic() + c.get("timeout_seconds", 1800)
-    rnd = 0
+    local = "--local" in argv
+    timeout = c.get("timeout_seconds", 1800)
+    if "--timeout" in argv:
+        timeout = int(argv[argv.index("--timeout") + 1])
+    checks = check_local if local else check_all
+    # --local: healthy only when every round for a minute passes.
+    settle = 60 if local else 0
+    deadline = time.monotonic() + timeout
+    rnd, passed_at = 0, None
     while True:
         rnd += 1
         results = []
-        for name, ok, fields in check_all(c):  # each line as soon as its check is done
+        for name, ok, fields in checks(c):  # each line as soon as its check is done
             say(node, check=name, ok="yes" if ok else "no", round=rnd, **fields)
             results.append((name, ok, fields))
         failed = [name for name, ok, _ in results if not ok]
         say(node, round=rnd, failed=",".join(failed) or "none")
-        if all(ok for _, ok, _ in results):
-            say(node, summary="healthy", round=rnd)
-            return 0
-        if time.monotonic() > deadline:
+        if not failed:
+            passed_at = passed_at if passed_at is not None else time.monotonic()
+            if time.monotonic() - passed_at >= settle:
+                say(node, summary="healthy", round=rnd)
+                return 0
+        else:
+            passed_at = None
+        if time.monotonic() > deadline or any(f.get("final") for _, _, f in results):
             say(node, summary="unhealthy", round=rnd)
             return 1
-        time.sleep(c.get("interval_seconds", 10))
+        time.sleep(c.get("interval_seconds", 10) if not passed_at else max(1, settle / 2))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -10,6 +10,12 @@ pub fn health_config(p: &Plan) -> String {
         "ip": p.node.ip.to_string(),
         "interval_seconds": 10,
         "timeout_seconds": 1800,
+        // imgbuild-slot: how long a root slot being tried has to prove this node healthy (its
+        // own checks and units, `health.py --local`), and the units that must run.
+        "slot_timeout_seconds": 900,
+        "units": std::iter::once("imgbuild-data.service")
+            .chain(p.units.iter().map(|u| u.file_name()))
+            .collect::<Vec<_>>(),
     });
     if let Some(z) = &p.zookeeper
         && z.myid.is_some()

@@ -195,6 +195,16 @@ fn data_partition_files() -> Vec<FileSpec> {
             0o755,
         ),
         (
+            "usr/lib/imgbuild/slot",
+            include_str!("../assets/slot"),
+            0o755,
+        ),
+        (
+            "etc/systemd/system/imgbuild-slot.service",
+            include_str!("../assets/units/imgbuild-slot.service"),
+            0o644,
+        ),
+        (
             "etc/cloud/cloud.cfg.d/91_imgbuild_disk.cfg",
             "# Written by imgbuild: the root stays in its slot; systemd-repart gives the rest of the\n# disk to slot B and the data partition.\ngrowpart:\n  mode: \"off\"\nresize_rootfs: false\n",
             0o644,
@@ -407,7 +417,11 @@ pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
     p.units
         .iter()
         .map(|u| u.file_name())
-        .chain(["imgbuild-health.service", "imgbuild-data.service"])
+        .chain([
+            "imgbuild-health.service",
+            "imgbuild-data.service",
+            "imgbuild-slot.service",
+        ])
         .map(|u| ("multi-user.target.wants", u))
         // Wanted by kafka.service, not by a target: a target would wait for it (it waits for
         // the cluster), and the boot would not be complete before it is.

@@ -95,13 +95,14 @@ pub fn hosts(p: &Plan) -> String {
     s
 }
 
+/// /etc/fstab: the ESP only. The root is the slot the boot loader chose (root=UUID=… on the
+/// kernel command line, each image's own UUID, mounted read-write by the initramfs); naming it
+/// here would name one slot's filesystem in both.
 pub fn fstab(p: &Plan) -> String {
-    let ids = &p.disk_ids;
     format!(
-        "# Written by imgbuild: the disk image's filesystems, by UUID.\n\
-         UUID={} / ext4 defaults,errors=remount-ro 0 1\n\
+        "# Written by imgbuild: the disk image's filesystems, by UUID. The root is the slot the\n\
+         # boot loader chose (root= on the kernel command line), so it is not listed.\n\
          UUID={} /boot/efi vfat umask=0077,nofail 0 2\n",
-        ids.root_fs.0.to_ascii_lowercase(),
-        crate::util::fmt::serial_text(ids.esp_serial)
+        crate::util::fmt::serial_text(p.disk_ids.esp_serial)
     )
 }

@@ -98,6 +98,7 @@ fn vm_command(
         console: false,
         cdrom: None,
         writable,
+        reboot: false,
     };
     Ok(vm.command())
 }
