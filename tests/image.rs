@@ -258,14 +258,48 @@ fn node1_images_pass_the_standard_tools() {
     )
     .unwrap();
     assert_eq!(esp_file(&esp, "::/EFI/BOOT/grubx64.efi", env), grub);
+    // grub.cfg picks the root slot from the environment block beside it (slot A by default);
+    // slot A's entry boots this image's root filesystem by its UUID.
     let cfg = String::from_utf8(esp_file(&esp, "::/EFI/debian/grub.cfg", env)).unwrap();
     assert!(
-        cfg.contains(&format!(
-            "search --no-floppy --fs-uuid --set=root {root_uuid}"
-        )) && cfg.contains(&format!("root=UUID={root_uuid}"))
-            && cfg.contains("console=ttyS0")
-            && cfg.contains("linux /boot/vmlinuz-"),
+        cfg.contains("load_env --file /EFI/debian/grubenv")
+            && cfg.contains("source /EFI/imgbuild/slot-$slot.cfg"),
         "{cfg}"
+    );
+    assert_eq!(
+        esp_file(&esp, "::/EFI/BOOT/grub.cfg", env),
+        cfg.as_bytes(),
+        "the removable path's grub.cfg"
+    );
+    let grubenv = esp_file(&esp, "::/EFI/debian/grubenv", env);
+    assert_eq!(
+        grubenv.len(),
+        1024,
+        "GRUB's environment block is 1024 bytes"
+    );
+    assert!(grubenv.starts_with(b"# GRUB Environment Block\nimgbuild_default=a\n#"));
+    let entry = String::from_utf8(esp_file(&esp, "::/EFI/imgbuild/slot-a.cfg", env)).unwrap();
+    assert!(
+        entry.contains(&format!(
+            "search --no-floppy --fs-uuid --set=root {root_uuid}"
+        )) && entry.contains(&format!("root=UUID={root_uuid}"))
+            && entry.contains("console=ttyS0")
+            && entry.contains("panic=10")
+            && entry.contains("linux /boot/vmlinuz-"),
+        "{entry}"
+    );
+    // What slot A holds, for `imgbuild update`: this build's key.
+    let record: serde_json::Value =
+        serde_json::from_slice(&esp_file(&esp, "::/EFI/imgbuild/slot-a.json", env)).unwrap();
+    assert_eq!(record["build_key"], m["build_key"], "{record}");
+    assert_eq!(record["root_uuid"].as_str(), Some(root_uuid), "{record}");
+    // The root is not in fstab: it is the slot the boot loader chose.
+    let fstab = std::fs::read_to_string(env.path("build/nodes/node1/rootfs/etc/fstab")).unwrap();
+    assert!(
+        !fstab
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/")),
+        "{fstab}"
     );
 
     // qcow2: qemu-img check clean and the same disk as the raw image.

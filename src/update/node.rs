@@ -62,25 +62,7 @@ const SLOT: &str = "/usr/lib/imgbuild/slot";
 
 impl Node {
     fn ssh(&self, timeout: Duration) -> Cmd {
-        let mut c = Cmd::new("timeout")
-            .arg(timeout.as_secs().to_string())
-            .arg("ssh")
-            .args(crate::vm::hostlink::SSH_OPTIONS)
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "ServerAliveInterval=15",
-                "-o",
-                "ServerAliveCountMax=4",
-            ]);
-        if let Some(k) = &self.login.key {
-            c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
-        }
-        c.arg(format!("{}@{}", self.login.user, self.addr))
-            .arg("--")
+        crate::vm::member::ssh_command(&self.login, &self.addr, timeout)
     }
 
     /// Run `sudo -n ARGS` on the node: (exit status, stdout, stderr's last line).

@@ -93,22 +93,7 @@ impl VmMember {
                 self.name
             )
         })?;
-        let mut c = Cmd::new("timeout")
-            .arg(timeout.as_secs().to_string())
-            .arg("ssh")
-            .args(crate::vm::hostlink::SSH_OPTIONS)
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=20",
-                "-o",
-                "ServerAliveInterval=15",
-            ]);
-        if let Some(k) = &login.key {
-            c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
-        }
-        Ok(c.arg(format!("{}@{}", login.user, self.ip)).arg("--"))
+        Ok(ssh_command(login, &self.ip.to_string(), timeout))
     }
 
     /// Run `cmd` in the VM as root (sudo), with the image's Java, like `Container::exec`.
@@ -347,6 +332,29 @@ impl Member {
 
 /// The recipe's first user with an SSH key and sudo, and the key `make demo` made
 /// (BUILD_DIR/ssh/id_ed25519) when it exists.
+/// `ssh` to `host` as `login`, in batch mode, given up after `timeout`; ends with `--` (the remote
+/// command follows). The checks' logins into the mixed runtime's VM and `imgbuild update`.
+pub fn ssh_command(login: &Login, host: &str, timeout: Duration) -> Cmd {
+    let mut c = Cmd::new("timeout")
+        .arg(timeout.as_secs().to_string())
+        .arg("ssh")
+        .args(crate::vm::hostlink::SSH_OPTIONS)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+        ]);
+    if let Some(k) = &login.key {
+        c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    c.arg(format!("{}@{host}", login.user)).arg("--")
+}
+
 pub fn login(p: &crate::plan::Plan, build_dir: &Path) -> Option<Login> {
     let u = p
         .users
