@@ -55,8 +55,12 @@ rm -rf "$dir/update-v3-overlays"
 mkdir -p "$dir/update-v3-overlays/node1/etc/systemd/system/zookeeper.service.d"
 printf '# e2e: a deliberately broken image\n[Service]\nExecStartPre=/bin/false\nRestart=no\n' \
     > "$dir/update-v3-overlays/node1/etc/systemd/system/zookeeper.service.d/broken.conf"
-ib -r "$dir/recipe-v2.yaml" --images "$out/images-v2" node1 >>"$log" 2>&1
-ib -r "$dir/recipe-v3.yaml" --images "$out/images-v3" node1 >>"$log" 2>&1
+# Their trees in a build directory of their own: build/nodes/node1 stays the tree of the recipe
+# (the later phases boot it as a container).
+rm -rf build/update
+ib -r "$dir/recipe-v2.yaml" --build-dir build/update --images "$out/images-v2" node1 >>"$log" 2>&1
+ib -r "$dir/recipe-v3.yaml" --build-dir build/update --images "$out/images-v3" node1 >>"$log" 2>&1
+rm -rf build/update
 
 # Refusals before anything is sent.
 rm -rf "$out/images-other"; mkdir -p "$out/images-other"
