@@ -12,7 +12,7 @@
 #   v3: v2 plus an overlay that makes zookeeper.service fail: update must exit 1 naming the
 #       failure, and the node must be back on v2 (slot b, the default) with the marker.
 # Before any of that, the refusals that need no VM: another node's image, an image that does not
-# match its manifest, a node that does not answer.
+# match its manifest, a node that does not answer; with the VM, a host key that is not node1's.
 #
 # The first boot also proves what the image tests used to boot for (one boot costs minutes): the
 # Secure Boot chain, the disk layout made at first boot on a bigger disk, the data partition with
@@ -142,6 +142,26 @@ node "grep -q -- -Xmx896m /etc/default/kafka" || fail "v2's /etc/default/kafka i
 [ "$(node "sudo cat /var/lib/kafka/imgbuild-e2e-marker")" = kept-across-updates ] || fail "the marker is gone after v2"
 "$bin" -r "$dir/recipe-v2.yaml" --images "$out/images-v2" update node1 >"$out/e2e-update.out" 2>>"$log" || fail "a second update to v2"
 grep -q "already runs this image" "$out/e2e-update.out" || fail "the second update was no no-op: $(cat "$out/e2e-update.out")"
+
+# A machine at the node's address without the node's host key (known_hosts pinning another key
+# under node1's name, as if another machine had answered there): refused before anything is sent,
+# the node as it was.
+kh=$dir/recipe-v2.secrets/ssh/known_hosts
+cp "$kh" "$kh.good"
+rm -f "$out/e2e-other-key" "$out/e2e-other-key.pub"
+ssh-keygen -q -t ed25519 -N "" -C other-machine -f "$out/e2e-other-key"
+grep -v '^node1 ' "$kh.good" >"$kh"
+echo "node1 $(cut -d' ' -f1,2 "$out/e2e-other-key.pub")" >>"$kh"
+if "$bin" -r "$dir/recipe-v2.yaml" --images "$out/images-v2" update node1 >>"$log" 2>"$out/e2e-update.err"; then
+    fail "update to a node whose host key is not the pinned one succeeded"
+fi
+mv "$kh.good" "$kh"
+rm -f "$out/e2e-other-key" "$out/e2e-other-key.pub"
+grep -q "node1 (192.168.200.151): the machine that answers does not hold node1's SSH host key" "$out/e2e-update.err" ||
+    fail "host key: $(cat "$out/e2e-update.err")"
+status >"$out/e2e-update-status.json" || fail "no status after the host-key refusal"
+[ "$(field '(running, default, trial["state"])' <"$out/e2e-update-status.json")" = "('b', 'b', 'committed')" ] ||
+    fail "after the host-key refusal: $(cat "$out/e2e-update-status.json")"
 
 # v3: broken; the node goes back to v2 by itself.
 quiet

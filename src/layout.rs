@@ -64,3 +64,10 @@ pub mod kafka_bin {
     pub const VERIFIABLE_PRODUCER: &str = "/opt/kafka/bin/kafka-verifiable-producer.sh";
     pub const CONSOLE_PRODUCER: &str = "/opt/kafka/bin/kafka-console-producer.sh";
 }
+
+/// The node's SSH host key (ed25519), made by imgbuild in the recipe's secrets directory and
+/// placed only in that node's image, so `imgbuild update` and `imgbuild ssh` can pin it; the
+/// public half beside it, and the sshd drop-in that names it as the only host key.
+pub const SSH_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
+pub const SSH_HOST_KEY_PUB: &str = "/etc/ssh/ssh_host_ed25519_key.pub";
+pub const SSHD_HOST_KEY_CONF: &str = "/etc/ssh/sshd_config.d/imgbuild-host-key.conf";

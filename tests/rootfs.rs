@@ -213,10 +213,36 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         "{hosts}"
     );
     assert_eq!(text(&t, "etc/machine-id"), "");
+    // Issue 29: the node's own SSH host key (made in the recipe's secrets, pinned by update and
+    // ssh), root's and 0600, and no other host key.
+    let host_keys: Vec<&PathBuf> = t
+        .keys()
+        .filter(|p| p.starts_with("etc/ssh") && p.to_string_lossy().contains("ssh_host_"))
+        .collect();
+    assert_eq!(
+        host_keys,
+        [
+            Path::new("etc/ssh/ssh_host_ed25519_key"),
+            Path::new("etc/ssh/ssh_host_ed25519_key.pub")
+        ],
+        "host keys"
+    );
+    match t.get(Path::new("etc/ssh/ssh_host_ed25519_key")) {
+        Some(Node::File { data, uid, mode }) => {
+            assert_eq!((*uid, mode & 0o7777), (0, 0o600));
+            let secret = env.dir.path().join("recipe.secrets/ssh/node2_ed25519");
+            assert_eq!(
+                data,
+                &std::fs::read(&secret).unwrap(),
+                "{}",
+                secret.display()
+            );
+        }
+        other => panic!("host key: {other:?}"),
+    }
     assert!(
-        !t.keys()
-            .any(|p| p.starts_with("etc/ssh") && p.to_string_lossy().contains("ssh_host_")),
-        "no SSH host keys"
+        text(&t, "etc/ssh/sshd_config.d/imgbuild-host-key.conf")
+            .contains("\nHostKey /etc/ssh/ssh_host_ed25519_key\n")
     );
     // Units for node2's roles are enabled, the others installed but not enabled.
     let wants = Path::new("etc/systemd/system/multi-user.target.wants");

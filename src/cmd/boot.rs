@@ -129,8 +129,7 @@ pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
 
 /// `imgbuild up [NODE...]`
 /// `imgbuild ssh NODE [-- CMD...]`: enter the running `up`'s network namespace and exec ssh.
-/// Host keys are not recorded: the nodes' keys are made at each boot (the disks are throwaway
-/// overlays), and the network they are reached on exists only inside that namespace.
+/// The node's host key is pinned: the one imgbuild made for its image (`pki::ssh`).
 pub fn ssh(
     cli: &Cli,
     node: &str,
@@ -161,9 +160,18 @@ pub fn ssh(
         .or_else(|| default_key.is_file().then_some(default_key));
     crate::util::tools::require(&[crate::util::tools::SSH])?;
     crate::vm::hostlink::enter(&cli.build_dir)?;
-    let mut c = crate::util::run::Cmd::new("ssh")
-        .args(crate::vm::hostlink::SSH_OPTIONS)
-        .args(["-o", "ConnectTimeout=10"]);
+    let c = crate::util::run::Cmd::new("ssh");
+    let mut c = match crate::pki::ssh::pin_options(p) {
+        Some(pin) => c.args(pin),
+        None => {
+            eprintln!(
+                "note: {node}: no host key of it in {} (an image older than pinned host keys): its host key is not checked",
+                crate::pki::ssh::known_hosts(p).display()
+            );
+            c.args(crate::vm::hostlink::SSH_OPTIONS)
+        }
+    }
+    .args(["-o", "ConnectTimeout=10"]);
     if let Some(k) = &key {
         c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
     }

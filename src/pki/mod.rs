@@ -17,6 +17,7 @@ use crate::plan::{Plan, Role};
 use crate::util::run::Cmd;
 
 pub mod scram;
+pub mod ssh;
 
 /// How long a generated certificate is valid: the CA ten years, a node's five.
 const CA_DAYS: &str = "3650";
@@ -116,20 +117,13 @@ pub fn ensure(plans: &[&Plan]) -> Result<()> {
     let Some(first) = plans.first() else {
         return Ok(());
     };
+    ssh::ensure(plans)?;
     if !first.security.tls() {
         return Ok(());
     }
     crate::util::tools::require(&[crate::util::tools::OPENSSL])?;
     let dir = &first.pki.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let ignore = dir.join(".gitignore");
-    if !ignore.exists() {
-        crate::fetch::cache::write_atomic(
-            &ignore,
-            b"# Written by imgbuild: private keys, never to be committed.\n*\n",
-        )?;
-    }
+    secrets_dir(dir)?;
     let ca = ca_of(first);
     if first.pki.operator_ca.is_none() && !(ca.cert.exists() && ca.key.exists()) {
         make_ca(&format!("imgbuild cluster CA {}", first.cluster), &ca)?;
@@ -153,6 +147,20 @@ pub fn ensure(plans: &[&Plan]) -> Result<()> {
         if !is_current(leaf, &ca)? {
             make_leaf(leaf, &ca)?;
         }
+    }
+    Ok(())
+}
+
+/// The secrets directory, made private (0700) and git-ignored by a `.gitignore` of its own.
+fn secrets_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        crate::fetch::cache::write_atomic(
+            &ignore,
+            b"# Written by imgbuild: private keys, never to be committed.\n*\n",
+        )?;
     }
     Ok(())
 }
@@ -341,7 +349,8 @@ fn rand_serial() -> Result<[u8; 16]> {
 
 /// What the build key sees of a node's PKI: the digests of the CA's and the node's
 /// certificates (public; a new key means a new certificate), and with `clients: scram` one
-/// digest of the users' passwords (a changed password rebuilds the nodes that carry it).
+/// digest of the users' passwords (a changed password rebuilds the nodes that carry it); the
+/// node's SSH host key's public half.
 pub fn key_entries(plan: &Plan) -> Vec<(String, String)> {
     let ca = ca_of(plan);
     let leaves = node_leaves(plan).into_iter().map(|l| l.cert);
@@ -362,6 +371,7 @@ pub fn key_entries(plan: &Plan) -> Vec<(String, String)> {
         }
         out.push(("pki.scram".into(), hex::encode(h.finalize())));
     }
+    out.push(ssh::key_entry(plan));
     out
 }
 

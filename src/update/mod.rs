@@ -22,6 +22,10 @@ pub struct Options {
     pub timeout: Duration,
     pub key: Option<std::path::PathBuf>,
     pub user: Option<String>,
+    /// Run right before the node is restarted into the new slot, once the slot is written and
+    /// armed (`roll`: Kafka's controlled shutdown). When it fails, update stops before the
+    /// restart; the slot stays armed, so the node's next restart tries it (and judges it).
+    pub before_restart: Option<Box<dyn Fn() -> Result<()>>>,
 }
 
 /// How an update ended when it did not fail before touching the node.
@@ -62,10 +66,17 @@ pub fn run(
     if let Some(u) = &o.user {
         login.user = u.clone();
     }
+    if login.pin.is_none() {
+        bail!(
+            "{name}: no SSH host key of it in {}, so the node cannot be told from another machine at its address: its image predates pinned host keys; rebuild and reflash it once",
+            crate::pki::ssh::known_hosts(plan).display()
+        );
+    }
     let node = node::Node {
         name: name.to_string(),
         addr: o.host.clone().unwrap_or_else(|| plan.node.ip.to_string()),
         login,
+        known_hosts: crate::pki::ssh::known_hosts(plan),
     };
     let st = node.status()?;
     let Some(running) = st.running.clone() else {
@@ -155,6 +166,9 @@ pub fn run(
         &img.cmdline,
     );
     eprintln!("{name}: {}", node.arm(slot, &entry, &img.record)?);
+    if let Some(f) = &o.before_restart {
+        f()?;
+    }
     node.reboot()?;
     eprintln!("{name}: restarting into root slot {slot}");
     wait(

@@ -17,6 +17,8 @@ pub struct Node {
     pub name: String,
     pub addr: String,
     pub login: Login,
+    /// Where the node's pinned host key is (for the refusal's words).
+    pub known_hosts: std::path::PathBuf,
 }
 
 /// `slot status` as the node reports it.
@@ -88,6 +90,13 @@ impl Node {
         match code {
             0 => serde_json::from_str(&out)
                 .with_context(|| format!("{}: `slot status` answered {out:?}", self.name)),
+            255 if err.contains("Host key verification failed") => bail!(
+                "{} ({}): the machine that answers does not hold {}'s SSH host key (pinned from its image, {}): refused, nothing written",
+                self.name,
+                self.addr,
+                self.name,
+                self.known_hosts.display()
+            ),
             255 | 124 => bail!(
                 "{} ({}): unreachable over SSH as {}: {}",
                 self.name,

@@ -47,9 +47,8 @@ pub fn host_address(plans: &[&Plan]) -> Result<(Ipv4Addr, u8)> {
         .with_context(|| format!("no free address in {} for the host", net.cidr))
 }
 
-/// ssh's options for a node of `up`'s network, shared by `imgbuild ssh` and the checks' logins
-/// into the mixed runtime's VM: host keys are not recorded (the nodes make new ones at every boot,
-/// and the addresses exist only inside up's private namespace).
+/// ssh's options for a node whose host key imgbuild did not make (an image older than
+/// `pki::ssh`): its host key is not checked. Every other login pins it (`pki::ssh::pin_options`).
 pub const SSH_OPTIONS: [&str; 6] = [
     "-o",
     "StrictHostKeyChecking=no",

@@ -22,6 +22,9 @@ use crate::vm::container::Container;
 pub struct Login {
     pub user: String,
     pub key: Option<PathBuf>,
+    /// ssh's options that pin the node's host key (`pki::ssh::pin_options`); None when the
+    /// recipe's secrets hold none for it (the host key is then not checked).
+    pub pin: Option<Vec<String>>,
 }
 
 /// A node booted from its image in QEMU, its disk a copy-on-write overlay kept across a power-off.
@@ -98,15 +101,8 @@ impl VmMember {
 
     /// Run `cmd` in the VM as root (sudo), with the image's Java, like `Container::exec`.
     pub fn exec(&self, cmd: &[&str], timeout: Duration) -> Result<Output> {
-        let remote = ["sudo", "-n", "/usr/bin/env", "-i"]
-            .into_iter()
-            .chain(crate::vm::container::TOOL_ENV)
-            .chain(cmd.iter().copied())
-            .map(|w| crate::util::run::shell_quote(w.as_ref()))
-            .collect::<Vec<_>>()
-            .join(" ");
         self.ssh(timeout)?
-            .arg(remote)
+            .arg(sudo_tool_line(cmd))
             .output()
             .with_context(|| format!("{}: running {} over ssh", self.name, cmd.join(" ")))
     }
@@ -330,31 +326,46 @@ impl Member {
     }
 }
 
-/// The recipe's first user with an SSH key and sudo, and the key `make demo` made
-/// (BUILD_DIR/ssh/id_ed25519) when it exists.
+/// The remote command line that runs `cmd` as root (sudo, no password) in a clean environment
+/// with the image's Java (`TOOL_ENV`), as `Container::exec` runs it: every word shell-quoted.
+pub fn sudo_tool_line(cmd: &[&str]) -> String {
+    ["sudo", "-n", "/usr/bin/env", "-i"]
+        .into_iter()
+        .chain(crate::vm::container::TOOL_ENV)
+        .chain(cmd.iter().copied())
+        .map(|w| crate::util::run::shell_quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `ssh` to `host` as `login`, in batch mode, given up after `timeout`; ends with `--` (the remote
 /// command follows). The checks' logins into the mixed runtime's VM and `imgbuild update`.
 pub fn ssh_command(login: &Login, host: &str, timeout: Duration) -> Cmd {
-    let mut c = Cmd::new("timeout")
+    let c = Cmd::new("timeout")
         .arg(timeout.as_secs().to_string())
-        .arg("ssh")
-        .args(crate::vm::hostlink::SSH_OPTIONS)
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "ServerAliveInterval=15",
-            "-o",
-            "ServerAliveCountMax=4",
-        ]);
+        .arg("ssh");
+    let mut c = match &login.pin {
+        Some(pin) => c.args(pin),
+        None => c.args(crate::vm::hostlink::SSH_OPTIONS),
+    }
+    .args([
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+    ]);
     if let Some(k) = &login.key {
         c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
     }
     c.arg(format!("{}@{host}", login.user)).arg("--")
 }
 
+/// The recipe's first user with an SSH key and sudo, the key `make demo` made
+/// (BUILD_DIR/ssh/id_ed25519) when it exists, and the node's pinned host key.
 pub fn login(p: &crate::plan::Plan, build_dir: &Path) -> Option<Login> {
     let u = p
         .users
@@ -364,5 +375,6 @@ pub fn login(p: &crate::plan::Plan, build_dir: &Path) -> Option<Login> {
     Some(Login {
         user: u.name.clone(),
         key: key.is_file().then_some(key),
+        pin: crate::pki::ssh::pin_options(p),
     })
 }

@@ -204,6 +204,10 @@ struct CloudConfig<'a> {
     locale: &'a str,
     ssh_pwauth: bool,
     disable_root: bool,
+    /// The image carries the node's host key (`pki::ssh`), which the operator pins: cloud-init
+    /// must not delete it. It makes a key of `ssh_genkeytypes` only where none is (the schema
+    /// wants at least one type), so it makes none here; sshd offers only the pinned one.
+    ssh_deletekeys: bool,
     ssh_genkeytypes: [&'a str; 1],
     /// An empty `users:` list is invalid cloud-config (minItems 1): with no users it is left out.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -228,6 +232,7 @@ pub fn user_data(p: &Plan) -> String {
         locale: "C.UTF-8",
         ssh_pwauth: false,
         disable_root: true,
+        ssh_deletekeys: false,
         ssh_genkeytypes: ["ed25519"],
         users: p
             .users

@@ -49,6 +49,7 @@ pub fn secret_files(p: &Plan) -> anyhow::Result<Vec<FileSpec>> {
             .map_or(out.len(), |i| i + 1);
         out.insert(at, client);
     }
+    out.extend(crate::pki::ssh::node_files(p)?);
     Ok(out)
 }
 
