@@ -141,6 +141,14 @@ pub enum Command {
     /// SHA-256), GRUB tries it once, and the node keeps it only when its own health passes; else it
     /// goes back to the previous slot by itself. Exit 1 naming what failed and which slot runs.
     Update(UpdateArgs),
+    /// Roll the running cluster to its new images one node at a time (QEMU or metal nodes, over
+    /// SSH): nodes whose image differs, leaders last; before and after each node the cluster's
+    /// gates (nodes answer, no under-replicated / under- or at-min-ISR / unavailable partition,
+    /// ZooKeeper quorum with one leader, KRaft voters caught up, supervisors registered,
+    /// topologies ACTIVE) and after it the node's (back in every ISR, its health whole). The
+    /// first gate that does not pass in time stops the roll, naming node, gate and what it saw;
+    /// `roll` again continues.
+    Roll(RollArgs),
     /// Inspect or fill the download cache.
     Cache {
         #[command(subcommand)]
@@ -292,6 +300,31 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Give up waiting for the node's verdict after this many seconds (the node still decides).
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists).
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The user (default: the recipe's first user with sudo and an SSH key).
+    #[arg(short = 'l', long)]
+    pub user: Option<String>,
+}
+
+/// `imgbuild roll [NODE...]` (see [`Command::Roll`]).
+#[derive(Debug, Args)]
+pub struct RollArgs {
+    /// The nodes to consider (default: every node; those already on their image are left alone).
+    pub nodes: Vec<String>,
+    /// Print the order and the gates, as they stand now, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// How long each gate may take to pass before the roll stops, in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub gate_timeout: u64,
+    /// How long each node's update may wait for the node's verdict, in seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
     /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists).

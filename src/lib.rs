@@ -12,6 +12,7 @@ pub mod pki;
 pub mod plan;
 pub mod recipe;
 pub mod report;
+pub mod roll;
 pub mod rootfs;
 pub mod update;
 pub mod util;

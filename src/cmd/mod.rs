@@ -1,6 +1,6 @@
 //! One function per subcommand: load, resolve, act, print. Here: the recipe's loading, `plan` and
 //! `validate` (the plan's text is `plan::text`); `artifacts` (fetch, lock, cache), `build` (build, rootfs),
-//! `verify`, `boot` (boot, up, down, ssh), `flash`, `update`.
+//! `verify`, `boot` (boot, up, down, ssh), `flash`, `update`, `roll`.
 
 use std::io::Write;
 
@@ -20,6 +20,7 @@ mod artifacts;
 mod boot;
 mod build;
 mod flash;
+mod roll;
 mod update;
 mod verify;
 
@@ -28,6 +29,7 @@ pub use artifacts::*;
 pub use boot::*;
 pub use build::*;
 pub use flash::*;
+pub use roll::*;
 pub use update::*;
 pub use verify::*;
 

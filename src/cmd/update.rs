@@ -16,6 +16,7 @@ pub fn update(cli: &Cli, a: &crate::cli::UpdateArgs) -> Result<()> {
         timeout: std::time::Duration::from_secs(a.timeout),
         key: a.identity.clone(),
         user: a.user.clone(),
+        before_restart: None,
     };
     crate::update::run(plan, &cli.images, &cli.build_dir, &o).map(|_| ())
 }

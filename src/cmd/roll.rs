@@ -1,0 +1,27 @@
+//! `imgbuild roll`: the running cluster to its new images, node by node, gated.
+
+use super::*;
+
+pub fn roll(cli: &Cli, a: &crate::cli::RollArgs) -> Result<()> {
+    let cluster = resolve(&cli.recipe)?;
+    let all: Vec<&Plan> = cluster.nodes.iter().collect();
+    let selected = if a.nodes.is_empty() {
+        all.clone()
+    } else {
+        select(&cluster, &cli.recipe, &a.nodes)?
+    };
+    crate::util::tools::require(&[crate::util::tools::SSH])?;
+    // The nodes of a running `imgbuild up` or `boot` are on that run's private network: go in.
+    if crate::vm::hostlink::pid_file(&cli.build_dir).is_file() {
+        crate::vm::hostlink::enter(&cli.build_dir)?;
+    }
+    let o = crate::roll::Options {
+        dry_run: a.dry_run,
+        json: a.json,
+        gate_timeout: std::time::Duration::from_secs(a.gate_timeout),
+        update_timeout: std::time::Duration::from_secs(a.timeout),
+        key: a.identity.clone(),
+        user: a.user.clone(),
+    };
+    crate::roll::run(&all, &selected, &cli.images, &cli.build_dir, &o)
+}

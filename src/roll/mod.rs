@@ -1,0 +1,301 @@
+//! `imgbuild roll [NODE...]`: a running cluster to the images `imgbuild build` made, one node at a
+//! time, each step gated on the cluster's health as the nodes themselves report it.
+//!
+//! 1. Every selected node (default: all) is asked, as `imgbuild update --dry-run` asks it,
+//!    whether its image differs from what it runs; the others are left alone.
+//! 2. One look at the cluster (`gates::survey`) orders them (`order`): nodes that lead nothing
+//!    first, the ZooKeeper leader and the active KRaft controller last.
+//! 3. For each: the cluster gates must pass (waited for up to `--gate-timeout`); then Kafka on
+//!    the node is stopped (systemd's SIGTERM: the broker's controlled shutdown moves its
+//!    leaderships away first) right before `imgbuild update` restarts it into the new root slot;
+//!    the node's own verdict keeps or refuses the slot (update); then the cluster gates and the
+//!    node's (its broker back in every ISR it belongs to, its own health whole) must pass before
+//!    the next node is touched.
+//! 4. The first gate that does not pass in time stops the roll with one line naming the node,
+//!    the gate and what it saw; no second node is taken down. `roll` again continues: nodes
+//!    already on their new image are no-ops. What happened is kept in BUILD_DIR/roll/state.json.
+//!
+//! Nodes are reached over SSH with their pinned host keys (QEMU in `up`/`boot`'s network, or
+//! metal). The container runtime's nodes have no root slots: rolling them is not done yet.
+
+pub mod gates;
+pub mod order;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::plan::Plan;
+use gates::{Gate, Remote};
+
+/// What `roll` was asked.
+pub struct Options {
+    pub dry_run: bool,
+    pub json: bool,
+    /// How long a gate may take to pass before the roll stops.
+    pub gate_timeout: Duration,
+    /// How long `update` waits for a node's verdict.
+    pub update_timeout: Duration,
+    pub key: Option<std::path::PathBuf>,
+    pub user: Option<String>,
+}
+
+/// The roll's record (BUILD_DIR/roll/state.json).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    /// node → what became of it (`updated`, `current`).
+    pub nodes: std::collections::BTreeMap<String, String>,
+    /// Where the last roll stopped, if it did.
+    pub stopped: Option<String>,
+}
+
+fn state_path(build_dir: &std::path::Path) -> std::path::PathBuf {
+    build_dir.join("roll").join("state.json")
+}
+
+fn save(build_dir: &std::path::Path, st: &State) -> Result<()> {
+    let p = state_path(build_dir);
+    std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+    crate::fetch::cache::write_atomic(&p, &serde_json::to_vec_pretty(st)?)
+}
+
+fn remote(plan: &Plan, build_dir: &std::path::Path, o: &Options) -> Result<Remote> {
+    let name = &plan.node.name;
+    let mut login = crate::vm::member::login(plan, build_dir).ok_or_else(|| {
+        anyhow::anyhow!("{name}: the recipe has no user with `sudo: true` and an SSH key, so roll cannot log into the node")
+    })?;
+    if login.pin.is_none() {
+        bail!(
+            "{name}: no SSH host key of it in {}: its image predates pinned host keys; rebuild and reflash it once",
+            crate::pki::ssh::known_hosts(plan).display()
+        );
+    }
+    if let Some(k) = &o.key {
+        login.key = Some(k.clone());
+    }
+    if let Some(u) = &o.user {
+        login.user = u.clone();
+    }
+    Ok(Remote {
+        name: name.clone(),
+        addr: plan.node.ip.to_string(),
+        login,
+    })
+}
+
+fn show(gates: &[Gate]) -> String {
+    gates
+        .iter()
+        .map(|g| format!("{} {}", g.name, if g.ok { "ok" } else { "FAILED" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Look until every gate `judge` gives passes, or the time is up: Ok(gates, seconds) or the
+/// first failing gate's line.
+fn wait_gates(
+    plans: &[&Plan],
+    remotes: &[Remote],
+    except: Option<&str>,
+    timeout: Duration,
+    judge: impl Fn(&gates::Survey) -> Vec<Gate>,
+) -> std::result::Result<(Vec<Gate>, f64), Gate> {
+    let t = Instant::now();
+    loop {
+        let s = gates::survey(plans, remotes, except);
+        let g = judge(&s);
+        match g.iter().find(|g| !g.ok) {
+            None => return Ok((g, t.elapsed().as_secs_f64())),
+            Some(bad) if t.elapsed() >= timeout => return Err(bad.clone()),
+            Some(_) => std::thread::sleep(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Roll `selected` (of the cluster's `plans`) to the images in `images`.
+// Long on purpose: the roll's steps in order, each a call and its one line.
+pub fn run(
+    plans: &[&Plan],
+    selected: &[&Plan],
+    images: &std::path::Path,
+    build_dir: &std::path::Path,
+    o: &Options,
+) -> Result<()> {
+    let t = Instant::now();
+    let remotes = plans
+        .iter()
+        .map(|p| remote(p, build_dir, o))
+        .collect::<Result<Vec<_>>>()?;
+    let mut state: State = std::fs::read(state_path(build_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let Some(s) = &state.stopped {
+        eprintln!(
+            "roll: the last roll stopped: {s}; continuing (nodes on their new image are left alone)"
+        );
+    }
+    // 1. Which nodes' images differ (update's dry run: the image checked, the node asked).
+    let probe = crate::update::Options {
+        host: None,
+        dry_run: true,
+        timeout: o.update_timeout,
+        key: o.key.clone(),
+        user: o.user.clone(),
+        before_restart: None,
+    };
+    let mut todo = Vec::new();
+    for p in selected {
+        match crate::update::run(p, images, build_dir, &probe)? {
+            crate::update::Outcome::Current => {
+                state.nodes.insert(p.node.name.clone(), "current".into());
+            }
+            _ => todo.push(*p),
+        }
+    }
+    // 2. The order, from one look at the cluster.
+    let s = gates::survey(plans, &remotes, None);
+    let ordered = order::order(&todo, &s);
+    let pre_now = gates::cluster_gates(plans, &s);
+    println!(
+        "roll: order: {}",
+        if ordered.is_empty() {
+            "nothing to roll: every node runs its image".to_string()
+        } else {
+            ordered
+                .iter()
+                .map(|(p, w)| format!("{} ({})", p.node.name, w.describe()))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        }
+    );
+    println!(
+        "roll: gates before and after each node: {}; after it also: back in ISR, node health",
+        pre_now
+            .iter()
+            .map(|g| g.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for g in &pre_now {
+        println!(
+            "roll: now: {} {}: {}",
+            g.name,
+            if g.ok { "ok" } else { "FAILED" },
+            g.saw
+        );
+    }
+    if o.dry_run || ordered.is_empty() {
+        if o.dry_run {
+            println!("roll: dry run: nothing changed");
+        }
+        if o.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "order": ordered.iter().map(|(p, _)| &p.node.name).collect::<Vec<_>>(),
+                    "gates": pre_now,
+                    "dry_run": o.dry_run,
+                })
+            );
+        }
+        return Ok(());
+    }
+    state.stopped = None;
+    save(build_dir, &state)?;
+    let stop = |state: &mut State, line: String| -> Result<()> {
+        state.stopped = Some(line.clone());
+        save(build_dir, state)?;
+        bail!("{line}")
+    };
+    for (p, _) in &ordered {
+        let name = p.node.name.as_str();
+        // 3a. Before: the cluster whole.
+        match wait_gates(plans, &remotes, None, o.gate_timeout, |s| {
+            gates::cluster_gates(plans, s)
+        }) {
+            Ok((g, secs)) => eprintln!(
+                "roll: {name}: gates before passed in {secs:.0}s: {}",
+                show(&g)
+            ),
+            Err(g) => {
+                return stop(
+                    &mut state,
+                    format!(
+                        "roll stopped before {name}: gate {} failed: {}",
+                        g.name, g.saw
+                    ),
+                );
+            }
+        }
+        // 3b. The node: Kafka's controlled shutdown right before the restart, then update.
+        let r = remotes.iter().find(|r| r.name == name).expect("every node");
+        let kafka = p.roles.contains(&crate::plan::Role::Kafka);
+        let addr = r.addr.clone();
+        let login = r.login.clone();
+        let label = name.to_string();
+        let before: Option<Box<dyn Fn() -> Result<()>>> = kafka.then(|| {
+            Box::new(move || {
+                let r = Remote {
+                    name: label.clone(),
+                    addr: addr.clone(),
+                    login: login.clone(),
+                };
+                let t = Instant::now();
+                let (code, _, err) = r.run(&["systemctl", "stop", "kafka.service"], 600)?;
+                if code != 0 {
+                    bail!("{label}: stopping Kafka failed: {}", err.trim());
+                }
+                eprintln!(
+                    "roll: {label}: Kafka stopped (controlled shutdown) in {:.0}s",
+                    t.elapsed().as_secs_f64()
+                );
+                Ok(())
+            }) as Box<dyn Fn() -> Result<()>>
+        });
+        let uo = crate::update::Options {
+            host: None,
+            dry_run: false,
+            timeout: o.update_timeout,
+            key: o.key.clone(),
+            user: o.user.clone(),
+            before_restart: before,
+        };
+        let tn = Instant::now();
+        if let Err(e) = crate::update::run(p, images, build_dir, &uo) {
+            return stop(&mut state, format!("roll stopped at {name}: update: {e:#}"));
+        }
+        // 3c. After: the node back, the cluster whole again.
+        match wait_gates(plans, &remotes, Some(name), o.gate_timeout, |s| {
+            let mut g = gates::cluster_gates(plans, s);
+            g.extend(gates::node_gates(p, s));
+            g
+        }) {
+            Ok((g, secs)) => eprintln!(
+                "roll: {name}: gates after passed in {secs:.0}s: {}",
+                show(&g)
+            ),
+            Err(g) => {
+                return stop(
+                    &mut state,
+                    format!(
+                        "roll stopped after {name}: gate {} failed: {}",
+                        g.name, g.saw
+                    ),
+                );
+            }
+        }
+        state.nodes.insert(name.to_string(), "updated".into());
+        save(build_dir, &state)?;
+        println!("roll: {name} done in {:.0}s", tn.elapsed().as_secs_f64());
+    }
+    println!(
+        "roll: {} nodes rolled in {:.0}s",
+        ordered.len(),
+        t.elapsed().as_secs_f64()
+    );
+    if o.json {
+        println!("{}", serde_json::to_string(&state)?);
+    }
+    Ok(())
+}
