@@ -154,6 +154,9 @@ pub struct Survey {
     pub topologies: Option<Look<Vec<Topology>>>,
     /// Storm worker processes on each Storm node.
     pub workers: BTreeMap<String, u32>,
+    /// How long each node took for its health round: the cluster-wide tools (JVMs) run on the
+    /// quickest first (a VM under emulation takes minutes for one).
+    pub took: BTreeMap<String, f64>,
 }
 
 /// Take one look at the cluster: `plans` every node, `remotes` how to reach each, `except` a
@@ -164,6 +167,7 @@ pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Surv
     for p in plans {
         let name = &p.node.name;
         let Some(r) = remote(name) else { continue };
+        let t = std::time::Instant::now();
         let h = r
             .run(
                 &[
@@ -186,6 +190,7 @@ pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Surv
                     Ok(checks)
                 }
             });
+        s.took.insert(name.clone(), t.elapsed().as_secs_f64());
         s.health.insert(name.clone(), h);
         if p.roles.contains(&Role::StormSupervisor)
             && let Ok((_, out, _)) = r.run(
@@ -193,7 +198,8 @@ pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Surv
                     "/usr/bin/pgrep",
                     "-c",
                     "-f",
-                    "org.apache.storm.daemon.worker",
+                    // Bracketed: the pattern must not match the command line carrying it.
+                    "[o]rg.apache.storm.daemon.worker.Worker",
                 ],
                 60,
             )
@@ -202,46 +208,70 @@ pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Surv
                 .insert(name.clone(), out.trim().parse().unwrap_or(0));
         }
     }
-    // The cluster-wide tools from a node that is not being rolled and answered.
-    let answered = |p: &&&Plan| {
-        Some(p.node.name.as_str()) != except
-            && s.health.get(&p.node.name).is_some_and(|h| h.is_ok())
+    // The cluster-wide tools on a node that is not being rolled and answered, the quickest first;
+    // the next one when a node's tool fails.
+    let mut by_speed: Vec<&&Plan> = plans
+        .iter()
+        .filter(|p| {
+            Some(p.node.name.as_str()) != except
+                && s.health.get(&p.node.name).is_some_and(|h| h.is_ok())
+        })
+        .collect();
+    by_speed.sort_by(|a, b| {
+        let t = |p: &&&Plan| s.took.get(&p.node.name).copied().unwrap_or(f64::MAX);
+        t(a).total_cmp(&t(b))
+    });
+    let first_ok = |role: Role, look: &dyn Fn(&Plan, &Remote) -> Look<()>| -> Option<Look<()>> {
+        let mut last = None;
+        for p in by_speed.iter().filter(|p| p.roles.contains(&role)) {
+            let r = remote(&p.node.name).expect("answered");
+            match look(p, r) {
+                Ok(()) => return Some(Ok(())),
+                Err(e) => last = Some(Err(e)),
+            }
+        }
+        last
     };
-    if let Some(p) = plans
-        .iter()
-        .filter(answered)
-        .find(|p| p.roles.contains(&Role::Kafka))
-    {
-        let r = remote(&p.node.name).expect("answered");
-        s.kafka = Some(kafka_look(p, r));
-    } else if plans.iter().any(|p| p.roles.contains(&Role::Kafka)) {
-        s.kafka = Some(Err(
-            "no broker node answered to run kafka-topics.sh on".into()
-        ));
-    }
-    if let Some(p) = plans
-        .iter()
-        .filter(answered)
-        .find(|p| p.roles.contains(&Role::StormNimbus))
-    {
-        let r = remote(&p.node.name).expect("answered");
-        let cmd = [
-            "/usr/bin/env",
-            "STORM_CONF_DIR=/etc/storm",
-            "/opt/storm/bin/storm",
-            "list",
-        ];
-        s.topologies = Some(match r.run(&cmd, 300) {
-            Ok((0, out, _)) => Ok(parse_topologies(&out)),
-            Ok((c, _, err)) => Err(format!(
-                "{}: storm list exited {c}: {}",
-                p.node.name,
-                err.lines().last().unwrap_or("")
-            )),
-            Err(e) => Err(format!("{e:#}")),
+    let kafka = std::cell::RefCell::new(None);
+    if plans.iter().any(|p| p.roles.contains(&Role::Kafka)) {
+        let got = first_ok(Role::Kafka, &|p, r| {
+            let k = kafka_look(p, r)?;
+            *kafka.borrow_mut() = Some(k);
+            Ok(())
         });
-    } else if plans.iter().any(|p| p.roles.contains(&Role::StormNimbus)) {
-        s.topologies = Some(Err("no nimbus node answered to run storm list on".into()));
+        s.kafka = Some(match (got, kafka.into_inner()) {
+            (Some(Ok(())), Some(k)) => Ok(k),
+            (Some(Err(e)), _) => Err(e),
+            _ => Err("no broker node answered to run kafka-topics.sh on".into()),
+        });
+    }
+    let tops = std::cell::RefCell::new(None);
+    if plans.iter().any(|p| p.roles.contains(&Role::StormNimbus)) {
+        let got = first_ok(Role::StormNimbus, &|p, r| {
+            let cmd = [
+                "/usr/bin/env",
+                "STORM_CONF_DIR=/etc/storm",
+                "/opt/storm/bin/storm",
+                "list",
+            ];
+            match r.run(&cmd, 300) {
+                Ok((0, out, _)) => {
+                    *tops.borrow_mut() = Some(parse_topologies(&out));
+                    Ok(())
+                }
+                Ok((c, _, err)) => Err(format!(
+                    "{}: storm list exited {c}: {}",
+                    p.node.name,
+                    err.lines().last().unwrap_or("")
+                )),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        });
+        s.topologies = Some(match (got, tops.into_inner()) {
+            (Some(Ok(())), Some(t)) => Ok(t),
+            (Some(Err(e)), _) => Err(e),
+            _ => Err("no nimbus node answered to run storm list on".into()),
+        });
     }
     s
 }

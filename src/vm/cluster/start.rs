@@ -98,7 +98,9 @@ fn vm_command(
         console: false,
         cdrom: None,
         writable,
-        reboot: false,
+        // The mixed runtime's VM (its disk kept across power-offs) restarts like a machine when
+        // its guest restarts: `imgbuild update` and `roll` restart it into a new root slot.
+        reboot: writable,
     };
     Ok(vm.command())
 }
