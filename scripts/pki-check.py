@@ -6,8 +6,8 @@ usage: pki-check.py SECRETS_DIR IMAGES_DIR [FILE...]
 
 - The secrets directory is 0700 and ignores itself for git; every key in it is 0600.
 - No private key is found in any output (every file under IMAGES_DIR, and each FILE: build
-  logs, plan output) except a node's own keys (NODE.key, storm/NODE.key) in that node's raw
-  image, where they must be found (the proof that the search can see a key at all). The CA key
+  logs, plan output) except a node's own keys (NODE.key, storm/NODE.key, its SSH host key
+  ssh/NODE_ed25519) in that node's raw image, where they must be found (the proof that the search can see a key at all). The CA key
   and the Kafka users' keys (users/NAME.key) are found nowhere.
 Searches for each key's PEM body lines, the text a leak would carry.
 
@@ -95,6 +95,13 @@ for sub, owned in (("storm", True), ("users", False)):
             fail(f"{d} is not 0700")
         keys += [(os.path.join(sub, f), f[: -len(".key")] if owned else None)
                  for f in os.listdir(d) if f.endswith(".key")]
+# Every node's SSH host key (ssh/NODE_ed25519, OpenSSH's format): only in its own node's image.
+sshd = os.path.join(secrets, "ssh")
+if os.path.isdir(sshd):
+    if stat.S_IMODE(os.stat(sshd).st_mode) != 0o700:
+        fail(f"{sshd} is not 0700")
+    keys += [(os.path.join("ssh", f), f[: -len("_ed25519")])
+             for f in os.listdir(sshd) if f.endswith("_ed25519")]
 keys = sorted((k, None if n == "ca" else n) for k, n in keys)
 if "ca.key" not in [k for k, _ in keys] or len(keys) < 2:
     fail(f"{secrets} has keys {keys}: want ca.key and one per node")
@@ -104,6 +111,11 @@ for k, node in keys:
     if stat.S_IMODE(os.stat(path).st_mode) != 0o600:
         fail(f"{path} is not 0600")
     needles = body_lines(path)
+    if k.startswith("ssh/"):
+        # The first line of an unencrypted ed25519 key in OpenSSH's format is the same for every
+        # such key (the format's magic, cipher and kdf "none", one key of type ssh-ed25519): a
+        # needle only in the lines that carry this key's bytes.
+        needles = needles[1:]
     if not needles:
         fail(f"{path}: no PEM body")
     own = os.path.join(images, node, f"{node}.raw") if node else None

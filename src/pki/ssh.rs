@@ -70,6 +70,10 @@ pub fn ensure(plans: &[&Plan]) -> Result<()> {
     let dir = first.pki.dir.join("ssh");
     super::secrets_dir(&first.pki.dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     for p in plans {
         let key = host_key(p);
         if key.is_file() && public(&key).is_file() {
