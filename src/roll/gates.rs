@@ -14,6 +14,7 @@ use crate::plan::{Plan, Role};
 use crate::vm::member::Login;
 
 /// A node reached over SSH as the recipe's sudo user.
+#[derive(Clone)]
 pub struct Remote {
     pub name: String,
     pub addr: String,
@@ -248,12 +249,8 @@ pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Surv
     let tops = std::cell::RefCell::new(None);
     if plans.iter().any(|p| p.roles.contains(&Role::StormNimbus)) {
         let got = first_ok(Role::StormNimbus, &|p, r| {
-            let cmd = [
-                "/usr/bin/env",
-                "STORM_CONF_DIR=/etc/storm",
-                "/opt/storm/bin/storm",
-                "list",
-            ];
+            let cmd = crate::vm::checks::storm(&["list"]);
+            let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
             match r.run(&cmd, 300) {
                 Ok((0, out, _)) => {
                     *tops.borrow_mut() = Some(parse_topologies(&out));
@@ -278,11 +275,7 @@ pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Surv
 
 /// `kafka-topics.sh --describe`, whole and through each problem filter, on `p` as the node.
 fn kafka_look(p: &Plan, r: &Remote) -> Look<KafkaLook> {
-    let bootstrap = format!(
-        "{}:{}",
-        p.node.ip,
-        p.kafka.as_ref().map_or(9092, |k| k.own_port(&p.security))
-    );
+    let bootstrap = crate::vm::checks::bootstrap(p);
     let run = |filter: Option<&str>| -> Look<Vec<Partition>> {
         let mut cmd = vec![
             crate::layout::kafka_bin::TOPICS,
@@ -490,10 +483,7 @@ pub fn cluster_gates(plans: &[&Plan], s: &Survey) -> Vec<Gate> {
 pub fn node_gates(node: &Plan, s: &Survey) -> Vec<Gate> {
     let mut g = Vec::new();
     let name = &node.node.name;
-    if let (Some(Ok((all, _))), Some(id)) = (
-        &s.kafka,
-        node.kafka.as_ref().and_then(|k| k.node_id.or(k.broker_id)),
-    ) {
+    if let (Some(Ok((all, _))), Some(id)) = (&s.kafka, crate::vm::checks::broker_id(node)) {
         let hosted: Vec<&Partition> = all.iter().filter(|p| p.replicas.contains(&id)).collect();
         let out: Vec<String> = hosted
             .iter()

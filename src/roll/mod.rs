@@ -60,26 +60,10 @@ fn save(build_dir: &std::path::Path, st: &State) -> Result<()> {
 }
 
 fn remote(plan: &Plan, build_dir: &std::path::Path, o: &Options) -> Result<Remote> {
-    let name = &plan.node.name;
-    let mut login = crate::vm::member::login(plan, build_dir).ok_or_else(|| {
-        anyhow::anyhow!("{name}: the recipe has no user with `sudo: true` and an SSH key, so roll cannot log into the node")
-    })?;
-    if login.pin.is_none() {
-        bail!(
-            "{name}: no SSH host key of it in {}: its image predates pinned host keys; rebuild and reflash it once",
-            crate::pki::ssh::known_hosts(plan).display()
-        );
-    }
-    if let Some(k) = &o.key {
-        login.key = Some(k.clone());
-    }
-    if let Some(u) = &o.user {
-        login.user = u.clone();
-    }
     Ok(Remote {
-        name: name.clone(),
+        name: plan.node.name.clone(),
         addr: plan.node.ip.to_string(),
-        login,
+        login: crate::update::login(plan, build_dir, o.key.as_ref(), o.user.as_ref(), "roll")?,
     })
 }
 
@@ -231,23 +215,17 @@ pub fn run(
         // 3b. The node: Kafka's controlled shutdown right before the restart, then update.
         let r = remotes.iter().find(|r| r.name == name).expect("every node");
         let kafka = p.roles.contains(&crate::plan::Role::Kafka);
-        let addr = r.addr.clone();
-        let login = r.login.clone();
-        let label = name.to_string();
+        let r = r.clone();
         let before: Option<Box<dyn Fn() -> Result<()>>> = kafka.then(|| {
             Box::new(move || {
-                let r = Remote {
-                    name: label.clone(),
-                    addr: addr.clone(),
-                    login: login.clone(),
-                };
                 let t = Instant::now();
                 let (code, _, err) = r.run(&["systemctl", "stop", "kafka.service"], 600)?;
                 if code != 0 {
-                    bail!("{label}: stopping Kafka failed: {}", err.trim());
+                    bail!("{}: stopping Kafka failed: {}", r.name, err.trim());
                 }
                 eprintln!(
-                    "roll: {label}: Kafka stopped (controlled shutdown) in {:.0}s",
+                    "roll: {}: Kafka stopped (controlled shutdown) in {:.0}s",
+                    r.name,
                     t.elapsed().as_secs_f64()
                 );
                 Ok(())

@@ -38,7 +38,7 @@ pub fn weight(node: &Plan, s: &Survey) -> Weight {
     let zk_leader = health
         .and_then(|h| h.get("zookeeper"))
         .is_some_and(|(_, f)| f.get("mode").is_some_and(|m| m == "leader"));
-    let id = node.kafka.as_ref().and_then(|k| k.node_id.or(k.broker_id));
+    let id = crate::vm::checks::broker_id(node);
     // Every node's health names the quorum's leader; any of them will do.
     let kraft_leader = id.is_some_and(|id| {
         s.health.values().flatten().any(|h| {

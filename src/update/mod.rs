@@ -43,6 +43,36 @@ fn other(slot: &str) -> &'static str {
     if slot == "a" { "b" } else { "a" }
 }
 
+/// How `what` (update, roll) logs into `plan`'s node: the recipe's sudo user with an SSH key (or
+/// `key`, `user`), its host key pinned; refused when there is no such user or no pinned key.
+pub fn login(
+    plan: &Plan,
+    build_dir: &std::path::Path,
+    key: Option<&std::path::PathBuf>,
+    user: Option<&String>,
+    what: &str,
+) -> Result<crate::vm::member::Login> {
+    let name = &plan.node.name;
+    let mut login = crate::vm::member::login(plan, build_dir).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{name}: the recipe has no user with `sudo: true` and an SSH key, so {what} cannot log into the node"
+        )
+    })?;
+    if let Some(k) = key {
+        login.key = Some(k.clone());
+    }
+    if let Some(u) = user {
+        login.user = u.clone();
+    }
+    if login.pin.is_none() {
+        bail!(
+            "{name}: no SSH host key of it in {}, so the node cannot be told from another machine at its address: its image predates pinned host keys; rebuild and reflash it once",
+            crate::pki::ssh::known_hosts(plan).display()
+        );
+    }
+    Ok(login)
+}
+
 /// Update `plan`'s node from `images` (see the module's text).
 // Long on purpose: the update's steps in order (image, node, checks, write, arm, restart, wait),
 // each a call and its one-line message.
@@ -55,23 +85,7 @@ pub fn run(
     let name = plan.node.name.as_str();
     let t = Instant::now();
     let img = image::open(images, name, &plan.cluster)?;
-    let mut login = crate::vm::member::login(plan, build_dir).ok_or_else(|| {
-        anyhow::anyhow!(
-            "{name}: the recipe has no user with `sudo: true` and an SSH key, so update cannot log into the node"
-        )
-    })?;
-    if let Some(k) = &o.key {
-        login.key = Some(k.clone());
-    }
-    if let Some(u) = &o.user {
-        login.user = u.clone();
-    }
-    if login.pin.is_none() {
-        bail!(
-            "{name}: no SSH host key of it in {}, so the node cannot be told from another machine at its address: its image predates pinned host keys; rebuild and reflash it once",
-            crate::pki::ssh::known_hosts(plan).display()
-        );
-    }
+    let login = login(plan, build_dir, o.key.as_ref(), o.user.as_ref(), "update")?;
     let node = node::Node {
         name: name.to_string(),
         addr: o.host.clone().unwrap_or_else(|| plan.node.ip.to_string()),

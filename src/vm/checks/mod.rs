@@ -146,7 +146,7 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Where a node's own tools reach its broker: the client listener, or with SCRAM clients the
 /// inter-broker one (the node shows its certificate; see `KafkaPlan::own_port`).
-fn bootstrap(p: &Plan) -> String {
+pub(crate) fn bootstrap(p: &Plan) -> String {
     format!(
         "{}:{}",
         p.node.ip,

@@ -162,7 +162,7 @@ pub(super) fn isrs(via: &Member, bootstrap: &str, topic: &str) -> Result<Vec<Vec
 }
 
 /// The broker id of `p` (KRaft node.id, or ZooKeeper-mode broker.id).
-pub(super) fn broker_id(p: &Plan) -> Option<u32> {
+pub(crate) fn broker_id(p: &Plan) -> Option<u32> {
     let k = p.kafka.as_ref()?;
     k.node_id.or(k.broker_id)
 }

@@ -84,7 +84,7 @@ pub(super) fn final_counts(out: &str) -> BTreeMap<String, u64> {
     m
 }
 
-pub(super) fn storm(args: &[&str]) -> Vec<String> {
+pub(crate) fn storm(args: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
         "/usr/bin/env",
         "STORM_CONF_DIR=/etc/storm",
