@@ -263,6 +263,11 @@ pub struct UpArgs {
     /// acknowledged message lost, its broker out of the ISR and back, no second KRaft leader).
     #[arg(long)]
     pub partition: bool,
+    /// With --check: once the checks pass, keep the cluster (and the Python topology) up until
+    /// interrupted, for `imgbuild roll` (which swaps a container node's tree through it); then
+    /// check the topology's counts again and stop.
+    #[arg(long, requires = "check")]
+    pub stay: bool,
 }
 
 impl UpArgs {
@@ -279,6 +284,7 @@ impl UpArgs {
             },
             vms: self.vm.clone(),
             partition: self.partition,
+            stay: self.stay,
             ignore: self.ignore.clone(),
             no_node_loss: self.no_node_loss,
             json: self.json,
@@ -321,6 +327,11 @@ pub struct RollArgs {
     /// Also print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Instead of rolling: once every broker runs the recipe's Kafka release, raise the
+    /// cluster's feature levels (metadata.version and the others, not kraft.version) to that
+    /// release's. Cannot be undone. With --dry-run: validated only.
+    #[arg(long)]
+    pub finalize: bool,
     /// How long each gate may take to pass before the roll stops, in seconds.
     #[arg(long, default_value_t = 900)]
     pub gate_timeout: u64,

@@ -63,6 +63,7 @@ pub mod kafka_bin {
     pub const METADATA_QUORUM: &str = "/opt/kafka/bin/kafka-metadata-quorum.sh";
     pub const VERIFIABLE_PRODUCER: &str = "/opt/kafka/bin/kafka-verifiable-producer.sh";
     pub const CONSOLE_PRODUCER: &str = "/opt/kafka/bin/kafka-console-producer.sh";
+    pub const FEATURES: &str = "/opt/kafka/bin/kafka-features.sh";
 }
 
 /// The node's SSH host key (ed25519), made by imgbuild in the recipe's secrets directory and

@@ -22,6 +22,7 @@ pub fn roll(cli: &Cli, a: &crate::cli::RollArgs) -> Result<()> {
         update_timeout: std::time::Duration::from_secs(a.timeout),
         key: a.identity.clone(),
         user: a.user.clone(),
+        finalize: a.finalize,
     };
     crate::roll::run(&all, &selected, &cli.images, &cli.build_dir, &o)
 }

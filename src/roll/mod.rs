@@ -16,8 +16,10 @@
 //!    already on their new image are no-ops. What happened is kept in BUILD_DIR/roll/state.json.
 //!
 //! Nodes are reached over SSH with their pinned host keys (QEMU in `up`/`boot`'s network, or
-//! metal). The container runtime's nodes have no root slots: rolling them is not done yet.
+//! metal). A container of a running `imgbuild up` has no root slots: its tree is swapped by `up`
+//! for the one built since, its data directory kept (`vm::cluster::swap`), between the same gates.
 
+pub mod finalize;
 pub mod gates;
 pub mod order;
 
@@ -38,6 +40,8 @@ pub struct Options {
     pub update_timeout: Duration,
     pub key: Option<std::path::PathBuf>,
     pub user: Option<String>,
+    /// `--finalize`: raise Kafka's feature levels to the release every broker runs (`finalize`).
+    pub finalize: bool,
 }
 
 /// The roll's record (BUILD_DIR/roll/state.json).
@@ -47,6 +51,11 @@ pub struct State {
     pub nodes: std::collections::BTreeMap<String, String>,
     /// Where the last roll stopped, if it did.
     pub stopped: Option<String>,
+    /// The node the last roll stopped at or after (its update or its gates after failed): the
+    /// one node that may be down. A roll taking it again (e.g. back to the image before) takes
+    /// it first and without the gates before: no second node goes down.
+    #[serde(default)]
+    pub at: Option<String>,
 }
 
 fn state_path(build_dir: &std::path::Path) -> std::path::PathBuf {
@@ -110,6 +119,9 @@ pub fn run(
         .iter()
         .map(|p| remote(p, build_dir, o))
         .collect::<Result<Vec<_>>>()?;
+    if o.finalize {
+        return finalize::run(plans, &remotes, o.dry_run);
+    }
     let mut state: State = std::fs::read(state_path(build_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -129,7 +141,29 @@ pub fn run(
         before_restart: None,
     };
     let mut todo = Vec::new();
+    let swap = crate::vm::cluster::swap::is_container;
     for p in selected {
+        let name = &p.node.name;
+        if swap(build_dir, name) {
+            // A container of `up`: its tree, not an image (see vm::cluster::swap).
+            match crate::vm::cluster::swap::differs(build_dir, name)? {
+                None => {
+                    println!(
+                        "{name}: already runs this tree (container of imgbuild up): nothing to do"
+                    );
+                    state.nodes.insert(name.clone(), "current".into());
+                }
+                Some((key, changes)) => {
+                    eprintln!(
+                        "{name} (container of imgbuild up): its tree is swapped for build key {}: {}",
+                        &key[..12.min(key.len())],
+                        changes.join("; ")
+                    );
+                    todo.push(*p);
+                }
+            }
+            continue;
+        }
         match crate::update::run(p, images, build_dir, &probe)? {
             crate::update::Outcome::Current => {
                 state.nodes.insert(p.node.name.clone(), "current".into());
@@ -139,7 +173,14 @@ pub fn run(
     }
     // 2. The order, from one look at the cluster.
     let s = gates::survey(plans, &remotes, None);
-    let ordered = order::order(&todo, &s);
+    let mut ordered = order::order(&todo, &s);
+    if let Some(i) = ordered
+        .iter()
+        .position(|(p, _)| Some(&p.node.name) == state.at.as_ref())
+    {
+        let first = ordered.remove(i);
+        ordered.insert(0, first);
+    }
     let pre_now = gates::cluster_gates(plans, &s);
     println!(
         "roll: order: {}",
@@ -194,22 +235,28 @@ pub fn run(
     };
     for (p, _) in &ordered {
         let name = p.node.name.as_str();
-        // 3a. Before: the cluster whole.
-        match wait_gates(plans, &remotes, None, o.gate_timeout, |s| {
-            gates::cluster_gates(plans, s)
-        }) {
-            Ok((g, secs)) => eprintln!(
-                "roll: {name}: gates before passed in {secs:.0}s: {}",
-                show(&g)
-            ),
-            Err(g) => {
-                return stop(
-                    &mut state,
-                    format!(
-                        "roll stopped before {name}: gate {} failed: {}",
-                        g.name, g.saw
-                    ),
-                );
+        // 3a. Before: the cluster whole (but for the node the last roll left down, if this is it).
+        if state.at.as_deref() == Some(name) {
+            eprintln!(
+                "roll: {name}: gates before skipped: the last roll stopped at this node, the one that may be down; it is taken again first"
+            );
+        } else {
+            match wait_gates(plans, &remotes, None, o.gate_timeout, |s| {
+                gates::cluster_gates(plans, s)
+            }) {
+                Ok((g, secs)) => eprintln!(
+                    "roll: {name}: gates before passed in {secs:.0}s: {}",
+                    show(&g)
+                ),
+                Err(g) => {
+                    return stop(
+                        &mut state,
+                        format!(
+                            "roll stopped before {name}: gate {} failed: {}",
+                            g.name, g.saw
+                        ),
+                    );
+                }
             }
         }
         // 3b. The node: Kafka's controlled shutdown right before the restart, then update.
@@ -240,7 +287,22 @@ pub fn run(
             before_restart: before,
         };
         let tn = Instant::now();
-        if let Err(e) = crate::update::run(p, images, build_dir, &uo) {
+        let done = if swap(build_dir, name) {
+            // The container's tree swapped by `up`, after the same controlled shutdown.
+            uo.before_restart
+                .as_ref()
+                .map_or(Ok(()), |f| f())
+                .and_then(|()| {
+                    let secs =
+                        crate::vm::cluster::swap::request(build_dir, name, o.update_timeout)?;
+                    eprintln!("roll: {name}: its container booted on the new tree in {secs:.0}s");
+                    Ok(())
+                })
+        } else {
+            crate::update::run(p, images, build_dir, &uo).map(|_| ())
+        };
+        if let Err(e) = done {
+            state.at = Some(name.to_string());
             return stop(&mut state, format!("roll stopped at {name}: update: {e:#}"));
         }
         // 3c. After: the node back, the cluster whole again.
@@ -254,6 +316,7 @@ pub fn run(
                 show(&g)
             ),
             Err(g) => {
+                state.at = Some(name.to_string());
                 return stop(
                     &mut state,
                     format!(
@@ -264,6 +327,9 @@ pub fn run(
             }
         }
         state.nodes.insert(name.to_string(), "updated".into());
+        if state.at.as_deref() == Some(name) {
+            state.at = None;
+        }
         save(build_dir, &state)?;
         println!("roll: {name} done in {:.0}s", tn.elapsed().as_secs_f64());
     }

@@ -73,6 +73,8 @@ fn host_side(p: &Plan) -> String {
 /// One node's container: its overlay root and the running systemd-nspawn.
 pub struct Container {
     pub name: String,
+    /// Where its overlay (upper, ovl-work, root) and data directory live.
+    work: PathBuf,
     root: PathBuf,
     pub log: PathBuf,
     host_if: String,
@@ -90,23 +92,11 @@ impl Container {
                 p.node.name
             );
         }
-        let (upper, scratch, root) = (work.join("upper"), work.join("ovl-work"), work.join("root"));
+        let root = work.join("root");
         // The node's data partition: a directory kept across restarts like the overlay.
         let data = work.join("data");
-        for d in [&upper, &scratch, &root, &data] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        Cmd::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!(
-                "lowerdir={},upperdir={},workdir={}",
-                tree.display(),
-                upper.display(),
-                scratch.display()
-            ))
-            .arg(&root)
-            .run()
-            .with_context(|| format!("mounting {}'s tree at {}", p.node.name, root.display()))?;
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        mount_overlay(&p.node.name, tree, work)?;
         let host_if = host_side(p);
         let args = vec![
             "systemd-nspawn".to_string(),
@@ -121,6 +111,7 @@ impl Container {
         ];
         let mut c = Container {
             name: p.node.name.clone(),
+            work: work.to_path_buf(),
             root,
             log: log.to_path_buf(),
             host_if,
@@ -250,6 +241,46 @@ impl Container {
     pub fn unmount(&self) {
         let _ = Cmd::new("umount").arg(&self.root).output();
     }
+
+    /// A stopped container onto another tree, as a new root slot would be: the overlay's upper
+    /// layer (what the old root had written) is dropped, the data directory kept; then boot.
+    pub fn swap(&mut self, tree: &Path) -> Result<()> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            bail!(
+                "{}: still running: stop it before its tree is swapped",
+                self.name
+            );
+        }
+        self.unmount();
+        for d in ["upper", "ovl-work"] {
+            let d = self.work.join(d);
+            if d.exists() {
+                std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+            }
+        }
+        mount_overlay(&self.name, tree, &self.work)?;
+        self.boot()
+    }
+}
+
+/// `tree` read-only under an overlay at WORK/root, its writes in WORK/upper.
+fn mount_overlay(name: &str, tree: &Path, work: &Path) -> Result<()> {
+    let (upper, scratch, root) = (work.join("upper"), work.join("ovl-work"), work.join("root"));
+    for d in [&upper, &scratch, &root] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    Cmd::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            tree.display(),
+            upper.display(),
+            scratch.display()
+        ))
+        .arg(&root)
+        .run()
+        .with_context(|| format!("mounting {name}'s tree at {}", root.display()))?;
+    Ok(())
 }
 
 /// The first process below `pid` (breadth by level, depth-first) whose name is `comm`.

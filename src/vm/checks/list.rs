@@ -19,6 +19,9 @@ pub struct Wanted {
     pub bridged: bool,
     pub node_loss: bool,
     pub partition: bool,
+    /// `--stay`: after the checks, the cluster (and the topology) stays up until interrupted,
+    /// for `imgbuild roll`; then the topology's counts are checked again.
+    pub stay: bool,
 }
 
 /// What the checks share: the cluster, and what earlier checks leave for later ones.
@@ -35,6 +38,10 @@ pub struct Ctx<'a> {
     /// The Python topology the topology check left running (node loss feeds it; the last check
     /// kills it).
     pub wordcount: Option<Wordcount>,
+    /// Keep the cluster up until interrupted (`--stay`), answering roll's swaps: what happened.
+    pub stay: &'a mut dyn FnMut(&mut [Member]) -> Vec<String>,
+    /// A check so far failed (then nothing stays up).
+    pub failed: bool,
 }
 
 /// One cluster check.
@@ -110,6 +117,71 @@ pub const CHECKS: &[Check] = &[
         run: |c| super::partition(c.nodes, c.members),
     },
     Check {
+        name: "after the stay",
+        applies: |c| c.wanted.stay && !c.failed,
+        run: |c| {
+            let stay = &mut *c.stay;
+            let members = &mut *c.members;
+            let wc = c.wordcount.as_mut();
+            Phase::timed("after the stay", |lines, failures| {
+                lines.extend(stay(members));
+                // Every node's own health round now, not as it was before the stay.
+                for m in members.iter() {
+                    let round = m
+                        .exec(
+                            &[
+                                "/usr/bin/python3",
+                                "/usr/lib/imgbuild/health.py",
+                                "--timeout",
+                                "0",
+                            ],
+                            std::time::Duration::from_secs(180),
+                        )
+                        .map(|o| {
+                            crate::roll::gates::parse_health(&String::from_utf8_lossy(&o.stdout))
+                        });
+                    match round {
+                        Ok(checks) if !checks.is_empty() => {
+                            let bad: Vec<&String> = checks
+                                .iter()
+                                .filter(|(_, (ok, _))| !ok)
+                                .map(|(n, _)| n)
+                                .collect();
+                            if bad.is_empty() {
+                                lines.push(format!(
+                                    "{}: health round ok ({} checks)",
+                                    m.name(),
+                                    checks.len()
+                                ));
+                            } else {
+                                failures.push(format!(
+                                    "{}: after the stay: health FAIL: {}",
+                                    m.name(),
+                                    bad.iter()
+                                        .map(|s| s.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ));
+                            }
+                        }
+                        Ok(_) => {
+                            failures.push(format!("{}: after the stay: no health round", m.name()))
+                        }
+                        Err(e) => failures.push(format!("{}: after the stay: {e:#}", m.name())),
+                    }
+                }
+                if let Some(w) = wc {
+                    let via = w.via().to_string();
+                    lines.push(format!(
+                        "topology after the stay: {}",
+                        w.more(members, &via, std::time::Duration::from_secs(300))?
+                    ));
+                }
+                Ok(())
+            })
+        },
+    },
+    Check {
         name: "topology killed",
         applies: |c| c.wordcount.is_some(),
         run: |c| match &c.wordcount {
@@ -126,6 +198,7 @@ pub fn run_all(ctx: &mut Ctx, report: &mut dyn FnMut(&Phase)) {
             let mut phase = (check.run)(ctx);
             debug_assert_eq!(phase.name, check.name, "a check's phase has its table name");
             phase.name = check.name;
+            ctx.failed |= !phase.failures.is_empty();
             report(&phase);
         }
     }

@@ -165,6 +165,11 @@ pub(super) fn topology_status(c: &Member) -> Result<Option<String>> {
 }
 
 impl Wordcount {
+    /// The node it is fed through.
+    pub fn via(&self) -> &str {
+        &self.via
+    }
+
     /// Send the next `n` sentences with acks=all.
     fn feed(&mut self, c: &Member, n: usize) -> Result<()> {
         let script = format!(

@@ -91,7 +91,7 @@ const KAFKA_LOG_DIR: &str = "/var/log/kafka";
 /// (`server.log.%d{yyyy-MM-dd-HH}`), oldest first: a broker that started more than an hour's turn
 /// ago has its start line only in a rolled-over file (a clean-clone CI run failed on that: the
 /// containers' brokers had started before 20:00, the check ran after).
-fn kafka_version_script(dir: &str) -> String {
+pub(crate) fn kafka_version_script(dir: &str) -> String {
     format!(
         "cd {} || exit 2; for f in $(ls -1 | grep -E '^server\\.log\\.[0-9-]+$' | sort) server.log; do \
          [ -f \"$f\" ] && grep -h -o 'Kafka version: [^ ]*' \"$f\"; done | tail -n 1",

@@ -22,6 +22,7 @@ use crate::vm::qemu::{self, Seen};
 
 mod judge;
 mod start;
+pub mod swap;
 pub use judge::*;
 use start::*;
 
@@ -197,6 +198,8 @@ pub struct UpOptions {
     /// `--vm NODE`: these nodes boot their images in QEMU among the others' containers (the
     /// mixed runtime, on the containers' bridge).
     pub vms: Vec<String>,
+    /// `--stay`: with --check, the cluster stays up after the checks until interrupted.
+    pub stay: bool,
 }
 
 impl UpOptions {
@@ -324,6 +327,7 @@ pub fn up(
         &mut running,
         &mut containers,
         &mut states,
+        build_dir,
     );
     print_checks(nodes, &states, o);
     let healthy_at = start.elapsed().as_secs_f64();
@@ -359,6 +363,7 @@ pub fn up(
     for r in &mut running {
         r.finish(&mut containers);
         let _ = std::fs::remove_file(work.join(&r.name).join("qemu.pid"));
+        let _ = std::fs::remove_file(work.join(&r.name).join("running.json"));
     }
     crate::vm::hostlink::forget(build_dir);
     eprintln!(
@@ -407,6 +412,8 @@ fn vm_runtime(o: &UpOptions, work: &Path) -> Result<Option<(qemu::Firmware, bool
 
 /// Poll every node's reports every 2 s, showing the status table when it changes, until
 /// interrupted (None), every node reported (with --check) or the timeout: then the judgement.
+/// Without --check, roll's requests to swap a container's tree are answered meanwhile.
+#[allow(clippy::too_many_arguments)]
 fn watch(
     cluster: &ClusterPlan,
     nodes: &[&Plan],
@@ -415,10 +422,16 @@ fn watch(
     running: &mut [Running],
     containers: &mut [Member],
     states: &mut BTreeMap<String, NodeState>,
+    build_dir: &Path,
 ) -> Option<Vec<String>> {
     let mut last_table = String::new();
     loop {
         std::thread::sleep(Duration::from_secs(2));
+        if !o.check {
+            swap::serve(nodes, build_dir, containers, |n| {
+                states.insert(n.to_string(), NodeState::default());
+            });
+        }
         for r in running.iter_mut() {
             let st = states.get_mut(&r.name).expect("state per node");
             r.poll(st);
@@ -539,6 +552,8 @@ fn after_healthy(
     }
     let timeout = o.timeout;
     let mut reboot = |c: &mut Member| boot_until_healthy(c, timeout);
+    let json = o.json;
+    let mut stay = |cs: &mut [Member]| stay(nodes, work, cs, json);
     let mut ctx = crate::vm::checks::Ctx {
         nodes,
         members: containers,
@@ -547,13 +562,46 @@ fn after_healthy(
             bridged: o.bridged(),
             node_loss: !o.no_node_loss,
             partition: o.partition,
+            stay: o.stay,
         },
         reboot: &mut reboot,
         acked: None,
         wordcount: None,
+        stay: &mut stay,
+        failed: false,
     };
     crate::vm::checks::run_all(&mut ctx, &mut |p| report(o, p, &mut failures, phases));
     failures
+}
+
+/// `--stay`: once the checks passed, keep the cluster up until interrupted, answering roll's
+/// requests to swap a container's tree (`swap`). `UP/staying` exists meanwhile. What happened.
+fn stay(nodes: &[&Plan], work: &Path, cs: &mut [Member], json: bool) -> Vec<String> {
+    let build_dir = work.parent().unwrap_or(Path::new("."));
+    let t = Instant::now();
+    let _ = std::fs::write(work.join("staying"), format!("{}\n", std::process::id()));
+    say(
+        json,
+        "up: the checks passed; the cluster stays up (imgbuild roll may swap its containers' trees; Ctrl-C ends the stay and checks the topology again)",
+    );
+    let mut swapped = Vec::new();
+    while !STOP.load(Ordering::SeqCst) {
+        for m in cs.iter_mut() {
+            m.exited(); // puts a rebooted container's veth on the bridge
+        }
+        swap::serve(nodes, build_dir, cs, |n| swapped.push(n.to_string()));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let _ = std::fs::remove_file(work.join("staying"));
+    vec![format!(
+        "stayed up {:.0}s; trees swapped: {}",
+        t.elapsed().as_secs_f64(),
+        if swapped.is_empty() {
+            "none".to_string()
+        } else {
+            swapped.join(", ")
+        }
+    )]
 }
 
 /// Print a phase as it finishes (its lines, then its failures) and keep it for the report.

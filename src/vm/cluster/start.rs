@@ -177,16 +177,10 @@ fn vm_tap(p: &Plan) -> String {
     n
 }
 
-/// A container of the tree `p`'s image was made from (kept by the build beside the images).
+/// A container of the tree `p`'s image was made from (kept by the build beside the images), from
+/// a snapshot of it (`swap`: a later build may replace the tree while the cluster runs).
 fn start_container(p: &Plan, build_dir: &Path, nwork: &Path, log: &Path) -> Result<Container> {
     let name = &p.node.name;
-    let tree = build_dir.join("nodes").join(name).join("rootfs");
-    if !tree.join("etc/imgbuild/health.json").is_file() {
-        bail!(
-            "{}: no node tree for {name} (the container runtime boots the tree the image was built from)\n\nhint: build it with `imgbuild {name}` and the same --build-dir",
-            tree.display()
-        );
-    }
     // A fresh first boot every time `up` starts; state (the overlay, the data directory) lives
     // only within one run.
     for d in [nwork.join("upper"), nwork.join("data")] {
@@ -194,10 +188,14 @@ fn start_container(p: &Plan, build_dir: &Path, nwork: &Path, log: &Path) -> Resu
             std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
         }
     }
+    for f in ["swap.request", "swap.done"] {
+        let _ = std::fs::remove_file(nwork.join(f));
+    }
+    let tree = super::swap::snapshot(p, build_dir, nwork)?;
     let c = Container::start(p, &tree, nwork, log)?;
     eprintln!(
         "started {name} (container of {}), console log {}",
-        tree.display(),
+        build_dir.join("nodes").join(name).join("rootfs").display(),
         log.display()
     );
     Ok(c)
