@@ -32,7 +32,7 @@ fixtures-bases: ## The Debian bases make test builds (target/tmp; cached), made 
 demo: deps ## From a local fixture mirror: build node1..3's images, boot the cluster, print its health
 	bash scripts/demo.sh $(NODES)
 
-e2e: deps ## demo, judged: cluster checks must pass, and a deliberately broken cluster must fail
+e2e: deps ## demo, judged: update, the mixed cluster, SCRAM clients, the rolling-update rehearsal (a broken node must stop it)
 	bash scripts/e2e.sh
 
 images: deps build ## Build images from the real upstream URLs (NODES=node1 for one node; default all)

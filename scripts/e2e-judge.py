@@ -47,7 +47,7 @@ if kind == "mixed":
     need(up["runtime"] == "mixed" and up["vms"] == ["node1"],
          f"runtime {up['runtime']} with VMs {up['vms']}, expected mixed with node1")
 else:
-    want = common + ["network partition"]
+    want = common + ["network partition", "after the stay"]
 for name in want:
     need(name in phases, f"phase {name!r} was not run")
 
@@ -94,6 +94,17 @@ else:
     need(served is None or int(re.search(r"(\d+) of them sent while", served).group(1)) > 0,
          "network partition: nothing sent while the node was cut off was acknowledged")
     figures.append(has("network partition", r"^KRaft leaders seen \(\d+ looks\)"))
+    # The stay: the rehearsal's roll swapped every node's tree (node2 thrice: v2, broken v3, v2
+    # again), and afterwards every node's health is whole and the topology's counts exact.
+    swapped = has("after the stay", r"^stayed up \d+s; trees swapped: ")
+    figures.append(swapped)
+    if swapped:
+        names = swapped.split("trees swapped: ")[1].split(", ")
+        need(sorted(names) == ["node1", "node1", "node2", "node2", "node2", "node3"],
+             f"after the stay: trees swapped {names}, expected node1 twice, node2 three times, node3 once")
+    for n in ("node1", "node2", "node3"):
+        has("after the stay", "^" + n + r": health round ok")
+    figures.append(has("after the stay", r"^topology after the stay: .*words exactly"))
 
 for f in figures:
     if f:

@@ -105,6 +105,58 @@ fn wait_gates(
     }
 }
 
+/// When the images bring another Storm release than the nimbus nodes run (their start lines, no
+/// JVM): whether running topologies must be resubmitted. Storm has no upgrade tool; within a
+/// major release workers of the old one keep running and are restarted on the new supervisors,
+/// across majors they must be killed and submitted again.
+fn storm_advice(plans: &[&Plan], remotes: &[Remote]) {
+    let Some(want) = plans.iter().find_map(|p| {
+        p.artifacts
+            .iter()
+            .find(|a| a.name == crate::plan::services::Component::Storm)
+            .map(|a| a.version.clone())
+    }) else {
+        return;
+    };
+    let mut runs = std::collections::BTreeSet::new();
+    for p in plans
+        .iter()
+        .filter(|p| p.roles.contains(&crate::plan::Role::StormNimbus))
+    {
+        let Some(r) = remotes.iter().find(|r| r.name == p.node.name) else {
+            continue;
+        };
+        let cmd = [
+            "grep",
+            "-h",
+            "-o",
+            "Starting nimbus server for storm version '[^']*'",
+            "/var/log/storm/nimbus.log",
+        ];
+        if let Ok((0, out, _)) = r.run(&cmd, 60)
+            && let Some(v) = out.lines().last().and_then(|l| l.split('\'').nth(1))
+        {
+            runs.insert(v.to_string());
+        }
+    }
+    runs.remove(&want);
+    if runs.is_empty() {
+        return;
+    }
+    let major = |v: &str| v.split('.').next().unwrap_or("").to_string();
+    let across = runs.iter().any(|v| major(v) != major(&want));
+    let from = runs.into_iter().collect::<Vec<_>>().join(", ");
+    if across {
+        println!(
+            "roll: Storm {from} → {want} crosses a major release: running topologies must be resubmitted after the roll (`storm kill NAME`, then submit again; the example: examples/python-wordcount/README.md)"
+        );
+    } else {
+        println!(
+            "roll: Storm {from} → {want} (same major release): running topologies need not be resubmitted; their workers restart on the new supervisors as each node is rolled"
+        );
+    }
+}
+
 /// Roll `selected` (of the cluster's `plans`) to the images in `images`.
 // Long on purpose: the roll's steps in order, each a call and its one line.
 pub fn run(
@@ -209,6 +261,9 @@ pub fn run(
             if g.ok { "ok" } else { "FAILED" },
             g.saw
         );
+    }
+    if !ordered.is_empty() {
+        storm_advice(plans, &remotes);
     }
     if o.dry_run || ordered.is_empty() {
         if o.dry_run {

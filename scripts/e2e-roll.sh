@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# make e2e's rolling-update rehearsal (issue 30), on the SCRAM phase's container cluster while
+# `imgbuild up --check --stay` keeps it up (the Python topology running):
+#
+#   v1  the cluster as built: Kafka 4.3.1.
+#   v2  Kafka 4.4.0 (the fixture mirror's, from Maven Central like 4.3.1) and one config change
+#       (every broker's heap 960 MiB): `imgbuild roll` must take every node, gated, while a
+#       producer of this test's own (scripts/rehearsal/Rehearsal.java: Kafka's Java client,
+#       acks=all, idempotent, 20 messages/s) writes numbered messages; then `roll --finalize`.
+#       Judged: every acknowledged message read back (0 lost; duplicates counted), the
+#       producer's longest stall and p99 acknowledgement latency during the roll next to before
+#       it, every broker on 4.4.0 and metadata.version raised, each node's Kafka segment files
+#       the same files after the roll (inode and birth time: kept, not re-replicated).
+#   v3  v2 with node1 changed harmlessly (an overlay /etc/motd) and node2's broker unable to
+#       start (an overlay server.properties with num.network.threads=none): `roll node1` passes;
+#       `roll node2` must stop at node2's gates after it, naming the gate; node3 untouched; the
+#       cluster still serves (a round trip with acks=all); rolling node2 back to v2 (its tree
+#       built again from v2, `roll node2`) must pass its gates again.
+#
+# usage: scripts/e2e-roll.sh SCRAM_RECIPE OUT UP_PID COMPONENTS  (the cluster of `up` on build/scram)
+set -euo pipefail
+recipe=$1
+out=$2
+up_pid=$3
+comps=$4
+dir=$(dirname "$recipe")
+bd=build/scram
+bin=target/release/imgbuild
+log=$out/e2e-roll.log
+: >"$log"
+fail() { echo "e2e roll: $*" >&2; echo "--- $log (tail)" >&2; tail -40 "$log" >&2; exit 1; }
+ib() { "$bin" --cache-dir "$out/cache" --mirror "https://=$(cat "$out/server.url")" "$@"; }
+now_ms() { date +%s%3N; }
+t0=$(date +%s)
+
+# Wait for the checks to pass and the stay to begin (or for up to end, which is a failure).
+for _ in $(seq 900); do
+    [ -f "$bd/up/staying" ] && break
+    kill -0 "$up_pid" 2>/dev/null || fail "imgbuild up ended before its checks passed"
+    sleep 2
+done
+[ -f "$bd/up/staying" ] || fail "up's checks did not pass within 30 min"
+echo "  roll: the cluster is up and checked (v1, Kafka 4.3.1), the topology running: $(($(date +%s) - t0)) s" >&2
+
+# v2 and v3, beside the recipe, with its secrets (the same PKI and passwords).
+for v in v2 v3; do
+    rm -rf "${recipe%.yaml}-$v.secrets"
+    cp -a "${recipe%.yaml}.secrets" "${recipe%.yaml}-$v.secrets"
+done
+python3 - "$recipe" <<'EOF'
+import sys
+recipe = sys.argv[1]
+s = open(recipe).read()
+base = recipe[: -len(".yaml")]
+for old in ("  kafka:\n    version: 4.3.1\n", "    controller_port: 9093\n    heap_mb: 1024\n",
+            "  formats: [raw, qcow2, seed-iso]", "overlays:\n  dir: ../overlays"):
+    assert old in s, old
+s = s.replace("  formats: [raw, qcow2, seed-iso]", "  formats: [raw]")
+v2 = s.replace("  kafka:\n    version: 4.3.1\n", "  kafka:\n    version: 4.4.0\n", 1)
+v2 = v2.replace("    controller_port: 9093\n    heap_mb: 1024\n", "    controller_port: 9093\n    heap_mb: 960\n", 1)
+open(base + "-v2.yaml", "w").write(v2)
+open(base + "-v3.yaml", "w").write(v2.replace("overlays:\n  dir: ../overlays", "overlays:\n  dir: roll-v3-overlays"))
+EOF
+v2=${recipe%.yaml}-v2.yaml
+v3=${recipe%.yaml}-v3.yaml
+rm -rf "$dir/roll-v3-overlays"
+mkdir -p "$dir/roll-v3-overlays/node1/etc" "$dir/roll-v3-overlays/node2/etc/kafka"
+echo "imgbuild e2e: node1 on v3" >"$dir/roll-v3-overlays/node1/etc/motd"
+cp "$bd/nodes/node2/rootfs/etc/kafka/server.properties" "$dir/roll-v3-overlays/node2/etc/kafka/server.properties"
+echo "num.network.threads=none" >>"$dir/roll-v3-overlays/node2/etc/kafka/server.properties"
+# The trees only matter here (containers boot them); their raw images are removed once built.
+build() { # recipe nodes...
+    local r=$1; shift
+    ib -r "$r" lock >>"$log" 2>&1
+    ib -r "$r" --build-dir "$bd" --images "$out/images-roll" build "$@" >>"$log" 2>&1 || fail "building $* of $r"
+    rm -rf "$out/images-roll"
+}
+t=$(date +%s)
+build "$v2" node1 node2 node3
+echo "  roll: v2 (Kafka 4.4.0, broker heap 960 MiB) built while v1 serves: $(($(date +%s) - t)) s" >&2
+
+# The client of this test: the fixture Kafka's own jars, user rehearsal by its SCRAM password,
+# the cluster CA as trust; run inside up's network namespace (its host address on the bridge).
+libs=$out/rehearsal-libs
+if [ ! -f "$libs/.done" ]; then
+    rm -rf "$libs" && mkdir -p "$libs"
+    tar -xzf "$comps/kafka.tgz" -C "$libs" --strip-components=2 --wildcards '*/libs/*.jar'
+    touch "$libs/.done"
+fi
+secrets=${recipe%.yaml}.secrets
+cat >"$out/rehearsal.properties" <<EOF
+bootstrap.servers=192.168.200.151:9092,192.168.200.152:9092,192.168.200.153:9092
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="rehearsal" password="$(head -1 "$secrets/users/rehearsal.password")";
+ssl.truststore.type=PEM
+ssl.truststore.location=$PWD/$secrets/ca.crt
+EOF
+client() { # mode topic out|count
+    nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- \
+        java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java "$@"
+}
+# The topic: 3 partitions, every one on every broker, min.insync.replicas 2 (made on node3 as its
+# broker's own identity, a super user, on the listener its own tools use: the inter-broker one
+# when clients are SCRAM).
+"$bin" -r "$recipe" --build-dir "$bd" ssh node3 -- "sudo /usr/bin/env JAVA_HOME=/opt/java PATH=/opt/java/bin:/usr/bin:/bin \
+    /opt/kafka/bin/kafka-topics.sh --bootstrap-server 192.168.200.153:9094 --command-config /etc/kafka/tls/client.properties \
+    --create --topic rehearsal --partitions 3 --replication-factor 3 --config min.insync.replicas=2" >>"$log" 2>&1 ||
+    fail "creating topic rehearsal"
+
+# Segment files before: the round trip's topic (every broker holds each of its partitions).
+segments() {
+    for n in node1 node2 node3; do
+        find "$bd/up/$n/data/kafka/data" -path '*imgbuild-check-*' -name '*.log' -printf "$n %P %i %T@\n" | sort
+    done
+}
+segments >"$out/e2e-roll-segments-before.txt"
+[ -s "$out/e2e-roll-segments-before.txt" ] || fail "no Kafka segment files of imgbuild-check in the nodes' data directories"
+
+client produce rehearsal "$out/e2e-roll-produced.txt" >>"$log" 2>&1 &
+producer=$!
+sleep 30
+kill -0 "$producer" 2>/dev/null || fail "the producer ended by itself"
+roll_start=$(now_ms)
+t=$(date +%s)
+"$bin" -r "$v2" --build-dir "$bd" roll --gate-timeout 300 --timeout 600 >"$out/e2e-roll-v2.out" 2>"$out/e2e-roll-v2.err" ||
+    { cat "$out/e2e-roll-v2.out" "$out/e2e-roll-v2.err" >>"$log"; kill "$producer"; fail "roll to v2 failed"; }
+roll_end=$(now_ms)
+p_roll=$(($(date +%s) - t))
+t=$(date +%s)
+"$bin" -r "$v2" --build-dir "$bd" roll --finalize >"$out/e2e-roll-finalize.out" 2>>"$log" ||
+    { cat "$out/e2e-roll-finalize.out" >>"$log"; kill "$producer"; fail "roll --finalize failed"; }
+p_fin=$(($(date +%s) - t))
+sleep 10
+kill -TERM "$producer"
+wait "$producer" || true
+client read rehearsal "$out/e2e-roll-read.txt" >>"$log" 2>&1 || fail "reading topic rehearsal back"
+segments >"$out/e2e-roll-segments-after.txt"
+grep -h '^roll: ' "$out/e2e-roll-v2.out" "$out/e2e-roll-v2.err" | grep -v '^roll: now:' >&2
+grep -h '^finalize: ' "$out/e2e-roll-finalize.out" | grep -v 'can be\|to raise' >&2
+python3 - "$out" "$roll_start" "$roll_end" "$p_roll" "$p_fin" <<'EOF' || fail "the rehearsal's judgement"
+import re, sys
+out, start, end, p_roll, p_fin = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+problems = []
+acks, errs = {}, []
+for l in open(f"{out}/e2e-roll-produced.txt"):
+    f = l.split()
+    if f and f[0] == "ack":
+        acks[f[1]] = (int(f[2]), int(f[3]))
+    elif f and f[0] == "err":
+        errs.append(l.strip())
+read = [l.strip() for l in open(f"{out}/e2e-roll-read.txt")]
+assert read and read[-1].startswith("end "), "the reader did not finish"
+read = read[:-1]
+counts = {}
+for v in read:
+    counts[v] = counts.get(v, 0) + 1
+lost = [n for n in acks if n not in counts]
+dups = sum(c - 1 for c in counts.values() if c > 1)
+print(f"  roll: producer (acks=all, idempotent, its own JVM): {len(acks)} acknowledged, {len(errs)} refused; "
+      f"read back {len(read)}: {len(lost)} lost, {dups} duplicates")
+if lost:
+    problems.append(f"{len(lost)} acknowledged messages not read back, e.g. {sorted(lost, key=int)[:10]}")
+if len(acks) < 1000:
+    problems.append(f"only {len(acks)} messages acknowledged: the producer did not run through the roll")
+
+def figures(lo, hi):
+    w = sorted((s, a) for s, a in acks.values() if lo <= s < hi)
+    if len(w) < 2:
+        return None
+    lat = sorted(a - s for s, a in w)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    ackt = sorted(a for _, a in w)
+    stall = max(b - a for a, b in zip(ackt, ackt[1:]))
+    return len(w), stall, p99, lat[-1]
+before = figures(0, start)
+during = figures(start, end)
+for name, f in (("before the roll", before), ("during the roll", during)):
+    if f is None:
+        problems.append(f"no acknowledged messages {name}")
+    else:
+        print(f"  roll: {name}: {f[0]} messages, longest stall between acknowledgements {f[1]} ms, p99 acknowledgement latency {f[2]} ms (max {f[3]} ms)")
+print(f"  roll: roll to v2 {p_roll} s, finalize {p_fin} s")
+fin = open(f"{out}/e2e-roll-finalize.out").read()
+brokers = re.findall(r"^finalize: (node\d): broker runs Kafka (\S+)", fin, re.M)
+if sorted(brokers) != [("node1", "4.4.0"), ("node2", "4.4.0"), ("node3", "4.4.0")]:
+    problems.append(f"brokers' versions after the roll: {brokers}")
+m = re.search(r"^finalize: done: metadata.version (\S+) → (\S+)", fin, re.M)
+if not m or not m.group(1).startswith("4.3") or not m.group(2).startswith("4.4"):
+    problems.append(f"metadata.version not raised from 4.3 to 4.4: {m.group(0) if m else 'no done line'}")
+else:
+    print(f"  roll: metadata.version before {m.group(1)}, after finalize {m.group(2)}")
+b = open(f"{out}/e2e-roll-segments-before.txt").read().split("\n")
+a = set(open(f"{out}/e2e-roll-segments-after.txt").read().split("\n"))
+kept = [l for l in b if l and l in a]
+gone = [l for l in b if l and l not in a]
+print(f"  roll: data kept: {len(kept)} of {len([l for l in b if l])} Kafka segment files of imgbuild-check the same files after the roll (node, path, inode, mtime)")
+if gone:
+    problems.append(f"segment files replaced or gone after the roll (re-replicated?): {gone[:5]}")
+for p in problems:
+    print(f"e2e roll: FAIL {p}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+
+# v3: node1 fine, node2's broker broken.
+t=$(date +%s)
+build "$v3" node1 node2
+"$bin" -r "$v3" --build-dir "$bd" roll node1 --gate-timeout 300 >"$out/e2e-roll-v3a.out" 2>&1 || fail "roll node1 to v3 failed: $(tail -3 "$out/e2e-roll-v3a.out")"
+grep -q '^roll: node1 done' "$out/e2e-roll-v3a.out" || fail "roll node1 to v3: no done line"
+set +e
+"$bin" -r "$v3" --build-dir "$bd" roll node2 --gate-timeout 90 >"$out/e2e-roll-v3b.out" 2>&1
+rc=$?
+set -e
+line=$(grep -m1 'roll stopped' "$out/e2e-roll-v3b.out" || true)
+[ "$rc" -ne 0 ] && echo "$line" | grep -q '^error: roll stopped after node2: gate ' ||
+    fail "roll node2 to the broken v3 did not stop at node2's gates after it (exit $rc): $(tail -5 "$out/e2e-roll-v3b.out")"
+echo "  roll: v3: node1 rolled; node2 refused: ${line#error: }" >&2
+swaps=$(grep -c '^node3: swapping' "$out/e2e-scram.txt" || true)
+[ "$swaps" = 1 ] || fail "node3 was swapped $swaps times (once expected: the roll to v2)"
+client probe rehearsal 20 >>"$log" 2>&1 || fail "the cluster did not serve with node2 down (round trip)"
+echo "  roll: with node2 down the cluster serves: 20 messages acks=all produced and read back; node3 untouched (on v2)" >&2
+build "$v2" node2
+"$bin" -r "$v2" --build-dir "$bd" roll node2 --gate-timeout 300 >"$out/e2e-roll-back.out" 2>&1 ||
+    fail "rolling node2 back to v2 failed: $(tail -5 "$out/e2e-roll-back.out")"
+grep -q 'gates before skipped: the last roll stopped at this node' "$out/e2e-roll-back.out" || fail "roll back: node2 not taken as the node the last roll stopped at"
+echo "  roll: node2 rolled back to v2: $(grep -m1 '^roll: node2: gates after passed' "$out/e2e-roll-back.out")" >&2
+echo "  roll: failing roll and its repair: $(($(date +%s) - t)) s" >&2
