@@ -29,6 +29,8 @@ bin=target/release/imgbuild
 log=$out/e2e-roll.log
 : >"$log"
 fail() { echo "e2e roll: $*" >&2; echo "--- $log (tail)" >&2; tail -40 "$log" >&2; exit 1; }
+producer=
+trap '[ -z "$producer" ] || kill "$producer" 2>/dev/null || true' EXIT
 ib() { "$bin" --cache-dir "$out/cache" --mirror "https://=$(cat "$out/server.url")" "$@"; }
 now_ms() { date +%s%3N; }
 t0=$(date +%s)
@@ -97,8 +99,10 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$PWD/$secrets/ca.crt
 EOF
 client() { # mode topic out|count
+    local mode=$1
+    shift
     nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- \
-        java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java "$@"
+        java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java "$mode" "$out/rehearsal.properties" "$@"
 }
 # The topic: 3 partitions, every one on every broker, min.insync.replicas 2 (made on node3 as its
 # broker's own identity, a super user, on the listener its own tools use: the inter-broker one
@@ -117,9 +121,12 @@ segments() {
 segments >"$out/e2e-roll-segments-before.txt"
 [ -s "$out/e2e-roll-segments-before.txt" ] || fail "no Kafka segment files of imgbuild-check in the nodes' data directories"
 
-client produce rehearsal "$out/e2e-roll-produced.txt" >>"$log" 2>&1 &
+# Started directly (not through the function's subshell), so that $! is the JVM itself (nsenter
+# execs it) and SIGTERM reaches the producer, which then flushes and closes.
+nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java \
+    produce "$out/rehearsal.properties" rehearsal "$out/e2e-roll-produced.txt" >>"$log" 2>&1 &
 producer=$!
-sleep 30
+sleep 20
 kill -0 "$producer" 2>/dev/null || fail "the producer ended by itself"
 roll_start=$(now_ms)
 t=$(date +%s)
@@ -131,14 +138,15 @@ t=$(date +%s)
 "$bin" -r "$v2" --build-dir "$bd" roll --finalize >"$out/e2e-roll-finalize.out" 2>>"$log" ||
     { cat "$out/e2e-roll-finalize.out" >>"$log"; kill "$producer"; fail "roll --finalize failed"; }
 p_fin=$(($(date +%s) - t))
-sleep 10
+sleep 5
 kill -TERM "$producer"
 wait "$producer" || true
+kill -0 "$producer" 2>/dev/null && fail "the producer did not end on SIGTERM"
 client read rehearsal "$out/e2e-roll-read.txt" >>"$log" 2>&1 || fail "reading topic rehearsal back"
 segments >"$out/e2e-roll-segments-after.txt"
 grep -h '^roll: ' "$out/e2e-roll-v2.out" "$out/e2e-roll-v2.err" | grep -v '^roll: now:' >&2
 grep -h '^finalize: ' "$out/e2e-roll-finalize.out" | grep -v 'can be\|to raise' >&2
-python3 - "$out" "$roll_start" "$roll_end" "$p_roll" "$p_fin" <<'EOF' || fail "the rehearsal's judgement"
+python3 - "$out" "$roll_start" "$roll_end" "$p_roll" "$p_fin" <<'EOF' >&2 || fail "the rehearsal's judgement"
 import re, sys
 out, start, end, p_roll, p_fin = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 problems = []
@@ -208,7 +216,7 @@ build "$v3" node1 node2
 "$bin" -r "$v3" --build-dir "$bd" roll node1 --gate-timeout 300 >"$out/e2e-roll-v3a.out" 2>&1 || fail "roll node1 to v3 failed: $(tail -3 "$out/e2e-roll-v3a.out")"
 grep -q '^roll: node1 done' "$out/e2e-roll-v3a.out" || fail "roll node1 to v3: no done line"
 set +e
-"$bin" -r "$v3" --build-dir "$bd" roll node2 --gate-timeout 90 >"$out/e2e-roll-v3b.out" 2>&1
+"$bin" -r "$v3" --build-dir "$bd" roll node2 --gate-timeout 60 >"$out/e2e-roll-v3b.out" 2>&1
 rc=$?
 set -e
 line=$(grep -m1 'roll stopped' "$out/e2e-roll-v3b.out" || true)

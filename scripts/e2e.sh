@@ -22,19 +22,18 @@ p_build=$(since "$t"); echo "phase build (3 nodes): $p_build s" >&2
 # The PKI (issue 16): a rebuild with the same secrets directory is bit-identical, and no private
 # key is in any output but its own node's image. SHA256SUMS has every file's digest, so the first
 # set is not kept beside the second (a node's images are gigabytes; the image tests cover a
-# rebuild over existing images).
+# rebuild over existing images). One node rebuilt proves it (every node's images come from the
+# same code and the same secrets directory); the keys are searched in all three.
 t=$(now)
-for n in node1 node2 node3; do cp "images/$n/SHA256SUMS" "$out/e2e-sums-$n"; done
-rm -rf images/node1 images/node2 images/node3
-ib -r "$recipe" all >/dev/null 2>>"$out/e2e-build.log"
-for n in node1 node2 node3; do
-    cmp -s "images/$n/SHA256SUMS" "$out/e2e-sums-$n" || {
-        echo "e2e: $n: the rebuild with the same secrets differs:" >&2
-        diff "$out/e2e-sums-$n" "images/$n/SHA256SUMS" >&2
-        exit 1
-    }
-done
-echo "  rebuild with the same secrets: node1..3 bit-identical (SHA256SUMS)" >&2
+cp images/node1/SHA256SUMS "$out/e2e-sums-node1"
+rm -rf images/node1
+ib -r "$recipe" build node1 >/dev/null 2>>"$out/e2e-build.log"
+cmp -s images/node1/SHA256SUMS "$out/e2e-sums-node1" || {
+    echo "e2e: node1: the rebuild with the same secrets differs:" >&2
+    diff "$out/e2e-sums-node1" images/node1/SHA256SUMS >&2
+    exit 1
+}
+echo "  rebuild with the same secrets: node1 bit-identical (SHA256SUMS)" >&2
 for n in node1 node2 node3; do ib -r "$recipe" plan "$n" --json; ib -r "$recipe" plan "$n"; done >"$out/e2e-plans.txt" 2>&1
 python3 scripts/pki-check.py "$out/mirror/recipe.secrets" images "$out/e2e-build.log" "$out/e2e-plans.txt" >&2
 p_pki=$(since "$t"); echo "phase PKI checks: $p_pki s" >&2

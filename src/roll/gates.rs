@@ -37,33 +37,8 @@ impl Remote {
     }
 }
 
-/// One check of a node's health round: ok, and its key=value fields.
-pub type Check = (bool, BTreeMap<String, String>);
-
-/// Parse `imgbuild-health node=N check=NAME ok=yes|no k=v ...` lines into checks by name.
-pub fn parse_health(out: &str) -> BTreeMap<String, Check> {
-    let mut m = BTreeMap::new();
-    for l in out.lines() {
-        let Some(rest) = l.trim().strip_prefix("imgbuild-health ") else {
-            continue;
-        };
-        let kv: BTreeMap<String, String> = rest
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (Some(check), Some(ok)) = (kv.get("check"), kv.get("ok")) else {
-            continue;
-        };
-        let fields = kv
-            .iter()
-            .filter(|(k, _)| !["node", "check", "ok", "round"].contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        m.insert(check.clone(), (ok == "yes", fields));
-    }
-    m
-}
+/// A node's health round, parsed (the health unit's lines; shared with `up`'s checks).
+pub use crate::vm::checks::{Check, parse_health};
 
 /// A partition as `kafka-topics.sh --describe` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,7 +323,11 @@ pub fn cluster_gates(plans: &[&Plan], s: &Survey) -> Vec<Gate> {
                 let bad: Vec<String> = problems
                     .iter()
                     .filter(|(_, v)| !v.is_empty())
-                    .map(|(f, v)| format!("{f}: {}", v.join(",")))
+                    .map(|(f, v)| {
+                        let more = if v.len() > 4 { ", ..." } else { "" };
+                        let first: Vec<&str> = v.iter().take(4).map(String::as_str).collect();
+                        format!("{} {f} ({}{more})", v.len(), first.join(","))
+                    })
                     .collect();
                 Gate {
                     name: "kafka partitions",

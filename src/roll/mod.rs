@@ -100,7 +100,7 @@ fn wait_gates(
         match g.iter().find(|g| !g.ok) {
             None => return Ok((g, t.elapsed().as_secs_f64())),
             Some(bad) if t.elapsed() >= timeout => return Err(bad.clone()),
-            Some(_) => std::thread::sleep(Duration::from_secs(10)),
+            Some(_) => std::thread::sleep(Duration::from_secs(5)),
         }
     }
 }

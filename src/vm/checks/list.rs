@@ -138,7 +138,7 @@ pub const CHECKS: &[Check] = &[
                             std::time::Duration::from_secs(180),
                         )
                         .map(|o| {
-                            crate::roll::gates::parse_health(&String::from_utf8_lossy(&o.stdout))
+                            super::parse_health(&String::from_utf8_lossy(&o.stdout))
                         });
                     match round {
                         Ok(checks) if !checks.is_empty() => {
