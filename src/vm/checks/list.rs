@@ -137,9 +137,7 @@ pub const CHECKS: &[Check] = &[
                             ],
                             std::time::Duration::from_secs(180),
                         )
-                        .map(|o| {
-                            super::parse_health(&String::from_utf8_lossy(&o.stdout))
-                        });
+                        .map(|o| super::parse_health(&String::from_utf8_lossy(&o.stdout)));
                     match round {
                         Ok(checks) if !checks.is_empty() => {
                             let bad: Vec<&String> = checks

@@ -170,6 +170,34 @@ fn via_of<'a>(cs: &'a [Member], p: &Plan) -> &'a Member {
     via(cs, p).expect("a container among the members")
 }
 
+/// One check of a node's health round: ok, and its key=value fields.
+pub type Check = (bool, BTreeMap<String, String>);
+
+/// Parse `imgbuild-health node=N check=NAME ok=yes|no k=v ...` lines into checks by name.
+pub fn parse_health(out: &str) -> BTreeMap<String, Check> {
+    let mut m = BTreeMap::new();
+    for l in out.lines() {
+        let Some(rest) = l.trim().strip_prefix("imgbuild-health ") else {
+            continue;
+        };
+        let kv: BTreeMap<String, String> = rest
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (Some(check), Some(ok)) = (kv.get("check"), kv.get("ok")) else {
+            continue;
+        };
+        let fields = kv
+            .iter()
+            .filter(|(k, _)| !["node", "check", "ok", "round"].contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.insert(check.clone(), (ok == "yes", fields));
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,32 +295,4 @@ mod tests {
         assert_eq!(second.len(), WORDS.len());
         assert!(second.iter().all(|w| w.ends_with("-1")), "{second:?}");
     }
-}
-
-/// One check of a node's health round: ok, and its key=value fields.
-pub type Check = (bool, BTreeMap<String, String>);
-
-/// Parse `imgbuild-health node=N check=NAME ok=yes|no k=v ...` lines into checks by name.
-pub fn parse_health(out: &str) -> BTreeMap<String, Check> {
-    let mut m = BTreeMap::new();
-    for l in out.lines() {
-        let Some(rest) = l.trim().strip_prefix("imgbuild-health ") else {
-            continue;
-        };
-        let kv: BTreeMap<String, String> = rest
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (Some(check), Some(ok)) = (kv.get("check"), kv.get("ok")) else {
-            continue;
-        };
-        let fields = kv
-            .iter()
-            .filter(|(k, _)| !["node", "check", "ok", "round"].contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        m.insert(check.clone(), (ok == "yes", fields));
-    }
-    m
 }
