@@ -145,15 +145,7 @@ pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Surv
         let Some(r) = remote(name) else { continue };
         let t = std::time::Instant::now();
         let h = r
-            .run(
-                &[
-                    "/usr/bin/python3",
-                    "/usr/lib/imgbuild/health.py",
-                    "--timeout",
-                    "0",
-                ],
-                180,
-            )
+            .run(&crate::vm::checks::HEALTH_ROUND, 180)
             .map_err(|e| format!("{e:#}"))
             .and_then(|(code, out, err)| {
                 let checks = parse_health(&out);

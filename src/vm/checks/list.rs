@@ -119,65 +119,7 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "after the stay",
         applies: |c| c.wanted.stay && !c.failed,
-        run: |c| {
-            let stay = &mut *c.stay;
-            let members = &mut *c.members;
-            let wc = c.wordcount.as_mut();
-            Phase::timed("after the stay", |lines, failures| {
-                lines.extend(stay(members));
-                // Every node's own health round now, not as it was before the stay.
-                for m in members.iter() {
-                    let round = m
-                        .exec(
-                            &[
-                                "/usr/bin/python3",
-                                "/usr/lib/imgbuild/health.py",
-                                "--timeout",
-                                "0",
-                            ],
-                            std::time::Duration::from_secs(180),
-                        )
-                        .map(|o| super::parse_health(&String::from_utf8_lossy(&o.stdout)));
-                    match round {
-                        Ok(checks) if !checks.is_empty() => {
-                            let bad: Vec<&String> = checks
-                                .iter()
-                                .filter(|(_, (ok, _))| !ok)
-                                .map(|(n, _)| n)
-                                .collect();
-                            if bad.is_empty() {
-                                lines.push(format!(
-                                    "{}: health round ok ({} checks)",
-                                    m.name(),
-                                    checks.len()
-                                ));
-                            } else {
-                                failures.push(format!(
-                                    "{}: after the stay: health FAIL: {}",
-                                    m.name(),
-                                    bad.iter()
-                                        .map(|s| s.as_str())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                ));
-                            }
-                        }
-                        Ok(_) => {
-                            failures.push(format!("{}: after the stay: no health round", m.name()))
-                        }
-                        Err(e) => failures.push(format!("{}: after the stay: {e:#}", m.name())),
-                    }
-                }
-                if let Some(w) = wc {
-                    let via = w.via().to_string();
-                    lines.push(format!(
-                        "topology after the stay: {}",
-                        w.more(members, &via, std::time::Duration::from_secs(300))?
-                    ));
-                }
-                Ok(())
-            })
-        },
+        run: super::stay::after_stay,
     },
     Check {
         name: "topology killed",

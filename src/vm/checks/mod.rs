@@ -21,6 +21,7 @@ mod list;
 mod node_loss;
 mod partition;
 mod round_trip;
+pub mod stay;
 mod topology;
 mod versions;
 pub mod zkauth;
@@ -169,6 +170,14 @@ fn container<'a>(cs: &'a [Member], p: &Plan) -> &'a Member {
 fn via_of<'a>(cs: &'a [Member], p: &Plan) -> &'a Member {
     via(cs, p).expect("a container among the members")
 }
+
+/// A node's own health round, once, at once (no waiting): `health.py --timeout 0`.
+pub const HEALTH_ROUND: [&str; 4] = [
+    "/usr/bin/python3",
+    "/usr/lib/imgbuild/health.py",
+    "--timeout",
+    "0",
+];
 
 /// One check of a node's health round: ok, and its key=value fields.
 pub type Check = (bool, BTreeMap<String, String>);
