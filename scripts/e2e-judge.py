@@ -104,6 +104,12 @@ else:
              f"after the stay: trees swapped {names}, expected node1 twice, node2 three times, node3 once")
     for n in ("node1", "node2", "node3"):
         has("after the stay", "^" + n + r": health round ok")
+    # Sentences fed while the roll swapped the nodes (every node's tree, so the topology's worker
+    # moved at least once), counted exactly with all the others in the line after.
+    during = has("after the stay", r"^topology during the stay: \d+ sentences fed with acks=all")
+    figures.append(during)
+    need(during is None or int(re.search(r"stay: (\d+) sentences", during).group(1)) >= 100,
+         f"after the stay: fewer than 100 sentences fed during the roll: {during}")
     figures.append(has("after the stay", r"^topology after the stay: .*words exactly"))
 
 for f in figures:

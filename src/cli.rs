@@ -332,6 +332,12 @@ pub struct RollArgs {
     /// release's. Cannot be undone. With --dry-run: validated only.
     #[arg(long)]
     pub finalize: bool,
+    /// Once the roll is done (or when there is nothing to roll): kill the image's example
+    /// topology (examples/python-wordcount) and submit it again from the new image, waiting
+    /// until it is ACTIVE. For a Storm upgrade across major releases, whose topologies must be
+    /// resubmitted.
+    #[arg(long, conflicts_with = "finalize")]
+    pub resubmit_example: bool,
     /// How long each gate may take to pass before the roll stops, in seconds.
     #[arg(long, default_value_t = 900)]
     pub gate_timeout: u64,

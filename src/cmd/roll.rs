@@ -23,6 +23,7 @@ pub fn roll(cli: &Cli, a: &crate::cli::RollArgs) -> Result<()> {
         key: a.identity.clone(),
         user: a.user.clone(),
         finalize: a.finalize,
+        resubmit_example: a.resubmit_example,
     };
     crate::roll::run(&all, &selected, &cli.images, &cli.build_dir, &o)
 }

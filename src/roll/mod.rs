@@ -25,7 +25,7 @@ pub mod order;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::plan::Plan;
 use gates::{Gate, Remote};
@@ -42,6 +42,9 @@ pub struct Options {
     pub user: Option<String>,
     /// `--finalize`: raise Kafka's feature levels to the release every broker runs (`finalize`).
     pub finalize: bool,
+    /// `--resubmit-example`: once the roll is done, kill the recipe's example topology and
+    /// submit it again from the new images (after a Storm major upgrade).
+    pub resubmit_example: bool,
 }
 
 /// The roll's record (BUILD_DIR/roll/state.json).
@@ -148,13 +151,61 @@ fn storm_advice(plans: &[&Plan], remotes: &[Remote]) {
     let from = runs.into_iter().collect::<Vec<_>>().join(", ");
     if across {
         println!(
-            "roll: Storm {from} → {want} crosses a major release: running topologies must be resubmitted after the roll (`storm kill NAME`, then submit again; the example: examples/python-wordcount/README.md)"
+            "roll: Storm {from} → {want} crosses a major release: running topologies must be resubmitted after the roll (`storm kill NAME`, then submit again; the image's example: `imgbuild roll --resubmit-example`)"
         );
     } else {
         println!(
             "roll: Storm {from} → {want} (same major release): running topologies need not be resubmitted; their workers restart on the new supervisors as each node is rolled"
         );
     }
+}
+
+/// `--resubmit-example`: from the first node with Storm and Kafka, kill the image's example
+/// topology if it runs and submit it again (built from what the new image holds), until ACTIVE.
+fn resubmit_example(plans: &[&Plan], remotes: &[Remote]) -> Result<()> {
+    let t = Instant::now();
+    let kafka: Vec<&Plan> = plans
+        .iter()
+        .copied()
+        .filter(|p| p.kafka.is_some())
+        .collect();
+    let p = plans
+        .iter()
+        .find(|p| p.storm.is_some() && p.kafka.is_some())
+        .context("resubmit: no node with both Storm and Kafka to submit from")?;
+    let r = remotes
+        .iter()
+        .find(|r| r.name == p.node.name)
+        .context("resubmit: the node's login")?;
+    let run = |cmd: &[&str], secs: u64| -> Result<String> {
+        let (code, out, err) = r.run(cmd, secs)?;
+        if code != 0 {
+            let tail: Vec<&str> = err.lines().rev().take(6).collect();
+            bail!(
+                "{}: `{}` failed (exit {code}): {}",
+                r.name,
+                cmd.join(" "),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        Ok(out)
+    };
+    use crate::vm::checks::topology as topo;
+    let killed = topo::kill_example(&run).context("resubmit: killing the example topology")?;
+    println!(
+        "roll: resubmit: {} on {}",
+        if killed {
+            "the example topology killed"
+        } else {
+            "the example topology was not running"
+        },
+        p.node.name
+    );
+    for l in topo::submit_example(&run, p, &kafka).context("resubmit: submitting the example")? {
+        println!("roll: resubmit: {l}");
+    }
+    println!("roll: resubmit: done in {:.0}s", t.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Roll `selected` (of the cluster's `plans`) to the images in `images`.
@@ -267,7 +318,12 @@ pub fn run(
     }
     if o.dry_run || ordered.is_empty() {
         if o.dry_run {
+            if o.resubmit_example {
+                println!("roll: then the example topology would be killed and submitted again");
+            }
             println!("roll: dry run: nothing changed");
+        } else if o.resubmit_example {
+            resubmit_example(plans, &remotes)?;
         }
         if o.json {
             println!(
@@ -393,6 +449,9 @@ pub fn run(
         ordered.len(),
         t.elapsed().as_secs_f64()
     );
+    if o.resubmit_example {
+        resubmit_example(plans, &remotes)?;
+    }
     if o.json {
         println!("{}", serde_json::to_string(&state)?);
     }

@@ -24,6 +24,11 @@ pub struct Wanted {
     pub stay: bool,
 }
 
+/// `--stay`: keep the cluster up until interrupted, answering roll's swaps and feeding the
+/// topology; the lines of what happened, and what failed.
+pub type Stay<'a> =
+    dyn FnMut(&mut [Member], Option<&mut Wordcount>) -> (Vec<String>, Vec<String>) + 'a;
+
 /// What the checks share: the cluster, and what earlier checks leave for later ones.
 pub struct Ctx<'a> {
     pub nodes: &'a [&'a Plan],
@@ -38,8 +43,9 @@ pub struct Ctx<'a> {
     /// The Python topology the topology check left running (node loss feeds it; the last check
     /// kills it).
     pub wordcount: Option<Wordcount>,
-    /// Keep the cluster up until interrupted (`--stay`), answering roll's swaps: what happened.
-    pub stay: &'a mut dyn FnMut(&mut [Member]) -> Vec<String>,
+    /// Keep the cluster up until interrupted (`--stay`), answering roll's swaps and feeding the
+    /// topology: what happened, and what failed.
+    pub stay: &'a mut Stay<'a>,
     /// A check so far failed (then nothing stays up).
     pub failed: bool,
 }

@@ -22,7 +22,7 @@ mod node_loss;
 mod partition;
 mod round_trip;
 pub mod stay;
-mod topology;
+pub mod topology;
 mod versions;
 pub mod zkauth;
 

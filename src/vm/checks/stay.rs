@@ -1,6 +1,7 @@
 //! The `after the stay` check (`up --check --stay`): the cluster kept up until interrupted while
 //! `imgbuild roll` swaps its containers' trees; then every node's own health round as it is now
-//! (not as `up` saw it before the stay) and the topology's counts again.
+//! (not as `up` saw it before the stay) and the topology's counts again: of every sentence sent,
+//! those fed during the stay (while the roll moved its worker) included.
 
 use std::time::Duration;
 
@@ -10,9 +11,11 @@ use crate::vm::member::Member;
 pub fn after_stay(c: &mut Ctx) -> Phase {
     let stay = &mut *c.stay;
     let members = &mut *c.members;
-    let wc = c.wordcount.as_mut();
+    let mut wc = c.wordcount.as_mut();
     Phase::timed("after the stay", |lines, failures| {
-        lines.extend(stay(members));
+        let (l, f) = stay(members, wc.as_deref_mut());
+        lines.extend(l);
+        failures.extend(f);
         for m in members.iter() {
             match health_round(m) {
                 Ok(l) => lines.push(l),

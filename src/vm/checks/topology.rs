@@ -157,11 +157,107 @@ pub(super) fn acls_applied(c: &Member, p: &Plan) -> Result<String> {
 
 /// The topology's state in `storm list` (ACTIVE, INACTIVE, KILLED...), if it is listed.
 pub(super) fn topology_status(c: &Member) -> Result<Option<String>> {
-    let out = c.tool(&storm(&["list"]), 180)?;
+    example_status(&|cmd: &[&str], secs: u64| c.tool(cmd, secs))
+}
+
+/// Runs a command as root on a node (`secs` at most) and returns its stdout, or an error when it
+/// failed: a member's `tool`, or roll's SSH to a node.
+pub(crate) type Run<'a> = dyn Fn(&[&str], u64) -> Result<String> + 'a;
+
+/// The example topology's status in `storm list` (None: not listed).
+pub(crate) fn example_status(run: &Run) -> Result<Option<String>> {
+    let cmd = storm(&["list"]);
+    let out = run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 180)?;
     Ok(out.lines().find_map(|l| {
         let mut cols = l.split_whitespace();
         (cols.next() == Some(WC_NAME)).then(|| cols.next().unwrap_or("?").to_string())
     }))
+}
+
+/// Kill the example topology if it runs, and wait until `storm list` no longer shows it.
+pub(crate) fn kill_example(run: &Run) -> Result<bool> {
+    if example_status(run)?.is_none() {
+        return Ok(false);
+    }
+    let cmd = storm(&["kill", WC_NAME, "-w", "1"]);
+    run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 300)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Some(s) = example_status(run)? {
+        if Instant::now() > deadline {
+            bail!("{WC_NAME} still listed as {s} 120s after `storm kill`");
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    Ok(true)
+}
+
+/// Build the image's example topology (examples/python-wordcount, installed on every Storm node)
+/// on node `p` with what its image holds, submit it (Flux, as User:storm with the node's client
+/// settings, a client of `kafka`'s client listeners) and wait until it is ACTIVE. What it did.
+pub(crate) fn submit_example(run: &Run, p: &Plan, kafka: &[&Plan]) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let jar = "/tmp/imgbuild-wordcount.jar";
+    let built = run(
+        &[
+            "/opt/python/bin/python3",
+            &format!("{WC_DIR}/build-jar.py"),
+            jar,
+        ],
+        120,
+    )?;
+    lines.push(format!("built on {}: {}", p.node.name, built.trim()));
+    // The topology is a client of the client listeners, as User:storm with the node's
+    // settings for it (its certificate, or its SCRAM password).
+    let clients = kafka
+        .iter()
+        .filter_map(|k| Some(format!("{}:{}", k.node.ip, k.kafka.as_ref()?.port)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let props = format!(
+        "topology.name={WC_NAME}\nkafka.bootstrap={clients}\ninput.topic={WC_IN}\noutput.topic={WC_OUT}\nkafka.client.config={}\n",
+        crate::layout::STORM_KAFKA_CLIENT
+    );
+    run(
+        &[
+            "sh",
+            "-c",
+            "printf '%s' \"$1\" >/tmp/imgbuild-wordcount.properties",
+            "sh",
+            &props,
+        ],
+        30,
+    )?;
+    let submit = Instant::now();
+    let cmd = storm(&[
+        "jar",
+        jar,
+        "org.apache.storm.flux.Flux",
+        "--remote",
+        "--filter",
+        "/tmp/imgbuild-wordcount.properties",
+        &format!("{WC_DIR}/topology.yaml"),
+    ]);
+    run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 600)?;
+    let mut status = None;
+    while submit.elapsed() < Duration::from_secs(300) {
+        status = example_status(run)?;
+        if status.as_deref() == Some("ACTIVE") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    if status.as_deref() != Some("ACTIVE") {
+        bail!(
+            "{WC_NAME}: {} 300s after submission",
+            status.unwrap_or_else(|| "not listed".into())
+        );
+    }
+    lines.push(format!(
+        "{WC_NAME} (Flux: Kafka spout -> Python split -> Python count -> Kafka bolt) ACTIVE {:.0}s after `storm jar` on {}",
+        submit.elapsed().as_secs_f64(),
+        p.node.name
+    ));
+    Ok(lines)
 }
 
 impl Wordcount {
@@ -180,10 +276,43 @@ impl Wordcount {
         );
         let mut cmd = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
         cmd.extend((self.sent..self.sent + n).map(sentence));
-        c.tool(&cmd, 300)?;
+        let o = c.exec(
+            &cmd.iter().map(String::as_str).collect::<Vec<_>>(),
+            Duration::from_secs(300),
+        )?;
+        // The console producer logs a send that failed and still exits 0: either is a failure,
+        // and then which of the sentences were written is unknown (the counts cannot be judged).
+        let err = String::from_utf8_lossy(&o.stderr);
+        if let Some(l) = err.lines().find(|l| l.contains("Error when sending")) {
+            bail!("{}: a sentence was not written: {l}", c.name());
+        }
+        if !o.status.success() {
+            let tail: Vec<&str> = err.lines().rev().take(6).collect();
+            bail!(
+                "{}: the console producer failed ({}): {}",
+                c.name(),
+                o.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
         self.sent += n;
         self.expected = word_counts(self.sent);
         Ok(())
+    }
+
+    /// Feed `n` more sentences during `up --stay` (while `imgbuild roll` swaps nodes) through
+    /// `via`, without waiting for the counts: the check after the stay waits for all of them.
+    pub fn feed_through(&mut self, cs: &[Member], via: &str, n: usize) -> Result<()> {
+        let c = cs
+            .iter()
+            .find(|c| c.name() == via)
+            .with_context(|| format!("no member {via}"))?;
+        self.feed(c, n)
+    }
+
+    /// Sentences sent so far.
+    pub fn sent(&self) -> usize {
+        self.sent
     }
 
     /// Read the output topic through `c` until it holds the expected counts (or `wait` passes).
@@ -265,13 +394,8 @@ impl Wordcount {
                 .iter()
                 .find(|c| c.name() == self.via)
                 .context("the topology's node")?;
-            c.tool(&storm(&["kill", WC_NAME, "-w", "1"]), 300)?;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while let Some(s) = topology_status(c)? {
-                if Instant::now() > deadline {
-                    bail!("{WC_NAME} still listed as {s} 120s after `storm kill`");
-                }
-                std::thread::sleep(Duration::from_secs(3));
+            if !kill_example(&|cmd: &[&str], secs: u64| c.tool(cmd, secs))? {
+                bail!("{WC_NAME} was no longer running when it was to be killed");
             }
             lines.push(format!("{WC_NAME} killed: no longer in `storm list`"));
             Ok(())
@@ -317,72 +441,11 @@ pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
         for topic in [WC_IN, WC_OUT] {
             create_topic(c, &servers, topic, rf)?;
         }
-        let jar = "/tmp/imgbuild-wordcount.jar";
-        let built = c.tool(
-            &[
-                "/opt/python/bin/python3",
-                &format!("{WC_DIR}/build-jar.py"),
-                jar,
-            ],
-            120,
-        )?;
-        lines.push(format!("built on {}: {}", p.node.name, built.trim()));
-        // The topology is a client of the client listeners, as User:storm with the node's
-        // settings for it (its certificate, or its SCRAM password).
-        let clients = kafka
-            .iter()
-            .filter_map(|k| Some(format!("{}:{}", k.node.ip, k.kafka.as_ref()?.port)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let props = format!(
-            "topology.name={WC_NAME}\nkafka.bootstrap={clients}\ninput.topic={WC_IN}\noutput.topic={WC_OUT}\nkafka.client.config={}\n",
-            crate::layout::STORM_KAFKA_CLIENT
-        );
         if p.security.tls() {
             lines.push(acls_applied(c, p)?);
         }
-        c.tool(
-            &[
-                "sh",
-                "-c",
-                "printf '%s' \"$1\" >/tmp/imgbuild-wordcount.properties",
-                "sh",
-                &props,
-            ],
-            30,
-        )?;
-        let submit = Instant::now();
-        c.tool(
-            &storm(&[
-                "jar",
-                jar,
-                "org.apache.storm.flux.Flux",
-                "--remote",
-                "--filter",
-                "/tmp/imgbuild-wordcount.properties",
-                &format!("{WC_DIR}/topology.yaml"),
-            ]),
-            600,
-        )?;
-        let mut status = None;
-        while submit.elapsed() < Duration::from_secs(300) {
-            status = topology_status(c)?;
-            if status.as_deref() == Some("ACTIVE") {
-                break;
-            }
-            std::thread::sleep(Duration::from_secs(3));
-        }
-        if status.as_deref() != Some("ACTIVE") {
-            bail!(
-                "{WC_NAME}: {} 300s after submission",
-                status.unwrap_or_else(|| "not listed".into())
-            );
-        }
-        lines.push(format!(
-            "{WC_NAME} (Flux: Kafka spout -> Python split -> Python count -> Kafka bolt) ACTIVE {:.0}s after `storm jar` on {}",
-            submit.elapsed().as_secs_f64(),
-            p.node.name
-        ));
+        let run = |cmd: &[&str], secs: u64| c.tool(cmd, secs);
+        lines.extend(submit_example(&run, p, &kafka)?);
         let mut w = Wordcount {
             via: p.node.name.clone(),
             bootstrap: servers,

@@ -553,7 +553,9 @@ fn after_healthy(
     let timeout = o.timeout;
     let mut reboot = |c: &mut Member| boot_until_healthy(c, timeout);
     let json = o.json;
-    let mut stay = |cs: &mut [Member]| stay(nodes, work, cs, json);
+    let mut stay = |cs: &mut [Member], wc: Option<&mut crate::vm::checks::Wordcount>| {
+        stay(nodes, work, cs, wc, json)
+    };
     let mut ctx = crate::vm::checks::Ctx {
         nodes,
         members: containers,
@@ -574,9 +576,24 @@ fn after_healthy(
     failures
 }
 
+/// Sentences fed to the topology every [`FEED_EVERY`] during the stay.
+const FEED_BATCH: usize = 20;
+const FEED_EVERY: Duration = Duration::from_secs(15);
+/// A node swapped less than this long ago is not fed through (its network and JVMs starting).
+const FEED_SETTLE: Duration = Duration::from_secs(60);
+
 /// `--stay`: once the checks passed, keep the cluster up until interrupted, answering roll's
-/// requests to swap a container's tree (`swap`). `UP/staying` exists meanwhile. What happened.
-fn stay(nodes: &[&Plan], work: &Path, cs: &mut [Member], json: bool) -> Vec<String> {
+/// requests to swap a container's tree (`swap`). `UP/staying` exists meanwhile. The topology, when
+/// one runs, is fed a batch of sentences every [`FEED_EVERY`] through a Kafka node not swapped
+/// in the last minute (the check after the stay waits for their counts). What happened, and what
+/// failed.
+fn stay(
+    nodes: &[&Plan],
+    work: &Path,
+    cs: &mut [Member],
+    mut wc: Option<&mut crate::vm::checks::Wordcount>,
+    json: bool,
+) -> (Vec<String>, Vec<String>) {
     let build_dir = work.parent().unwrap_or(Path::new("."));
     let t = Instant::now();
     let _ = std::fs::write(work.join("staying"), format!("{}\n", std::process::id()));
@@ -584,24 +601,78 @@ fn stay(nodes: &[&Plan], work: &Path, cs: &mut [Member], json: bool) -> Vec<Stri
         json,
         "up: the checks passed; the cluster stays up (imgbuild roll may swap its containers' trees; Ctrl-C ends the stay and checks the topology again)",
     );
-    let mut swapped = Vec::new();
+    let mut swapped: Vec<(String, Instant)> = Vec::new();
+    let mut failures = Vec::new();
+    let first = wc.as_deref().map_or(0, |w| w.sent());
+    let mut fed: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last_feed = Instant::now();
     while !STOP.load(Ordering::SeqCst) {
         for m in cs.iter_mut() {
             m.exited(); // puts a rebooted container's veth on the bridge
         }
-        swap::serve(nodes, build_dir, cs, |n| swapped.push(n.to_string()));
+        swap::serve(nodes, build_dir, cs, |n| {
+            swapped.push((n.to_string(), Instant::now()))
+        });
+        if let Some(w) = wc.as_deref_mut()
+            && failures.is_empty()
+            && last_feed.elapsed() >= FEED_EVERY
+        {
+            last_feed = Instant::now();
+            let settled = |n: &str| {
+                !swapped
+                    .iter()
+                    .any(|(s, at)| s == n && at.elapsed() < FEED_SETTLE)
+            };
+            let via = std::iter::once(w.via().to_string())
+                .chain(
+                    nodes
+                        .iter()
+                        .filter(|p| p.kafka.is_some())
+                        .map(|p| p.node.name.clone()),
+                )
+                .find(|n| settled(n) && cs.iter().any(|m| m.name() == n && !m.is_vm()));
+            if let Some(via) = via {
+                match w.feed_through(cs, &via, FEED_BATCH) {
+                    Ok(()) => *fed.entry(via).or_default() += FEED_BATCH,
+                    Err(e) => failures.push(format!(
+                        "topology during the stay: feeding {FEED_BATCH} sentences failed, so the counts cannot be judged: {e:#}"
+                    )),
+                }
+            }
+        }
         std::thread::sleep(Duration::from_secs(1));
     }
     let _ = std::fs::remove_file(work.join("staying"));
-    vec![format!(
+    let mut lines = vec![format!(
         "stayed up {:.0}s; trees swapped: {}",
         t.elapsed().as_secs_f64(),
         if swapped.is_empty() {
             "none".to_string()
         } else {
-            swapped.join(", ")
+            swapped
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
-    )]
+    )];
+    if let Some(w) = wc {
+        lines.push(format!(
+            "topology during the stay: {} sentences fed with acks=all ({}; every {}s, no node swapped in the last {}s)",
+            w.sent() - first,
+            if fed.is_empty() {
+                "none".to_string()
+            } else {
+                fed.iter()
+                    .map(|(n, k)| format!("{k} through {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            FEED_EVERY.as_secs(),
+            FEED_SETTLE.as_secs()
+        ));
+    }
+    (lines, failures)
 }
 
 /// Print a phase as it finishes (its lines, then its failures) and keep it for the report.
