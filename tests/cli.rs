@@ -360,6 +360,13 @@ bad!(
     [("admin_port: 8081", "admin_port: 8080")]
 );
 bad!(
+    component_bad_supplier_and_license,
+    [(
+        "    version: 4.3.1\n",
+        "    version: 4.3.1\n    supplier: Apache\n    license: \"Apache-2.0; rm -rf\"\n"
+    )]
+);
+bad!(
     firewall_bad_clients,
     [(
         "users:\n",

@@ -415,6 +415,18 @@ fn node1_images_pass_the_standard_tools() {
         ),
         "pyspdxtools validating node1.spdx.json",
     );
+    // The 2021 NTIA minimum elements, checked by an independent tool (ntia-conformance-checker
+    // from PyPI): every component's supplier among them.
+    let ntia = sh(
+        spdx_validator()
+            .with_file_name("sbomcheck")
+            .to_str()
+            .unwrap(),
+        &["-c", "ntia", sbom_path.to_str().unwrap()],
+    );
+    ok(&ntia, "sbomcheck -c ntia node1.spdx.json");
+    let report = String::from_utf8_lossy(&ntia.stdout);
+    assert!(report.contains("Conformant: True"), "{report}");
     let sbom: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&sbom_path).unwrap()).unwrap();
     let pkgs = sbom["packages"].as_array().unwrap();
@@ -446,6 +458,29 @@ fn node1_images_pass_the_standard_tools() {
             .iter()
             .any(|c| c["algorithm"] == "SHA512" && c["checksumValue"] == kafka_in["sha512"]),
         "{kafka}"
+    );
+    assert_eq!(
+        kafka["supplier"], "Organization: The Apache Software Foundation",
+        "{kafka}"
+    );
+    assert_eq!(kafka["licenseDeclared"], "Apache-2.0", "{kafka}");
+    // A Debian package's license as its DEP-5 copyright file in the image declares it (bash's
+    // is GPL-3+ with a few other files' licenses beside).
+    let bash = pkgs.iter().find(|p| p["name"] == "bash").expect("bash");
+    assert_eq!(bash["supplier"], "Organization: Debian", "{bash}");
+    assert!(
+        bash["licenseDeclared"]
+            .as_str()
+            .unwrap()
+            .starts_with("GPL-3.0-or-later"),
+        "{bash}"
+    );
+    assert!(
+        bash["copyrightText"]
+            .as_str()
+            .unwrap()
+            .contains("Free Software Foundation"),
+        "{bash}"
     );
 
     // bmaptool copy with our bmap onto a file reproduces the raw image.
@@ -526,13 +561,14 @@ fn esp_file(img: &Path, file: &str, env: &Env) -> Vec<u8> {
     b
 }
 
-/// pyspdxtools (spdx-tools from PyPI) in a virtualenv of its own under target/, made once.
+/// pyspdxtools (spdx-tools from PyPI) in a virtualenv of its own under target/, made once, with
+/// sbomcheck (ntia-conformance-checker from PyPI) beside it.
 fn spdx_validator() -> &'static Path {
     static TOOL: OnceLock<PathBuf> = OnceLock::new();
     TOOL.get_or_init(|| {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/spdx");
         let tool = venv.join("bin/pyspdxtools");
-        if !tool.exists() {
+        if !tool.exists() || !venv.join("bin/sbomcheck").exists() {
             ok(
                 &sh("python3", &["-m", "venv", venv.to_str().unwrap()]),
                 "python3 -m venv",
@@ -540,9 +576,14 @@ fn spdx_validator() -> &'static Path {
             ok(
                 &sh(
                     venv.join("bin/pip").to_str().unwrap(),
-                    &["install", "--quiet", "spdx-tools"],
+                    &[
+                        "install",
+                        "--quiet",
+                        "spdx-tools",
+                        "ntia-conformance-checker",
+                    ],
                 ),
-                "pip install spdx-tools",
+                "pip install spdx-tools ntia-conformance-checker",
             );
         }
         tool

@@ -7,6 +7,7 @@
 
 pub mod bmap;
 pub mod boot;
+pub mod dep5;
 pub mod disk;
 pub mod fat;
 pub mod gpt;
@@ -669,7 +670,17 @@ impl<'a> Emit<'a> {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         let debs = crate::image::sbom::dpkg_packages(&status);
-        let inputs = sbom_inputs(cx.fetched);
+        // Each package's licenses as its DEP-5 copyright file declares them (none when free text).
+        let mut licenses = BTreeMap::new();
+        for d in &debs {
+            let f = Path::new("usr/share/doc").join(&d.name).join("copyright");
+            if let Some(text) = self.root.read_file(&f)?
+                && let Some(l) = crate::image::dep5::declared(&String::from_utf8_lossy(&text))
+            {
+                licenses.insert(d.name.clone(), l);
+            }
+        }
+        let inputs = sbom_inputs(cx.fetched, cx.plan);
         let distro = crate::image::boot::vendor(&self.root)?;
         let recipe_name = Path::new(&cx.plan.recipe)
             .file_name()
@@ -683,13 +694,14 @@ impl<'a> Emit<'a> {
             distro: &distro,
             recipe: &recipe_name,
             recipe_sha256: &cx.plan.recipe_sha256,
+            cluster: &cx.plan.cluster,
             lock_sha256: lock
                 .is_file()
                 .then(|| crate::fetch::checksum::sha256_file(&lock))
                 .transpose()?,
         };
         let sbom_name = crate::image::sbom::sbom_name(node);
-        let sbom = crate::image::sbom::spdx(&img, &debs, &inputs);
+        let sbom = crate::image::sbom::spdx(&img, &debs, &licenses, &inputs);
         fs::write(
             out.join(&sbom_name),
             serde_json::to_string_pretty(&sbom)? + "\n",
@@ -802,16 +814,21 @@ impl<'a> Emit<'a> {
     }
 }
 
-fn sbom_inputs(fetched: &[Fetched]) -> Vec<crate::image::sbom::Input> {
+fn sbom_inputs(fetched: &[Fetched], plan: &Plan) -> Vec<crate::image::sbom::Input> {
     fetched
         .iter()
-        .map(|f| crate::image::sbom::Input {
-            name: f.name.clone(),
-            version: f.version.clone(),
-            url: f.record.url.clone(),
-            sha256: f.record.sha256.clone(),
-            sha512: f.record.sha512.clone(),
-            signed_by: f.record.fingerprint.clone(),
+        .map(|f| {
+            let a = plan.artifacts.iter().find(|a| a.name.name() == f.name);
+            crate::image::sbom::Input {
+                name: f.name.clone(),
+                version: f.version.clone(),
+                url: f.record.url.clone(),
+                sha256: f.record.sha256.clone(),
+                sha512: f.record.sha512.clone(),
+                signed_by: f.record.fingerprint.clone(),
+                supplier: a.and_then(|a| a.supplier.clone()),
+                license: a.and_then(|a| a.license.clone()),
+            }
         })
         .collect()
 }

@@ -55,6 +55,10 @@ pub struct Input {
     pub sha256: String,
     pub sha512: String,
     pub signed_by: Option<String>,
+    /// Its publisher (`Organization: NAME`) and declared license (an SPDX expression), from the
+    /// plan (the known upstreams', or the recipe's).
+    pub supplier: Option<String>,
+    pub license: Option<String>,
 }
 
 /// What the documents describe.
@@ -68,6 +72,20 @@ pub struct Image<'a> {
     pub recipe: &'a str,
     pub recipe_sha256: &'a str,
     pub lock_sha256: Option<String>,
+    /// The recipe's `cluster.name`: who supplies the image is whoever runs that cluster.
+    pub cluster: &'a str,
+}
+
+/// The distribution's publisher: the supplier of its packages and of a base made from them.
+fn distro_supplier(distro: &str) -> String {
+    format!(
+        "Organization: {}",
+        match distro {
+            "ubuntu" => "Canonical Ltd.",
+            "debian" => "Debian",
+            other => other,
+        }
+    )
 }
 
 /// Percent-encoding for purl segments: anything but unreserved characters.
@@ -120,8 +138,14 @@ pub fn rfc3339(t: u64) -> String {
 /// The SPDX 2.3 document of one image.
 // Long on purpose: the SPDX document as one JSON literal per package kind, in the order the
 // standard lists them.
-pub fn spdx(img: &Image, debs: &[DebPackage], inputs: &[Input]) -> Value {
+pub fn spdx(
+    img: &Image,
+    debs: &[DebPackage],
+    licenses: &BTreeMap<String, super::dep5::Declared>,
+    inputs: &[Input],
+) -> Value {
     let mut used = BTreeSet::new();
+    let mut extracted: BTreeMap<String, String> = BTreeMap::new();
     let image_id = spdx_id("image", img.node, &mut used);
     let mut packages = vec![json!({
         "SPDXID": image_id,
@@ -130,7 +154,10 @@ pub fn spdx(img: &Image, debs: &[DebPackage], inputs: &[Input]) -> Value {
         "downloadLocation": "NOASSERTION",
         "filesAnalyzed": false,
         "primaryPackagePurpose": "OPERATING-SYSTEM",
-        "supplier": "NOASSERTION",
+        "supplier": format!("Organization: the operators of cluster {}", img.cluster),
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
         "comment": format!("Built by imgbuild {} from the recipe {} (sha256 {}); build key {}",
             env!("CARGO_PKG_VERSION"), img.recipe, img.recipe_sha256, img.build_key),
     })];
@@ -141,13 +168,23 @@ pub fn spdx(img: &Image, debs: &[DebPackage], inputs: &[Input]) -> Value {
     })];
     for d in debs {
         let id = spdx_id("deb", &format!("{}-{}", d.name, d.arch), &mut used);
+        let declared = licenses.get(&d.name);
+        for (r, text) in declared.iter().flat_map(|l| &l.refs) {
+            extracted.entry(r.clone()).or_insert_with(|| text.clone());
+        }
         packages.push(json!({
             "SPDXID": id,
             "name": d.name,
             "versionInfo": d.version,
             "downloadLocation": "NOASSERTION",
             "filesAnalyzed": false,
-            "supplier": format!("Organization: {}", if img.distro == "ubuntu" { "Canonical" } else { "Debian" }),
+            "supplier": distro_supplier(img.distro),
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": declared.map_or("NOASSERTION", |l| l.license.as_str()),
+            "copyrightText": declared
+                .map(|l| l.copyright.as_str())
+                .filter(|c| !c.is_empty())
+                .unwrap_or("NOASSERTION"),
             "externalRefs": [{
                 "referenceCategory": "PACKAGE-MANAGER",
                 "referenceType": "purl",
@@ -177,7 +214,15 @@ pub fn spdx(img: &Image, debs: &[DebPackage], inputs: &[Input]) -> Value {
             "packageFileName": file,
             "downloadLocation": i.url,
             "filesAnalyzed": false,
-            "supplier": "NOASSERTION",
+            // The base is the distribution's, whatever tarball carried it.
+            "supplier": i.supplier.clone().unwrap_or_else(|| if i.name == "base" {
+                distro_supplier(img.distro)
+            } else {
+                "NOASSERTION".to_string()
+            }),
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": i.license.as_deref().unwrap_or("NOASSERTION"),
+            "copyrightText": "NOASSERTION",
             "checksums": checksums,
             "comment": match &i.signed_by {
                 Some(fp) => format!("OpenPGP signature verified against key {fp}"),
@@ -207,9 +252,15 @@ pub fn spdx(img: &Image, debs: &[DebPackage], inputs: &[Input]) -> Value {
         "creationInfo": {
             "created": rfc3339(img.epoch),
             "creators": [format!("Tool: imgbuild-{}", env!("CARGO_PKG_VERSION"))],
+            // SPDX 2.3 has no field for it (SPDX 3's sbomType): CISA's type of this SBOM.
+            "comment": "SBOM type: build (written by the build from its inputs and the image's package database)",
         },
         "packages": packages,
         "relationships": relationships,
+        "hasExtractedLicensingInfos": extracted.iter().map(|(id, text)| json!({
+            "licenseId": id,
+            "extractedText": text,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -512,6 +563,7 @@ mod tests {
             recipe: "r.yaml",
             recipe_sha256: "00",
             lock_sha256: None,
+            cluster: "c",
         };
         let subjects = vec![("n.raw".to_string(), sha(&dir.path().join("n.raw")).unwrap())];
         let v = provenance(&img, &[], &subjects);

@@ -144,6 +144,35 @@ fn resolve_component(cx: &mut Ctx, name: Component, comp: &recipe::Component) ->
     }
     let vars = component_vars(name, &comp.version, &comp.vars);
     let (default_urls, default_digest) = component_defaults(name);
+    let supplier = comp.supplier.as_ref().and_then(|s| {
+        let ok = ["Organization: ", "Person: "]
+            .iter()
+            .any(|p| s.strip_prefix(p).is_some_and(|n| !n.trim().is_empty()));
+        if !ok {
+            let d = cx.error(
+                cx.at(&join(&path, "supplier")),
+                format!("`{s}` is not an SPDX supplier"),
+            );
+            Ctx::hint(d, "write `Organization: NAME` or `Person: NAME`");
+        }
+        ok.then(|| s.clone())
+    });
+    let license = comp.license.as_ref().and_then(|l| {
+        let ok = !l.trim().is_empty()
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || " .-+()".contains(c));
+        if !ok {
+            let d = cx.error(
+                cx.at(&join(&path, "license")),
+                format!("`{l}` is not an SPDX license expression"),
+            );
+            Ctx::hint(
+                d,
+                "an SPDX identifier (Apache-2.0), LicenseRef-NAME, or several joined by AND, OR, WITH",
+            );
+        }
+        ok.then(|| l.clone())
+    });
     resolve_artifact(
         cx,
         &ArtifactSpec {
@@ -158,6 +187,11 @@ fn resolve_component(cx: &mut Ctx, name: Component, comp: &recipe::Component) ->
             default_digest,
         },
     )
+    .map(|mut a| {
+        a.supplier = supplier.or(a.supplier);
+        a.license = license.or(a.license);
+        a
+    })
 }
 
 const UBUNTU_CLOUD_KEY: &str = "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81";
@@ -379,6 +413,8 @@ fn resolve_artifact(cx: &mut Ctx, a: &ArtifactSpec) -> Option<Artifact> {
         urls: rendered,
         digest,
         signature,
+        supplier: a.name.publisher().map(|(s, _)| s.to_string()),
+        license: a.name.publisher().map(|(_, l)| l.to_string()),
     })
 }
 

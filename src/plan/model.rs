@@ -384,6 +384,12 @@ pub struct Artifact {
     pub urls: Vec<String>,
     pub digest: DigestSource,
     pub signature: Option<SignaturePlan>,
+    /// Its publisher as SPDX writes a supplier (`Organization: NAME`), for the SBOM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supplier: Option<String>,
+    /// Its declared license, an SPDX license expression, for the SBOM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -32,6 +32,27 @@ impl Component {
         Component::Python,
     ];
 
+    /// Who publishes it and under which license, as SPDX says them (the SBOM's supplier and
+    /// declared license), for the upstream the reference recipe names; a recipe that takes a
+    /// component from elsewhere says so (`components.NAME.supplier`, `license`). The base's
+    /// come from the distribution it turns out to be, and its packages' own licenses.
+    pub fn publisher(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Component::Base => None,
+            Component::Java => Some((
+                "Organization: Eclipse Adoptium",
+                "GPL-2.0-only WITH Classpath-exception-2.0",
+            )),
+            Component::Zookeeper | Component::Kafka | Component::Storm => {
+                Some(("Organization: The Apache Software Foundation", "Apache-2.0"))
+            }
+            Component::Python => Some((
+                "Organization: Astral Software Inc. (python-build-standalone)",
+                "PSF-2.0",
+            )),
+        }
+    }
+
     /// Its name in the recipe, the lock file, the cache and messages.
     pub fn name(self) -> &'static str {
         match self {

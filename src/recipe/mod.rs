@@ -248,6 +248,13 @@ pub struct Component {
     /// Extra template variables for this component's URLs (`{scala}`, `{release}`, ...).
     #[serde(default)]
     pub vars: IndexMap<String, String>,
+    /// Its publisher for the SBOM, as SPDX writes a supplier (`Organization: NAME`); default:
+    /// the upstream of the reference recipe (Adoptium, the ASF, Astral).
+    #[serde(default)]
+    pub supplier: Option<String>,
+    /// Its declared license for the SBOM, an SPDX expression; default: upstream's.
+    #[serde(default)]
+    pub license: Option<String>,
 }
 
 /// Exactly one of these: an inline digest, or the URL of the publisher's checksum file.

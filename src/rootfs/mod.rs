@@ -412,9 +412,11 @@ fn trusted_keys(
 }
 
 /// mmdebstrap options every base gets: no documentation or translations (some postinsts need
-/// man1 to exist anyway), and no machine identity.
+/// man1 to exist anyway) but each package's copyright file (its license terms travel with it, as
+/// in Ubuntu's minimized images; the SBOM reads their DEP-5 licenses), and no machine identity.
 const BASE_HOOKS: &str = "--dpkgopt=path-exclude=/usr/share/man/*
 --dpkgopt=path-exclude=/usr/share/doc/*
+--dpkgopt=path-include=/usr/share/doc/*/copyright
 --dpkgopt=path-exclude=/usr/share/locale/*
 --dpkgopt=path-include=/usr/share/locale/locale.alias
 --setup-hook=mkdir -p \"$1/usr/share/man/man1\"
