@@ -407,14 +407,15 @@ fn resolve_artifact(cx: &mut Ctx, a: &ArtifactSpec) -> Option<Artifact> {
             return None;
         }
     }
+    let publisher = a.name.publisher();
     Some(Artifact {
         name: a.name,
         version: a.version.to_string(),
         urls: rendered,
         digest,
         signature,
-        supplier: a.name.publisher().map(|(s, _)| s.to_string()),
-        license: a.name.publisher().map(|(_, l)| l.to_string()),
+        supplier: publisher.map(|(s, _)| s.to_string()),
+        license: publisher.map(|(_, l)| l.to_string()),
     })
 }
 

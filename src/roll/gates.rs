@@ -35,6 +35,21 @@ impl Remote {
             String::from_utf8_lossy(&o.stderr).into_owned(),
         ))
     }
+
+    /// Run `cmd` as root and require that it succeed: its stdout, or an error naming the node,
+    /// the command, its exit code and the tail of its stderr (as `Member::tool` for `up`).
+    pub fn tool(&self, cmd: &[&str], timeout: u64) -> Result<String> {
+        let (code, out, err) = self.run(cmd, timeout)?;
+        if code != 0 {
+            anyhow::bail!(
+                "{}: `{}` failed (exit {code}): {}",
+                self.name,
+                cmd.join(" "),
+                crate::util::run::stderr_tail(&err, 6)
+            );
+        }
+        Ok(out)
+    }
 }
 
 /// A node's health round, parsed (the health unit's lines; shared with `up`'s checks).

@@ -177,19 +177,7 @@ fn resubmit_example(plans: &[&Plan], remotes: &[Remote]) -> Result<()> {
         .iter()
         .find(|r| r.name == p.node.name)
         .context("resubmit: the node's login")?;
-    let run = |cmd: &[&str], secs: u64| -> Result<String> {
-        let (code, out, err) = r.run(cmd, secs)?;
-        if code != 0 {
-            let tail: Vec<&str> = err.lines().rev().take(6).collect();
-            bail!(
-                "{}: `{}` failed (exit {code}): {}",
-                r.name,
-                cmd.join(" "),
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
-        }
-        Ok(out)
-    };
+    let run = |cmd: &[&str], secs: u64| r.tool(cmd, secs);
     use crate::vm::checks::topology as topo;
     let killed = topo::kill_example(&run).context("resubmit: killing the example topology")?;
     println!(

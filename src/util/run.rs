@@ -14,6 +14,13 @@ pub struct Cmd {
 }
 
 /// Quote a word for a POSIX shell when it needs it.
+/// The last `n` lines of a tool's stderr on one line (`a | b | c`), for an error message.
+pub fn stderr_tail(err: &str, n: usize) -> String {
+    let mut tail: Vec<&str> = err.lines().rev().take(n).collect();
+    tail.reverse();
+    tail.join(" | ")
+}
+
 pub fn shell_quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
     if !s.is_empty()

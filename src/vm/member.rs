@@ -202,14 +202,12 @@ impl Member {
         let cmd: Vec<&str> = cmd.iter().map(AsRef::as_ref).collect();
         let o = self.exec(&cmd, Duration::from_secs(timeout))?;
         if !o.status.success() {
-            let err = String::from_utf8_lossy(&o.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(8).collect();
             bail!(
                 "{}: `{}` failed ({}): {}",
                 self.name(),
                 cmd.join(" "),
                 o.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                crate::util::run::stderr_tail(&String::from_utf8_lossy(&o.stderr), 8)
             );
         }
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())

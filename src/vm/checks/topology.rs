@@ -287,12 +287,11 @@ impl Wordcount {
             bail!("{}: a sentence was not written: {l}", c.name());
         }
         if !o.status.success() {
-            let tail: Vec<&str> = err.lines().rev().take(6).collect();
             bail!(
                 "{}: the console producer failed ({}): {}",
                 c.name(),
                 o.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                crate::util::run::stderr_tail(&err, 6)
             );
         }
         self.sent += n;
