@@ -18,9 +18,9 @@ imgbuild derives it: PBKDF2-HMAC-SHA512, the salt from name and password) is in 
 the node's image, where both must be found: every node of the e2e cluster is a KRaft
 controller and runs Storm.
 """
-import mmap
 import os
 import stat
+import subprocess
 import sys
 
 
@@ -33,16 +33,32 @@ def body_lines(path):
     return [l.encode() for l in lines if len(l) >= 40]
 
 
-def found(path, needles):
-    if os.path.getsize(path) == 0:
-        return False
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        return any(m.find(n) >= 0 for n in needles)
+def search(outputs, needles):
+    """{output: the needles found in it}. One pass over each output for all the needles (grep's
+    multi-string search) rather than one scan per needle: the raw images are gigabytes each.
+    grep -o reports matches that do not overlap; no needle here contains another (PEM body
+    lines, passwords, salted credentials), so none can hide inside another's match."""
+    for a in needles:
+        for b in needles:
+            if a != b and a in b:
+                fail("a needle contains another: the search could miss it")
+    pattern = b"\n".join(sorted(set(needles))) + b"\n"
+    hits = {}
+    for path in outputs:
+        if os.path.getsize(path) == 0:
+            hits[path] = set()
+            continue
+        r = subprocess.run(["grep", "-aozF", "-f", "-", "--", path], input=pattern, capture_output=True)
+        if r.returncode > 1:
+            fail(f"grep {path}: {r.stderr.decode(errors='replace').strip()}")
+        hits[path] = set(r.stdout.split(b"\0")) - {b""}
+    return hits
 
 
-def confined(what, needles, outputs, allowed, required):
-    """Fail unless `needles` are found in no output but `allowed`, and in `required` if given."""
-    where = [o for o in outputs if found(o, needles)]
+def confined(what, needles, hits, allowed, required):
+    """Fail unless `needles` are found in no output but `allowed`, and in `required` if given
+    (hits: search()'s answer)."""
+    where = [o for o, found in hits.items() if found.intersection(needles)]
     if required and required not in where:
         fail(f"{what} not found in {required}: the search cannot see it, or the image lacks it")
     leaks = [w for w in where if w not in allowed]
@@ -63,6 +79,7 @@ def scram_check(secrets, node_dir, extra):
     names = sorted(f[: -len(".password")] for f in os.listdir(users) if f.endswith(".password"))
     if "storm" not in names:
         fail(f"{users}: no storm.password")
+    checks = []
     for name in names:
         path = os.path.join(users, f"{name}.password")
         if stat.S_IMODE(os.stat(path).st_mode) != 0o600:
@@ -71,9 +88,12 @@ def scram_check(secrets, node_dir, extra):
         salt = hashlib.sha256(f"imgbuild scram salt\0{name}\0{pw}".encode()).digest()[:16]
         salted = base64.b64encode(hashlib.pbkdf2_hmac("sha512", pw.encode(), salt, 8192))
         storm = name == "storm"
-        confined(f"user {name}'s password", [pw.encode()], outputs, own if storm else [],
-                 own[0] if storm else None)
-        confined(f"user {name}'s salted credential", [salted], outputs, own, own[0])
+        checks.append((f"user {name}'s password", [pw.encode()], own if storm else [],
+                       own[0] if storm else None))
+        checks.append((f"user {name}'s salted credential", [salted], own, own[0]))
+    hits = search(outputs, [n for c in checks for n in c[1]])
+    for what, needles, allowed, required in checks:
+        confined(what, needles, hits, allowed, required)
     print(f"pki-check: {node}: {len(names)} SCRAM users, {len(outputs)} outputs searched")
 
 
@@ -106,6 +126,7 @@ keys = sorted((k, None if n == "ca" else n) for k, n in keys)
 if "ca.key" not in [k for k, _ in keys] or len(keys) < 2:
     fail(f"{secrets} has keys {keys}: want ca.key and one per node")
 outputs = [os.path.join(d, f) for d, _, fs in os.walk(images) for f in fs] + extra
+checks = []
 for k, node in keys:
     path = os.path.join(secrets, k)
     if stat.S_IMODE(os.stat(path).st_mode) != 0o600:
@@ -121,5 +142,8 @@ for k, node in keys:
     own = os.path.join(images, node, f"{node}.raw") if node else None
     # The node's qcow2 holds the same filesystem (its clusters may be stored uncompressed).
     allowed = [own, os.path.join(images, node, f"{node}.qcow2")] if node else []
-    confined(k, needles, outputs, allowed, own)
+    checks.append((k, needles, allowed, own))
+hits = search(outputs, [n for c in checks for n in c[1]])
+for what, needles, allowed, required in checks:
+    confined(what, needles, hits, allowed, required)
 print(f"pki-check: {len(keys)} keys, {len(outputs)} outputs searched")
