@@ -11,9 +11,8 @@
 #       producer's longest stall and p99 acknowledgement latency during the roll next to before
 #       it, every broker on 4.4.0 and metadata.version raised, each node's Kafka segment files
 #       the same files after the roll (inode and birth time: kept, not re-replicated).
-#   v3  v2 with node1 changed harmlessly (an overlay /etc/motd) and node2's broker unable to
-#       start (an overlay server.properties with num.network.threads=none): `roll node1` passes;
-#       `roll node2` must stop at node2's gates after it, naming the gate; node3 untouched; the
+#   v3  v2 with node2's broker unable to start (an overlay server.properties with
+#       num.network.threads=none): `roll node2` must stop at node2's gates after it, naming the gate; node3 untouched; the
 #       cluster still serves (a round trip with acks=all); rolling node2 back to v2 (its tree
 #       built again from v2, `roll node2`) must pass its gates again.
 #   Then `roll --resubmit-example`: the example topology killed and submitted again (Storm's
@@ -68,8 +67,7 @@ EOF
 v2=${recipe%.yaml}-v2.yaml
 v3=${recipe%.yaml}-v3.yaml
 rm -rf "$dir/roll-v3-overlays"
-mkdir -p "$dir/roll-v3-overlays/node1/etc" "$dir/roll-v3-overlays/node2/etc/kafka"
-echo "imgbuild e2e: node1 on v3" >"$dir/roll-v3-overlays/node1/etc/motd"
+mkdir -p "$dir/roll-v3-overlays/node2/etc/kafka"
 cp "$bd/nodes/node2/rootfs/etc/kafka/server.properties" "$dir/roll-v3-overlays/node2/etc/kafka/server.properties"
 echo "num.network.threads=none" >>"$dir/roll-v3-overlays/node2/etc/kafka/server.properties"
 # The trees only matter here (containers boot them); their raw images are removed once built.
@@ -212,19 +210,19 @@ for p in problems:
 sys.exit(1 if problems else 0)
 EOF
 
-# v3: node1 fine, node2's broker broken.
+# v3: node2's broker broken (a harmless roll passed on every node to v2). Its gates after it
+# never pass, so they fail when the timeout ends: 45 s, the time they wait, is only how long
+# the broken state is watched before the roll stops.
 t=$(date +%s)
-build "$v3" node1 node2
-"$bin" -r "$v3" --build-dir "$bd" roll node1 --gate-timeout 300 >"$out/e2e-roll-v3a.out" 2>&1 || fail "roll node1 to v3 failed: $(tail -3 "$out/e2e-roll-v3a.out")"
-grep -q '^roll: node1 done' "$out/e2e-roll-v3a.out" || fail "roll node1 to v3: no done line"
+build "$v3" node2
 set +e
-"$bin" -r "$v3" --build-dir "$bd" roll node2 --gate-timeout 60 >"$out/e2e-roll-v3b.out" 2>&1
+"$bin" -r "$v3" --build-dir "$bd" roll node2 --gate-timeout 45 >"$out/e2e-roll-v3b.out" 2>&1
 rc=$?
 set -e
 line=$(grep -m1 'roll stopped' "$out/e2e-roll-v3b.out" || true)
 [ "$rc" -ne 0 ] && echo "$line" | grep -q '^error: roll stopped after node2: gate ' ||
     fail "roll node2 to the broken v3 did not stop at node2's gates after it (exit $rc): $(tail -5 "$out/e2e-roll-v3b.out")"
-echo "  roll: v3: node1 rolled; node2 refused: ${line#error: }" >&2
+echo "  roll: v3: node2 refused: ${line#error: }" >&2
 swaps=$(grep -c '^node3: swapping' "$out/e2e-scram.txt" || true)
 [ "$swaps" = 1 ] || fail "node3 was swapped $swaps times (once expected: the roll to v2)"
 client probe rehearsal 20 >>"$log" 2>&1 || fail "the cluster did not serve with node2 down (round trip)"
