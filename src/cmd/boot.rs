@@ -2,134 +2,36 @@
 
 use super::*;
 
-/// `imgbuild boot NODE`: the node's qcow2 (or raw) in QEMU with UEFI firmware.
-// Long on purpose: firmware, disk overlay, network, the Vm description and the run-or-check are the
-// command's steps in order, each a few lines.
+/// `imgbuild boot NODE`: the node's qcow2 (or raw) in QEMU with UEFI firmware (`vm::boot`).
 pub fn boot(cli: &Cli, o: &BootArgs) -> Result<()> {
-    let node = o.node.as_str();
-    use crate::vm::qemu;
     let cluster = resolve(&cli.recipe)?;
-    let plan = node_plan(&cluster, &cli.recipe, node)?;
-    let mut image = crate::image::bootable(&cli.images, node)?;
-    crate::util::tools::require(&[qemu::QEMU])?;
-    let fw = qemu::firmware(o.secure_boot)?;
-    let work = cli.build_dir.join("boot").join(node);
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    // Always an overlay with a real disk's room: slot B and the data partition are made on it at
-    // first boot.
-    let asked = match &o.disk_size {
+    let plan = node_plan(&cluster, &cli.recipe, &o.node)?;
+    let disk_size = match &o.disk_size {
         None => None,
         Some(text) => Some(
             crate::plan::parse_size(text)
                 .with_context(|| format!("--disk-size {text}: not a size (write it like 16GiB)"))?,
         ),
     };
-    let overlay = work.join("disk.qcow2");
-    let size = crate::vm::disk::disk_overlay(&image, asked, &overlay)?;
-    image = overlay;
-    let disk_size = Some(size);
-    let vars = work.join("OVMF_VARS.fd");
-    std::fs::copy(&fw.vars, &vars)
-        .with_context(|| format!("copying {} to {}", fw.vars.display(), vars.display()))?;
-    let kvm = qemu::kvm_works(&fw, &work);
-    if !kvm {
-        eprintln!(
-            "note: KVM is not usable here; software emulation (a boot takes a minute or two)"
-        );
-    }
-    let log = o
-        .serial_log
-        .clone()
-        .unwrap_or_else(|| work.join("serial.log"));
-    let _ = std::fs::remove_file(&log);
-    let net = match crate::vm::cluster::boot_network(plan, &cli.build_dir) {
-        Some(net) => net,
-        None => {
-            let (local, peer) = qemu::free_udp_ports()?;
-            qemu::Net::Isolated { local, peer }
-        }
-    };
-    let mac = plan
-        .node
-        .mac
-        .clone()
-        .unwrap_or_else(|| qemu::default_mac(node));
-    let vm = qemu::Vm {
-        name: node,
-        image: &image,
-        firmware: &fw,
-        vars: &vars,
-        kvm,
-        memory_mb: plan.guest_memory(o.memory)?,
-        cpus: o.cpus,
-        mac,
-        nic: &o.nic,
-        net,
-        serial_log: &log,
-        console: !o.check,
-        cdrom: None,
-        writable: false,
-        reboot: !o.check,
-    };
-    eprintln!(
-        "booting {} ({}{}, {}, snapshot mode); serial log {}",
-        image.display(),
-        fw.code.display(),
-        if fw.secure { ", Secure Boot" } else { "" },
-        if kvm { "KVM" } else { "TCG" },
-        log.display()
-    );
-    let cmd = vm.command();
-    if !o.check {
-        // Ctrl-C reaches QEMU (its console is this terminal); SIGTERM to imgbuild is passed on.
-        // Either way imgbuild outlives QEMU and removes the record `imgbuild ssh` enters by.
-        crate::vm::cluster::catch_signals();
-        let status = crate::vm::boot::run_until_stopped(cmd);
-        crate::vm::hostlink::forget(&cli.build_dir);
-        let status = status?;
-        anyhow::ensure!(
-            status.success() || crate::vm::cluster::stopping(),
-            "QEMU exited with {status}"
-        );
-        return Ok(());
-    }
-    let t = std::time::Instant::now();
-    let mut child = cmd
-        .spawn(
-            std::process::Stdio::null(),
-            std::process::Stdio::null(),
-            std::process::Stdio::inherit(),
-        )
-        .context("starting qemu-system-x86_64")?;
-    let seen = qemu::watch(
-        &mut child,
-        &log,
-        std::time::Duration::from_secs(o.timeout),
-        None,
-        |s| {
-            s.cloud_init_finished
-                && s.login_hostname.is_some()
-                && s.disk.is_some()
-                && s.data.is_some()
-        },
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    crate::vm::hostlink::forget(&cli.build_dir);
-    let seen = seen?;
-    crate::vm::boot::judge_boot(
+    crate::vm::boot::boot(
         plan,
-        &seen,
-        o.secure_boot,
-        disk_size,
-        t.elapsed().as_secs_f64(),
+        &cli.images,
+        &cli.build_dir,
+        &crate::vm::boot::Options {
+            memory: o.memory,
+            cpus: o.cpus,
+            check: o.check,
+            timeout: o.timeout,
+            serial_log: o.serial_log.clone(),
+            secure_boot: o.secure_boot,
+            disk_size,
+            nic: o.nic.clone(),
+        },
     )
-    .map_err(|e| anyhow::anyhow!("{e} (serial log {})", log.display()))
 }
 
-/// `imgbuild up [NODE...]`
-/// `imgbuild ssh NODE [-- CMD...]`: enter the running `up`'s network namespace and exec ssh.
-/// The node's host key is pinned: the one imgbuild made for its image (`pki::ssh`).
+/// `imgbuild ssh NODE [-- CMD...]`: the user and key, then `vm::hostlink::ssh` (the node's host
+/// key pinned).
 pub fn ssh(
     cli: &Cli,
     node: &str,
@@ -158,30 +60,16 @@ pub fn ssh(
     let key = identity
         .map(std::path::Path::to_path_buf)
         .or_else(|| default_key.is_file().then_some(default_key));
-    crate::util::tools::require(&[crate::util::tools::SSH])?;
-    crate::vm::hostlink::enter(&cli.build_dir)?;
-    let c = crate::util::run::Cmd::new("ssh");
-    let mut c = match crate::pki::ssh::pin_options(p) {
-        Some(pin) => c.args(pin),
-        None => {
-            eprintln!(
-                "note: {node}: no host key of it in {} (an image older than pinned host keys): its host key is not checked",
-                crate::pki::ssh::known_hosts(p).display()
-            );
-            c.args(crate::vm::hostlink::SSH_OPTIONS)
-        }
-    }
-    .args(["-o", "ConnectTimeout=10"]);
-    if let Some(k) = &key {
-        c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
-    }
-    c = c.arg(format!("{user}@{}", p.node.ip));
-    if !command.is_empty() {
-        c = c.arg("--").args(command);
-    }
-    Err(c.exec())
+    Err(crate::vm::hostlink::ssh(
+        &cli.build_dir,
+        p,
+        &user,
+        key.as_deref(),
+        command,
+    ))
 }
 
+/// `imgbuild up [NODE...]`
 pub fn up(cli: &Cli, args: &crate::cli::UpArgs) -> Result<()> {
     let (names, o) = (&args.nodes, &args.options());
     let cluster = resolve(&cli.recipe)?;

@@ -1,9 +1,140 @@
-//! `imgbuild boot`'s parts that are about the VM: running QEMU in the foreground until
-//! stopped, and judging a boot from what its console showed (its disk: `vm::disk`).
+//! `imgbuild boot`: a node's image in QEMU (firmware, disk overlay, network), run in the
+//! foreground until stopped or judged from what its console showed (its disk: `vm::disk`).
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::plan::Plan;
+
+/// `imgbuild boot`'s choices (its command line, the disk size parsed).
+pub struct Options {
+    pub memory: Option<u32>,
+    pub cpus: u32,
+    /// Judge the boot from the console and stop, rather than run until stopped.
+    pub check: bool,
+    pub timeout: u64,
+    pub serial_log: Option<PathBuf>,
+    pub secure_boot: bool,
+    pub disk_size: Option<u64>,
+    pub nic: String,
+}
+
+/// `imgbuild boot NODE`: the node's qcow2 (or raw) in QEMU with UEFI firmware.
+// Long on purpose: firmware, disk overlay, network, the Vm description and the run-or-check are the
+// command's steps in order, each a few lines.
+pub fn boot(plan: &Plan, images: &Path, build_dir: &Path, o: &Options) -> Result<()> {
+    let node = plan.node.name.as_str();
+    use crate::vm::qemu;
+    let mut image = crate::image::bootable(images, node)?;
+    crate::util::tools::require(&[qemu::QEMU])?;
+    let fw = qemu::firmware(o.secure_boot)?;
+    let work = build_dir.join("boot").join(node);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    // Always an overlay with a real disk's room: slot B and the data partition are made on it at
+    // first boot.
+    let overlay = work.join("disk.qcow2");
+    let size = crate::vm::disk::disk_overlay(&image, o.disk_size, &overlay)?;
+    image = overlay;
+    let disk_size = Some(size);
+    let vars = work.join("OVMF_VARS.fd");
+    std::fs::copy(&fw.vars, &vars)
+        .with_context(|| format!("copying {} to {}", fw.vars.display(), vars.display()))?;
+    let kvm = qemu::kvm_works(&fw, &work);
+    if !kvm {
+        eprintln!(
+            "note: KVM is not usable here; software emulation (a boot takes a minute or two)"
+        );
+    }
+    let log = o
+        .serial_log
+        .clone()
+        .unwrap_or_else(|| work.join("serial.log"));
+    let _ = std::fs::remove_file(&log);
+    let net = match crate::vm::cluster::boot_network(plan, build_dir) {
+        Some(net) => net,
+        None => {
+            let (local, peer) = qemu::free_udp_ports()?;
+            qemu::Net::Isolated { local, peer }
+        }
+    };
+    let mac = plan
+        .node
+        .mac
+        .clone()
+        .unwrap_or_else(|| qemu::default_mac(node));
+    let vm = qemu::Vm {
+        name: node,
+        image: &image,
+        firmware: &fw,
+        vars: &vars,
+        kvm,
+        memory_mb: plan.guest_memory(o.memory)?,
+        cpus: o.cpus,
+        mac,
+        nic: &o.nic,
+        net,
+        serial_log: &log,
+        console: !o.check,
+        cdrom: None,
+        writable: false,
+        reboot: !o.check,
+    };
+    eprintln!(
+        "booting {} ({}{}, {}, snapshot mode); serial log {}",
+        image.display(),
+        fw.code.display(),
+        if fw.secure { ", Secure Boot" } else { "" },
+        if kvm { "KVM" } else { "TCG" },
+        log.display()
+    );
+    let cmd = vm.command();
+    if !o.check {
+        // Ctrl-C reaches QEMU (its console is this terminal); SIGTERM to imgbuild is passed on.
+        // Either way imgbuild outlives QEMU and removes the record `imgbuild ssh` enters by.
+        crate::vm::cluster::catch_signals();
+        let status = run_until_stopped(cmd);
+        crate::vm::hostlink::forget(build_dir);
+        let status = status?;
+        anyhow::ensure!(
+            status.success() || crate::vm::cluster::stopping(),
+            "QEMU exited with {status}"
+        );
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    let mut child = cmd
+        .spawn(
+            std::process::Stdio::null(),
+            std::process::Stdio::null(),
+            std::process::Stdio::inherit(),
+        )
+        .context("starting qemu-system-x86_64")?;
+    let seen = qemu::watch(
+        &mut child,
+        &log,
+        std::time::Duration::from_secs(o.timeout),
+        None,
+        |s| {
+            s.cloud_init_finished
+                && s.login_hostname.is_some()
+                && s.disk.is_some()
+                && s.data.is_some()
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    crate::vm::hostlink::forget(build_dir);
+    let seen = seen?;
+    judge_boot(
+        plan,
+        &seen,
+        o.secure_boot,
+        disk_size,
+        t.elapsed().as_secs_f64(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e} (serial log {})", log.display()))
+}
 
 /// `boot --check`'s verdict from what the console showed: Secure Boot when asked, the disk
 /// size when asked, the disk's layout (slot B, the data partition) and the data partition with

@@ -245,6 +245,47 @@ pub fn enter(build_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `imgbuild ssh`: enter the running `up`'s network namespace (`enter`) and exec ssh to `p` as
+/// `user` (with `key` if given), running `command` if any. The node's host key is pinned: the
+/// one imgbuild made for its image (`pki::ssh`). Returns only on failure.
+pub fn ssh(
+    build_dir: &Path,
+    p: &Plan,
+    user: &str,
+    key: Option<&Path>,
+    command: &[String],
+) -> anyhow::Error {
+    if let Err(e) = enter_for_ssh(build_dir) {
+        return e;
+    }
+    let c = Cmd::new("ssh");
+    let mut c = match crate::pki::ssh::pin_options(p) {
+        Some(pin) => c.args(pin),
+        None => {
+            eprintln!(
+                "note: {}: no host key of it in {} (an image older than pinned host keys): its host key is not checked",
+                p.node.name,
+                crate::pki::ssh::known_hosts(p).display()
+            );
+            c.args(SSH_OPTIONS)
+        }
+    }
+    .args(["-o", "ConnectTimeout=10"]);
+    if let Some(k) = &key {
+        c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    c = c.arg(format!("{user}@{}", p.node.ip));
+    if !command.is_empty() {
+        c = c.arg("--").args(command);
+    }
+    c.exec()
+}
+
+fn enter_for_ssh(build_dir: &Path) -> Result<()> {
+    crate::util::tools::require(&[crate::util::tools::SSH])?;
+    enter(build_dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
