@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::Result;
 
@@ -24,6 +25,13 @@ pub struct Wanted {
     pub stay: bool,
 }
 
+/// A member booted already: when, and how long its console log was then.
+pub type Booted = (Instant, u64);
+
+/// Boot a member again (unless it was: [`Booted`]) and wait until its health unit says healthy:
+/// the seconds from its boot.
+pub type Reboot<'a> = dyn FnMut(&mut Member, Option<Booted>) -> Result<f64> + 'a;
+
 /// `--stay`: keep the cluster up until interrupted, answering roll's swaps and feeding the
 /// topology; the lines of what happened, and what failed.
 pub type Stay<'a> =
@@ -37,7 +45,7 @@ pub struct Ctx<'a> {
     pub work: &'a Path,
     pub wanted: Wanted,
     /// Boot a powered-off member again and wait until it is healthy: the seconds it took.
-    pub reboot: &'a mut dyn FnMut(&mut Member) -> Result<f64>,
+    pub reboot: &'a mut Reboot<'a>,
     /// The round trip's acknowledged messages, when it passed (node loss reads them again).
     pub acked: Option<BTreeSet<String>>,
     /// The Python topology the topology check left running (node loss feeds it; the last check

@@ -551,7 +551,7 @@ fn after_healthy(
         );
     }
     let timeout = o.timeout;
-    let mut reboot = |c: &mut Member| boot_until_healthy(c, timeout);
+    let mut reboot = |c: &mut Member, booted| boot_until_healthy(c, timeout, booted);
     let json = o.json;
     let mut stay = |cs: &mut [Member], wc: Option<&mut crate::vm::checks::Wordcount>| {
         stay(nodes, work, cs, wc, json)
@@ -693,12 +693,23 @@ fn report(
     phases.push(p.clone());
 }
 
-/// Boot a stopped member again and follow its console until its health unit says healthy
-/// (a VM: and until the check can log in again).
-fn boot_until_healthy(c: &mut Member, timeout: Duration) -> Result<f64> {
-    let t = Instant::now();
-    let from = std::fs::metadata(c.log()).map(|m| m.len()).unwrap_or(0);
-    c.boot()?;
+/// Boot a stopped member again (unless `booted` says when it was, and where its console then
+/// ended) and follow its console until its health unit says healthy (a VM: and until the check
+/// can log in again). The seconds from the boot.
+fn boot_until_healthy(
+    c: &mut Member,
+    timeout: Duration,
+    booted: Option<crate::vm::checks::Booted>,
+) -> Result<f64> {
+    let (t, from) = match booted {
+        Some(b) => b,
+        None => {
+            let t = Instant::now();
+            let from = std::fs::metadata(c.log()).map(|m| m.len()).unwrap_or(0);
+            c.boot()?;
+            (t, from)
+        }
+    };
     let mut st = NodeState::default();
     let mut console = Running {
         name: c.name().to_string(),
