@@ -351,7 +351,8 @@ impl<'a> Loss<'a> {
     /// Back: a ZooKeeper member again, every partition's ISR whole, the topology ACTIVE.
     fn rejoined(&self, cs: &[Member], topology: bool, ph: &mut Phase) {
         let want_isr = self.kafka.len().min(3);
-        let deadline = Instant::now() + Duration::from_secs(600);
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(600);
         let (mut modes, mut isr) = (Vec::new(), Vec::new());
         while Instant::now() < deadline {
             modes = zk_modes(self.nodes, cs, &self.all);
@@ -362,8 +363,9 @@ impl<'a> Loss<'a> {
             std::thread::sleep(Duration::from_secs(5));
         }
         ph.lines.push(format!(
-            "after the rejoin: zookeeper {}; ISR sizes {isr:?}",
-            modes_line(&modes)
+            "after the rejoin: zookeeper {}; ISR sizes {isr:?} ({:.0}s after it was healthy)",
+            modes_line(&modes),
+            t.elapsed().as_secs_f64()
         ));
         if topology {
             match topology_status(via_of(cs, self.a)) {
