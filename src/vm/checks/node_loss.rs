@@ -154,14 +154,13 @@ pub fn node_loss(
         let lost_at = Instant::now();
         let early = if cs[vi].is_vm() {
             cs[vi].cut_off(true)?;
-            let from = std::fs::metadata(cs[vi].log()).map_or(0, |m| m.len());
-            let at = Instant::now();
-            let booted = cs[vi].boot();
-            if let Err(e) = booted {
-                let _ = cs[vi].cut_off(false);
-                return Err(e);
+            match super::list::boot_marked(&mut cs[vi]) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    let _ = cs[vi].cut_off(false);
+                    return Err(e);
+                }
             }
-            Some((at, from))
         } else {
             None
         };

@@ -703,12 +703,7 @@ fn boot_until_healthy(
 ) -> Result<f64> {
     let (t, from) = match booted {
         Some(b) => b,
-        None => {
-            let t = Instant::now();
-            let from = std::fs::metadata(c.log()).map(|m| m.len()).unwrap_or(0);
-            c.boot()?;
-            (t, from)
-        }
+        None => crate::vm::checks::boot_marked(c)?,
     };
     let mut st = NodeState::default();
     let mut console = Running {
