@@ -151,142 +151,108 @@ pub struct Survey {
 }
 
 /// Take one look at the cluster: `plans` every node, `remotes` how to reach each, `except` a
-/// node not to run the cluster-wide tools on (the one being rolled). The nodes' health rounds
-/// run at once, then the Kafka and Storm tools at once (each a JVM: one look in turn took about
-/// 18 s on three containers, most of it the JVMs starting).
+/// node not to run the cluster-wide tools on (the one being rolled).
 pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Survey {
     let mut s = Survey::default();
     let remote = |n: &str| remotes.iter().find(|r| r.name == n);
-    let looks: Vec<_> = std::thread::scope(|sc| {
-        let handles: Vec<_> = plans
-            .iter()
-            .filter_map(|p| Some((p, remote(&p.node.name)?)))
-            .map(|(p, r)| sc.spawn(move || node_look(p, r)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a node's look panicked"))
-            .collect()
-    });
-    for (name, took, health, workers) in looks {
-        s.took.insert(name.clone(), took);
-        s.health.insert(name.clone(), health);
-        if let Some(w) = workers {
-            s.workers.insert(name, w);
+    for p in plans {
+        let name = &p.node.name;
+        let Some(r) = remote(name) else { continue };
+        let t = std::time::Instant::now();
+        let h = r
+            .run(&crate::vm::checks::HEALTH_ROUND, 180)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|(code, out, err)| {
+                let checks = parse_health(&out);
+                if checks.is_empty() {
+                    Err(format!(
+                        "no health round (exit {code}): {}",
+                        err.lines().last().unwrap_or("no answer")
+                    ))
+                } else {
+                    Ok(checks)
+                }
+            });
+        s.took.insert(name.clone(), t.elapsed().as_secs_f64());
+        s.health.insert(name.clone(), h);
+        if p.roles.contains(&Role::StormSupervisor)
+            && let Ok((_, out, _)) = r.run(
+                &[
+                    "/usr/bin/pgrep",
+                    "-c",
+                    "-f",
+                    // Bracketed: the pattern must not match the command line carrying it.
+                    "[o]rg.apache.storm.daemon.worker.Worker",
+                ],
+                60,
+            )
+        {
+            s.workers
+                .insert(name.clone(), out.trim().parse().unwrap_or(0));
         }
     }
     // The cluster-wide tools on a node that is not being rolled and answered, the quickest first;
     // the next one when a node's tool fails.
-    let mut by_speed: Vec<&Plan> = plans
+    let mut by_speed: Vec<&&Plan> = plans
         .iter()
-        .copied()
         .filter(|p| {
             Some(p.node.name.as_str()) != except
                 && s.health.get(&p.node.name).is_some_and(|h| h.is_ok())
         })
         .collect();
     by_speed.sort_by(|a, b| {
-        let t = |p: &Plan| s.took.get(&p.node.name).copied().unwrap_or(f64::MAX);
+        let t = |p: &&&Plan| s.took.get(&p.node.name).copied().unwrap_or(f64::MAX);
         t(a).total_cmp(&t(b))
     });
-    let wants = |role: Role| plans.iter().any(|p| p.roles.contains(&role));
-    let (kafka, topologies) = std::thread::scope(|sc| {
-        let by_speed = &by_speed;
-        let kafka = wants(Role::Kafka).then(|| {
-            sc.spawn(move || {
-                first_ok(by_speed, remotes, Role::Kafka, kafka_look).unwrap_or_else(|| {
-                    Err("no broker node answered to run kafka-topics.sh on".into())
-                })
-            })
+    let first_ok = |role: Role, look: &dyn Fn(&Plan, &Remote) -> Look<()>| -> Option<Look<()>> {
+        let mut last = None;
+        for p in by_speed.iter().filter(|p| p.roles.contains(&role)) {
+            let r = remote(&p.node.name).expect("answered");
+            match look(p, r) {
+                Ok(()) => return Some(Ok(())),
+                Err(e) => last = Some(Err(e)),
+            }
+        }
+        last
+    };
+    let kafka = std::cell::RefCell::new(None);
+    if plans.iter().any(|p| p.roles.contains(&Role::Kafka)) {
+        let got = first_ok(Role::Kafka, &|p, r| {
+            let k = kafka_look(p, r)?;
+            *kafka.borrow_mut() = Some(k);
+            Ok(())
         });
-        let tops = wants(Role::StormNimbus).then(|| {
-            sc.spawn(move || {
-                first_ok(by_speed, remotes, Role::StormNimbus, storm_list)
-                    .unwrap_or_else(|| Err("no nimbus node answered to run storm list on".into()))
-            })
+        s.kafka = Some(match (got, kafka.into_inner()) {
+            (Some(Ok(())), Some(k)) => Ok(k),
+            (Some(Err(e)), _) => Err(e),
+            _ => Err("no broker node answered to run kafka-topics.sh on".into()),
         });
-        (
-            kafka.map(|h| h.join().expect("the Kafka look panicked")),
-            tops.map(|h| h.join().expect("the Storm look panicked")),
-        )
-    });
-    s.kafka = kafka;
-    s.topologies = topologies;
-    s
-}
-
-/// One node's own look: its name, how long its health round took, the round (or why not), and
-/// its Storm worker processes (a supervisor node that answered).
-fn node_look(p: &Plan, r: &Remote) -> (String, f64, Look<BTreeMap<String, Check>>, Option<u32>) {
-    let t = std::time::Instant::now();
-    let h = r
-        .run(&crate::vm::checks::HEALTH_ROUND, 180)
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|(code, out, err)| {
-            let checks = parse_health(&out);
-            if checks.is_empty() {
-                Err(format!(
-                    "no health round (exit {code}): {}",
-                    err.lines().last().unwrap_or("no answer")
-                ))
-            } else {
-                Ok(checks)
+    }
+    let tops = std::cell::RefCell::new(None);
+    if plans.iter().any(|p| p.roles.contains(&Role::StormNimbus)) {
+        let got = first_ok(Role::StormNimbus, &|p, r| {
+            let cmd = crate::vm::checks::storm(&["list"]);
+            let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            match r.run(&cmd, 300) {
+                Ok((0, out, _)) => {
+                    *tops.borrow_mut() = Some(parse_topologies(&out));
+                    Ok(())
+                }
+                Ok((c, _, err)) => Err(format!(
+                    "{}: storm list exited {c}: {}",
+                    p.node.name,
+                    err.lines().last().unwrap_or("")
+                )),
+                Err(e) => Err(format!("{e:#}")),
             }
         });
-    let took = t.elapsed().as_secs_f64();
-    let workers = if p.roles.contains(&Role::StormSupervisor) {
-        r.run(
-            &[
-                "/usr/bin/pgrep",
-                "-c",
-                "-f",
-                // Bracketed: the pattern must not match the command line carrying it.
-                "[o]rg.apache.storm.daemon.worker.Worker",
-            ],
-            60,
-        )
-        .ok()
-        .map(|(_, out, _)| out.trim().parse().unwrap_or(0))
-    } else {
-        None
-    };
-    (p.node.name.clone(), took, h, workers)
-}
-
-/// `look` on the first node of `by_speed` with `role` whose look succeeds; the last failure when
-/// none does; None when no such node answered.
-fn first_ok<T>(
-    by_speed: &[&Plan],
-    remotes: &[Remote],
-    role: Role,
-    look: impl Fn(&Plan, &Remote) -> Look<T>,
-) -> Option<Look<T>> {
-    let mut last = None;
-    for p in by_speed.iter().filter(|p| p.roles.contains(&role)) {
-        let Some(r) = remotes.iter().find(|r| r.name == p.node.name) else {
-            continue;
-        };
-        match look(p, r) {
-            Ok(v) => return Some(Ok(v)),
-            Err(e) => last = Some(Err(e)),
-        }
+        s.topologies = Some(match (got, tops.into_inner()) {
+            (Some(Ok(())), Some(t)) => Ok(t),
+            (Some(Err(e)), _) => Err(e),
+            _ => Err("no nimbus node answered to run storm list on".into()),
+        });
     }
-    last
-}
-
-/// `storm list` on `p`: the topologies it shows.
-fn storm_list(p: &Plan, r: &Remote) -> Look<Vec<Topology>> {
-    let cmd = crate::vm::checks::storm(&["list"]);
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    match r.run(&cmd, 300) {
-        Ok((0, out, _)) => Ok(parse_topologies(&out)),
-        Ok((c, _, err)) => Err(format!(
-            "{}: storm list exited {c}: {}",
-            p.node.name,
-            err.lines().last().unwrap_or("")
-        )),
-        Err(e) => Err(format!("{e:#}")),
-    }
+    s
 }
 
 /// `kafka-topics.sh --describe`, whole and through each problem filter, on `p` as the node.
@@ -313,25 +279,12 @@ fn kafka_look(p: &Plan, r: &Remote) -> Look<KafkaLook> {
             Err(e) => Err(format!("{e:#}")),
         }
     };
-    // The whole description and the four filters at once (five JVMs), judged in this order.
-    let run = &run;
-    let mut looks = std::thread::scope(|sc| {
-        let handles: Vec<_> = std::iter::once(None)
-            .chain(FILTERS.into_iter().map(Some))
-            .map(|f| sc.spawn(move || run(f)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("kafka-topics.sh's look panicked"))
-            .collect::<Vec<_>>()
-    })
-    .into_iter();
-    let all = looks.next().expect("the whole description")?;
+    let all = run(None)?;
     let mut problems = BTreeMap::new();
-    for (f, look) in FILTERS.into_iter().zip(looks) {
+    for f in FILTERS {
         problems.insert(
             f.trim_start_matches("--").to_string(),
-            look?.iter().map(Partition::label).collect(),
+            run(Some(f))?.iter().map(Partition::label).collect(),
         );
     }
     Ok((all, problems))
