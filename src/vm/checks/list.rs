@@ -5,10 +5,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Instant;
 
-use anyhow::Result;
-
+use super::boot::Reboot;
 use super::{Phase, Wordcount};
 use crate::plan::Plan;
 use crate::vm::member::Member;
@@ -24,21 +22,6 @@ pub struct Wanted {
     /// for `imgbuild roll`; then the topology's counts are checked again.
     pub stay: bool,
 }
-
-/// A member booted already: when, and how long its console log was then.
-pub type Booted = (Instant, u64);
-
-/// Boot a stopped member, noting when and where its console log then ended.
-pub fn boot_marked(c: &mut Member) -> Result<Booted> {
-    let from = std::fs::metadata(c.log()).map_or(0, |m| m.len());
-    let at = Instant::now();
-    c.boot()?;
-    Ok((at, from))
-}
-
-/// Boot a member again (unless it was: [`Booted`]) and wait until its health unit says healthy:
-/// the seconds from its boot.
-pub type Reboot<'a> = dyn FnMut(&mut Member, Option<Booted>) -> Result<f64> + 'a;
 
 /// `--stay`: keep the cluster up until interrupted, answering roll's swaps and feeding the
 /// topology; the lines of what happened, and what failed.

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::plan::{Plan, Role};
 use crate::vm::member::Member;
 
+mod boot;
 pub mod firewall;
 pub mod kafkaauth;
 mod list;
@@ -26,6 +27,7 @@ pub mod topology;
 mod versions;
 pub mod zkauth;
 
+pub use boot::*;
 pub use list::*;
 pub use node_loss::*;
 pub use partition::*;

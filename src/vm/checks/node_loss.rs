@@ -129,7 +129,7 @@ pub fn node_loss(
     cs: &mut [Member],
     acked_before: &BTreeSet<String>,
     mut wordcount: Option<&mut Wordcount>,
-    wait_healthy: &mut super::list::Reboot<'_>,
+    wait_healthy: &mut super::boot::Reboot<'_>,
 ) -> Phase {
     let t = Instant::now();
     let mut ph = Phase {
@@ -154,7 +154,7 @@ pub fn node_loss(
         let lost_at = Instant::now();
         let early = if cs[vi].is_vm() {
             cs[vi].cut_off(true)?;
-            match super::list::boot_marked(&mut cs[vi]) {
+            match super::boot::boot_marked(&mut cs[vi]) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     let _ = cs[vi].cut_off(false);
