@@ -31,7 +31,7 @@ run() { # recipe build-dir args...
         --build-dir "$b/build" --images "$b/images" "$@"
 }
 listing() { find "$1" -type f -printf '%p %i %s %T@\n' | sort | sha256sum | cut -c1-16; }
-cold=() floor=() floor1=() rss=() n1=() n2=() n3=() noop=() change=() rebuilt=() mk=()
+cold=() floor=() floor1=() rss=() n1=() n2=() n3=() noop=() change=() rebuilt=() mk=() lw=() lh=()
 for i in $(seq "$runs"); do
     rm -rf "$bb"; sync
     run "$R" "$bb" all; cold+=("$t"); rss+=("$r")
@@ -57,17 +57,26 @@ for i in $(seq "$runs"); do
     rm -rf "$bb"; sync
     run "$R" "$bb" node1; n1+=("$t")
     run "$R" "$bb" node2; n2+=("$t")
+    # node2's physical limit (issue 33): its mapped raw bytes and its qcow2 written once
+    # (copies of its own outputs, sparse, synced) and each hashed once (SHA-256, page cache
+    # warm), one after the other; the 2-core overlap of the two is reported beside it.
+    d=$bb/images/node2 w=$bb/limit
+    mkdir -p "$w"; sync
+    measure bash -c "cp --sparse=always --reflink=never $d/node2.raw $d/node2.qcow2 $w/ && sync -f $w/node2.raw"
+    lw+=("$t"); rm -rf "$w"; sync
+    measure sha256sum "$d/node2.raw" "$d/node2.qcow2"
+    lh+=("$t")
     run "$R" "$bb" node3; n3+=("$t")
 done
 rm -rf "$bb"
 med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 report=$(awk -v c="$(med "${cold[@]}")" -v f="$(med "${floor[@]}")" -v f1="$(med "${floor1[@]}")" -v a="$(med "${n1[@]}")" -v b="$(med "${n2[@]}")" \
     -v d="$(med "${n3[@]}")" -v z="$(med "${noop[@]}")" -v ch="$(med "${change[@]}")" -v m="$(med "${rss[@]}")" \
-    -v rb="${rebuilt[*]}" -v n="$runs" -v k="$( ((${#mk[@]})) && med "${mk[@]}" || echo 0)" -v kn="${#mk[@]}" 'BEGIN {
+    -v rb="${rebuilt[*]}" -v lw="$(med "${lw[@]}")" -v lh="$(med "${lh[@]}")" -v n="$runs" -v k="$( ((${#mk[@]})) && med "${mk[@]}" || echo 0)" -v kn="${#mk[@]}" 'BEGIN {
     printf "| %d runs, median | measured | goal | |\n|---|---|---|---|\n", n;
     printf "| cold build node1..3 (`imgbuild all`, empty build dir) | %.1f s | | |\n", c;
     printf "| shell floor, same steps by hand (bench/floor.sh) | %.1f s | | |\n", f;
-    printf "| imgbuild vs floor | **%.2f×** | ≤ 1.15× | %s |\n", c / f, (c / f <= 1.15) ? "met" : "not met";
+    printf "| imgbuild vs floor | **%.2f×** | ≤ 0.85× | %s |\n", c / f, (c / f <= 0.85) ? "met" : "not met";
     if (k > 0) {
         printf "| same content built by mkosi 14 (bench/mkosi.sh, %d run%s; warm package cache; not bootable, see below) | %.1f s | | |\n", kn, (kn == 1) ? "" : "s", k;
         printf "| imgbuild vs mkosi | **%.2f×** | ≤ 0.5× | %s |\n", c / k, (c / k <= 0.5) ? "met" : "not met";
@@ -75,12 +84,14 @@ report=$(awk -v c="$(med "${cold[@]}")" -v f="$(med "${floor[@]}")" -v f1="$(med
         printf "| same content built by mkosi | not measured (mkosi not installed) | imgbuild ≤ 0.5× | |\n";
     }
     printf "| node1 alone (builds the shared tree) | %.1f s | | |\n", a;
-    printf "| node2 after node1 | %.1f s (%.0f%% of node1) | ≤ 10%% | %s |\n", b, 100 * b / a, (b / a <= 0.10) ? "met" : "not met";
-    printf "| node3 after node2 | %.1f s (%.0f%% of node1) | ≤ 10%% | %s |\n", d, 100 * d / a, (d / a <= 0.10) ? "met" : "not met";
+    printf "| node2 after node1 | %.1f s (%.0f%% of node1) | | |\n", b, 100 * b / a;
+    printf "| node3 after node2 | %.1f s (%.0f%% of node1) | | |\n", d, 100 * d / a;
+    printf "| node2'"'"'s physical limit: its mapped raw bytes and qcow2 written once (cp, synced) %.1f s, then each hashed once (sha256sum) %.1f s | %.1f s (overlapped on 2 cores: %.1f s) | | |\n", lw, lh, lw + lh, (lw > lh) ? lw : lh;
+    printf "| node2 vs its physical limit | **%.2f×** (%.2f× the overlapped one) | ≤ 1.5× | %s |\n", b / (lw + lh), b / ((lw > lh) ? lw : lh), (b / (lw + lh) <= 1.5) ? "met" : "not met";
     printf "| for scale: the shell floor for node1 alone, and per further node | %.1f s; %.1f s (%.0f%%) | | |\n", f1, (f - f1) / 2, 100 * (f - f1) / 2 / f1;
-    printf "| no-op rebuild of node1..3 (nothing rewritten, checked) | %.2f s | ≤ 2 s | %s |\n", z, (z <= 2) ? "met" : "not met";
+    printf "| no-op rebuild of node1..3 (nothing rewritten, checked) | %.2f s | ≤ 0.1 s | %s |\n", z, (z <= 0.1) ? "met" : "not met";
     printf "| one-line change for node2 (`services: {kafka: {heap_mb: 2048}}`) | %.1f s; rebuilt: %s | only that node | %s |\n", ch, rb, (rb ~ /more/) ? "not met" : "met";
-    printf "| peak memory of imgbuild during the cold build (VmHWM) | %.0f MiB | ≤ 256 MB | %s |\n", m / 1024, (m * 1024 <= 256e6) ? "met" : "not met";
+    printf "| peak memory of imgbuild during the cold build (VmHWM) | %.0f MiB | ≤ 64 MiB | %s |\n", m / 1024, (m <= 64 * 1024) ? "met" : "not met";
 }')
 echo "$report"
 note='mkosi 14 builds each node from scratch (debootstrap + apt into a fresh tree, then its own partitioning through loop devices); it runs here only without `--bootable` (it would mount the ESP, and this kernel has no vfat), so its images lack the boot chain imgbuild writes. The shell floor runs `mkfs.ext4 -d` for every node, as the issue describes it; imgbuild makes the shared tree'"'"'s filesystem once and gives each node a copy with its own UUID, hash seed and files (see README, "The disk image"), and it does what the floor skips: signature and checksum verification of every input, the ctime/FAT timestamp passes, bmap, seed ISO, manifest, SHA256SUMS and their hashing, the atomic publish. The marginal node is dominated by SHA-256 over the whole 4 GiB raw image (for SHA256SUMS and the manifest; see the profile below and "Reading the build numbers").'

@@ -93,14 +93,17 @@ pub fn vendor(root: &Root) -> Result<String> {
 /// The ESP for the tree at `root`, booting the root filesystem `root_uuid`.
 pub fn esp(root: &Root, root_uuid: &str) -> Result<Esp> {
     let kver = kernel(root)?;
-    let linux = read(root, &format!("boot/vmlinuz-{kver}"))?.context("kernel vanished")?;
-    let initrd = read(root, &format!("boot/initrd.img-{kver}"))?.context("initrd vanished")?;
     // Serial and VGA consoles: QEMU's -serial and a bare-metal screen both show the boot; the
     // last console is /dev/console (systemd's messages, the login prompt).
     // panic=10: a kernel that cannot mount its root (a slot being tried) restarts the machine,
     // and the boot counter falls back to the other slot.
     let cmdline = format!("root=UUID={root_uuid} rw console=tty0 console=ttyS0,115200n8 panic=10");
     if let Some(sdboot) = read(root, SYSTEMD_BOOT)? {
+        // Only systemd-boot takes the kernel and initrd onto the ESP (GRUB reads them from the
+        // root filesystem): read here, not before, or a shim+GRUB build holds some 40 MiB it
+        // never writes (the peak memory of a build).
+        let linux = read(root, &format!("boot/vmlinuz-{kver}"))?.context("kernel vanished")?;
+        let initrd = read(root, &format!("boot/initrd.img-{kver}"))?.context("initrd vanished")?;
         let dir = format!("imgbuild/{kver}");
         let entry = format!(
             "title   {kver} (imgbuild)\nversion {kver}\nlinux   /{dir}/linux\ninitrd  /{dir}/initrd\noptions {cmdline}\n"

@@ -144,7 +144,7 @@ pub fn ensure(plans: &[&Plan]) -> Result<()> {
         .chain(users)
         .collect();
     for leaf in &leaves {
-        if !is_current(leaf, &ca)? {
+        if !is_current(leaf, &ca, &dir.join(VERIFIED))? {
             make_leaf(leaf, &ca)?;
         }
     }
@@ -221,12 +221,107 @@ fn make_ca(cn: &str, ca: &Ca) -> Result<()> {
     result
 }
 
-/// The certificate exists, is signed by the CA and carries the CN and SANs it should.
-fn is_current(leaf: &Leaf, ca: &Ca) -> Result<bool> {
+/// How long a certificate found current is taken as current without asking openssl again: it
+/// was then valid for at least this long (`openssl x509 -checkend`). A no-op build ran three
+/// openssl processes per certificate, 17 for the demo (most of its 0.28 s).
+const VERIFIED_FOR_SECS: u64 = 30 * 24 * 3600;
+
+/// The record of certificates found current (`.verified` in the secrets directory): one line per
+/// check, `DIGEST SECONDS`, where DIGEST is the SHA-256 of what the check read (the CA's and the
+/// certificate's bytes) and asked (CN, SAN), and SECONDS when it passed. Another CA, certificate,
+/// CN or SAN is another digest.
+const VERIFIED: &str = ".verified";
+
+fn check_digest(leaf: &Leaf, ca: &Ca) -> Result<String> {
+    let mut h = Sha256::new();
+    for f in [&ca.cert, &leaf.cert] {
+        let b = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(&b);
+    }
+    h.update(format!(
+        "\0{}\0{}",
+        leaf.cn,
+        leaf.san.as_deref().unwrap_or("-")
+    ));
+    Ok(hex::encode(h.finalize()))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether `digest` was found current less than VERIFIED_FOR_SECS ago.
+fn recently_verified(record: &Path, digest: &str) -> bool {
+    let now = now_secs();
+    std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .any(|(d, t)| {
+            d == digest
+                && t.parse::<u64>()
+                    .is_ok_and(|t| t <= now && now - t < VERIFIED_FOR_SECS)
+        })
+}
+
+/// Add `digest` to the record (checks of certificates no longer there age out with it).
+fn record_verified(record: &Path, digest: &str) -> Result<()> {
+    let now = now_secs();
+    let mut lines: Vec<String> = std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_once(' ').is_some_and(|(d, t)| {
+                d != digest
+                    && t.parse::<u64>()
+                        .is_ok_and(|t| t <= now && now - t < VERIFIED_FOR_SECS)
+            })
+        })
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("{digest} {now}"));
+    crate::fetch::cache::write_atomic(record, (lines.join("\n") + "\n").as_bytes())
+}
+
+/// The certificate exists, is signed by the CA and carries the CN and SANs it should. A check
+/// that passed in the last VERIFIED_FOR_SECS on the same bytes, CN and SAN is not run again.
+fn is_current(leaf: &Leaf, ca: &Ca, record: &Path) -> Result<bool> {
     let (cert, key) = (&leaf.cert, &leaf.key);
-    if !(cert.exists() && key.exists()) {
+    if !(cert.exists() && key.exists() && ca.cert.exists()) {
         return Ok(false);
     }
+    let digest = check_digest(leaf, ca)?;
+    if recently_verified(record, &digest) {
+        return Ok(true);
+    }
+    if !checked_by_openssl(leaf, ca)? {
+        return Ok(false);
+    }
+    // Remembered only when it stays valid for the whole time it is remembered.
+    let lasts = Cmd::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            &VERIFIED_FOR_SECS.to_string(),
+            "-in",
+        ])
+        .arg(cert)
+        .output()?
+        .status
+        .success();
+    if lasts {
+        record_verified(record, &digest)?;
+    }
+    Ok(true)
+}
+
+/// is_current's checks, each by openssl.
+fn checked_by_openssl(leaf: &Leaf, ca: &Ca) -> Result<bool> {
+    let cert = &leaf.cert;
     let signed = Cmd::new("openssl")
         .args(["verify", "-CAfile"])
         .arg(&ca.cert)
@@ -490,4 +585,36 @@ pub fn check_identities(
     let _ = std::fs::remove_file(&other.key);
     made?;
     Ok((pem(&ours)?, pem(&impostor)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_check_is_remembered_for_its_digest_and_for_a_limited_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join(VERIFIED);
+        assert!(!recently_verified(&record, "aa"), "no record yet");
+        record_verified(&record, "aa").unwrap();
+        record_verified(&record, "bb").unwrap();
+        assert!(recently_verified(&record, "aa"));
+        assert!(recently_verified(&record, "bb"));
+        assert!(!recently_verified(&record, "cc"), "another digest");
+        // A check older than VERIFIED_FOR_SECS, or dated in the future, counts for nothing, and
+        // the next write drops it.
+        let old = now_secs() - VERIFIED_FOR_SECS - 1;
+        let future = now_secs() + 3600;
+        std::fs::write(&record, format!("aa {old}\ndd {future}\nbb garbage\n")).unwrap();
+        assert!(!recently_verified(&record, "aa"));
+        assert!(!recently_verified(&record, "dd"));
+        assert!(!recently_verified(&record, "bb"));
+        record_verified(&record, "cc").unwrap();
+        let text = std::fs::read_to_string(&record).unwrap();
+        assert!(
+            !text.contains("aa ") && !text.contains("bb ") && !text.contains("dd "),
+            "{text}"
+        );
+        assert!(recently_verified(&record, "cc"));
+    }
 }
