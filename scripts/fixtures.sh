@@ -44,7 +44,22 @@ fixtures_components() {
 
 fixtures_prepare() {
     mkdir -p "$out"
-    cargo build --release --locked --quiet --bin imgbuild --example fixture_server
+    # The base and the components are mostly waiting on Debian's and Maven Central's servers
+    # (about seven minutes the first time): made while the code compiles, as .ci/run does.
+    local bp cpid
+    (fixtures_base) >"$out/fixtures-base.log" 2>&1 &
+    bp=$!
+    (fixtures_components) >"$out/fixtures-components.log" 2>&1 &
+    cpid=$!
+    if ! cargo build --release --locked --quiet --bin imgbuild --example fixture_server; then
+        kill "$bp" "$cpid" 2>/dev/null || true
+        wait "$bp" "$cpid" 2>/dev/null || true
+        return 1
+    fi
+    wait "$bp" || { echo "fixtures: the Debian base failed:" >&2; tail -30 "$out/fixtures-base.log" >&2; return 1; }
+    wait "$cpid" || { echo "fixtures: the component tarballs failed:" >&2; tail -30 "$out/fixtures-components.log" >&2; return 1; }
+    grep -h '^fixtures:' "$out/fixtures-base.log" "$out/fixtures-components.log" >&2 || true
+    # Made now: these only set $base and $comps.
     fixtures_base
     fixtures_components
     # A throwaway key for the demo user (`imgbuild ssh NODE` finds it in build/ssh/).
