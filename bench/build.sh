@@ -27,8 +27,9 @@ measure() {
 }
 run() { # recipe build-dir args...
     local rc=$1 b=$2; shift 2
-    # The last build's writeback is not this one's: a build right after a cold one (14 GB
-    # written) waited on it in its fsyncs (the one-line change measured 14-15 s, 6.6 s after a sync).
+    # The last build's writeback is not this one's to wait for. (It did not explain the one-line
+    # change's 14-16 s: that is the kernel reclaiming the cold build's page cache, in system time;
+    # see BENCHMARKS.md, "Reading the build numbers".)
     sync
     measure target/release/imgbuild -r "$rc" --cache-dir "$out/cache" --mirror "https://=$url" \
         --build-dir "$b/build" --images "$b/images" "$@"
