@@ -253,34 +253,34 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Whether `digest` was found current less than VERIFIED_FOR_SECS ago.
-fn recently_verified(record: &Path, digest: &str) -> bool {
-    let now = now_secs();
+/// The record's digests that passed less than VERIFIED_FOR_SECS before `now` (an old, future or
+/// garbled line counts for nothing).
+fn fresh_digests(record: &Path, now: u64) -> Vec<(String, u64)> {
     std::fs::read_to_string(record)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split_once(' '))
-        .any(|(d, t)| {
-            d == digest
-                && t.parse::<u64>()
-                    .is_ok_and(|t| t <= now && now - t < VERIFIED_FOR_SECS)
+        .filter_map(|l| {
+            let (d, t) = l.split_once(' ')?;
+            let t = t.parse::<u64>().ok()?;
+            (t <= now && now - t < VERIFIED_FOR_SECS).then(|| (d.to_string(), t))
         })
+        .collect()
+}
+
+/// Whether `digest` was found current less than VERIFIED_FOR_SECS ago.
+fn recently_verified(record: &Path, digest: &str) -> bool {
+    fresh_digests(record, now_secs())
+        .iter()
+        .any(|(d, _)| d == digest)
 }
 
 /// Add `digest` to the record (checks of certificates no longer there age out with it).
 fn record_verified(record: &Path, digest: &str) -> Result<()> {
     let now = now_secs();
-    let mut lines: Vec<String> = std::fs::read_to_string(record)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            l.split_once(' ').is_some_and(|(d, t)| {
-                d != digest
-                    && t.parse::<u64>()
-                        .is_ok_and(|t| t <= now && now - t < VERIFIED_FOR_SECS)
-            })
-        })
-        .map(str::to_string)
+    let mut lines: Vec<String> = fresh_digests(record, now)
+        .into_iter()
+        .filter(|(d, _)| d != digest)
+        .map(|(d, t)| format!("{d} {t}"))
         .collect();
     lines.push(format!("{digest} {now}"));
     crate::fetch::cache::write_atomic(record, (lines.join("\n") + "\n").as_bytes())
