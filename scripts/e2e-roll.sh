@@ -19,7 +19,7 @@
 #   upgrade across majors); up's check after the stay requires its counts exact again.
 #
 # usage: scripts/e2e-roll.sh SCRAM_RECIPE OUT UP_PID COMPONENTS  (the cluster of `up` on build/scram)
-set -euo pipefail
+set -eEuo pipefail
 recipe=$1
 out=$2
 up_pid=$3
@@ -29,7 +29,10 @@ bd=build/scram
 bin=target/release/imgbuild
 log=$out/e2e-roll.log
 : >"$log"
-fail() { echo "e2e roll: $*" >&2; echo "--- $log (tail)" >&2; tail -40 "$log" >&2; exit 1; }
+# The log's tail first and the reason last: CI keeps only the end of what a run printed.
+fail() { echo "--- $log (tail)" >&2; tail -40 "$log" >&2; echo "e2e roll: $*" >&2; exit 1; }
+# A command that fails outside fail()'s checks still says where (set -e would end silently).
+trap 'echo "e2e roll: line $LINENO: a command failed (exit $?); the log: $log" >&2' ERR
 producer=
 trap '[ -z "$producer" ] || kill "$producer" 2>/dev/null || true' EXIT
 ib() { "$bin" --cache-dir "$out/cache" --mirror "https://=$(cat "$out/server.url")" "$@"; }
@@ -73,7 +76,7 @@ echo "num.network.threads=none" >>"$dir/roll-v3-overlays/node2/etc/kafka/server.
 # The trees only matter here (containers boot them); their raw images are removed once built.
 build() { # recipe nodes...
     local r=$1; shift
-    ib -r "$r" lock >>"$log" 2>&1
+    ib -r "$r" lock >>"$log" 2>&1 || fail "locking $r"
     ib -r "$r" --build-dir "$bd" --images "$out/images-roll" build "$@" >>"$log" 2>&1 || fail "building $* of $r"
     rm -rf "$out/images-roll"
 }

@@ -187,9 +187,13 @@ EOF
     rc=$?
     set -e
     if [ "$roll_rc" -ne 0 ]; then
-        cat "$out/e2e-roll.txt" >&2
-        echo "e2e: scram: the rolling-update rehearsal failed; up's report:" >&2
+        # up's report first, the rehearsal's own account (ending with its reason) last: CI keeps
+        # only the end of what a run printed.
+        echo "e2e: scram: up's report:" >&2
         grep -v '^\[ *[0-9]*s\]' "$out/e2e-scram.txt" | tail -40 >&2
+        echo "e2e: scram: the rolling-update rehearsal:" >&2
+        cat "$out/e2e-roll.txt" >&2
+        echo "e2e: scram: the rolling-update rehearsal failed (above: its reason)" >&2
         exit 1
     fi
     cat "$out/e2e-roll.txt" >&2
