@@ -40,7 +40,7 @@ need(up["check"] and up["ok"], f"up judged the cluster not ok: {up['failures']}"
 for p in up["phases"]:
     need(not p["failures"], f"phase {p['name']}: {p['failures']}")
 
-common = ["firewall", "versions", "kafka round trip", "kafka refusals", "zookeeper refusals",
+common = ["firewall", "versions", "metrics", "kafka round trip", "kafka refusals", "zookeeper refusals",
           "storm topology", "topology killed"]
 if kind == "mixed":
     want = ["the VM among containers"] + common + ["node loss and rejoin"]
@@ -52,6 +52,9 @@ for name in want:
     need(name in phases, f"phase {name!r} was not run")
 
 figures = []
+# ZooKeeper's Prometheus endpoint on every member (the VM's too), the leader's gauge on one.
+figures.append(has("metrics", r"^zookeeper: 3/3 endpoints scraped; the leader's gauges on node\d$"))
+has("firewall", r" 7000 open")
 if kind == "mixed":
     figures.append(has("the VM among containers", r"^node1 \(VM, its image in QEMU\): each check first passed"))
     has("the VM among containers", r"logs in over SSH")

@@ -115,10 +115,11 @@ client() { # mode topic out|count
     --create --topic rehearsal --partitions 3 --replication-factor 3 --config min.insync.replicas=2" >>"$log" 2>&1 ||
     fail "creating topic rehearsal"
 
-# Segment files before: the round trip's topic (every broker holds each of its partitions).
+# Segment files before: the round trip's topic (every broker holds each of its partitions). Kafka
+# deletes files while find walks (another topic's, an index): a vanished name is no error.
 segments() {
     for n in node1 node2 node3; do
-        find "$bd/up/$n/data/kafka/data" -path '*imgbuild-check-*' -name '*.log' -printf "$n %P %i %T@\n" | sort
+        find "$bd/up/$n/data/kafka/data" -ignore_readdir_race -path '*imgbuild-check-*' -name '*.log' -printf "$n %P %i %T@\n" | sort
     done
 }
 segments >"$out/e2e-roll-segments-before.txt"
@@ -218,10 +219,8 @@ EOF
 # the broken state is watched before the roll stops.
 t=$(date +%s)
 build "$v3" node2
-set +e
-"$bin" -r "$v3" --build-dir "$bd" roll node2 --gate-timeout 45 >"$out/e2e-roll-v3b.out" 2>&1
-rc=$?
-set -e
+rc=0
+"$bin" -r "$v3" --build-dir "$bd" roll node2 --gate-timeout 45 >"$out/e2e-roll-v3b.out" 2>&1 || rc=$?
 line=$(grep -m1 'roll stopped' "$out/e2e-roll-v3b.out" || true)
 [ "$rc" -ne 0 ] && echo "$line" | grep -q '^error: roll stopped after node2: gate ' ||
     fail "roll node2 to the broken v3 did not stop at node2's gates after it (exit $rc): $(tail -5 "$out/e2e-roll-v3b.out")"

@@ -374,6 +374,20 @@ bad!(
     )]
 );
 bad!(
+    metrics_bad_clients,
+    [(
+        "users:\n",
+        "metrics:\n  clients: [10.20.0.0/24, 10.20.0.7/24]\nusers:\n"
+    )]
+);
+bad!(
+    port_clash_zookeeper_metrics_vs_storm_slot,
+    [(
+        "    admin_port: 8081\n",
+        "    admin_port: 8081\n    metrics_port: 6700\n"
+    )]
+);
+bad!(
     kafka_users_bad,
     [(
         "    admin_port: 8081\n",
@@ -642,4 +656,46 @@ fn a_provenance_signing_key_must_exist_with_its_public_half() {
         "{p}"
     );
     assert!(!r.stdout.contains("not read by imgbuild"));
+}
+
+/// Metrics on by default: ZooKeeper's Prometheus endpoint on a member's own address, its port
+/// open to `metrics.clients` only; `metrics: {enabled: false}` leaves no endpoint and no port.
+#[test]
+fn metrics_endpoints_on_by_default_and_gone_when_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let on = dir.path().join("on.yaml");
+    std::fs::write(
+        &on,
+        mutate(&[("users:\n", "metrics:\n  clients: [10.20.0.99]\nusers:\n")]),
+    )
+    .unwrap();
+    let p = plan_json(on.to_str().unwrap(), "node2");
+    assert_eq!(p["zookeeper"]["metrics_port"], 7000);
+    assert_eq!(p["firewall"]["metrics"], serde_json::json!(["10.20.0.99"]));
+    let r = run(&std::fs::read_to_string(&on).unwrap(), &["plan", "node2"]);
+    assert!(
+        r.stdout
+            .contains("ports (metrics)        7000 ZooKeeper metrics_port (Prometheus)")
+            && r.stdout.contains("scraped from 10.20.0.99"),
+        "{}",
+        r.stdout
+    );
+
+    let off = dir.path().join("off.yaml");
+    std::fs::write(
+        &off,
+        mutate(&[("users:\n", "metrics:\n  enabled: false\nusers:\n")]),
+    )
+    .unwrap();
+    let p = plan_json(off.to_str().unwrap(), "node2");
+    assert!(p["zookeeper"]["metrics_port"].is_null());
+    assert!(p["firewall"]["metrics"].is_null());
+    let r = run(&std::fs::read_to_string(&off).unwrap(), &["plan", "node2"]);
+    assert!(
+        r.stdout.contains("off: no exporter, no metrics port")
+            && !r.stdout.contains("ports (metrics)")
+            && !r.stdout.contains("7000"),
+        "{}",
+        r.stdout
+    );
 }

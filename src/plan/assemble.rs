@@ -29,7 +29,8 @@ pub(super) fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         .collect();
     let controllers = resolve_controllers(cx, &nodes, kafka_mode);
     check_ensembles(cx, &nodes, &ensemble, kafka_mode);
-    check_ports(cx, &nodes, kafka_mode);
+    let metrics = r.metrics.enabled.unwrap_or(true);
+    check_ports(cx, &nodes, kafka_mode, metrics);
     let artifacts = resolve_artifacts(cx, &nodes);
     let base = resolve_base(cx);
     let users = resolve_users(cx);
@@ -37,7 +38,8 @@ pub(super) fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     let pki = resolve_pki(cx);
     let disk = resolve_disk(cx);
     let os = tuning::resolve_os(cx);
-    let firewall = firewall::resolve_firewall(cx, &network, nodes.iter().map(|n| n.ip).collect());
+    let firewall =
+        firewall::resolve_firewall(cx, &network, nodes.iter().map(|n| n.ip).collect(), metrics);
     let security = security::resolve_security(
         cx,
         nodes
@@ -175,7 +177,9 @@ pub(super) fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) ->
         hosts: w.hosts.clone(),
         roles: n.roles.clone(),
         units: Unit::for_roles(&n.roles, w.kafka_mode),
-        ports: n.ports.bound(&n.roles, w.kafka_mode),
+        ports: n
+            .ports
+            .bound(&n.roles, w.kafka_mode, w.firewall.metrics.is_some()),
         zookeeper: zookeeper_plan(w, n),
         kafka: n.roles.contains(&Role::Kafka).then(|| kafka_plan(w, n)),
         storm: n.roles.iter().any(|r| r.is_storm()).then(|| StormPlan {
@@ -215,6 +219,9 @@ pub(super) fn zookeeper_plan(w: &Shared, n: &NodeDraft) -> Option<ZookeeperPlan>
         quorum_port: n.ports.get(PortKey::ZkQuorum),
         election_port: n.ports.get(PortKey::ZkElection),
         admin_port: n.ports.get(PortKey::ZkAdmin),
+        // A member's: a node that only connects to the ensemble runs no ZooKeeper server.
+        metrics_port: (w.firewall.metrics.is_some() && n.roles.contains(&Role::Zookeeper))
+            .then(|| n.ports.get(PortKey::ZkMetrics)),
         heap_mb: n.zk.heap_mb,
         servers: w.zk_servers.clone(),
         connect: w.zk_connect.clone(),

@@ -159,11 +159,11 @@ pub(super) fn service_path(cx: &Ctx, node: &str, service: &str, field: &str) -> 
         .find(|p| cx.loaded.map.has(p))
 }
 
-pub(super) fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode) {
+pub(super) fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode, metrics: bool) {
     // One clash set in the recipe usually hits every node alike: report each once, naming the nodes.
     let mut clashes: BTreeMap<(Pos, String, String), Vec<&str>> = BTreeMap::new();
     for n in nodes {
-        let bound = n.ports.bound(&n.roles, mode);
+        let bound = n.ports.bound(&n.roles, mode, metrics);
         let node_pos = cx.key_at(&join("nodes", &n.name));
         let mut first: BTreeMap<u16, usize> = BTreeMap::new();
         for (i, b) in bound.iter().enumerate() {

@@ -18,6 +18,9 @@ pub struct FirewallPlan {
     pub clients: Vec<String>,
     /// The cluster's nodes: the only sources of cluster-internal traffic.
     pub nodes: Vec<Ipv4Addr>,
+    /// Where a Prometheus may scrape the metrics ports from (CIDRs); None: `metrics` off, no
+    /// exporter runs and no metrics port is bound.
+    pub metrics: Option<Vec<String>>,
 }
 
 impl FirewallPlan {
@@ -26,7 +29,21 @@ impl FirewallPlan {
         match reach {
             Reach::Cluster => self.nodes.iter().map(|ip| ip.to_string()).collect(),
             Reach::Clients => self.clients.clone(),
+            Reach::Metrics => self.metrics.clone().unwrap_or_default(),
         }
+    }
+
+    /// Whether `ip` is one of the sources a port of this reach lets through.
+    pub fn admits(&self, reach: Reach, ip: Ipv4Addr) -> bool {
+        self.sources(reach)
+            .iter()
+            .any(|s| match super::parse_cidr(s) {
+                Some((net, len)) => {
+                    let mask = super::network::prefix_mask(len);
+                    u32::from(ip) & mask == u32::from(net) & mask
+                }
+                None => s.parse::<Ipv4Addr>() == Ok(ip),
+            })
     }
 }
 
@@ -41,6 +58,7 @@ pub(super) fn resolve_firewall(
     cx: &mut Ctx,
     network: &NetworkPlan,
     nodes: Vec<Ipv4Addr>,
+    metrics: bool,
 ) -> FirewallPlan {
     let f = &cx.loaded.recipe.firewall;
     let enabled = f.enabled.unwrap_or(true);
@@ -54,7 +72,29 @@ pub(super) fn resolve_firewall(
         .clients
         .clone()
         .unwrap_or_else(|| vec![network.cidr.clone()]);
-    for (i, c) in clients.iter().enumerate() {
+    check_cidrs(cx, "firewall.clients", &clients);
+    let metrics = metrics.then(|| {
+        let m = cx
+            .loaded
+            .recipe
+            .metrics
+            .clients
+            .clone()
+            .unwrap_or_else(|| vec![network.cidr.clone()]);
+        check_cidrs(cx, "metrics.clients", &m);
+        m
+    });
+    FirewallPlan {
+        enabled,
+        clients,
+        nodes,
+        metrics,
+    }
+}
+
+/// Each of `cidrs` (the recipe's list at `path`) must be an IPv4 network or address.
+fn check_cidrs(cx: &mut Ctx, path: &str, cidrs: &[String]) {
+    for (i, c) in cidrs.iter().enumerate() {
         let ok = match parse_cidr(c) {
             // The address must be the network's (no host bits), as nft requires of a prefix.
             Some((ip, len)) => len == 0 || u32::from(ip) & !(u32::MAX << (32 - len)) == 0,
@@ -62,14 +102,9 @@ pub(super) fn resolve_firewall(
         };
         if !ok {
             cx.error(
-                cx.at(&index("firewall.clients", i)),
+                cx.at(&index(path, i)),
                 format!("`{c}` is not an IPv4 network (like 192.168.200.0/24) or address"),
             );
         }
-    }
-    FirewallPlan {
-        enabled,
-        clients,
-        nodes,
     }
 }

@@ -212,6 +212,8 @@ pub struct ZookeeperPlan {
     pub quorum_port: u16,
     pub election_port: u16,
     pub admin_port: u16,
+    /// ZooKeeper's Prometheus endpoint on the node's address (None: metrics off).
+    pub metrics_port: Option<u16>,
     pub heap_mb: u32,
     /// The ensemble, in id order.
     #[serde(serialize_with = "wiring::as_texts")]

@@ -161,6 +161,7 @@ pub enum PortKey {
     StormSlots,
     StormUi,
     StormLogviewer,
+    ZkMetrics,
 }
 
 /// Who talks to a port: only the cluster's own nodes, or clients outside it too.
@@ -169,6 +170,8 @@ pub enum PortKey {
 pub enum Reach {
     Cluster,
     Clients,
+    /// A Prometheus endpoint: bound only with `metrics` on, open to `metrics.clients`.
+    Metrics,
 }
 
 /// One row of the port table.
@@ -190,7 +193,7 @@ pub struct PortSpec {
 
 /// Every port a service binds. ZooKeeper's own AdminServer default is 8080, which Storm UI
 /// also takes; imgbuild moves it to 8081.
-pub const PORTS: [PortSpec; 12] = [
+pub const PORTS: [PortSpec; 13] = [
     PortSpec {
         key: PortKey::ZkClient,
         service: Component::Zookeeper,
@@ -323,6 +326,17 @@ pub const PORTS: [PortSpec; 12] = [
         reach: Reach::Cluster,
         recipe: |s| s.storm.logviewer_port.map(|p| vec![p]),
     },
+    PortSpec {
+        key: PortKey::ZkMetrics,
+        service: Component::Zookeeper,
+        field: "metrics_port",
+        label: "ZooKeeper metrics_port (Prometheus)",
+        role: Role::Zookeeper,
+        kraft_only: false,
+        default: &[7000],
+        reach: Reach::Metrics,
+        recipe: |s| s.zookeeper.metrics_port.map(|p| vec![p]),
+    },
 ];
 
 /// Every port's value for one node: the node's `services:` override, else the cluster's, else
@@ -353,11 +367,15 @@ impl Ports {
         self.0.get(&key).map_or(&[], Vec::as_slice)
     }
 
-    /// The ports a node with these roles binds, in table order.
-    pub fn bound(&self, roles: &[Role], mode: KafkaMode) -> Vec<BoundPort> {
+    /// The ports a node with these roles binds, in table order (the metrics ports only when
+    /// `metrics` is on).
+    pub fn bound(&self, roles: &[Role], mode: KafkaMode, metrics: bool) -> Vec<BoundPort> {
         let mut out = Vec::new();
         for spec in &PORTS {
-            if !roles.contains(&spec.role) || (spec.kraft_only && mode != KafkaMode::Kraft) {
+            if !roles.contains(&spec.role)
+                || (spec.kraft_only && mode != KafkaMode::Kraft)
+                || (spec.reach == Reach::Metrics && !metrics)
+            {
                 continue;
             }
             for &port in self.all(spec.key) {
@@ -462,18 +480,18 @@ mod tests {
     fn bound_follows_roles_and_mode() {
         let p = Ports::resolve(&recipe::Services::default(), None);
         let kraft: Vec<u16> = p
-            .bound(&[Role::Kafka], KafkaMode::Kraft)
+            .bound(&[Role::Kafka], KafkaMode::Kraft, true)
             .iter()
             .map(|b| b.port)
             .collect();
         assert_eq!(kraft, [9092, 9094, 9093]);
         let zk: Vec<u16> = p
-            .bound(&[Role::Kafka], KafkaMode::Zookeeper)
+            .bound(&[Role::Kafka], KafkaMode::Zookeeper, true)
             .iter()
             .map(|b| b.port)
             .collect();
         assert_eq!(zk, [9092, 9094]);
-        let sup = p.bound(&[Role::StormSupervisor], KafkaMode::Kraft);
+        let sup = p.bound(&[Role::StormSupervisor], KafkaMode::Kraft, true);
         assert_eq!(sup[1].label(), "Storm worker slot 6700");
         assert_eq!(sup[0].label(), "Storm supervisor_port");
     }

@@ -55,6 +55,7 @@ fn plan_identity(p: &Plan, out: &mut PlanLines) {
     for (reach, what) in [
         (Reach::Cluster, "ports (cluster)"),
         (Reach::Clients, "ports (clients)"),
+        (Reach::Metrics, "ports (metrics)"),
     ] {
         let ports: Vec<String> = p
             .ports
@@ -78,6 +79,16 @@ fn plan_identity(p: &Plan, out: &mut PlanLines) {
             )
         } else {
             "off: every port is open to any host on the network".to_string()
+        },
+    );
+    out.line(
+        "metrics",
+        match &fw.metrics {
+            Some(from) => format!(
+                "Prometheus endpoints (ports (metrics)) on the node's address, scraped from {}",
+                from.join(" ")
+            ),
+            None => "off: no exporter, no metrics port".to_string(),
         },
     );
     plan_security(p, out);

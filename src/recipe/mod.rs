@@ -40,6 +40,8 @@ pub struct Recipe {
     #[serde(default)]
     pub firewall: Firewall,
     #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
     pub pki: Pki,
     /// `tls` (default): TLS and authentication on every Kafka listener and ZooKeeper's quorum;
     /// `plaintext`: neither (labs; imgbuild warns).
@@ -102,6 +104,16 @@ pub struct Firewall {
     /// Default true; false leaves every port open to every host (labs; imgbuild warns).
     pub enabled: Option<bool>,
     /// CIDRs clients may come from (default: the cluster network).
+    pub clients: Option<Vec<String>>,
+}
+
+/// The Prometheus endpoints the services export (`plan` lists their ports).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Default true; false: no exporter runs and no metrics port is open.
+    pub enabled: Option<bool>,
+    /// CIDRs a Prometheus may scrape from (default: the cluster network).
     pub clients: Option<Vec<String>>,
 }
 
@@ -308,6 +320,8 @@ pub struct ZookeeperService {
     pub quorum_port: Option<u16>,
     pub election_port: Option<u16>,
     pub admin_port: Option<u16>,
+    /// ZooKeeper's own Prometheus endpoint (PrometheusMetricsProvider's httpPort).
+    pub metrics_port: Option<u16>,
     pub heap_mb: Option<u32>,
 }
 

@@ -268,7 +268,7 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
     if let Some(z) = &p.zookeeper {
         out.push(file(
             "etc/zookeeper/zoo.cfg",
-            zoo_cfg(z, p.security.tls()),
+            zoo_cfg(z, p.security.tls(), p.node.ip),
             0o644,
         ));
         // zkEnv.sh puts ZOOCFGDIR first on the classpath: without a logback.xml there, logback
@@ -674,6 +674,23 @@ mod tests {
                 }
                 insta::assert_snapshot!(format!("{name}-{}", p.node.name), text);
             }
+        }
+    }
+
+    /// `metrics: {enabled: false}`: no exporter configured and no metrics port in the
+    /// firewall; on (the reference recipe) ZooKeeper's endpoint binds the node's address only.
+    #[test]
+    fn metrics_off_leaves_no_endpoint_and_no_open_port() {
+        let on = cluster(&reference_text());
+        let files = rendered(&node_files(&on.nodes[1]));
+        assert!(files.contains("metricsProvider.httpHost=192.168.200.152\n"));
+        assert!(files.contains("ip saddr @metrics tcp dport 7000 accept"));
+        let text = format!("{}\nmetrics:\n  enabled: false\n", reference_text());
+        let off = cluster(&text);
+        for p in &off.nodes {
+            let files = rendered(&node_files(p));
+            assert!(!files.contains("metricsProvider"), "{}", p.node.name);
+            assert!(!files.contains("@metrics") && !files.contains("dport 7000"));
         }
     }
 

@@ -55,6 +55,7 @@ pub fn firewall_ruleset(p: &Plan) -> String {
         let set = match reach {
             Reach::Cluster => "cluster",
             Reach::Clients => "clients",
+            Reach::Metrics => "metrics",
         };
         let _ = writeln!(
             rules,
@@ -62,6 +63,14 @@ pub fn firewall_ruleset(p: &Plan) -> String {
         );
     }
     let elements = |r: Reach| fw.sources(r).join(", ");
+    // The metrics set only where a metrics port is open (metrics on, and an exporter here).
+    let metrics = match p.ports.iter().any(|b| b.reach == Reach::Metrics) {
+        true => format!(
+            "\tset metrics {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
+            elements(Reach::Metrics)
+        ),
+        false => String::new(),
+    };
     format!(
         "#!/usr/sbin/nft -f\n\
          # Written by imgbuild from the recipe's firewall and the node's ports (imgbuild plan).\n\
@@ -70,6 +79,7 @@ pub fn firewall_ruleset(p: &Plan) -> String {
          table inet imgbuild {{\n\
          \tset cluster {{\n\t\ttype ipv4_addr\n\t\telements = {{ {} }}\n\t}}\n\
          \tset clients {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\
+         {metrics}\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy drop;\n\
          \t\tct state established,related accept\n\

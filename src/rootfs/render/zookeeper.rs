@@ -22,8 +22,9 @@ pub(super) const ZOOKEEPER_LOGBACK: &str = r#"<!-- Written by imgbuild: ZooKeepe
 </configuration>
 "#;
 
-pub fn zoo_cfg(z: &ZookeeperPlan, tls: bool) -> String {
-    let mut p = Properties::new("Written by imgbuild from the recipe; identical on every node.");
+/// zoo.cfg: the same on every node but for the address the metrics endpoint binds (`ip`).
+pub fn zoo_cfg(z: &ZookeeperPlan, tls: bool, ip: std::net::Ipv4Addr) -> String {
+    let mut p = Properties::new("Written by imgbuild from the recipe.");
     p.set("tickTime", 2000)
         .set("initLimit", 10)
         .set("syncLimit", 5)
@@ -65,6 +66,18 @@ pub fn zoo_cfg(z: &ZookeeperPlan, tls: bool) -> String {
             .set("ssl.quorum.keyStore.type", "PEM")
             .set("ssl.quorum.trustStore.location", CA_CERT)
             .set("ssl.quorum.trustStore.type", "PEM");
+    }
+    if let Some(port) = z.metrics_port {
+        // ZooKeeper's own Prometheus endpoint (zookeeperAdmin.md, "Metrics Providers"; the
+        // provider and its Prometheus client jars are in the binary tarball's lib/), on the
+        // node's address only; the firewall opens it to `metrics.clients`.
+        p.set(
+            "metricsProvider.className",
+            "org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider",
+        )
+        .set("metricsProvider.httpHost", ip)
+        .set("metricsProvider.httpPort", port)
+        .set("metricsProvider.exportJvmInfo", true);
     }
     for srv in &z.servers {
         p.set(&format!("server.{}", srv.id), srv.value());

@@ -77,19 +77,26 @@ pub fn probe_cluster(nodes: &[&Plan], from: Ipv4Addr) -> Phase {
             }
             current = p.node.name.clone();
         }
-        let client = p.firewall.clients.join(" ");
-        match (reach, seen) {
+        // A port must answer `from` exactly when its reach's sources hold it: cluster ports
+        // (the nodes only) never, client and metrics ports when their CIDRs take it in.
+        let sources = p.firewall.sources(*reach).join(" ");
+        let whose = match reach {
+            Reach::Cluster => "cluster-internal",
+            Reach::Clients => "a client port",
+            Reach::Metrics => "a metrics port",
+        };
+        match (p.firewall.admits(*reach, from), seen) {
             (_, Err(e)) => failures.push(format!("firewall: {}: probe failed: {e}", p.node.name)),
-            (Reach::Cluster, Ok(Seen::Filtered)) => row.push(format!("{port} filtered")),
-            (Reach::Cluster, Ok(s)) => failures.push(format!(
-                "firewall: {}: {what} ({port}) is cluster-internal but answered {from} ({s:?})",
+            (false, Ok(Seen::Filtered)) => row.push(format!("{port} filtered")),
+            (false, Ok(s)) => failures.push(format!(
+                "firewall: {}: {what} ({port}) is {whose} (from {sources}) but answered {from} ({s:?})",
                 p.node.name
             )),
-            (Reach::Clients, Ok(Seen::Filtered)) => failures.push(format!(
-                "firewall: {}: {what} ({port}) is a client port for {client} but dropped {from}",
+            (true, Ok(Seen::Filtered)) => failures.push(format!(
+                "firewall: {}: {what} ({port}) is {whose} for {sources} but dropped {from}",
                 p.node.name
             )),
-            (Reach::Clients, Ok(s)) => row.push(format!(
+            (true, Ok(s)) => row.push(format!(
                 "{port} open ({})",
                 if s == Seen::Connected {
                     "connected"

@@ -75,6 +75,18 @@ pub const CHECKS: &[Check] = &[
         run: |c| super::versions(c.nodes, c.members),
     },
     Check {
+        name: "metrics",
+        applies: |c| {
+            c.wanted.bridged
+                && any(c, |p| {
+                    p.zookeeper
+                        .as_ref()
+                        .is_some_and(|z| z.metrics_port.is_some() && z.myid.is_some())
+                })
+        },
+        run: |c| super::metrics::metrics(c.nodes, c.members),
+    },
+    Check {
         name: "kafka round trip",
         applies: |c| c.wanted.bridged,
         run: |c| {

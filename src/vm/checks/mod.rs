@@ -19,6 +19,7 @@ mod boot;
 pub mod firewall;
 pub mod kafkaauth;
 mod list;
+pub mod metrics;
 mod node_loss;
 mod partition;
 mod round_trip;
