@@ -64,12 +64,13 @@ pub fn firewall_ruleset(p: &Plan) -> String {
     }
     let elements = |r: Reach| fw.sources(r).join(", ");
     // The metrics set only where a metrics port is open (metrics on, and an exporter here).
-    let metrics = match p.ports.iter().any(|b| b.reach == Reach::Metrics) {
-        true => format!(
+    let metrics = if p.ports.iter().any(|b| b.reach == Reach::Metrics) {
+        format!(
             "\tset metrics {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
             elements(Reach::Metrics)
-        ),
-        false => String::new(),
+        )
+    } else {
+        String::new()
     };
     format!(
         "#!/usr/sbin/nft -f\n\
