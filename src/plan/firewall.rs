@@ -97,7 +97,7 @@ fn check_cidrs(cx: &mut Ctx, path: &str, cidrs: &[String]) {
     for (i, c) in cidrs.iter().enumerate() {
         let ok = match parse_cidr(c) {
             // The address must be the network's (no host bits), as nft requires of a prefix.
-            Some((ip, len)) => len == 0 || u32::from(ip) & !(u32::MAX << (32 - len)) == 0,
+            Some((ip, len)) => len == 0 || u32::from(ip) & !super::network::prefix_mask(len) == 0,
             None => c.parse::<Ipv4Addr>().is_ok(),
         };
         if !ok {

@@ -5,8 +5,9 @@
 //! (`synced_followers`, counting every other member): the one whose `srvr` says `Mode: leader`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::Ipv4Addr;
+
+use reqwest::blocking::Client;
 
 use super::*;
 
@@ -15,28 +16,23 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an endpoint that refuses or fails is asked again (a service just restarted).
 const SCRAPE_RETRY_FOR: Duration = Duration::from_secs(60);
 
+/// The scraper's HTTP client (the one downloads use), straight to the nodes: no proxy.
+fn scraper() -> Result<Client> {
+    Ok(Client::builder()
+        .timeout(SCRAPE_TIMEOUT)
+        .no_proxy()
+        .build()?)
+}
+
 /// `GET /metrics` of `ip:port`: the body of a 200 answer.
-pub fn scrape(ip: Ipv4Addr, port: u16) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), SCRAPE_TIMEOUT)
-        .with_context(|| format!("http://{ip}:{port}/metrics: connect"))?;
-    s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
-    s.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.0\r\nHost: {ip}:{port}\r\nAccept: text/plain\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("http://{ip}:{port}/metrics: read"))?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("http://{ip}:{port}/metrics: no HTTP answer"))?;
-    let status = head.lines().next().unwrap_or("");
-    if status.split_whitespace().nth(1) != Some("200") {
-        bail!("http://{ip}:{port}/metrics answered `{status}`");
+pub fn scrape(client: &Client, ip: Ipv4Addr, port: u16) -> Result<String> {
+    let url = format!("http://{ip}:{port}/metrics");
+    let resp = client.get(&url).send().with_context(|| url.clone())?;
+    let status = resp.status();
+    if status != reqwest::StatusCode::OK {
+        bail!("{url} answered `{status}`");
     }
-    Ok(body.to_string())
+    resp.text().with_context(|| format!("{url}: read"))
 }
 
 /// The samples of a Prometheus text exposition: each series (name and labels, as written) with
@@ -62,6 +58,7 @@ fn value(s: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
 
 pub fn metrics(nodes: &[&Plan], cs: &[Member]) -> Phase {
     Phase::timed("metrics", |lines, failures| {
+        let client = scraper()?;
         let mut leaders = Vec::new();
         let mut members = 0;
         for p in nodes {
@@ -73,7 +70,7 @@ pub fn metrics(nodes: &[&Plan], cs: &[Member]) -> Phase {
             let name = label(cs, p);
             let t = Instant::now();
             let body = loop {
-                match scrape(p.node.ip, port) {
+                match scrape(&client, p.node.ip, port) {
                     Ok(b) => break Ok(b),
                     Err(e) if t.elapsed() >= SCRAPE_RETRY_FOR => break Err(e),
                     Err(_) => std::thread::sleep(Duration::from_secs(5)),
@@ -147,6 +144,31 @@ pub fn metrics(nodes: &[&Plan], cs: &[Member]) -> Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One HTTP answer on a loopback port, as an exporter would give it.
+    fn serve_once(answer: &'static str) -> u16 {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(answer.as_bytes());
+        });
+        port
+    }
+
+    #[test]
+    fn scrape_takes_a_200_body_and_refuses_anything_else() {
+        let client = scraper().unwrap();
+        let ok = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\nquorum_size 3.0\n");
+        let body = scrape(&client, Ipv4Addr::LOCALHOST, ok).unwrap();
+        assert_eq!(value(&samples(&body), "quorum_size"), Some(3.0));
+        let missing = serve_once("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        let e = scrape(&client, Ipv4Addr::LOCALHOST, missing).unwrap_err();
+        assert!(format!("{e:#}").contains("404"), "{e:#}");
+    }
 
     #[test]
     fn samples_of_an_exposition() {
