@@ -122,7 +122,13 @@ fn reference_recipe_plan_node2() {
         .map(|a| a["name"].as_str().unwrap())
         .collect();
     // The base is built by mmdebstrap from the Ubuntu archive, not downloaded as one file.
-    assert_eq!(names, ["java", "zookeeper", "kafka", "storm", "python"]);
+    assert_eq!(
+        names,
+        ["java", "zookeeper", "kafka", "storm", "python", "jmx_exporter"]
+    );
+    assert_eq!(p["kafka"]["metrics_port"], 7071);
+    assert_eq!(p["storm"]["nimbus_metrics_port"], 7072);
+    assert_eq!(p["storm"]["supervisor_metrics_port"], 7073);
     let b = &p["base"];
     assert_eq!(b["kind"], "mmdebstrap");
     assert_eq!(b["suite"], "noble");
@@ -671,6 +677,15 @@ fn metrics_endpoints_on_by_default_and_gone_when_off() {
     .unwrap();
     let p = plan_json(on.to_str().unwrap(), "node2");
     assert_eq!(p["zookeeper"]["metrics_port"], 7000);
+    // The recipe names no jmx_exporter: the release imgbuild knows, with its pinned digest.
+    let jmx = p["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "jmx_exporter")
+        .expect("the JMX exporter's agent is an input");
+    assert_eq!(jmx["version"], "1.0.1");
+    assert!(jmx.to_string().contains("7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1"), "{jmx}");
     assert_eq!(p["firewall"]["metrics"], serde_json::json!(["10.20.0.99"]));
     let r = run(&std::fs::read_to_string(&on).unwrap(), &["plan", "node2"]);
     assert!(
@@ -689,7 +704,17 @@ fn metrics_endpoints_on_by_default_and_gone_when_off() {
     .unwrap();
     let p = plan_json(off.to_str().unwrap(), "node2");
     assert!(p["zookeeper"]["metrics_port"].is_null());
+    assert!(p["kafka"]["metrics_port"].is_null());
+    assert!(p["storm"]["nimbus_metrics_port"].is_null());
     assert!(p["firewall"]["metrics"].is_null());
+    // No exporter, so no agent jar to download.
+    assert!(
+        p["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["name"] != "jmx_exporter")
+    );
     let r = run(&std::fs::read_to_string(&off).unwrap(), &["plan", "node2"]);
     assert!(
         r.stdout.contains("off: no exporter, no metrics port")

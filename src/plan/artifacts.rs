@@ -10,10 +10,28 @@ use crate::recipe::{self, BaseKind, OneOrMany, Signs};
 
 /// Which components the cluster's roles need (every node carries all of them: the shared part of
 /// the image is built once; roles only decide which units are enabled).
-pub(super) fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec<Artifact>> {
+pub(super) fn resolve_artifacts(
+    cx: &mut Ctx,
+    nodes: &[NodeDraft],
+    metrics: bool,
+) -> Option<Vec<Artifact>> {
     let any = |f: &dyn Fn(Role) -> bool| nodes.iter().any(|n| n.roles.iter().any(|r| f(*r)));
     let c = &cx.loaded.recipe.components;
-    let wanted: [(Component, Option<&recipe::Component>, bool, &str); 5] = [
+    let jmx_users = |r: Role| matches!(r, Role::Kafka | Role::StormNimbus | Role::StormSupervisor);
+    if !metrics && c.jmx_exporter.is_some() {
+        cx.warn(
+            cx.key_at("components.jmx_exporter"),
+            "`jmx_exporter` is left out of the images: metrics are off",
+        );
+    }
+    // Metrics on without a jmx_exporter entry: the release imgbuild knows, pinned here.
+    let default_jmx = default_jmx_exporter();
+    let jmx = match &c.jmx_exporter {
+        Some(j) => Some(j),
+        None if any(&jmx_users) => Some(&default_jmx),
+        None => None,
+    };
+    let wanted: [(Component, Option<&recipe::Component>, bool, &str); 6] = [
         (
             Component::Java,
             c.java.as_ref(),
@@ -39,6 +57,12 @@ pub(super) fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec
             "a node has a `storm-*` role",
         ),
         (Component::Python, c.python.as_ref(), false, ""),
+        (
+            Component::JmxExporter,
+            jmx.filter(|_| metrics),
+            metrics && any(&jmx_users),
+            "metrics are on and a node runs Kafka or a Storm nimbus or supervisor (its Prometheus endpoint is the JMX exporter's agent)",
+        ),
     ];
     let mut out = Vec::new();
     let mut ok = true;
@@ -53,9 +77,14 @@ pub(super) fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec
                     cx.key_at("components"),
                     format!("missing component `{name}`: {why}"),
                 );
+                let or_off = if name == Component::JmxExporter {
+                    ", or turn metrics off (metrics: {enabled: false})"
+                } else {
+                    ""
+                };
                 Ctx::hint(
                     d,
-                    format!("add components.{name} (see recipes/cluster.yaml)"),
+                    format!("add components.{name} (see recipes/cluster.yaml){or_off}"),
                 );
                 ok = false;
             }
@@ -72,6 +101,29 @@ pub(super) fn resolve_artifacts(cx: &mut Ctx, nodes: &[NodeDraft]) -> Option<Vec
         out.insert(0, base);
     }
     ok.then_some(out)
+}
+
+/// The JMX exporter agent a recipe gets when it says nothing: Maven Central's 1.0.1, whose
+/// sha256 is pinned here (Maven Central publishes only SHA-1 and MD5 beside it).
+pub const JMX_EXPORTER_VERSION: &str = "1.0.1";
+pub const JMX_EXPORTER_SHA256: &str =
+    "7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1";
+
+fn default_jmx_exporter() -> recipe::Component {
+    recipe::Component {
+        version: JMX_EXPORTER_VERSION.to_string(),
+        urls: None,
+        digest: Some(recipe::Digest {
+            sha256: Some(JMX_EXPORTER_SHA256.to_string()),
+            sha512: None,
+            sha256_url: None,
+            sha512_url: None,
+        }),
+        signature: None,
+        vars: IndexMap::new(),
+        supplier: None,
+        license: None,
+    }
 }
 
 /// Upstream defaults for a component's URLs and digest, used when the recipe leaves them out.
@@ -97,6 +149,13 @@ fn component_defaults(name: Component) -> (Vec<&'static str>, Option<(&'static s
                 "https://archive.apache.org/dist/storm/apache-storm-{version}/apache-storm-{version}.tar.gz",
             ],
             Some(("{url}.sha512", Algorithm::Sha512)),
+        ),
+        // Maven Central publishes only .sha1 and .md5 beside the jar: the recipe pins its sha256.
+        Component::JmxExporter => (
+            vec![
+                "https://repo1.maven.org/maven2/io/prometheus/jmx/jmx_prometheus_javaagent/{version}/jmx_prometheus_javaagent-{version}.jar",
+            ],
+            None,
         ),
         Component::Python => (
             vec![

@@ -31,7 +31,7 @@ pub(super) fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
     check_ensembles(cx, &nodes, &ensemble, kafka_mode);
     let metrics = r.metrics.enabled.unwrap_or(true);
     check_ports(cx, &nodes, kafka_mode, metrics);
-    let artifacts = resolve_artifacts(cx, &nodes);
+    let artifacts = resolve_artifacts(cx, &nodes, metrics);
     let base = resolve_base(cx);
     let users = resolve_users(cx);
     let signer = resolve_signer(cx);
@@ -193,6 +193,13 @@ pub(super) fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) ->
             ui_port: n.ports.get(PortKey::StormUi),
             logviewer_port: n.ports.get(PortKey::StormLogviewer),
             slots: n.ports.all(PortKey::StormSlots).to_vec(),
+            nimbus_metrics_port: metrics_port(w, n, Role::StormNimbus, PortKey::StormNimbusMetrics),
+            supervisor_metrics_port: metrics_port(
+                w,
+                n,
+                Role::StormSupervisor,
+                PortKey::StormSupervisorMetrics,
+            ),
             heap_mb: n.storm.heap_mb,
             worker_heap_mb: n.storm.worker_heap_mb,
         }),
@@ -201,7 +208,12 @@ pub(super) fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) ->
         artifacts: w.artifacts.clone(),
         disk: w.disk.clone(),
         disk_ids: ids::DiskIds::derive(&r.cluster.name, &n.name),
-        memory: memory_budget(&n.roles, n, n.ports.all(PortKey::StormSlots)),
+        memory: memory_budget(
+            &n.roles,
+            n,
+            n.ports.all(PortKey::StormSlots),
+            w.firewall.metrics.is_some(),
+        ),
         os: w.os.clone(),
         firewall: w.firewall.clone(),
         security: w.security.clone(),
@@ -220,12 +232,16 @@ pub(super) fn zookeeper_plan(w: &Shared, n: &NodeDraft) -> Option<ZookeeperPlan>
         election_port: n.ports.get(PortKey::ZkElection),
         admin_port: n.ports.get(PortKey::ZkAdmin),
         // A member's: a node that only connects to the ensemble runs no ZooKeeper server.
-        metrics_port: (w.firewall.metrics.is_some() && n.roles.contains(&Role::Zookeeper))
-            .then(|| n.ports.get(PortKey::ZkMetrics)),
+        metrics_port: metrics_port(w, n, Role::Zookeeper, PortKey::ZkMetrics),
         heap_mb: n.zk.heap_mb,
         servers: w.zk_servers.clone(),
         connect: w.zk_connect.clone(),
     })
+}
+
+/// A metrics port of the node's process for `role`: with metrics on and the role on the node.
+fn metrics_port(w: &Shared, n: &NodeDraft, role: Role, key: PortKey) -> Option<u16> {
+    (w.firewall.metrics.is_some() && n.roles.contains(&role)).then(|| n.ports.get(key))
 }
 
 /// A Kafka node: in KRaft a broker (and a controller if it is one of the voters), in
@@ -268,6 +284,7 @@ pub(super) fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
                 port: n.ports.get(PortKey::Kafka),
                 internal_port: n.ports.get(PortKey::KafkaInternal),
                 controller_port: Some(n.ports.get(PortKey::KafkaController)),
+                metrics_port: metrics_port(w, n, Role::Kafka, PortKey::KafkaMetrics),
                 heap_mb: n.kafka.heap_mb,
                 brokers: w.brokers,
             }
@@ -286,6 +303,7 @@ pub(super) fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
             port: n.ports.get(PortKey::Kafka),
             internal_port: n.ports.get(PortKey::KafkaInternal),
             controller_port: None,
+            metrics_port: metrics_port(w, n, Role::Kafka, PortKey::KafkaMetrics),
             heap_mb: n.kafka.heap_mb,
             brokers: w.brokers,
         },

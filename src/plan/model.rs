@@ -245,6 +245,9 @@ pub struct KafkaPlan {
     /// The brokers' replication listener (INTERNAL), firewalled to the cluster's nodes.
     pub internal_port: u16,
     pub controller_port: Option<u16>,
+    /// The broker's Prometheus endpoint (the JMX exporter agent) on the node's address (None:
+    /// metrics off).
+    pub metrics_port: Option<u16>,
     pub heap_mb: u32,
     /// How many brokers the cluster has (every node with the kafka role).
     pub brokers: usize,
@@ -275,6 +278,10 @@ pub struct StormPlan {
     pub ui_port: u16,
     pub logviewer_port: u16,
     pub slots: Vec<u16>,
+    /// Nimbus's and the supervisor's Prometheus endpoints (the JMX exporter agent), on nodes
+    /// that run them with metrics on.
+    pub nimbus_metrics_port: Option<u16>,
+    pub supervisor_metrics_port: Option<u16>,
     /// Heap of each Storm daemon (nimbus, supervisor, ui, logviewer).
     pub heap_mb: u32,
     /// Heap of one worker JVM; the supervisor offers `slots × worker_heap_mb`.
@@ -524,6 +531,8 @@ pub struct MemoryPlan {
     /// (what, heap MiB), one per JVM (Storm workers: one per slot).
     pub jvms: Vec<(String, u32)>,
     pub heap_mb: u32,
+    /// How many JVMs carry a Prometheus exporter (each counted at EXPORTER_MB beyond its heap).
+    pub exporters: u32,
     /// The guest memory `imgbuild boot`/`up` give this node (heaps + overhead + OS, in 256 MiB steps).
     pub total_mb: u32,
 }

@@ -32,7 +32,24 @@ pub(super) struct Storm {
     pub(super) worker_heap_mb: u32,
 }
 
-pub(super) fn memory_budget(roles: &[Role], n: &NodeDraft, slots: &[u16]) -> MemoryPlan {
+/// What a Prometheus exporter inside a JVM adds beyond its heap (the JMX exporter's agent or
+/// ZooKeeper's metrics provider: their classes, HTTP server threads and buffers).
+pub(super) const EXPORTER_MB: u32 = 32;
+
+/// The JVMs that carry a Prometheus exporter with metrics on (Storm's workers do not).
+fn exports(role: Role) -> bool {
+    matches!(
+        role,
+        Role::Zookeeper | Role::Kafka | Role::StormNimbus | Role::StormSupervisor
+    )
+}
+
+pub(super) fn memory_budget(
+    roles: &[Role],
+    n: &NodeDraft,
+    slots: &[u16],
+    metrics: bool,
+) -> MemoryPlan {
     let (zk, kafka, storm) = (&n.zk, &n.kafka, &n.storm);
     let mut jvms = Vec::new();
     for r in roles {
@@ -50,14 +67,21 @@ pub(super) fn memory_budget(roles: &[Role], n: &NodeDraft, slots: &[u16]) -> Mem
     }
     jvms.push(("tool (health check)".to_string(), TOOL_HEAP_MB));
     let heap_mb = jvms.iter().map(|(_, h)| h).sum();
+    let exporters = if metrics {
+        roles.iter().filter(|r| exports(**r)).count() as u32
+    } else {
+        0
+    };
     let total: u32 = jvms
         .iter()
         .map(|(_, h)| h + jvm_overhead_mb(*h))
         .sum::<u32>()
+        + exporters * EXPORTER_MB
         + OS_MB;
     MemoryPlan {
         jvms,
         heap_mb,
+        exporters,
         total_mb: total.div_ceil(256) * 256,
     }
 }

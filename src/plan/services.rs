@@ -20,17 +20,35 @@ pub enum Component {
     Kafka,
     Storm,
     Python,
+    #[serde(rename = "jmx_exporter")]
+    JmxExporter,
 }
 
 impl Component {
     /// The recipe's `components:` entries, in the order they are resolved and laid out.
-    pub const RECIPE: [Component; 5] = [
+    pub const RECIPE: [Component; 6] = [
         Component::Java,
         Component::Zookeeper,
         Component::Kafka,
         Component::Storm,
         Component::Python,
+        Component::JmxExporter,
     ];
+
+    /// A component that is one jar (laid out as /opt/NAME-VERSION/FILE), not a tarball.
+    pub fn jar(self) -> Option<&'static str> {
+        match self {
+            Component::JmxExporter => Some(JMX_AGENT_JAR),
+            _ => None,
+        }
+    }
+
+    /// The component a fetched input's name stands for.
+    pub fn from_name(name: &str) -> Option<Component> {
+        std::iter::once(Component::Base)
+            .chain(Component::RECIPE)
+            .find(|c| c.name() == name)
+    }
 
     /// Who publishes it and under which license, as SPDX says them (the SBOM's supplier and
     /// declared license), for the upstream the reference recipe names; a recipe that takes a
@@ -50,6 +68,7 @@ impl Component {
                 "Organization: Astral Software Inc. (python-build-standalone)",
                 "PSF-2.0",
             )),
+            Component::JmxExporter => Some(("Organization: The Prometheus Authors", "Apache-2.0")),
         }
     }
 
@@ -62,6 +81,7 @@ impl Component {
             Component::Kafka => "kafka",
             Component::Storm => "storm",
             Component::Python => "python",
+            Component::JmxExporter => "jmx_exporter",
         }
     }
 }
@@ -71,6 +91,10 @@ impl fmt::Display for Component {
         f.write_str(self.name())
     }
 }
+
+/// The JMX exporter agent in the image: `-javaagent:` of Kafka's and Storm's daemons.
+pub const JMX_AGENT_JAR: &str = "jmx_prometheus_javaagent.jar";
+pub const JMX_AGENT: &str = "/opt/jmx_exporter/jmx_prometheus_javaagent.jar";
 
 /// A systemd unit imgbuild installs; a node enables the ones its roles need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -162,6 +186,9 @@ pub enum PortKey {
     StormUi,
     StormLogviewer,
     ZkMetrics,
+    KafkaMetrics,
+    StormNimbusMetrics,
+    StormSupervisorMetrics,
 }
 
 /// Who talks to a port: only the cluster's own nodes, or clients outside it too.
@@ -193,7 +220,7 @@ pub struct PortSpec {
 
 /// Every port a service binds. ZooKeeper's own AdminServer default is 8080, which Storm UI
 /// also takes; imgbuild moves it to 8081.
-pub const PORTS: [PortSpec; 13] = [
+pub const PORTS: [PortSpec; 16] = [
     PortSpec {
         key: PortKey::ZkClient,
         service: Component::Zookeeper,
@@ -336,6 +363,39 @@ pub const PORTS: [PortSpec; 13] = [
         default: &[7000],
         reach: Reach::Metrics,
         recipe: |s| s.zookeeper.metrics_port.map(|p| vec![p]),
+    },
+    PortSpec {
+        key: PortKey::KafkaMetrics,
+        service: Component::Kafka,
+        field: "metrics_port",
+        label: "Kafka metrics_port (Prometheus)",
+        role: Role::Kafka,
+        kraft_only: false,
+        default: &[7071],
+        reach: Reach::Metrics,
+        recipe: |s| s.kafka.metrics_port.map(|p| vec![p]),
+    },
+    PortSpec {
+        key: PortKey::StormNimbusMetrics,
+        service: Component::Storm,
+        field: "nimbus_metrics_port",
+        label: "Storm nimbus_metrics_port (Prometheus)",
+        role: Role::StormNimbus,
+        kraft_only: false,
+        default: &[7072],
+        reach: Reach::Metrics,
+        recipe: |s| s.storm.nimbus_metrics_port.map(|p| vec![p]),
+    },
+    PortSpec {
+        key: PortKey::StormSupervisorMetrics,
+        service: Component::Storm,
+        field: "supervisor_metrics_port",
+        label: "Storm supervisor_metrics_port (Prometheus)",
+        role: Role::StormSupervisor,
+        kraft_only: false,
+        default: &[7073],
+        reach: Reach::Metrics,
+        recipe: |s| s.storm.supervisor_metrics_port.map(|p| vec![p]),
     },
 ];
 
@@ -484,13 +544,19 @@ mod tests {
             .iter()
             .map(|b| b.port)
             .collect();
-        assert_eq!(kraft, [9092, 9094, 9093]);
+        assert_eq!(kraft, [9092, 9094, 9093, 7071]);
+        let off: Vec<u16> = p
+            .bound(&[Role::Kafka], KafkaMode::Kraft, false)
+            .iter()
+            .map(|b| b.port)
+            .collect();
+        assert_eq!(off, [9092, 9094, 9093]);
         let zk: Vec<u16> = p
             .bound(&[Role::Kafka], KafkaMode::Zookeeper, true)
             .iter()
             .map(|b| b.port)
             .collect();
-        assert_eq!(zk, [9092, 9094]);
+        assert_eq!(zk, [9092, 9094, 7071]);
         let sup = p.bound(&[Role::StormSupervisor], KafkaMode::Kraft, true);
         assert_eq!(sup[1].label(), "Storm worker slot 6700");
         assert_eq!(sup[0].label(), "Storm supervisor_port");

@@ -241,14 +241,18 @@ fn plan_resources(p: &Plan, out: &mut PlanLines) {
     out.line(
         "memory",
         format!(
-            "{} MiB for the VM: {} MiB of JVM heaps ({}), their overhead and the OS",
+            "{} MiB for the VM: {} MiB of JVM heaps ({}), their overhead{} and the OS",
             m.total_mb,
             m.heap_mb,
             m.jvms
                 .iter()
                 .map(|(what, h)| format!("{what} {h}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            match m.exporters {
+                0 => String::new(),
+                n => format!(", {n} Prometheus exporters ({} MiB each)", super::nodes::EXPORTER_MB),
+            }
         ),
     );
     let os = &p.os;

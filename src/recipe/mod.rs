@@ -244,6 +244,9 @@ pub struct Components {
     pub storm: Option<Component>,
     #[serde(default)]
     pub python: Option<Component>,
+    /// The Prometheus JMX exporter's Java agent jar (`metrics` on Kafka and Storm).
+    #[serde(default)]
+    pub jmx_exporter: Option<Component>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +338,8 @@ pub struct KafkaService {
     /// The brokers' own listener (replication): reachable from the cluster's nodes only.
     pub internal_port: Option<u16>,
     pub controller_port: Option<u16>,
+    /// The broker's Prometheus endpoint (the JMX exporter agent).
+    pub metrics_port: Option<u16>,
     pub heap_mb: Option<u32>,
     /// How clients authenticate (default mtls).
     pub clients: Option<ClientAuth>,
@@ -357,6 +362,9 @@ pub struct StormService {
     pub ui_port: Option<u16>,
     pub logviewer_port: Option<u16>,
     pub slots: Option<Vec<u16>>,
+    /// Nimbus's and the supervisor's Prometheus endpoints (the JMX exporter agent).
+    pub nimbus_metrics_port: Option<u16>,
+    pub supervisor_metrics_port: Option<u16>,
     pub heap_mb: Option<u32>,
     pub worker_heap_mb: Option<u32>,
 }

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::fetch::Fetched;
 use crate::layout::FileSpec;
 use crate::plan::Plan;
+use crate::plan::services::Component;
 use crate::recipe::BaseKind;
 use crate::rootfs::confined::{Follow, Root};
 use crate::rootfs::extract::{Limits, Policy};
@@ -213,19 +214,27 @@ fn build_common(plan: &Plan, fetched: &[Fetched], dest: &Path, build: &Path) -> 
     for f in fetched.iter().filter(|f| is_component(f)) {
         let versioned = format!("{}-{}", f.name, f.version);
         let into = Path::new("opt").join(&versioned);
-        let r = extract::extract(
-            extract::open_archive(&f.path)?,
-            &root,
-            &Policy::Component { into: into.clone() },
-            Limits::COMPONENT,
-        )
-        .with_context(|| format!("extracting {} {} ({})", f.name, f.version, f.record.url))?;
-        if !r.stripped.is_empty() {
-            eprintln!(
-                "common   {}: removed setuid/setgid bits from {} files",
-                f.name,
-                r.stripped.len()
-            );
+        if let Some(jar) = Component::from_name(&f.name).and_then(Component::jar) {
+            // One verified jar, laid out under a name that does not change with its version.
+            let bytes = fs::read(&f.path)
+                .with_context(|| format!("reading {} ({})", f.name, f.path.display()))?;
+            root.mkdir_all(&into, 0o755, Follow::InRoot)?;
+            root.write_file(&into.join(jar), &bytes, 0o644, Follow::InRoot)?;
+        } else {
+            let r = extract::extract(
+                extract::open_archive(&f.path)?,
+                &root,
+                &Policy::Component { into: into.clone() },
+                Limits::COMPONENT,
+            )
+            .with_context(|| format!("extracting {} {} ({})", f.name, f.version, f.record.url))?;
+            if !r.stripped.is_empty() {
+                eprintln!(
+                    "common   {}: removed setuid/setgid bits from {} files",
+                    f.name,
+                    r.stripped.len()
+                );
+            }
         }
         root.remove(&Path::new("opt").join(&f.name), Follow::InRoot)?;
         root.symlink(

@@ -174,8 +174,8 @@ pub fn storm_yaml(s: &StormPlan, tls: bool) -> String {
         worker_max_heap_mb: s.worker_heap_mb,
         // The supervisor schedules no more than its slots' workers can hold.
         supervisor_capacity_mb: s.worker_heap_mb as usize * s.slots.len(),
-        nimbus_childopts: heap.clone(),
-        supervisor_childopts: heap.clone(),
+        nimbus_childopts: with_agent(&heap, &s.local_hostname, s.nimbus_metrics_port),
+        supervisor_childopts: with_agent(&heap, &s.local_hostname, s.supervisor_metrics_port),
         ui_childopts: heap.clone(),
         logviewer_childopts: heap,
         worker_childopts: zk_tls
@@ -191,6 +191,19 @@ pub fn storm_yaml(s: &StormPlan, tls: bool) -> String {
          # topology whose worker was on the lost node down for ten minutes).\n",
         &doc,
     )
+}
+
+/// A daemon's JVM options with the JMX exporter's agent serving its Prometheus endpoint on
+/// `ip:port` (rules: STORM_METRICS_RULES), when it has one.
+fn with_agent(opts: &str, ip: &str, port: Option<u16>) -> String {
+    match port {
+        Some(port) => format!(
+            "{opts} -javaagent:{}={ip}:{port}:{}",
+            crate::plan::services::JMX_AGENT,
+            super::STORM_METRICS_RULES
+        ),
+        None => opts.to_string(),
+    }
 }
 
 /// cloud-init's user-data (cloud-config).

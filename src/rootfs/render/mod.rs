@@ -12,7 +12,7 @@ use crate::layout::{
     STORM_KAFKA_CLIENT, STORM_KEYSTORE, ZK_KEYSTORE,
 };
 use crate::plan::security::SecurityPlan;
-use crate::plan::services::{Component, Reach, Unit};
+use crate::plan::services::{Component, JMX_AGENT, Reach, Unit};
 use crate::plan::wiring::{Listener, ListenerName, ProcessRole, comma};
 use crate::plan::{KafkaPlan, Plan, Role, ZookeeperPlan};
 use crate::recipe::KafkaMode;
@@ -52,6 +52,10 @@ pub fn secret_files(p: &Plan) -> anyhow::Result<Vec<FileSpec>> {
     out.extend(crate::pki::ssh::node_files(p)?);
     Ok(out)
 }
+
+/// The JMX exporter's rules: which MBeans become which Prometheus metrics.
+pub const KAFKA_METRICS_RULES: &str = "/etc/kafka/metrics.yaml";
+pub const STORM_METRICS_RULES: &str = "/etc/storm/metrics.yaml";
 
 fn file(path: &str, content: String, mode: u32) -> FileSpec {
     FileSpec {
@@ -321,6 +325,23 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
             let _ = writeln!(env, "KAFKA_CLUSTER_ID={id}");
         }
         out.push(file("etc/default/kafka", env, 0o644));
+        // The broker's JVM alone (not kafka-format's or a tool's) loads the exporter's agent.
+        if let Some(port) = k.metrics_port {
+            out.push(file(
+                KAFKA_METRICS_RULES.trim_start_matches('/'),
+                include_str!("../assets/metrics/kafka.yaml").to_string(),
+                0o644,
+            ));
+            out.push(file(
+                "etc/default/kafka-metrics",
+                format!(
+                    "# The broker's Prometheus endpoint (written by imgbuild): the JMX exporter's agent.\n\
+                     KAFKA_OPTS=-javaagent:{JMX_AGENT}={ip}:{port}:{KAFKA_METRICS_RULES}\n",
+                    ip = p.node.ip
+                ),
+                0o644,
+            ));
+        }
     }
     if let Some(s) = &p.storm {
         out.push(file(
@@ -343,6 +364,13 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
                 &format!("usr/share/imgbuild/examples/python-wordcount/{name}"),
                 content.to_string(),
                 *mode,
+            ));
+        }
+        if s.nimbus_metrics_port.is_some() || s.supervisor_metrics_port.is_some() {
+            out.push(file(
+                STORM_METRICS_RULES.trim_start_matches('/'),
+                include_str!("../assets/metrics/storm.yaml").to_string(),
+                0o644,
             ));
         }
         let python = if p.artifacts.iter().any(|a| a.name == Component::Python) {
@@ -685,13 +713,24 @@ mod tests {
         let files = rendered(&node_files(&on.nodes[1]));
         assert!(files.contains("metricsProvider.httpHost=192.168.200.152\n"));
         assert!(files.contains("ip saddr @metrics tcp dport 7000 accept"));
+        for port in [7071, 7072, 7073] {
+            assert!(files.contains(&format!("ip saddr @metrics tcp dport {port} accept")));
+            assert!(files.contains(&format!("{JMX_AGENT}=192.168.200.152:{port}:")));
+        }
+        assert!(on.nodes[1].memory.exporters == 4);
         let text = format!("{}\nmetrics:\n  enabled: false\n", reference_text());
         let off = cluster(&text);
         for p in &off.nodes {
             let files = rendered(&node_files(p));
             assert!(!files.contains("metricsProvider"), "{}", p.node.name);
-            assert!(!files.contains("@metrics") && !files.contains("dport 7000"));
+            assert!(!files.contains("@metrics") && !files.contains("dport 70"));
+            assert!(!files.contains("javaagent") && !files.contains("kafka-metrics"));
+            assert!(!files.contains("metrics.yaml"));
+            assert_eq!(p.memory.exporters, 0);
+            assert!(p.artifacts.iter().all(|a| a.name != Component::JmxExporter));
         }
+        // The recipe's jmx_exporter entry is left out of the images, and the user is told.
+        assert!(off.warnings.iter().any(|w| w.contains("metrics are off")));
     }
 
     /// `security: plaintext` turns off TLS, authentication and ACLs everywhere, and keeps the

@@ -79,9 +79,9 @@ pub const CHECKS: &[Check] = &[
         applies: |c| {
             c.wanted.bridged
                 && any(c, |p| {
-                    p.zookeeper
-                        .as_ref()
-                        .is_some_and(|z| z.metrics_port.is_some() && z.myid.is_some())
+                    p.ports
+                        .iter()
+                        .any(|b| b.reach == crate::plan::services::Reach::Metrics)
                 })
         },
         run: |c| super::metrics::metrics(c.nodes, c.members),

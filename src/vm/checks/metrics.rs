@@ -2,7 +2,9 @@
 //! network would (from `up`'s own address there, over plain HTTP), each answering with samples,
 //! and what they say agreeing with what the services say themselves: every ZooKeeper member
 //! counts the whole ensemble (`quorum_size`), and exactly one exports the leader's gauge
-//! (`synced_followers`, counting every other member): the one whose `srvr` says `Mode: leader`.
+//! (`synced_followers`, counting every other member): the one whose `srvr` says `Mode: leader`;
+//! every broker is RUNNING, exactly one is the active controller and counts every broker; the
+//! leader nimbus's summary counts one leader, every nimbus and every supervisor.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -56,89 +58,342 @@ fn value(s: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
     s.get(name).copied()
 }
 
+/// `value` for a line: the number, or `missing`.
+fn shown(v: Option<f64>) -> String {
+    v.map_or("missing".into(), |v| v.to_string())
+}
+
+/// How long a cluster-wide judgement is made again while it fails (a gauge Kafka or Storm
+/// refreshes on its own schedule, e.g. nimbus's cluster summary, may lag the services a little).
+const SETTLE_FOR: Duration = Duration::from_secs(60);
+
+/// One exporter of one node: who, where, and what it answered.
+struct Scraped<'a> {
+    plan: &'a Plan,
+    name: String,
+    port: u16,
+    samples: BTreeMap<String, f64>,
+}
+
+/// Scrape `port` of every node `port_of` gives one, asking an endpoint that refuses again for
+/// SCRAPE_RETRY_FOR; an endpoint that never answers is a failure.
+fn scrape_all<'a>(
+    client: &Client,
+    nodes: &[&'a Plan],
+    cs: &[Member],
+    what: &str,
+    port_of: impl Fn(&Plan) -> Option<u16>,
+    failures: &mut Vec<String>,
+) -> (usize, Vec<Scraped<'a>>) {
+    let mut out = Vec::new();
+    let mut wanted = 0;
+    for p in nodes {
+        let Some(port) = port_of(p) else { continue };
+        wanted += 1;
+        let name = label(cs, p);
+        let t = Instant::now();
+        let body = loop {
+            match scrape(client, p.node.ip, port) {
+                Ok(b) => break Ok(b),
+                Err(e) if t.elapsed() >= SCRAPE_RETRY_FOR => break Err(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(5)),
+            }
+        };
+        match body {
+            Ok(b) => out.push(Scraped {
+                plan: p,
+                name,
+                port,
+                samples: samples(&b),
+            }),
+            Err(e) => failures.push(format!("metrics: {name}: {what}: {e:#}")),
+        }
+    }
+    (wanted, out)
+}
+
+/// Judge `family` (scrape and compare) until it passes or SETTLE_FOR is over; its last lines and
+/// failures are the phase's.
+fn settled(
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+    mut family: impl FnMut(&mut Vec<String>, &mut Vec<String>),
+) {
+    let t = Instant::now();
+    loop {
+        let (mut l, mut f) = (Vec::new(), Vec::new());
+        family(&mut l, &mut f);
+        if f.is_empty() || t.elapsed() >= SETTLE_FOR {
+            lines.extend(l);
+            failures.extend(f);
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}
+
+/// Metrics a rules file names, which an endpoint must export (else the rules match nothing).
+fn require(s: &Scraped, what: &str, names: &[&str], failures: &mut Vec<String>) {
+    for n in names {
+        if value(&s.samples, n).is_none() {
+            failures.push(format!(
+                "metrics: {}: {what} exports no `{n}` (http://{}:{}/metrics)",
+                s.name, s.plan.node.ip, s.port
+            ));
+        }
+    }
+}
+
 pub fn metrics(nodes: &[&Plan], cs: &[Member]) -> Phase {
     Phase::timed("metrics", |lines, failures| {
         let client = scraper()?;
-        let mut leaders = Vec::new();
-        let mut members = 0;
-        for p in nodes {
-            let Some(z) = &p.zookeeper else { continue };
-            let (Some(port), Some(_)) = (z.metrics_port, z.myid) else {
-                continue;
-            };
-            members += 1;
-            let name = label(cs, p);
-            let t = Instant::now();
-            let body = loop {
-                match scrape(&client, p.node.ip, port) {
-                    Ok(b) => break Ok(b),
-                    Err(e) if t.elapsed() >= SCRAPE_RETRY_FOR => break Err(e),
-                    Err(_) => std::thread::sleep(Duration::from_secs(5)),
-                }
-            };
-            let body = match body {
-                Ok(b) => b,
-                Err(e) => {
-                    failures.push(format!("metrics: {name}: zookeeper: {e:#}"));
-                    continue;
-                }
-            };
-            let s = samples(&body);
-            let ensemble = z.servers.len() as f64;
-            let quorum = value(&s, "quorum_size");
-            let synced = value(&s, "synced_followers");
-            lines.push(format!(
-                "{name}: zookeeper http://{}:{port}/metrics: {} samples; quorum_size {}{}",
-                p.node.ip,
-                s.len(),
-                quorum.map_or("missing".into(), |q| q.to_string()),
-                synced.map_or(String::new(), |f| format!(
-                    ", synced_followers {f} (leader)"
-                ))
-            ));
-            if quorum != Some(ensemble) {
-                failures.push(format!(
-                    "metrics: {name}: zookeeper's quorum_size is {} but the ensemble has {ensemble} members",
-                    quorum.map_or("missing".into(), |q| q.to_string())
-                ));
-            }
-            if let Some(f) = synced {
-                leaders.push(p.node.name.clone());
-                if f != ensemble - 1.0 {
-                    failures.push(format!(
-                        "metrics: {name}: the leader's synced_followers is {f}, not {}",
-                        ensemble - 1.0
-                    ));
-                }
-                match srvr(container(cs, p), p, z.client_port) {
-                    Ok(t) if field(&t, "Mode") == Some("leader") => {}
-                    Ok(t) => failures.push(format!(
-                        "metrics: {name} exports the leader's gauges but srvr says Mode: {}",
-                        field(&t, "Mode").unwrap_or("?")
-                    )),
-                    Err(e) => failures.push(format!("metrics: {name}: zookeeper srvr: {e:#}")),
-                }
-            }
-        }
-        if members > 0 {
-            lines.push(format!(
-                "zookeeper: {members}/{members} endpoints scraped; the leader's gauges on {}",
-                if leaders.is_empty() {
-                    "no node".to_string()
-                } else {
-                    leaders.join(", ")
-                }
-            ));
-            if leaders.len() != 1 {
-                failures.push(format!(
-                    "metrics: {} ZooKeeper members export the leader's gauges ({}), not one",
-                    leaders.len(),
-                    leaders.join(", ")
-                ));
-            }
-        }
+        zookeeper(&client, nodes, cs, lines, failures);
+        settled(lines, failures, |l, f| kafka(&client, nodes, cs, l, f));
+        settled(lines, failures, |l, f| storm(&client, nodes, cs, l, f));
         Ok(())
     })
+}
+
+/// ZooKeeper's own endpoints: every member counts the whole ensemble, and exactly one exports
+/// the leader's gauge, the one whose `srvr` says `Mode: leader`.
+fn zookeeper(
+    client: &Client,
+    nodes: &[&Plan],
+    cs: &[Member],
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    let member_port = |p: &Plan| {
+        p.zookeeper
+            .as_ref()
+            .filter(|z| z.myid.is_some())
+            .and_then(|z| z.metrics_port)
+    };
+    let (members, scraped) = scrape_all(client, nodes, cs, "zookeeper", member_port, failures);
+    let mut leaders = Vec::new();
+    for s in &scraped {
+        let (p, name) = (s.plan, &s.name);
+        let Some(z) = &p.zookeeper else { continue };
+        let ensemble = z.servers.len() as f64;
+        let quorum = value(&s.samples, "quorum_size");
+        let synced = value(&s.samples, "synced_followers");
+        lines.push(format!(
+            "{name}: zookeeper http://{}:{}/metrics: {} samples; quorum_size {}{}",
+            p.node.ip,
+            s.port,
+            s.samples.len(),
+            shown(quorum),
+            synced.map_or(String::new(), |f| format!(
+                ", synced_followers {f} (leader)"
+            ))
+        ));
+        if quorum != Some(ensemble) {
+            failures.push(format!(
+                "metrics: {name}: zookeeper's quorum_size is {} but the ensemble has {ensemble} members",
+                shown(quorum)
+            ));
+        }
+        if let Some(f) = synced {
+            leaders.push(p.node.name.clone());
+            if f != ensemble - 1.0 {
+                failures.push(format!(
+                    "metrics: {name}: the leader's synced_followers is {f}, not {}",
+                    ensemble - 1.0
+                ));
+            }
+            match srvr(container(cs, p), p, z.client_port) {
+                Ok(t) if field(&t, "Mode") == Some("leader") => {}
+                Ok(t) => failures.push(format!(
+                    "metrics: {name} exports the leader's gauges but srvr says Mode: {}",
+                    field(&t, "Mode").unwrap_or("?")
+                )),
+                Err(e) => failures.push(format!("metrics: {name}: zookeeper srvr: {e:#}")),
+            }
+        }
+    }
+    if members > 0 {
+        lines.push(format!(
+            "zookeeper: {}/{members} endpoints scraped; the leader's gauges on {}",
+            scraped.len(),
+            if leaders.is_empty() {
+                "no node".to_string()
+            } else {
+                leaders.join(", ")
+            }
+        ));
+        if leaders.len() != 1 {
+            failures.push(format!(
+                "metrics: {} ZooKeeper members export the leader's gauges ({}), not one",
+                leaders.len(),
+                leaders.join(", ")
+            ));
+        }
+    }
+}
+
+/// The brokers' JMX exporter endpoints: every broker RUNNING (broker state 3) and exporting
+/// the partition gauges the alert rules read; exactly one active controller, which counts every
+/// broker of the plan as registered.
+fn kafka(
+    client: &Client,
+    nodes: &[&Plan],
+    cs: &[Member],
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    let port = |p: &Plan| p.kafka.as_ref().and_then(|k| k.metrics_port);
+    let (wanted, scraped) = scrape_all(client, nodes, cs, "kafka", port, failures);
+    if wanted == 0 {
+        return;
+    }
+    let mut active = Vec::new();
+    for s in &scraped {
+        let state = value(&s.samples, "kafka_server_kafkaserver_brokerstate");
+        let controller = value(&s.samples, "kafka_controller_kafkacontroller_activecontrollercount");
+        lines.push(format!(
+            "{}: kafka http://{}:{}/metrics: {} samples; broker state {}, under-replicated {}, offline log dirs {}{}",
+            s.name,
+            s.plan.node.ip,
+            s.port,
+            s.samples.len(),
+            shown(state),
+            shown(value(&s.samples, "kafka_server_replicamanager_underreplicatedpartitions")),
+            shown(value(&s.samples, "kafka_log_logmanager_offlinelogdirectorycount")),
+            if controller == Some(1.0) { ", active controller" } else { "" }
+        ));
+        if state != Some(3.0) {
+            failures.push(format!(
+                "metrics: {}: kafka's broker state is {}, not 3 (RUNNING)",
+                s.name,
+                shown(state)
+            ));
+        }
+        require(
+            s,
+            "kafka",
+            &[
+                "kafka_server_replicamanager_underreplicatedpartitions",
+                "kafka_server_replicamanager_underminisrpartitioncount",
+                "kafka_log_logmanager_offlinelogdirectorycount",
+                "kafka_server_brokertopicmetrics_messagesin_total",
+            ],
+            failures,
+        );
+        if controller == Some(1.0) {
+            active.push(s);
+        }
+    }
+    let brokers = scraped
+        .first()
+        .and_then(|s| s.plan.kafka.as_ref())
+        .map_or(0, |k| k.brokers);
+    let counted = active.first().map(|s| {
+        value(
+            &s.samples,
+            "kafka_controller_kafkacontroller_activebrokercount",
+        )
+    });
+    lines.push(format!(
+        "kafka: {}/{wanted} endpoints scraped; the active controller on {}{}",
+        scraped.len(),
+        if active.is_empty() {
+            "no node".to_string()
+        } else {
+            active
+                .iter()
+                .map(|s| s.plan.node.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        counted.map_or(String::new(), |c| format!(" counts {} brokers", shown(c)))
+    ));
+    if active.len() != 1 {
+        failures.push(format!(
+            "metrics: {} Kafka nodes say they are the active controller, not one",
+            active.len()
+        ));
+    } else if counted != Some(Some(brokers as f64)) {
+        failures.push(format!(
+            "metrics: kafka's active controller counts {} active brokers, the cluster has {brokers}",
+            shown(counted.flatten())
+        ));
+    }
+}
+
+/// Storm's nimbus and supervisor endpoints: each exports its daemon's metrics, and the leader
+/// nimbus's cluster summary agrees with the plan: one leader, every nimbus, every supervisor.
+fn storm(
+    client: &Client,
+    nodes: &[&Plan],
+    cs: &[Member],
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    let nimbus_port = |p: &Plan| p.storm.as_ref().and_then(|s| s.nimbus_metrics_port);
+    let supervisor_port = |p: &Plan| p.storm.as_ref().and_then(|s| s.supervisor_metrics_port);
+    let (nimbuses, nimbus) = scrape_all(client, nodes, cs, "storm nimbus", nimbus_port, failures);
+    let (supervisors, supervisor) =
+        scrape_all(client, nodes, cs, "storm supervisor", supervisor_port, failures);
+    if nimbuses + supervisors == 0 {
+        return;
+    }
+    for s in &supervisor {
+        require(
+            s,
+            "storm supervisor",
+            &["storm_supervisor_num_slots_used_gauge"],
+            failures,
+        );
+    }
+    let mut summaries = Vec::new();
+    for s in &nimbus {
+        require(
+            s,
+            "storm nimbus",
+            &["storm_nimbus_num_gained_leadership_total"],
+            failures,
+        );
+        let leaders = value(&s.samples, "storm_cluster_num_nimbus_leaders");
+        if leaders.is_some() {
+            summaries.push(s);
+        }
+    }
+    let want = nimbus
+        .first()
+        .and_then(|s| s.plan.storm.as_ref())
+        .map(|st| (st.nimbus_seeds.len() as f64, st.supervisors as f64));
+    let mut shown_summary = String::new();
+    if let (Some(s), Some((want_nimbuses, want_supervisors))) = (summaries.first(), want) {
+        let got = |n: &str| value(&s.samples, n);
+        let (l, n, v) = (
+            got("storm_cluster_num_nimbus_leaders"),
+            got("storm_cluster_num_nimbuses"),
+            got("storm_cluster_num_supervisors"),
+        );
+        shown_summary = format!(
+            "; the leader's summary ({}): {} leader, {} nimbuses, {} supervisors",
+            s.plan.node.name,
+            shown(l),
+            shown(n),
+            shown(v)
+        );
+        if l != Some(1.0) || n != Some(want_nimbuses) || v != Some(want_supervisors) {
+            failures.push(format!(
+                "metrics: {}: storm's cluster summary says {} leader, {} nimbuses, {} supervisors; the cluster has 1, {want_nimbuses}, {want_supervisors}",
+                s.name,
+                shown(l),
+                shown(n),
+                shown(v)
+            ));
+        }
+    } else if nimbuses > 0 {
+        failures.push("metrics: no Storm nimbus exports the cluster summary (no leader?)".into());
+    }
+    lines.push(format!(
+        "storm: {}/{nimbuses} nimbus and {}/{supervisors} supervisor endpoints scraped{shown_summary}",
+        nimbus.len(),
+        supervisor.len()
+    ));
 }
 
 #[cfg(test)]
