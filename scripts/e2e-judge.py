@@ -54,7 +54,13 @@ for name in want:
 figures = []
 # ZooKeeper's Prometheus endpoint on every member (the VM's too), the leader's gauge on one.
 figures.append(has("metrics", r"^zookeeper: 3/3 endpoints scraped; the leader's gauges on node\d$"))
-has("firewall", r" 7000 open")
+# The JMX exporter's agent in every broker, nimbus and supervisor: one active controller that
+# counts every broker; the leader nimbus's summary counts every nimbus and supervisor.
+figures.append(has("metrics", r"^kafka: 3/3 endpoints scraped; the active controller on node\d counts 3 brokers$"))
+figures.append(has("metrics", r"^storm: 3/3 nimbus and 3/3 supervisor endpoints scraped; "
+                              r"the leader's summary \(node\d\): 1 leader, 3 nimbuses, 3 supervisors$"))
+for port in (7000, 7071, 7072, 7073):
+    has("firewall", rf" {port} open")
 if kind == "mixed":
     figures.append(has("the VM among containers", r"^node1 \(VM, its image in QEMU\): each check first passed"))
     has("the VM among containers", r"logs in over SSH")

@@ -149,6 +149,14 @@ pub enum Command {
     /// first gate that does not pass in time stops the roll, naming node, gate and what it saw;
     /// `roll` again continues.
     Roll(RollArgs),
+    /// Write the cluster's Prometheus scrape configuration and alert rules (prometheus.yml,
+    /// rules.yml) from the recipe into IMAGES/prometheus/ (`build` writes them too); nothing with
+    /// metrics off.
+    Prometheus {
+        /// Another directory to write them to.
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
     /// Inspect or fill the download cache.
     Cache {
         #[command(subcommand)]

@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod flash;
 pub mod image;
 pub mod layout;
+pub mod monitor;
 pub mod pki;
 pub mod plan;
 pub mod recipe;

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             )
         }
         Command::Verify { nodes, json } => cmd::verify(&cli, nodes, *json),
+        Command::Prometheus { output } => cmd::prometheus(&cli, output.as_deref()),
         Command::Up(args) => cmd::up(&cli, args),
         Command::Down => cmd::down(&cli),
         Command::Ssh {

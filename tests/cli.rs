@@ -124,7 +124,14 @@ fn reference_recipe_plan_node2() {
     // The base is built by mmdebstrap from the Ubuntu archive, not downloaded as one file.
     assert_eq!(
         names,
-        ["java", "zookeeper", "kafka", "storm", "python", "jmx_exporter"]
+        [
+            "java",
+            "zookeeper",
+            "kafka",
+            "storm",
+            "python",
+            "jmx_exporter"
+        ]
     );
     assert_eq!(p["kafka"]["metrics_port"], 7071);
     assert_eq!(p["storm"]["nimbus_metrics_port"], 7072);
@@ -685,7 +692,11 @@ fn metrics_endpoints_on_by_default_and_gone_when_off() {
         .find(|a| a["name"] == "jmx_exporter")
         .expect("the JMX exporter's agent is an input");
     assert_eq!(jmx["version"], "1.0.1");
-    assert!(jmx.to_string().contains("7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1"), "{jmx}");
+    assert!(
+        jmx.to_string()
+            .contains("7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1"),
+        "{jmx}"
+    );
     assert_eq!(p["firewall"]["metrics"], serde_json::json!(["10.20.0.99"]));
     let r = run(&std::fs::read_to_string(&on).unwrap(), &["plan", "node2"]);
     assert!(

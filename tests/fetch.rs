@@ -14,7 +14,15 @@ const KAFKA: &str = "/downloads.apache.org/kafka/4.3.1/kafka_2.13-4.3.1.tgz";
 const KAFKA_ARCHIVE: &str = "/archive.apache.org/dist/kafka/4.3.1/kafka_2.13-4.3.1.tgz";
 const ZK: &str =
     "/downloads.apache.org/zookeeper/zookeeper-3.9.5/apache-zookeeper-3.9.5-bin.tar.gz";
-const ALL: [&str; 6] = ["base", "java", "zookeeper", "kafka", "storm", "python"];
+const ALL: [&str; 7] = [
+    "base",
+    "java",
+    "zookeeper",
+    "kafka",
+    "storm",
+    "python",
+    "jmx_exporter",
+];
 
 struct Env {
     server: Server,
@@ -117,13 +125,13 @@ fn fetches_everything_and_second_run_is_cached() {
     let env = Env::new();
     let o = env.run(&["fetch"]);
     ok(&o);
-    assert!(stderr(&o).contains("fetched 6 artifacts"), "{}", stderr(&o));
-    assert_eq!(env.cached().len(), 6);
+    assert!(stderr(&o).contains("fetched 7 artifacts"), "{}", stderr(&o));
+    assert_eq!(env.cached().len(), ALL.len());
     let before = env.server.requests().len();
     let o = env.run(&["fetch"]);
     ok(&o);
     assert!(
-        stderr(&o).contains("0 downloaded, 6 from cache"),
+        stderr(&o).contains("0 downloaded, 7 from cache"),
         "{}",
         stderr(&o)
     );
@@ -169,7 +177,11 @@ fn not_found_everywhere_names_every_url_and_caches_nothing() {
         "{err}"
     );
     assert!(!env.cached().contains(&"kafka".to_string()));
-    assert_eq!(env.cached().len(), 5, "the other artifacts still land");
+    assert_eq!(
+        env.cached().len(),
+        ALL.len() - 1,
+        "the other artifacts still land"
+    );
 }
 
 #[test]
@@ -428,7 +440,7 @@ fn offline_names_every_missing_artifact_then_import_fills_the_gap() {
     std::fs::remove_dir_all(env.cache()).unwrap();
     let err = failed(&env.run(&["--offline", "fetch"]));
     assert!(
-        err.contains("offline, and 6 artifacts are not in the cache"),
+        err.contains("offline, and 7 artifacts are not in the cache"),
         "{err}"
     );
     for name in ALL {
@@ -445,6 +457,7 @@ fn offline_names_every_missing_artifact_then_import_fills_the_gap() {
         &KAFKA[1..],
         "downloads.apache.org/storm/apache-storm-2.8.3/apache-storm-2.8.3.tar.gz",
         "github.com/astral-sh/python-build-standalone/releases/download/20260203/cpython-3.13.12+20260203-x86_64-unknown-linux-gnu-install_only.tar.gz",
+        "repo1.maven.org/maven2/io/prometheus/jmx/jmx_prometheus_javaagent/1.0.1/jmx_prometheus_javaagent-1.0.1.jar",
     ]
     .iter()
     .map(|p| common::mirror().join(p))
@@ -566,7 +579,7 @@ fn three_fetches_at_once_share_the_cache() {
     for p in procs {
         ok(&p.wait_with_output().unwrap());
     }
-    assert_eq!(env.cached().len(), 6);
+    assert_eq!(env.cached().len(), ALL.len());
     assert!(
         std::fs::read_dir(env.cache().join("tmp"))
             .unwrap()
@@ -598,7 +611,7 @@ fn prune_keeps_what_the_recipe_needs() {
     std::fs::write(&stray, b"orphan").unwrap();
     ok(&env.run(&["cache", "prune"]));
     assert!(!stray.exists());
-    assert_eq!(env.cached().len(), 6);
+    assert_eq!(env.cached().len(), ALL.len());
 }
 
 /// Regression: a cached verification made under one pinned key must not satisfy a recipe that

@@ -464,6 +464,27 @@ fn node1_images_pass_the_standard_tools() {
         "{kafka}"
     );
     assert_eq!(kafka["licenseDeclared"], "Apache-2.0", "{kafka}");
+    // The JMX exporter's agent (metrics on by default): an input like the others, in the SBOM
+    // with the digest it was verified by.
+    let jmx_in = m["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "jmx_exporter")
+        .expect("the JMX exporter's agent among the manifest's inputs");
+    let jmx = pkgs
+        .iter()
+        .find(|p| p["name"] == "jmx_exporter")
+        .expect("jmx_exporter in the SBOM");
+    assert!(
+        jmx["checksums"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["algorithm"] == "SHA256" && c["checksumValue"] == jmx_in["sha256"]),
+        "{jmx}"
+    );
+    assert_eq!(jmx["supplier"], "Organization: The Prometheus Authors");
     // A Debian package's license as its DEP-5 copyright file in the image declares it (bash's
     // is GPL-3+ with a few other files' licenses beside).
     let bash = pkgs.iter().find(|p| p["name"] == "bash").expect("bash");

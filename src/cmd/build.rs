@@ -98,7 +98,14 @@ pub fn build(cli: &Cli, names: &[String], force: bool, dry_run: bool, json: bool
         )?);
     }
     let why = states.into_iter().map(|st| st.why).collect();
-    report_built(cli, built, why, json, t0)
+    // The whole cluster's, whichever nodes were built: it follows the recipe, not one image.
+    let prom = cli.images.join("prometheus");
+    let written = crate::monitor::write(&prom, &s.cluster)?;
+    report_built(cli, built, why, json, t0)?;
+    if !json {
+        println!("{}", super::prometheus_line(&prom, &s.cluster, &written));
+    }
+    Ok(())
 }
 
 /// A disk image needs a kernel and a boot chain: say so before downloading anything.

@@ -72,6 +72,41 @@ pub fn plan(recipe: &std::path::Path, node: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `imgbuild prometheus`: the cluster's scrape configuration and alert rules.
+pub fn prometheus(cli: &Cli, output: Option<&std::path::Path>) -> Result<()> {
+    let cluster = resolve(&cli.recipe)?;
+    let dir = output.map_or_else(|| cli.images.join("prometheus"), Into::into);
+    let written = crate::monitor::write(&dir, &cluster)?;
+    println!("{}", prometheus_line(&dir, &cluster, &written));
+    Ok(())
+}
+
+/// What images/prometheus/ holds, in one line, or that metrics are off.
+pub(crate) fn prometheus_line(
+    dir: &std::path::Path,
+    cluster: &ClusterPlan,
+    written: &[std::path::PathBuf],
+) -> String {
+    if written.is_empty() {
+        return "prometheus: metrics are off: no scrape configuration".into();
+    }
+    let targets = crate::monitor::targets(&cluster.nodes);
+    let mut jobs: Vec<&str> = Vec::new();
+    for t in &targets {
+        if !jobs.contains(&t.job) {
+            jobs.push(t.job);
+        }
+    }
+    format!(
+        "prometheus: {} ({} jobs: {}; {} targets; {} alert rules)",
+        dir.display(),
+        jobs.len(),
+        jobs.join(", "),
+        targets.len(),
+        crate::monitor::alert_names(cluster).len()
+    )
+}
+
 pub fn validate(recipe: &std::path::Path) -> Result<()> {
     let cluster = resolve(recipe)?;
     let names = cluster.names();

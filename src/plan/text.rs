@@ -251,7 +251,10 @@ fn plan_resources(p: &Plan, out: &mut PlanLines) {
                 .join(", "),
             match m.exporters {
                 0 => String::new(),
-                n => format!(", {n} Prometheus exporters ({} MiB each)", super::nodes::EXPORTER_MB),
+                n => format!(
+                    ", {n} Prometheus exporters ({} MiB each)",
+                    super::nodes::EXPORTER_MB
+                ),
             }
         ),
     );

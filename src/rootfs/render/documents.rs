@@ -59,7 +59,7 @@ struct StormYaml<'a> {
 /// value replaces rather than extends.
 const STORM_WORKER_CHILDOPTS: &str = "-Xmx%HEAP-MEM%m -XX:+IgnoreUnrecognizedVMOptions -XX:+PrintGCDetails -Xloggc:artifacts/gc.log -XX:+PrintGCDateStamps -XX:+PrintGCTimeStamps -XX:+UseGCLogFileRotation -XX:NumberOfGCLogFiles=10 -XX:GCLogFileSize=1M -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath=artifacts/heapdump";
 
-fn yaml<T: Serialize>(header: &str, doc: &T) -> String {
+pub(crate) fn yaml<T: Serialize>(header: &str, doc: &T) -> String {
     // serde_norway's Value keeps the struct's field order (serde_json's would sort the keys).
     let v = serde_norway::to_value(doc).expect("a plain struct always serialises");
     let mut out = header.to_string();

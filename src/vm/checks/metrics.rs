@@ -249,7 +249,10 @@ fn kafka(
     let mut active = Vec::new();
     for s in &scraped {
         let state = value(&s.samples, "kafka_server_kafkaserver_brokerstate");
-        let controller = value(&s.samples, "kafka_controller_kafkacontroller_activecontrollercount");
+        let controller = value(
+            &s.samples,
+            "kafka_controller_kafkacontroller_activecontrollercount",
+        );
         lines.push(format!(
             "{}: kafka http://{}:{}/metrics: {} samples; broker state {}, under-replicated {}, offline log dirs {}{}",
             s.name,
@@ -332,8 +335,14 @@ fn storm(
     let nimbus_port = |p: &Plan| p.storm.as_ref().and_then(|s| s.nimbus_metrics_port);
     let supervisor_port = |p: &Plan| p.storm.as_ref().and_then(|s| s.supervisor_metrics_port);
     let (nimbuses, nimbus) = scrape_all(client, nodes, cs, "storm nimbus", nimbus_port, failures);
-    let (supervisors, supervisor) =
-        scrape_all(client, nodes, cs, "storm supervisor", supervisor_port, failures);
+    let (supervisors, supervisor) = scrape_all(
+        client,
+        nodes,
+        cs,
+        "storm supervisor",
+        supervisor_port,
+        failures,
+    );
     if nimbuses + supervisors == 0 {
         return;
     }

@@ -1,0 +1,315 @@
+//! The generated Prometheus configuration and alert rules, checked by Prometheus's own promtool
+//! (Debian's, extracted by tests/fixtures/prometheus.sh): valid, and the rules fire when the
+//! cluster loses a node and stay quiet while it is whole (`promtool test rules`, with series
+//! named as the images' exporters name them).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// promtool, extracted once per machine under target/ (keyed by the script), under a lock.
+fn promtool() -> PathBuf {
+    use sha2::Digest;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prometheus.sh");
+    let hash = hex::encode(&sha2::Sha256::digest(std::fs::read(&script).unwrap())[..6]);
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join(format!("prometheus-{hash}"));
+    let lock = std::fs::File::create(tmp.join("prometheus.lock")).unwrap();
+    lock.lock().unwrap();
+    if !dir.join("promtool").is_file() {
+        let o = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        common::ok(&o, "tests/fixtures/prometheus.sh");
+    }
+    dir.join("promtool")
+}
+
+/// `imgbuild prometheus -o DIR` for the recipe text.
+fn generate(recipe: &str, dir: &Path) -> String {
+    let path = dir.join("recipe.yaml");
+    std::fs::write(&path, recipe).unwrap();
+    let o = Command::new(assert_cmd::cargo::cargo_bin("imgbuild"))
+        .arg("-r")
+        .arg(&path)
+        .arg("prometheus")
+        .arg("-o")
+        .arg(dir.join("prometheus"))
+        .output()
+        .unwrap();
+    common::ok(&o, "imgbuild prometheus")
+}
+
+fn reference() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/cluster.yaml"))
+        .unwrap()
+}
+
+fn promtool_run(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(promtool())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn generated_config_and_rules_pass_promtool_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = generate(&reference(), dir.path());
+    assert!(
+        out.contains("(4 jobs: zookeeper, kafka, storm-nimbus, storm-supervisor; 12 targets;"),
+        "{out}"
+    );
+    let p = dir.path().join("prometheus");
+    let o = promtool_run(&["check", "config", "prometheus.yml"], &p);
+    let text = common::ok(&o, "promtool check config");
+    assert!(text.contains("1 rule files found"), "{text}");
+    let o = promtool_run(&["check", "rules", "rules.yml"], &p);
+    let text = common::ok(&o, "promtool check rules");
+    assert!(text.contains("SUCCESS: 14 rules found"), "{text}");
+    // The check is real: a broken expression is refused.
+    let rules = std::fs::read_to_string(p.join("rules.yml")).unwrap();
+    std::fs::write(p.join("broken.yml"), rules.replacen("> 0\"", "> \"", 1)).unwrap();
+    let o = promtool_run(&["check", "rules", "broken.yml"], &p);
+    assert!(!o.status.success(), "promtool took a broken rule");
+}
+
+#[test]
+fn metrics_off_means_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = generate(
+        &format!("{}\nmetrics:\n  enabled: false\n", reference()),
+        dir.path(),
+    );
+    assert!(out.contains("metrics are off"), "{out}");
+    assert!(!dir.path().join("prometheus/prometheus.yml").exists());
+}
+
+/// The exporters' series of a 3-node cluster sampled every 15 s for 5 minutes; `lost` (if any)
+/// goes away after the first minute: its endpoints stop answering (`up` 0, its own series end),
+/// and the survivors' gauges say what the real services say then.
+fn series(lost: Option<&str>) -> String {
+    let nodes = ["node1", "node2", "node3"];
+    let mut out = String::new();
+    let mut s = |name: &str, job: &str, node: &str, healthy: &str, after: &str| {
+        let after = if lost.is_some() { after } else { healthy };
+        out.push_str(&format!(
+            "      - series: '{name}{{job=\"{job}\",node=\"{node}\"}}'\n        values: '{healthy}x3 {after}x16'\n"
+        ));
+    };
+    for n in nodes {
+        let gone = lost == Some(n);
+        let end = |v: &'static str| if gone { "_" } else { v };
+        for job in ["zookeeper", "kafka", "storm-nimbus", "storm-supervisor"] {
+            s("up", job, n, "1", if gone { "0" } else { "1" });
+        }
+        s("quorum_size", "zookeeper", n, "3", end("3"));
+        s("outstanding_requests", "zookeeper", n, "0", end("0"));
+        // node1 leads ZooKeeper, is Kafka's active controller and Storm's leader nimbus.
+        if n == "node1" {
+            s("synced_followers", "zookeeper", n, "2", "1");
+            s(
+                "kafka_controller_kafkacontroller_activecontrollercount",
+                "kafka",
+                n,
+                "1",
+                "1",
+            );
+            s(
+                "kafka_controller_kafkacontroller_activebrokercount",
+                "kafka",
+                n,
+                "3",
+                "2",
+            );
+            s(
+                "kafka_controller_kafkacontroller_offlinepartitionscount",
+                "kafka",
+                n,
+                "0",
+                "0",
+            );
+            s(
+                "storm_cluster_num_nimbus_leaders",
+                "storm-nimbus",
+                n,
+                "1",
+                "1",
+            );
+            s("storm_cluster_num_supervisors", "storm-nimbus", n, "3", "2");
+        } else {
+            let c = "kafka_controller_kafkacontroller_activecontrollercount";
+            s(c, "kafka", n, "0", end("0"));
+        }
+        // The survivors lead partitions whose third replica is gone: under-replicated, at min ISR.
+        s(
+            "kafka_server_replicamanager_underreplicatedpartitions",
+            "kafka",
+            n,
+            "0",
+            if gone { "_" } else { "1" },
+        );
+        s(
+            "kafka_server_replicamanager_underminisrpartitioncount",
+            "kafka",
+            n,
+            "0",
+            end("0"),
+        );
+        s(
+            "kafka_log_logmanager_offlinelogdirectorycount",
+            "kafka",
+            n,
+            "0",
+            end("0"),
+        );
+        s(
+            "storm_supervisor_num_worker_start_timed_out_total",
+            "storm-supervisor",
+            n,
+            "0",
+            end("0"),
+        );
+    }
+    out
+}
+
+#[test]
+fn alerts_fire_when_a_node_is_lost_and_stay_quiet_while_it_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&reference(), dir.path());
+    let p = dir.path().join("prometheus");
+    let rules = std::fs::read_to_string(p.join("rules.yml")).unwrap();
+    let names: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: \""))
+        .map(|l| l.trim_end_matches('"'))
+        .collect();
+    assert_eq!(names.len(), 14, "{rules}");
+
+    // Whole: at 5 minutes no alert fires.
+    let quiet: String = names
+        .iter()
+        .map(|n| {
+            format!("      - eval_time: 4m45s\n        alertname: {n}\n        exp_alerts: []\n")
+        })
+        .collect();
+    // node3 lost at 1 minute: at 30 s nothing yet; at 3 minutes (past `for: 1m`) these fire,
+    // and nothing else does.
+    let lost = format!(
+        "      - eval_time: 30s\n        alertname: KafkaBrokerDown\n        exp_alerts: []\n\
+         {}{}{}{}{}{}{}{}",
+        expect(
+            "KafkaBrokerDown",
+            &[
+                ("severity", "critical"),
+                ("job", "kafka"),
+                ("node", "node3")
+            ],
+            &["Kafka on node3 does not answer its metrics endpoint"]
+        ),
+        expect(
+            "ZooKeeperDown",
+            &[
+                ("severity", "critical"),
+                ("job", "zookeeper"),
+                ("node", "node3")
+            ],
+            &["ZooKeeper on node3 does not answer its metrics endpoint"]
+        ),
+        expect(
+            "KafkaBrokersMissing",
+            &[("severity", "critical")],
+            &["the active controller counts 2 of 3 brokers"]
+        ),
+        expect(
+            "ZooKeeperQuorumIncomplete",
+            &[("severity", "warning")],
+            &["the ZooKeeper leader has 1 of 2 followers in sync"]
+        ),
+        expect(
+            "StormSupervisorsMissing",
+            &[("severity", "warning")],
+            &["nimbus counts 2 of 3 supervisors"]
+        ),
+        expect_two_under_replicated(),
+        expect("KafkaActiveControllerCount", &[], &[]),
+        expect("KafkaOfflinePartitions", &[], &[]),
+    ) + &expect_storm_down()
+        + &[
+            "KafkaUnderMinIsrPartitions",
+            "KafkaOfflineLogDirectories",
+            "ZooKeeperOutstandingRequests",
+            "StormNimbusWithoutLeader",
+            "StormWorkersFailingToStart",
+        ]
+        .map(|n| expect(n, &[], &[]))
+        .concat();
+    for n in &names {
+        assert!(
+            lost.contains(&format!("eval_time: 3m\n        alertname: {n}\n")),
+            "{n} is not judged after the loss"
+        );
+    }
+    let test = format!(
+        "rule_files: [rules.yml]\nevaluation_interval: 15s\ntests:\n\
+         \x20 - interval: 15s\n    input_series:\n{}    alert_rule_test:\n{quiet}\
+         \x20 - interval: 15s\n    input_series:\n{}    alert_rule_test:\n{lost}",
+        series(None),
+        series(Some("node3")),
+    );
+    std::fs::write(p.join("test.yml"), &test).unwrap();
+    let o = promtool_run(&["test", "rules", "test.yml"], &p);
+    common::ok(&o, &format!("promtool test rules\n{test}"));
+}
+
+/// An alert test at 3 minutes: `alert` fires once per label set given (none: it stays quiet).
+fn expect(alert: &str, labels: &[(&str, &str)], summaries: &[&str]) -> String {
+    let mut out = format!("      - eval_time: 3m\n        alertname: {alert}\n");
+    if summaries.is_empty() {
+        out.push_str("        exp_alerts: []\n");
+        return out;
+    }
+    out.push_str("        exp_alerts:\n");
+    for s in summaries {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}: \"{v}\""))
+            .collect();
+        out.push_str(&format!(
+            "          - exp_labels: {{{}}}\n            exp_annotations: {{summary: \"{s}\"}}\n",
+            l.join(", ")
+        ));
+    }
+    out
+}
+
+/// node3's nimbus and supervisor both stop answering.
+fn expect_storm_down() -> String {
+    let mut out =
+        "      - eval_time: 3m\n        alertname: StormDaemonDown\n        exp_alerts:\n"
+            .to_string();
+    for job in ["storm-nimbus", "storm-supervisor"] {
+        out.push_str(&format!(
+            "          - exp_labels: {{severity: \"critical\", job: \"{job}\", node: \"node3\"}}\n            exp_annotations: {{summary: \"Storm's {job} on node3 does not answer its metrics endpoint\"}}\n"
+        ));
+    }
+    out
+}
+
+/// node1 and node2 each lead a partition that lost its replica on node3.
+fn expect_two_under_replicated() -> String {
+    let mut out =
+        "      - eval_time: 3m\n        alertname: KafkaUnderReplicatedPartitions\n        exp_alerts:\n"
+            .to_string();
+    for n in ["node1", "node2"] {
+        out.push_str(&format!(
+            "          - exp_labels: {{severity: \"warning\", job: \"kafka\", node: \"{n}\"}}\n            exp_annotations: {{summary: \"1 under-replicated partitions led by {n}\"}}\n"
+        ));
+    }
+    out
+}
