@@ -42,6 +42,18 @@ fixtures_components() {
     fi
 }
 
+# Prometheus and promtool from Debian's package, extracted (tests/fixtures/prometheus.sh): make
+# e2e's real Prometheus. Sets $prom.
+fixtures_prometheus() {
+    local phash
+    phash=$(sha256sum tests/fixtures/prometheus.sh | cut -c1-12)
+    prom=$out/prometheus-$phash
+    if [ ! -x "$prom/prometheus" ]; then
+        rm -rf "$out"/prometheus-*
+        bash tests/fixtures/prometheus.sh "$prom" >&2
+    fi
+}
+
 fixtures_prepare() {
     mkdir -p "$out"
     # The base and the components are mostly waiting on Debian's and Maven Central's servers
@@ -62,6 +74,7 @@ fixtures_prepare() {
     # Made now: these only set $base and $comps.
     fixtures_base
     fixtures_components
+    fixtures_prometheus
     # A throwaway key for the demo user (`imgbuild ssh NODE` finds it in build/ssh/).
     if [ ! -f build/ssh/id_ed25519 ]; then
         mkdir -p build/ssh
