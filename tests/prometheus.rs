@@ -313,3 +313,32 @@ fn expect_two_under_replicated() -> String {
     }
     out
 }
+
+/// The Grafana dashboard: Grafana is not installable here, so its shape is checked (unit tests
+/// in src/monitor) and every PromQL expression in it is given to promtool as a recording rule,
+/// which promtool parses like any other.
+#[test]
+fn every_dashboard_expression_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&reference(), dir.path());
+    let p = dir.path().join("prometheus");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("grafana-dashboard.json")).unwrap())
+            .unwrap();
+    let exprs = imgbuild::monitor::dashboard::expressions(&d);
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let rules: Vec<serde_json::Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"record": format!("dashboard:expr_{i}"), "expr": e}))
+        .collect();
+    // JSON is YAML: a rule file promtool reads.
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(p.join("dashboard-rules.yml"), file.to_string()).unwrap();
+    let o = promtool_run(&["check", "rules", "dashboard-rules.yml"], &p);
+    let text = common::ok(&o, "promtool check rules (the dashboard's expressions)");
+    assert!(
+        text.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{text}"
+    );
+}

@@ -1,8 +1,9 @@
 //! What a Prometheus needs to watch the cluster, generated from the recipe like the images are:
 //! a scrape configuration with one job per exporter and every node's target (the `metrics`
 //! ports of the port table), and alert rules whose thresholds come from the cluster's shape (its
-//! ensemble, brokers, nimbuses and supervisors). `imgbuild build` and `imgbuild prometheus`
-//! write them to `images/prometheus/`; `promtool check` and `promtool test rules` test them.
+//! ensemble, brokers, nimbuses and supervisors), and a Grafana dashboard. `imgbuild build` and
+//! `imgbuild prometheus` write them to `images/prometheus/`; `promtool check` and `promtool test
+//! rules` test them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use serde::Serialize;
 use crate::plan::services::{PortKey, Reach};
 use crate::plan::{ClusterPlan, Plan};
 use crate::rootfs::render::documents::yaml;
+
+pub mod dashboard;
 
 /// How long a condition must hold before its alert fires (one missed scrape or a leader
 /// election in progress is not an incident).
@@ -158,8 +161,8 @@ fn rule(alert: &'static str, severity: &'static str, expr: String, summary: Stri
     }
 }
 
-/// The cluster's shape, which the rules compare with.
-struct Shape {
+/// The cluster's shape, which the rules and the dashboard compare with.
+pub(crate) struct Shape {
     ensemble: usize,
     brokers: usize,
     nimbuses: usize,
@@ -323,14 +326,25 @@ pub fn rules_yml(c: &ClusterPlan) -> String {
     )
 }
 
+/// grafana-dashboard.json: the cluster's dashboard for Grafana (see `dashboard`).
+pub fn dashboard_json(c: &ClusterPlan) -> String {
+    let cluster = c.nodes.first().map(|p| p.cluster.as_str()).unwrap_or("");
+    let d = dashboard::dashboard(cluster, &shape(c));
+    serde_json::to_string_pretty(&d).expect("a JSON value always serialises") + "\n"
+}
+
+/// The files `images/prometheus/` holds.
+pub const FILES: [&str; 3] = ["prometheus.yml", "rules.yml", "grafana-dashboard.json"];
+
 /// The files of `images/prometheus/`, by name; none with `metrics` off.
 pub fn files(c: &ClusterPlan) -> Vec<(&'static str, String)> {
     if targets(&c.nodes).is_empty() {
         return Vec::new();
     }
     vec![
-        ("prometheus.yml", prometheus_yml(c)),
-        ("rules.yml", rules_yml(c)),
+        (FILES[0], prometheus_yml(c)),
+        (FILES[1], rules_yml(c)),
+        (FILES[2], dashboard_json(c)),
     ]
 }
 
@@ -340,7 +354,7 @@ pub fn files(c: &ClusterPlan) -> Vec<(&'static str, String)> {
 pub fn write(dir: &Path, c: &ClusterPlan) -> Result<Vec<PathBuf>> {
     let files = files(c);
     if files.is_empty() {
-        for name in ["prometheus.yml", "rules.yml"] {
+        for name in FILES {
             let p = dir.join(name);
             if p.exists() {
                 std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -397,11 +411,36 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_is_grafana_shaped_and_laid_out_on_the_grid() {
+        let c = reference();
+        let d: serde_json::Value = serde_json::from_str(&dashboard_json(&c)).unwrap();
+        assert_eq!(d["uid"], "imgbuild-streaming");
+        let panels = d["panels"].as_array().unwrap();
+        assert!(panels.len() >= 12);
+        let mut ids = std::collections::BTreeSet::new();
+        for p in panels {
+            assert!(ids.insert(p["id"].as_u64().unwrap()), "ids unique");
+            let g = &p["gridPos"];
+            let (x, w) = (g["x"].as_u64().unwrap(), g["w"].as_u64().unwrap());
+            assert!(x + w <= 24, "{p}");
+            assert!(["stat", "timeseries"].contains(&p["type"].as_str().unwrap()));
+            assert!(!p["targets"].as_array().unwrap().is_empty(), "{p}");
+        }
+        // The cluster's shape in the thresholds: red below 3 brokers.
+        let brokers = &panels[0];
+        assert_eq!(
+            brokers["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"],
+            3
+        );
+        assert!(dashboard::expressions(&d).len() > panels.len());
+    }
+
+    #[test]
     fn metrics_off_writes_nothing_and_removes_old_files() {
         let dir = tempfile::tempdir().unwrap();
         let c = reference();
         let written = write(dir.path(), &c).unwrap();
-        assert_eq!(written.len(), 2);
+        assert_eq!(written.len(), 3);
         let before = std::fs::metadata(&written[0]).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         write(dir.path(), &c).unwrap();
