@@ -267,15 +267,25 @@ fn alerts_fire_when_a_node_is_lost_and_stay_quiet_while_it_is_whole() {
     common::ok(&o, &format!("promtool test rules\n{test}"));
 }
 
-/// An alert test at 3 minutes: `alert` fires once per label set given (none: it stays quiet).
+/// An alert test at 3 minutes: `alert` fires once per summary given, with `labels` (none: it
+/// stays quiet).
 fn expect(alert: &str, labels: &[(&str, &str)], summaries: &[&str]) -> String {
+    let fired: Vec<(Vec<(&str, &str)>, String)> = summaries
+        .iter()
+        .map(|s| (labels.to_vec(), s.to_string()))
+        .collect();
+    expect_each(alert, &fired)
+}
+
+/// The same with each firing alert's own labels and summary.
+fn expect_each(alert: &str, fired: &[(Vec<(&str, &str)>, String)]) -> String {
     let mut out = format!("      - eval_time: 3m\n        alertname: {alert}\n");
-    if summaries.is_empty() {
+    if fired.is_empty() {
         out.push_str("        exp_alerts: []\n");
         return out;
     }
     out.push_str("        exp_alerts:\n");
-    for s in summaries {
+    for (labels, s) in fired {
         let l: Vec<String> = labels
             .iter()
             .map(|(k, v)| format!("{k}: \"{v}\""))
@@ -290,28 +300,28 @@ fn expect(alert: &str, labels: &[(&str, &str)], summaries: &[&str]) -> String {
 
 /// node3's nimbus and supervisor both stop answering.
 fn expect_storm_down() -> String {
-    let mut out =
-        "      - eval_time: 3m\n        alertname: StormDaemonDown\n        exp_alerts:\n"
-            .to_string();
-    for job in ["storm-nimbus", "storm-supervisor"] {
-        out.push_str(&format!(
-            "          - exp_labels: {{severity: \"critical\", job: \"{job}\", node: \"node3\"}}\n            exp_annotations: {{summary: \"Storm's {job} on node3 does not answer its metrics endpoint\"}}\n"
-        ));
-    }
-    out
+    let fired: Vec<_> = ["storm-nimbus", "storm-supervisor"]
+        .map(|job| {
+            (
+                vec![("severity", "critical"), ("job", job), ("node", "node3")],
+                format!("Storm's {job} on node3 does not answer its metrics endpoint"),
+            )
+        })
+        .into();
+    expect_each("StormDaemonDown", &fired)
 }
 
 /// node1 and node2 each lead a partition that lost its replica on node3.
 fn expect_two_under_replicated() -> String {
-    let mut out =
-        "      - eval_time: 3m\n        alertname: KafkaUnderReplicatedPartitions\n        exp_alerts:\n"
-            .to_string();
-    for n in ["node1", "node2"] {
-        out.push_str(&format!(
-            "          - exp_labels: {{severity: \"warning\", job: \"kafka\", node: \"{n}\"}}\n            exp_annotations: {{summary: \"1 under-replicated partitions led by {n}\"}}\n"
-        ));
-    }
-    out
+    let fired: Vec<_> = ["node1", "node2"]
+        .map(|n| {
+            (
+                vec![("severity", "warning"), ("job", "kafka"), ("node", n)],
+                format!("1 under-replicated partitions led by {n}"),
+            )
+        })
+        .into();
+    expect_each("KafkaUnderReplicatedPartitions", &fired)
 }
 
 /// The Grafana dashboard: Grafana is not installable here, so its shape is checked (unit tests
