@@ -59,7 +59,9 @@ figures.append(has("metrics", r"^zookeeper: 3/3 endpoints scraped; the leader's 
 figures.append(has("metrics", r"^kafka: 3/3 endpoints scraped; the active controller on node\d counts 3 brokers$"))
 figures.append(has("metrics", r"^storm: 3/3 nimbus and 3/3 supervisor endpoints scraped; "
                               r"the leader's summary \(node\d\): 1 leader, 3 nimbuses, 3 supervisors$"))
-for port in (7000, 7071, 7072, 7073):
+# The distribution's node exporter on every node, answering as its own host (the VM's too).
+figures.append(has("metrics", r"^node: 3/3 node exporter endpoints scraped; each answers as its own host$"))
+for port in (7000, 7071, 7072, 7073, 9100):
     has("firewall", rf" {port} open")
 if kind == "mixed":
     figures.append(has("the VM among containers", r"^node1 \(VM, its image in QEMU\): each check first passed"))

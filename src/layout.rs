@@ -36,6 +36,13 @@ pub const KAFKA_TLS_CLIENT: &str = "/etc/kafka/tls/client.properties";
 /// Where a broker node keeps the script that adds the recipe's ACLs (kafka-acls.service).
 pub const KAFKA_ACLS: &str = "/usr/lib/imgbuild/kafka-acls";
 
+/// The distribution's Prometheus node exporter (package `prometheus-node-exporter`, Debian's and
+/// Ubuntu's): its binary, its unit (the package's own), and the environment file the unit reads
+/// its arguments from (`ARGS`), which imgbuild writes.
+pub const NODE_EXPORTER_BIN: &str = "/usr/bin/prometheus-node-exporter";
+pub const NODE_EXPORTER_UNIT: &str = "prometheus-node-exporter.service";
+pub const NODE_EXPORTER_ARGS: &str = "/etc/default/prometheus-node-exporter";
+
 /// The node's state apart from the OS (`imgbuild-data.service`): a partition labelled
 /// [`DATA_LABEL`] mounted here, holding [`DATA_DIRS`] (bind-mounted over `/var/lib/<dir>`) and
 /// the [`DATA_IDENTITY`] record; in the container runtime a kept directory bind-mounted here.

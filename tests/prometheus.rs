@@ -61,7 +61,9 @@ fn generated_config_and_rules_pass_promtool_check() {
     let dir = tempfile::tempdir().unwrap();
     let out = generate(&reference(), dir.path());
     assert!(
-        out.contains("(4 jobs: zookeeper, kafka, storm-nimbus, storm-supervisor; 12 targets;"),
+        out.contains(
+            "(5 jobs: zookeeper, kafka, storm-nimbus, storm-supervisor, node; 15 targets;"
+        ),
         "{out}"
     );
     let p = dir.path().join("prometheus");
@@ -70,7 +72,7 @@ fn generated_config_and_rules_pass_promtool_check() {
     assert!(text.contains("1 rule files found"), "{text}");
     let o = promtool_run(&["check", "rules", "rules.yml"], &p);
     let text = common::ok(&o, "promtool check rules");
-    assert!(text.contains("SUCCESS: 14 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 20 rules found"), "{text}");
     // The check is real: a broken expression is refused.
     let rules = std::fs::read_to_string(p.join("rules.yml")).unwrap();
     std::fs::write(p.join("broken.yml"), rules.replacen("> 0\"", "> \"", 1)).unwrap();
@@ -95,6 +97,7 @@ fn metrics_off_means_no_configuration() {
 fn series(lost: Option<&str>) -> String {
     let nodes = ["node1", "node2", "node3"];
     let mut out = String::new();
+    let mut hosts = String::new();
     let mut s = |name: &str, job: &str, node: &str, healthy: &str, after: &str| {
         let after = if lost.is_some() { after } else { healthy };
         out.push_str(&format!(
@@ -104,9 +107,17 @@ fn series(lost: Option<&str>) -> String {
     for n in nodes {
         let gone = lost == Some(n);
         let end = |v: &'static str| if gone { "_" } else { v };
-        for job in ["zookeeper", "kafka", "storm-nimbus", "storm-supervisor"] {
+        for job in [
+            "zookeeper",
+            "kafka",
+            "storm-nimbus",
+            "storm-supervisor",
+            "node",
+        ] {
             s("up", job, n, "1", if gone { "0" } else { "1" });
         }
+        // The host, healthy: a third of its disks and memory free, its clock synchronised.
+        hosts.push_str(&host_series(n, gone, lost.is_some()));
         s("quorum_size", "zookeeper", n, "3", end("3"));
         s("outstanding_requests", "zookeeper", n, "0", end("0"));
         // node1 leads ZooKeeper, is Kafka's active controller and Storm's leader nimbus.
@@ -175,7 +186,7 @@ fn series(lost: Option<&str>) -> String {
             end("0"),
         );
     }
-    out
+    out + &hosts
 }
 
 #[test]
@@ -189,7 +200,7 @@ fn alerts_fire_when_a_node_is_lost_and_stay_quiet_while_it_is_whole() {
         .filter_map(|l| l.trim().strip_prefix("- alert: \""))
         .map(|l| l.trim_end_matches('"'))
         .collect();
-    assert_eq!(names.len(), 14, "{rules}");
+    assert_eq!(names.len(), 20, "{rules}");
 
     // Whole: at 5 minutes no alert fires.
     let quiet: String = names
@@ -240,12 +251,22 @@ fn alerts_fire_when_a_node_is_lost_and_stay_quiet_while_it_is_whole() {
         expect("KafkaActiveControllerCount", &[], &[]),
         expect("KafkaOfflinePartitions", &[], &[]),
     ) + &expect_storm_down()
+        + &expect(
+            "NodeExporterDown",
+            &[("severity", "critical"), ("job", "node"), ("node", "node3")],
+            &["the node exporter on node3 does not answer: the host is down or unreachable"],
+        )
         + &[
             "KafkaUnderMinIsrPartitions",
             "KafkaOfflineLogDirectories",
             "ZooKeeperOutstandingRequests",
             "StormNimbusWithoutLeader",
             "StormWorkersFailingToStart",
+            "NodeFilesystemAlmostFull",
+            "NodeFilesystemFillingUp",
+            "NodeMemoryLow",
+            "NodeClockNotSynchronising",
+            "NodeClockSkew",
         ]
         .map(|n| expect(n, &[], &[]))
         .concat();
@@ -261,6 +282,165 @@ fn alerts_fire_when_a_node_is_lost_and_stay_quiet_while_it_is_whole() {
          \x20 - interval: 15s\n    input_series:\n{}    alert_rule_test:\n{lost}",
         series(None),
         series(Some("node3")),
+    );
+    std::fs::write(p.join("test.yml"), &test).unwrap();
+    let o = promtool_run(&["test", "rules", "test.yml"], &p);
+    common::ok(&o, &format!("promtool test rules\n{test}"));
+}
+
+/// A healthy host's node exporter series (every 15 s, as `series`): the root and data
+/// filesystems two thirds full, a third of the memory available, the clock synchronised within a
+/// millisecond; a lost node's series end after the first minute.
+fn host_series(node: &str, gone: bool, loss: bool) -> String {
+    let fs = |mount: &str, dev: &str| {
+        format!(
+            "device=\"{dev}\",fstype=\"ext4\",job=\"node\",mountpoint=\"{mount}\",node=\"{node}\""
+        )
+    };
+    let mut out = String::new();
+    let mut line = |series: String, v: &str| {
+        let after = if gone && loss { "_" } else { v };
+        out.push_str(&format!(
+            "      - series: '{series}'\n        values: '{v}x3 {after}x16'\n"
+        ));
+    };
+    for (mount, dev) in [("/", "/dev/vda2"), ("/var/lib/imgbuild", "/dev/vda4")] {
+        line(
+            format!("node_filesystem_avail_bytes{{{}}}", fs(mount, dev)),
+            "1e9",
+        );
+        line(
+            format!("node_filesystem_size_bytes{{{}}}", fs(mount, dev)),
+            "3e9",
+        );
+        line(
+            format!("node_filesystem_readonly{{{}}}", fs(mount, dev)),
+            "0",
+        );
+    }
+    let j = format!("job=\"node\",node=\"{node}\"");
+    line(format!("node_memory_MemAvailable_bytes{{{j}}}"), "2e9");
+    line(format!("node_memory_MemTotal_bytes{{{j}}}"), "6e9");
+    line(format!("node_timex_sync_status{{{j}}}"), "1");
+    line(format!("node_timex_maxerror_seconds{{{j}}}"), "0.1");
+    line(format!("node_timex_offset_seconds{{{j}}}"), "0.001");
+    out
+}
+
+/// A host in trouble, sampled every minute for 75 minutes: node2's data filesystem 39% free and
+/// losing 0.3% of its size a minute (full within a day at that rate, never under 10% here), its
+/// root filesystem 5% free, 5% of its memory available, its clock unsynchronised (as the kernel
+/// says it before NTP answers: status 0, maximum error 16 s) and 0.2 s off.
+#[test]
+fn host_alerts_fire_on_full_disks_low_memory_and_an_unsynchronised_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&reference(), dir.path());
+    let p = dir.path().join("prometheus");
+    let n = "node2";
+    let fs = |mount: &str| {
+        format!(
+            "device=\"/dev/vda\",fstype=\"ext4\",job=\"node\",mountpoint=\"{mount}\",node=\"{n}\""
+        )
+    };
+    let j = format!("job=\"node\",node=\"{n}\"");
+    let series = [
+        (format!("up{{{j}}}"), "1x75".to_string()),
+        (
+            format!("node_filesystem_avail_bytes{{{}}}", fs("/var/lib/imgbuild")),
+            "39e7-3e6x75".to_string(),
+        ),
+        (
+            format!("node_filesystem_size_bytes{{{}}}", fs("/var/lib/imgbuild")),
+            "1e9x75".to_string(),
+        ),
+        (
+            format!("node_filesystem_readonly{{{}}}", fs("/var/lib/imgbuild")),
+            "0x75".to_string(),
+        ),
+        (
+            format!("node_filesystem_avail_bytes{{{}}}", fs("/")),
+            "5e7x75".to_string(),
+        ),
+        (
+            format!("node_filesystem_size_bytes{{{}}}", fs("/")),
+            "1e9x75".to_string(),
+        ),
+        (
+            format!("node_filesystem_readonly{{{}}}", fs("/")),
+            "0x75".to_string(),
+        ),
+        (
+            format!("node_memory_MemAvailable_bytes{{{j}}}"),
+            "3e8x75".to_string(),
+        ),
+        (
+            format!("node_memory_MemTotal_bytes{{{j}}}"),
+            "6e9x75".to_string(),
+        ),
+        (format!("node_timex_sync_status{{{j}}}"), "0x75".to_string()),
+        (
+            format!("node_timex_maxerror_seconds{{{j}}}"),
+            "16x75".to_string(),
+        ),
+        (
+            format!("node_timex_offset_seconds{{{j}}}"),
+            "0.2x75".to_string(),
+        ),
+    ]
+    .iter()
+    .map(|(s, v)| format!("      - series: '{s}'\n        values: '{v}'\n"))
+    .collect::<String>();
+    let host = |alert: &str, severity: &str, mount: Option<&str>, summary: &str| {
+        let mut labels = vec![("severity", severity), ("job", "node"), ("node", n)];
+        if let Some(m) = mount {
+            labels.extend([
+                ("device", "/dev/vda"),
+                ("fstype", "ext4"),
+                ("mountpoint", m),
+            ]);
+        }
+        expect(alert, &labels, &[summary]).replace("eval_time: 3m", "eval_time: 75m")
+    };
+    let tests = [
+        host(
+            "NodeFilesystemAlmostFull",
+            "critical",
+            Some("/"),
+            "/ on node2 has less than 10% space left",
+        ),
+        host(
+            "NodeFilesystemFillingUp",
+            "warning",
+            Some("/var/lib/imgbuild"),
+            "/var/lib/imgbuild on node2 fills up within 24 hours at this rate",
+        ),
+        host(
+            "NodeMemoryLow",
+            "warning",
+            None,
+            "node2 has less than 10% of its memory available",
+        ),
+        host(
+            "NodeClockNotSynchronising",
+            "warning",
+            None,
+            "the clock of node2 is not synchronised (NTP): ZooKeeper sessions and Kafka's timestamps drift",
+        ),
+        host(
+            "NodeClockSkew",
+            "warning",
+            None,
+            "the clock of node2 is 0.2 s off its time source",
+        ),
+        // Not yet: the clock's rules hold for 10 minutes, the filling disk's for an hour.
+        "      - eval_time: 8m\n        alertname: NodeClockNotSynchronising\n        exp_alerts: []\n".into(),
+        "      - eval_time: 50m\n        alertname: NodeFilesystemFillingUp\n        exp_alerts: []\n".into(),
+        "      - eval_time: 75m\n        alertname: NodeExporterDown\n        exp_alerts: []\n".into(),
+    ]
+    .concat();
+    let test = format!(
+        "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n\
+         \x20 - interval: 1m\n    input_series:\n{series}    alert_rule_test:\n{tests}"
     );
     std::fs::write(p.join("test.yml"), &test).unwrap();
     let o = promtool_run(&["test", "rules", "test.yml"], &p);

@@ -259,6 +259,23 @@ fn node2_rootfs_is_wired_for_its_ip_and_roles() {
         );
         assert!(t.contains_key(&Path::new("etc/systemd/system").join(format!("{unit}.service"))));
     }
+    // The distribution's node exporter (the base's package, its own unit) enabled on node2's
+    // address: the package's unit takes its arguments from the file imgbuild writes.
+    let unit = text(
+        &t,
+        "usr/lib/systemd/system/prometheus-node-exporter.service",
+    );
+    assert!(
+        unit.contains("EnvironmentFile=/etc/default/prometheus-node-exporter")
+            && unit.contains("ExecStart=/usr/bin/prometheus-node-exporter $ARGS"),
+        "{unit}"
+    );
+    assert!(
+        text(&t, "etc/default/prometheus-node-exporter")
+            .contains("ARGS=\"--web.listen-address=192.168.200.152:9100\"")
+    );
+    assert!(t.contains_key(&wants.join("prometheus-node-exporter.service")));
+    assert!(text(&t, "etc/imgbuild/firewall.nft").contains("tcp dport 9100 accept"));
     // Service users exist on first boot, and own their data.
     let passwd = text(&t, "etc/passwd");
     let zk_uid: u64 = passwd
@@ -318,6 +335,8 @@ fn units_pass_systemd_analyze_and_seed_passes_cloud_init() {
     ]
     .iter()
     .map(|u| tree.join(format!("etc/systemd/system/{u}.service")))
+    // The base's node exporter unit, with imgbuild's drop-in.
+    .chain([tree.join("usr/lib/systemd/system/prometheus-node-exporter.service")])
     .collect();
     assert!(units.iter().all(|u| u.is_file()), "{units:?}");
     let o = std::process::Command::new("systemd-analyze")
@@ -430,12 +449,26 @@ fn mmdebstrap_base_is_built_once_and_cached() {
     }
     let env = Env::new();
     with_mmdebstrap_base(&env, BOOKWORM_KEY);
+    // The base lacks the node exporter that `metrics` (on by default) runs: refused, saying so;
+    // the base it built is kept.
+    let o = env.command(&["rootfs", "node1"]).output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("node1: the base has no /usr/bin/prometheus-node-exporter")
+            && err.contains("hint: add prometheus-node-exporter to base.packages"),
+        "{err}"
+    );
+    assert!(err.contains("base     built bookworm from"), "{err}");
+    let recipe = env.dir.path().join("recipe.yaml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, format!("{text}metrics:\n  enabled: false\n")).unwrap();
     let first = stderr(&env.run(&["rootfs", "node1"]));
     assert!(
         first.contains(&format!("base keyring: 1 pinned key(s) {BOOKWORM_KEY}")),
         "{first}"
     );
-    assert!(first.contains("base     built bookworm from"), "{first}");
+    assert!(first.contains("base     cached"), "{first}");
     let t = read_tar(&env.dir.path().join("images/node1/rootfs.tar"));
     assert!(
         matches!(

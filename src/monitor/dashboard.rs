@@ -160,6 +160,51 @@ fn panels(s: &Shape) -> Vec<Panel> {
         "percentunit",
         &[("rate(process_cpu_seconds_total[5m])", "{{job}} {{node}}")],
     ));
+    if s.hosts > 0 {
+        out.push(series(
+            "Node CPU busy",
+            "percentunit",
+            &[(
+                "1 - avg by (node) (rate(node_cpu_seconds_total{mode=\"idle\"}[5m]))",
+                "{{node}}",
+            )],
+        ));
+        out.push(series(
+            "Node memory available",
+            "percentunit",
+            &[(
+                "node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes",
+                "{{node}}",
+            )],
+        ));
+        out.push(series(
+            "Node filesystem space left",
+            "percentunit",
+            &[(
+                "node_filesystem_avail_bytes{fstype=~\"ext4|xfs|btrfs\"} / node_filesystem_size_bytes{fstype=~\"ext4|xfs|btrfs\"}",
+                "{{node}} {{mountpoint}}",
+            )],
+        ));
+        out.push(series(
+            "Node network traffic",
+            "Bps",
+            &[
+                (
+                    "sum by (node) (rate(node_network_receive_bytes_total{device!=\"lo\"}[5m]))",
+                    "in {{node}}",
+                ),
+                (
+                    "sum by (node) (rate(node_network_transmit_bytes_total{device!=\"lo\"}[5m]))",
+                    "out {{node}}",
+                ),
+            ],
+        ));
+        out.push(series(
+            "Node clock offset",
+            "s",
+            &[("node_timex_offset_seconds", "{{node}}")],
+        ));
+    }
     out.push(series(
         "Exporters answering",
         "short",

@@ -30,6 +30,7 @@ pub fn job(key: PortKey) -> Option<&'static str> {
         PortKey::KafkaMetrics => Some("kafka"),
         PortKey::StormNimbusMetrics => Some("storm-nimbus"),
         PortKey::StormSupervisorMetrics => Some("storm-supervisor"),
+        PortKey::NodeExporter => Some("node"),
         _ => None,
     }
 }
@@ -151,6 +152,12 @@ struct Rule {
     annotations: BTreeMap<&'static str, String>,
 }
 
+/// A rule whose condition must hold longer than [`FOR`] (slow trends: a disk filling, a clock
+/// drifting).
+fn rule_for(for_: &'static str, r: Rule) -> Rule {
+    Rule { for_, ..r }
+}
+
 fn rule(alert: &'static str, severity: &'static str, expr: String, summary: String) -> Rule {
     Rule {
         alert,
@@ -167,6 +174,8 @@ pub(crate) struct Shape {
     brokers: usize,
     nimbuses: usize,
     supervisors: usize,
+    /// Nodes with a node exporter.
+    hosts: usize,
 }
 
 fn shape(c: &ClusterPlan) -> Shape {
@@ -177,6 +186,7 @@ fn shape(c: &ClusterPlan) -> Shape {
         brokers: count("kafka"),
         nimbuses: count("storm-nimbus"),
         supervisors: count("storm-supervisor"),
+        hosts: count("node"),
     }
 }
 
@@ -314,7 +324,83 @@ fn groups(c: &ClusterPlan) -> Vec<Group> {
             rules,
         });
     }
+    if s.hosts > 0 {
+        out.push(Group {
+            name: "node",
+            rules: node_rules(),
+        });
+    }
     out
+}
+
+/// The node exporter's: the host itself. Local filesystems only (not the EFI system partition,
+/// sized to its content, nor memory-backed ones).
+fn node_rules() -> Vec<Rule> {
+    const FS: &str = r#"{fstype=~"ext4|xfs|btrfs"}"#;
+    vec![
+        rule(
+            "NodeExporterDown",
+            "critical",
+            r#"up{job="node"} == 0"#.into(),
+            "the node exporter on {{ $labels.node }} does not answer: the host is down or unreachable"
+                .into(),
+        ),
+        rule_for(
+            "5m",
+            rule(
+                "NodeFilesystemAlmostFull",
+                "critical",
+                format!(
+                    "node_filesystem_avail_bytes{FS} / node_filesystem_size_bytes{FS} < 0.10 \
+                     and node_filesystem_readonly{FS} == 0"
+                ),
+                "{{ $labels.mountpoint }} on {{ $labels.node }} has less than 10% space left".into(),
+            ),
+        ),
+        rule_for(
+            "1h",
+            rule(
+                "NodeFilesystemFillingUp",
+                "warning",
+                format!(
+                    "predict_linear(node_filesystem_avail_bytes{FS}[6h], 24 * 3600) < 0 \
+                     and node_filesystem_avail_bytes{FS} / node_filesystem_size_bytes{FS} < 0.40 \
+                     and node_filesystem_readonly{FS} == 0"
+                ),
+                "{{ $labels.mountpoint }} on {{ $labels.node }} fills up within 24 hours at this rate"
+                    .into(),
+            ),
+        ),
+        rule_for(
+            "5m",
+            rule(
+                "NodeMemoryLow",
+                "warning",
+                "node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes < 0.10".into(),
+                "{{ $labels.node }} has less than 10% of its memory available".into(),
+            ),
+        ),
+        rule_for(
+            "10m",
+            rule(
+                "NodeClockNotSynchronising",
+                "warning",
+                "min_over_time(node_timex_sync_status[5m]) == 0 and node_timex_maxerror_seconds >= 16"
+                    .into(),
+                "the clock of {{ $labels.node }} is not synchronised (NTP): ZooKeeper sessions and Kafka's timestamps drift"
+                    .into(),
+            ),
+        ),
+        rule_for(
+            "10m",
+            rule(
+                "NodeClockSkew",
+                "warning",
+                "abs(node_timex_offset_seconds) > 0.05".into(),
+                "the clock of {{ $labels.node }} is {{ $value }} s off its time source".into(),
+            ),
+        ),
+    ]
 }
 
 /// rules.yml: the alerts, with thresholds from the cluster's shape.
@@ -392,9 +478,15 @@ mod tests {
     fn one_job_per_exporter_with_every_node() {
         let c = reference();
         let t = targets(&c.nodes);
-        assert_eq!(t.len(), 12);
+        assert_eq!(t.len(), 15);
         let yml = prometheus_yml(&c);
-        for job in ["zookeeper", "kafka", "storm-nimbus", "storm-supervisor"] {
+        for job in [
+            "zookeeper",
+            "kafka",
+            "storm-nimbus",
+            "storm-supervisor",
+            "node",
+        ] {
             assert_eq!(
                 yml.matches(&format!("job_name: \"{job}\"")).count(),
                 1,
@@ -402,6 +494,7 @@ mod tests {
             );
         }
         assert!(yml.contains("targets: [\"192.168.200.153:7071\"]"), "{yml}");
+        assert!(yml.contains("targets: [\"192.168.200.151:9100\"]"), "{yml}");
         assert!(yml.contains("node: \"node3\""), "{yml}");
         // Thresholds from the cluster's shape.
         let rules = rules_yml(&c);

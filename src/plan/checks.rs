@@ -168,7 +168,7 @@ pub(super) fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode, me
         let mut first: BTreeMap<u16, usize> = BTreeMap::new();
         for (i, b) in bound.iter().enumerate() {
             let (port, what) = (&b.port, b.label());
-            let (service, field) = (b.spec().service.name(), b.spec().field);
+            let (service, field) = (b.spec().service, b.spec().field);
             let set_at = service_path(cx, &n.name, service, field);
             if *port == 0 {
                 let pos = set_at.as_deref().map_or(node_pos, |p| cx.at(p));
@@ -184,7 +184,7 @@ pub(super) fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode, me
                 continue;
             };
             let other = bound[j].label();
-            let (oservice, ofield) = (bound[j].spec().service.name(), bound[j].spec().field);
+            let (oservice, ofield) = (bound[j].spec().service, bound[j].spec().field);
             // Point at whichever of the two the recipe spelled out (the later one if both).
             let pos = set_at
                 .or_else(|| service_path(cx, &n.name, oservice, ofield))

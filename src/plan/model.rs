@@ -136,6 +136,14 @@ pub struct Signer {
 }
 
 impl Plan {
+    /// The node exporter's port when this node runs it (`metrics` on).
+    pub fn node_exporter_port(&self) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|b| b.key == super::services::PortKey::NodeExporter)
+            .map(|b| b.port)
+    }
+
     /// The memory to boot this node with: its budget, or `asked` — refused when that is less
     /// than the heaps of the JVMs the node starts (they would be OOM-killed or swap to a crawl).
     pub fn guest_memory(&self, asked: Option<u32>) -> anyhow::Result<u32> {

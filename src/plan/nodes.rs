@@ -32,8 +32,9 @@ pub(super) struct Storm {
     pub(super) worker_heap_mb: u32,
 }
 
-/// What a Prometheus exporter inside a JVM adds beyond its heap (the JMX exporter's agent or
-/// ZooKeeper's metrics provider: their classes, HTTP server threads and buffers).
+/// What a Prometheus exporter adds: inside a JVM beyond its heap (the JMX exporter's agent or
+/// ZooKeeper's metrics provider: their classes, HTTP server threads and buffers), or as the
+/// node exporter's own process (about 20 MiB resident, measured in the e2e cluster).
 pub(super) const EXPORTER_MB: u32 = 32;
 
 /// The JVMs that carry a Prometheus exporter with metrics on (Storm's workers do not).
@@ -67,8 +68,9 @@ pub(super) fn memory_budget(
     }
     jvms.push(("tool (health check)".to_string(), TOOL_HEAP_MB));
     let heap_mb = jvms.iter().map(|(_, h)| h).sum();
+    // The JVMs' exporters, and the node exporter (a process of its own) on every node.
     let exporters = if metrics {
-        roles.iter().filter(|r| exports(**r)).count() as u32
+        roles.iter().filter(|r| exports(**r)).count() as u32 + 1
     } else {
         0
     };

@@ -189,6 +189,7 @@ pub enum PortKey {
     KafkaMetrics,
     StormNimbusMetrics,
     StormSupervisorMetrics,
+    NodeExporter,
 }
 
 /// Who talks to a port: only the cluster's own nodes, or clients outside it too.
@@ -205,12 +206,13 @@ pub enum Reach {
 pub struct PortSpec {
     pub key: PortKey,
     /// The `services:` block that sets it, and its key there.
-    pub service: Component,
+    pub service: &'static str,
     pub field: &'static str,
     /// How messages and `plan` name it.
     pub label: &'static str,
-    /// Bound by nodes with this role (and, for `kraft_only`, only in KRaft mode).
-    pub role: Role,
+    /// Bound by nodes with this role (None: by every node; and, for `kraft_only`, only in KRaft
+    /// mode).
+    pub role: Option<Role>,
     pub kraft_only: bool,
     pub default: &'static [u16],
     pub reach: Reach,
@@ -220,13 +222,13 @@ pub struct PortSpec {
 
 /// Every port a service binds. ZooKeeper's own AdminServer default is 8080, which Storm UI
 /// also takes; imgbuild moves it to 8081.
-pub const PORTS: [PortSpec; 16] = [
+pub const PORTS: [PortSpec; 17] = [
     PortSpec {
         key: PortKey::ZkClient,
-        service: Component::Zookeeper,
+        service: "zookeeper",
         field: "client_port",
         label: "ZooKeeper client_port",
-        role: Role::Zookeeper,
+        role: Some(Role::Zookeeper),
         kraft_only: false,
         default: &[2181],
         reach: Reach::Cluster,
@@ -234,10 +236,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::ZkQuorum,
-        service: Component::Zookeeper,
+        service: "zookeeper",
         field: "quorum_port",
         label: "ZooKeeper quorum_port",
-        role: Role::Zookeeper,
+        role: Some(Role::Zookeeper),
         kraft_only: false,
         default: &[2888],
         reach: Reach::Cluster,
@@ -245,10 +247,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::ZkElection,
-        service: Component::Zookeeper,
+        service: "zookeeper",
         field: "election_port",
         label: "ZooKeeper election_port",
-        role: Role::Zookeeper,
+        role: Some(Role::Zookeeper),
         kraft_only: false,
         default: &[3888],
         reach: Reach::Cluster,
@@ -256,10 +258,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::ZkAdmin,
-        service: Component::Zookeeper,
+        service: "zookeeper",
         field: "admin_port",
         label: "ZooKeeper admin_port (AdminServer)",
-        role: Role::Zookeeper,
+        role: Some(Role::Zookeeper),
         kraft_only: false,
         default: &[8081],
         reach: Reach::Cluster,
@@ -267,10 +269,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::Kafka,
-        service: Component::Kafka,
+        service: "kafka",
         field: "port",
         label: "Kafka port",
-        role: Role::Kafka,
+        role: Some(Role::Kafka),
         kraft_only: false,
         default: &[9092],
         reach: Reach::Clients,
@@ -278,10 +280,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::KafkaInternal,
-        service: Component::Kafka,
+        service: "kafka",
         field: "internal_port",
         label: "Kafka internal_port (inter-broker)",
-        role: Role::Kafka,
+        role: Some(Role::Kafka),
         kraft_only: false,
         default: &[9094],
         reach: Reach::Cluster,
@@ -289,10 +291,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::KafkaController,
-        service: Component::Kafka,
+        service: "kafka",
         field: "controller_port",
         label: "Kafka controller_port",
-        role: Role::Kafka,
+        role: Some(Role::Kafka),
         kraft_only: true,
         default: &[9093],
         reach: Reach::Cluster,
@@ -300,10 +302,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::StormNimbus,
-        service: Component::Storm,
+        service: "storm",
         field: "nimbus_port",
         label: "Storm nimbus_port",
-        role: Role::StormNimbus,
+        role: Some(Role::StormNimbus),
         kraft_only: false,
         default: &[6627],
         reach: Reach::Cluster,
@@ -311,10 +313,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::StormSupervisor,
-        service: Component::Storm,
+        service: "storm",
         field: "supervisor_port",
         label: "Storm supervisor_port",
-        role: Role::StormSupervisor,
+        role: Some(Role::StormSupervisor),
         kraft_only: false,
         default: &[6628],
         reach: Reach::Cluster,
@@ -322,10 +324,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::StormSlots,
-        service: Component::Storm,
+        service: "storm",
         field: "slots",
         label: "Storm worker slot",
-        role: Role::StormSupervisor,
+        role: Some(Role::StormSupervisor),
         kraft_only: false,
         default: &[6700, 6701],
         reach: Reach::Cluster,
@@ -333,10 +335,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::StormUi,
-        service: Component::Storm,
+        service: "storm",
         field: "ui_port",
         label: "Storm ui_port",
-        role: Role::StormUi,
+        role: Some(Role::StormUi),
         kraft_only: false,
         default: &[8080],
         reach: Reach::Clients,
@@ -344,10 +346,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::StormLogviewer,
-        service: Component::Storm,
+        service: "storm",
         field: "logviewer_port",
         label: "Storm logviewer_port",
-        role: Role::StormLogviewer,
+        role: Some(Role::StormLogviewer),
         kraft_only: false,
         default: &[8000],
         reach: Reach::Cluster,
@@ -355,10 +357,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::ZkMetrics,
-        service: Component::Zookeeper,
+        service: "zookeeper",
         field: "metrics_port",
         label: "ZooKeeper metrics_port (Prometheus)",
-        role: Role::Zookeeper,
+        role: Some(Role::Zookeeper),
         kraft_only: false,
         default: &[7000],
         reach: Reach::Metrics,
@@ -366,10 +368,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::KafkaMetrics,
-        service: Component::Kafka,
+        service: "kafka",
         field: "metrics_port",
         label: "Kafka metrics_port (Prometheus)",
-        role: Role::Kafka,
+        role: Some(Role::Kafka),
         kraft_only: false,
         default: &[7071],
         reach: Reach::Metrics,
@@ -377,10 +379,10 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::StormNimbusMetrics,
-        service: Component::Storm,
+        service: "storm",
         field: "nimbus_metrics_port",
         label: "Storm nimbus_metrics_port (Prometheus)",
-        role: Role::StormNimbus,
+        role: Some(Role::StormNimbus),
         kraft_only: false,
         default: &[7072],
         reach: Reach::Metrics,
@@ -388,14 +390,25 @@ pub const PORTS: [PortSpec; 16] = [
     },
     PortSpec {
         key: PortKey::StormSupervisorMetrics,
-        service: Component::Storm,
+        service: "storm",
         field: "supervisor_metrics_port",
         label: "Storm supervisor_metrics_port (Prometheus)",
-        role: Role::StormSupervisor,
+        role: Some(Role::StormSupervisor),
         kraft_only: false,
         default: &[7073],
         reach: Reach::Metrics,
         recipe: |s| s.storm.supervisor_metrics_port.map(|p| vec![p]),
+    },
+    PortSpec {
+        key: PortKey::NodeExporter,
+        service: "node_exporter",
+        field: "port",
+        label: "node exporter port (Prometheus)",
+        role: None,
+        kraft_only: false,
+        default: &[9100],
+        reach: Reach::Metrics,
+        recipe: |s| s.node_exporter.port.map(|p| vec![p]),
     },
 ];
 
@@ -432,7 +445,7 @@ impl Ports {
     pub fn bound(&self, roles: &[Role], mode: KafkaMode, metrics: bool) -> Vec<BoundPort> {
         let mut out = Vec::new();
         for spec in &PORTS {
-            if !roles.contains(&spec.role)
+            if spec.role.is_some_and(|r| !roles.contains(&r))
                 || (spec.kraft_only && mode != KafkaMode::Kraft)
                 || (spec.reach == Reach::Metrics && !metrics)
             {
@@ -544,7 +557,8 @@ mod tests {
             .iter()
             .map(|b| b.port)
             .collect();
-        assert_eq!(kraft, [9092, 9094, 9093, 7071]);
+        // Every node's node exporter too, whatever its roles.
+        assert_eq!(kraft, [9092, 9094, 9093, 7071, 9100]);
         let off: Vec<u16> = p
             .bound(&[Role::Kafka], KafkaMode::Kraft, false)
             .iter()
@@ -556,7 +570,7 @@ mod tests {
             .iter()
             .map(|b| b.port)
             .collect();
-        assert_eq!(zk, [9092, 9094, 7071]);
+        assert_eq!(zk, [9092, 9094, 7071, 9100]);
         let sup = p.bound(&[Role::StormSupervisor], KafkaMode::Kraft, true);
         assert_eq!(sup[1].label(), "Storm worker slot 6700");
         assert_eq!(sup[0].label(), "Storm supervisor_port");

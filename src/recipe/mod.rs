@@ -314,6 +314,16 @@ pub struct Services {
     pub kafka: KafkaService,
     #[serde(default)]
     pub storm: StormService,
+    #[serde(default)]
+    pub node_exporter: NodeExporterService,
+}
+
+/// The distribution's Prometheus node exporter (`metrics` on): the host's disks, memory, network
+/// and clock.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeExporterService {
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

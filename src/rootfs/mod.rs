@@ -550,6 +550,20 @@ pub fn node_tree(
             plan.recipe
         );
     }
+    if plan.node_exporter_port().is_some()
+        && std::fs::symlink_metadata(
+            common.join(crate::layout::NODE_EXPORTER_BIN.trim_start_matches('/')),
+        )
+        .is_err()
+    {
+        bail!(
+            "{name}: the base has no {}, the node exporter that `metrics` runs on every node \
+             (no disk, memory or clock metrics)\n\n\
+             hint: add prometheus-node-exporter to base.packages, or set `metrics: {{enabled: false}}` in {}",
+            crate::layout::NODE_EXPORTER_BIN,
+            plan.recipe
+        );
+    }
     crate::util::stage::stage("node", || {
         let dir = build.join("nodes").join(name);
         let staging = Staging::dir(&build.join("nodes"), &format!("{name}.tmp-"))?;

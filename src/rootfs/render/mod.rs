@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use crate::layout::{
     CA_CERT, FileSpec, IMAGE_IDENTITY, KAFKA_ACLS, KAFKA_KEYSTORE, KAFKA_TLS_CLIENT,
-    STORM_KAFKA_CLIENT, STORM_KEYSTORE, ZK_KEYSTORE,
+    NODE_EXPORTER_ARGS, NODE_EXPORTER_UNIT, STORM_KAFKA_CLIENT, STORM_KEYSTORE, ZK_KEYSTORE,
 };
 use crate::plan::security::SecurityPlan;
 use crate::plan::services::{Component, JMX_AGENT, Reach, Unit};
@@ -389,6 +389,9 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
             0o644,
         ));
     }
+    if let Some(port) = p.node_exporter_port() {
+        out.extend(node_exporter(p, port));
+    }
     out.push(file("etc/fstab", fstab(p), 0o644));
     out.push(file(
         IMAGE_IDENTITY.trim_start_matches('/'),
@@ -412,6 +415,33 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
         ));
     }
     out
+}
+
+/// The distribution's node exporter on the node's address: its arguments (the package's unit
+/// reads them from its environment file, which the package ships with none: every address), and
+/// a drop-in that starts it once that address is up and brings it back whenever it stops.
+fn node_exporter(p: &Plan, port: u16) -> Vec<FileSpec> {
+    vec![
+        file(
+            NODE_EXPORTER_ARGS.trim_start_matches('/'),
+            format!(
+                "# Arguments of prometheus-node-exporter.service (written by imgbuild): the node's\n\
+                 # address only (the firewall opens it to metrics.clients).\n\
+                 ARGS=\"--web.listen-address={ip}:{port}\"\n",
+                ip = p.node.ip
+            ),
+            0o644,
+        ),
+        file(
+            &format!("etc/systemd/system/{NODE_EXPORTER_UNIT}.d/imgbuild.conf"),
+            "# Written by imgbuild: the exporter binds the node's address, so it starts after the\n\
+             # network is up, and it comes back whenever it stops.\n\
+             [Unit]\nWants=network-online.target\nAfter=network-online.target\nStartLimitIntervalSec=0\n\n\
+             [Service]\nRestart=always\nRestartSec=5\n"
+                .to_string(),
+            0o644,
+        ),
+    ]
 }
 
 /// The NoCloud seed: (file name, content) for meta-data, user-data and network-config.
@@ -466,6 +496,19 @@ pub fn enablement(p: &Plan) -> Vec<(PathBuf, PathBuf)> {
                 PathBuf::from("/etc/systemd/system").join(u),
             )
         })
+        // The node exporter is the package's unit: enabled with `metrics` on, masked with it off
+        // (the base may carry the package, whose installation enabled it).
+        .chain(std::iter::once(match p.node_exporter_port() {
+            Some(_) => (
+                PathBuf::from("etc/systemd/system/multi-user.target.wants")
+                    .join(NODE_EXPORTER_UNIT),
+                PathBuf::from("/lib/systemd/system").join(NODE_EXPORTER_UNIT),
+            ),
+            None => (
+                PathBuf::from("etc/systemd/system").join(NODE_EXPORTER_UNIT),
+                PathBuf::from("/dev/null"),
+            ),
+        }))
         .collect()
 }
 
@@ -717,7 +760,14 @@ mod tests {
             assert!(files.contains(&format!("ip saddr @metrics tcp dport {port} accept")));
             assert!(files.contains(&format!("{JMX_AGENT}=192.168.200.152:{port}:")));
         }
-        assert!(on.nodes[1].memory.exporters == 4);
+        // The distribution's node exporter on the node's address, started once it is up.
+        assert!(files.contains("ip saddr @metrics tcp dport 9100 accept"));
+        assert!(files.contains("ARGS=\"--web.listen-address=192.168.200.152:9100\""));
+        assert!(files.contains("After=network-online.target\nStartLimitIntervalSec=0"));
+        let wants =
+            PathBuf::from("etc/systemd/system/multi-user.target.wants").join(NODE_EXPORTER_UNIT);
+        assert!(enablement(&on.nodes[1]).iter().any(|(l, _)| *l == wants));
+        assert!(on.nodes[1].memory.exporters == 5);
         let text = format!("{}\nmetrics:\n  enabled: false\n", reference_text());
         let off = cluster(&text);
         for p in &off.nodes {
@@ -728,6 +778,13 @@ mod tests {
             assert!(!files.contains("metrics.yaml"));
             assert_eq!(p.memory.exporters, 0);
             assert!(p.artifacts.iter().all(|a| a.name != Component::JmxExporter));
+            // The package's unit masked (its installation enabled it), its arguments not written.
+            assert!(!files.contains("web.listen-address") && !files.contains("dport 9100"));
+            let masked = (
+                PathBuf::from("etc/systemd/system").join(NODE_EXPORTER_UNIT),
+                PathBuf::from("/dev/null"),
+            );
+            assert!(enablement(p).contains(&masked), "{}", p.node.name);
         }
         // The recipe's jmx_exporter entry is left out of the images, and the user is told.
         assert!(off.warnings.iter().any(|w| w.contains("metrics are off")));

@@ -4,7 +4,8 @@
 //! counts the whole ensemble (`quorum_size`), and exactly one exports the leader's gauge
 //! (`synced_followers`, counting every other member): the one whose `srvr` says `Mode: leader`;
 //! every broker is RUNNING, exactly one is the active controller and counts every broker; the
-//! leader nimbus's summary counts one leader, every nimbus and every supervisor.
+//! leader nimbus's summary counts one leader, every nimbus and every supervisor; every node
+//! exporter answers as its own host.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -150,6 +151,7 @@ pub fn metrics(nodes: &[&Plan], cs: &[Member]) -> Phase {
         zookeeper(&client, nodes, cs, lines, failures);
         settled(lines, failures, |l, f| kafka(&client, nodes, cs, l, f));
         settled(lines, failures, |l, f| storm(&client, nodes, cs, l, f));
+        hosts(&client, nodes, cs, lines, failures);
         Ok(())
     })
 }
@@ -405,6 +407,104 @@ fn storm(
     ));
 }
 
+/// A labelled series' label value, e.g. `nodename` of `node_uname_info{...,nodename="node2",...}`.
+fn label_value<'s>(series: &'s str, label: &str) -> Option<&'s str> {
+    ['{', ','].iter().find_map(|sep| {
+        let at = series.find(&format!("{sep}{label}=\""))? + label.len() + 3;
+        let rest = &series[at..];
+        Some(&rest[..rest.find('"')?])
+    })
+}
+
+/// The series of metric `name`, with any labels.
+fn series_of<'s>(
+    s: &'s BTreeMap<String, f64>,
+    name: &'s str,
+) -> impl Iterator<Item = (&'s str, f64)> + 's {
+    s.iter()
+        .filter(move |(k, _)| {
+            k.as_str() == name
+                || k.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .map(|(k, v)| (k.as_str(), *v))
+}
+
+/// The node exporters: each answers as its own host (`node_uname_info`'s nodename is the node's
+/// hostname, not another machine's) and exports what the node alert rules read.
+fn hosts(
+    client: &Client,
+    nodes: &[&Plan],
+    cs: &[Member],
+    lines: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    let (wanted, scraped) = scrape_all(
+        client,
+        nodes,
+        cs,
+        "node exporter",
+        Plan::node_exporter_port,
+        failures,
+    );
+    if wanted == 0 {
+        return;
+    }
+    for s in &scraped {
+        let nodename =
+            series_of(&s.samples, "node_uname_info").find_map(|(k, _)| label_value(k, "nodename"));
+        let mem = value(&s.samples, "node_memory_MemAvailable_bytes")
+            .zip(value(&s.samples, "node_memory_MemTotal_bytes"))
+            .map(|(a, t)| format!("{:.0}%", 100.0 * a / t));
+        let synced = value(&s.samples, "node_timex_sync_status");
+        lines.push(format!(
+            "{}: node http://{}:{}/metrics: {} samples; nodename {}, memory available {}, clock synchronised {}",
+            s.name,
+            s.plan.node.ip,
+            s.port,
+            s.samples.len(),
+            nodename.unwrap_or("missing"),
+            mem.as_deref().unwrap_or("missing"),
+            match synced {
+                Some(1.0) => "yes",
+                Some(_) => "no",
+                None => "missing",
+            }
+        ));
+        if nodename != Some(s.plan.node.hostname.as_str()) {
+            failures.push(format!(
+                "metrics: {}: the node exporter answers as host {}, not {}",
+                s.name,
+                nodename.unwrap_or("(no node_uname_info)"),
+                s.plan.node.hostname
+            ));
+        }
+        for n in [
+            "node_filesystem_avail_bytes",
+            "node_filesystem_size_bytes",
+            "node_filesystem_readonly",
+            "node_memory_MemAvailable_bytes",
+            "node_memory_MemTotal_bytes",
+            "node_timex_sync_status",
+            "node_timex_maxerror_seconds",
+            "node_timex_offset_seconds",
+            "node_cpu_seconds_total",
+            "node_network_receive_bytes_total",
+        ] {
+            if series_of(&s.samples, n).next().is_none() {
+                failures.push(format!(
+                    "metrics: {}: the node exporter exports no `{n}` (http://{}:{}/metrics)",
+                    s.name, s.plan.node.ip, s.port
+                ));
+            }
+        }
+    }
+    lines.push(format!(
+        "node: {}/{wanted} node exporter endpoints scraped; each answers as its own host",
+        scraped.len()
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,5 +547,19 @@ mod tests {
             Some(&1.0)
         );
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn labelled_series_and_their_labels() {
+        let body = "node_uname_info{domainname=\"(none)\",machine=\"x86_64\",nodename=\"node2\",release=\"6.1.0\"} 1\n\
+                    node_filesystem_avail_bytes{device=\"/dev/vda1\",fstype=\"ext4\",mountpoint=\"/\"} 1.5e+09\n\
+                    node_filesystem_avail_bytes_extra 1\n";
+        let s = samples(body);
+        let uname: Vec<_> = series_of(&s, "node_uname_info").collect();
+        assert_eq!(uname.len(), 1);
+        assert_eq!(label_value(uname[0].0, "nodename"), Some("node2"));
+        assert_eq!(label_value(uname[0].0, "name"), None);
+        assert_eq!(series_of(&s, "node_filesystem_avail_bytes").count(), 1);
+        assert_eq!(series_of(&s, "node_memory_MemTotal_bytes").count(), 0);
     }
 }
