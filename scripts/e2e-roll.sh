@@ -48,6 +48,72 @@ done
 [ -f "$bd/up/staying" ] || fail "up's checks did not pass within 30 min"
 echo "  roll: the cluster is up and checked (v1, Kafka 4.3.1), the topology running: $(($(date +%s) - t0)) s" >&2
 
+# The cluster's content as code (issue 32): `imgbuild apply` against this running cluster, with
+# the recipe's topics (sentences and word-counts, which the topology check made the same way)
+# and users' ACLs (added at first boot), then recipes that differ from it step by step:
+#   a  one more topic `events` (3 partitions, retention.ms 7 days): the plan creates it, nothing
+#      else; applied and read back;
+#   b  events with 6 partitions and retention.ms 1 day, and one more ACL (storm may read it): the
+#      plan names exactly those three changes; applied; a second apply has nothing to do;
+#   c  events left out of the recipe: kept, not deleted (--allow-delete would name it);
+#   d  events with 2 partitions: refused (Kafka cannot take partitions away), nothing changed.
+t=$(date +%s)
+python3 - "$recipe" <<'PY'
+import sys
+recipe = sys.argv[1]
+s = open(recipe).read()
+base = recipe[: -len(".yaml")]
+topics = "    topics:\n"
+acl = "          - {group: python-wordcount, ops: [read]}\n"
+assert topics in s and acl in s
+def events(partitions, retention):
+    return (topics + f"      - {{name: events, partitions: {partitions}, replication_factor: 3, "
+            f"configs: {{min.insync.replicas: 2, retention.ms: {retention}}}}}\n")
+a = s.replace(topics, events(3, 604800000), 1)
+b = s.replace(topics, events(6, 86400000), 1).replace(acl, acl + "          - {topic: events, ops: [read]}\n", 1)
+d = s.replace(topics, events(2, 86400000), 1)
+for name, text in (("a", a), ("b", b), ("c", s), ("d", d)):
+    open(f"{base}-apply-{name}.yaml", "w").write(text)
+PY
+apply() { # which [args...]: imgbuild apply with recipe-scram-apply-WHICH.yaml (its secrets: the recipe's)
+    local w=$1
+    shift
+    rm -rf "${recipe%.yaml}-apply-$w.secrets"
+    ln -s "$(basename "${recipe%.yaml}").secrets" "${recipe%.yaml}-apply-$w.secrets"
+    "$bin" -r "${recipe%.yaml}-apply-$w.yaml" --build-dir "$bd" apply "$@" >"$out/e2e-apply-$w.out" 2>&1
+}
+changes() { grep -E '^  [-+~] ' "$1" || true; }
+apply a || fail "apply (a): $(tail -5 "$out/e2e-apply-a.out")"
+[ "$(changes "$out/e2e-apply-a.out")" = "  + create topic events: 3 partitions, replication factor 3, min.insync.replicas=2, retention.ms=604800000" ] ||
+    fail "apply (a): the plan is not exactly the new topic: $(cat "$out/e2e-apply-a.out")"
+grep -q '^apply: 1 change made; read back: the cluster holds' "$out/e2e-apply-a.out" || fail "apply (a): $(tail -3 "$out/e2e-apply-a.out")"
+apply b --dry-run || fail "apply --dry-run (b): $(tail -5 "$out/e2e-apply-b.out")"
+want_b='  ~ topic events: partitions 3 -> 6
+  ~ topic events: retention.ms 604800000 -> 86400000
+  + acl User:storm READ on topic events'
+[ "$(changes "$out/e2e-apply-b.out")" = "$want_b" ] ||
+    fail "apply --dry-run (b): the plan is not exactly the three changes: $(cat "$out/e2e-apply-b.out")"
+grep -q 'dry run: nothing changed' "$out/e2e-apply-b.out" || fail "apply --dry-run (b): $(tail -2 "$out/e2e-apply-b.out")"
+cp "$out/e2e-apply-b.out" "$out/e2e-apply-b-plan.out"
+apply b || fail "apply (b): $(tail -5 "$out/e2e-apply-b.out")"
+grep -q '^apply: 3 changes made; read back: the cluster holds' "$out/e2e-apply-b.out" || fail "apply (b): $(tail -3 "$out/e2e-apply-b.out")"
+apply b || fail "apply (b) again: $(tail -5 "$out/e2e-apply-b.out")"
+grep -q '^apply: nothing to do' "$out/e2e-apply-b.out" || fail "apply (b) again was not a no-op: $(cat "$out/e2e-apply-b.out")"
+apply c || fail "apply (c): $(tail -5 "$out/e2e-apply-c.out")"
+grep -q '^  = topic events: not in the recipe, kept (--allow-delete deletes it)$' "$out/e2e-apply-c.out" ||
+    fail "apply (c): events not kept: $(cat "$out/e2e-apply-c.out")"
+[ -z "$(changes "$out/e2e-apply-c.out")" ] || fail "apply (c) changed something: $(cat "$out/e2e-apply-c.out")"
+apply c --dry-run --allow-delete || fail "apply --dry-run --allow-delete (c): $(tail -5 "$out/e2e-apply-c.out")"
+grep -q '^  - delete topic events (--allow-delete)$' "$out/e2e-apply-c.out" ||
+    fail "apply --allow-delete (c) does not name events: $(cat "$out/e2e-apply-c.out")"
+rc=0
+apply d || rc=$?
+[ "$rc" -ne 0 ] && grep -q '^  ! topic events: partitions 6 -> 2 refused' "$out/e2e-apply-d.out" &&
+    grep -q 'refused: nothing changed' "$out/e2e-apply-d.out" ||
+    fail "apply (d): fewer partitions not refused (exit $rc): $(cat "$out/e2e-apply-d.out")"
+echo "  apply: (a) topic events created, read back; (b) exactly 3 changes planned (partitions 3 -> 6, retention.ms, one ACL) and made, a second apply had nothing to do; (c) events out of the recipe kept (--allow-delete --dry-run names it); (d) 6 -> 2 partitions refused: $(($(date +%s) - t)) s" >&2
+sed 's/^/    /' "$out/e2e-apply-b-plan.out" >&2
+
 # v2 and v3, beside the recipe, with its secrets (the same PKI and passwords).
 for v in v2 v3; do
     rm -rf "${recipe%.yaml}-$v.secrets"

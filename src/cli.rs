@@ -149,6 +149,12 @@ pub enum Command {
     /// first gate that does not pass in time stops the roll, naming node, gate and what it saw;
     /// `roll` again continues.
     Roll(RollArgs),
+    /// Make the running cluster hold the recipe's topics (services.kafka.topics) and its users'
+    /// ACLs: read them through a Kafka node (over SSH, as the node), print the difference as a
+    /// plan (create, change, and what it will not do), make it, read the cluster back. A topic
+    /// or ACL the recipe does not name is kept unless --allow-delete; fewer partitions or
+    /// another replication factor is refused (then nothing changes). Exit 1 on a refusal.
+    Apply(ApplyArgs),
     /// Write the cluster's Prometheus scrape configuration and alert rules (prometheus.yml,
     /// rules.yml) from the recipe into IMAGES/prometheus/ (`build` writes them too); nothing with
     /// metrics off.
@@ -352,6 +358,24 @@ pub struct RollArgs {
     /// How long each node's update may wait for the node's verdict, in seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
+    /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists).
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The user (default: the recipe's first user with sudo and an SSH key).
+    #[arg(short = 'l', long)]
+    pub user: Option<String>,
+}
+
+/// `imgbuild apply` (see [`Command::Apply`]).
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete the topics and remove the ACLs the recipe does not name (each is named in
+    /// the plan first).
+    #[arg(long)]
+    pub allow_delete: bool,
     /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists).
     #[arg(short = 'i', long, value_name = "FILE")]
     pub identity: Option<PathBuf>,

@@ -2,6 +2,7 @@
 //! the pipeline (recipe → plan → fetch → rootfs → image → vm / flash → update), plus the command layer
 //! (`cli`, `cmd`, `report`) and `util`, which every stage may use and which uses none of them.
 
+pub mod apply;
 pub mod cli;
 pub mod cmd;
 pub mod fetch;

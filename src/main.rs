@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         Command::Flash(args) => cmd::flash(&cli, args),
         Command::Update(args) => cmd::update(&cli, args),
         Command::Roll(args) => cmd::roll(&cli, args),
+        Command::Apply(args) => cmd::apply(&cli, args),
         Command::Boot(args) => cmd::boot(&cli, args),
         Command::Cache { action } => match action {
             CacheAction::Import { files } => cmd::cache_import(&cli, files),

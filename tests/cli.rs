@@ -503,6 +503,13 @@ bad!(
     )]
 );
 bad!(
+    kafka_topics_checked_against_the_cluster,
+    [(
+        "  zookeeper:\n    admin_port",
+        "  kafka:\n    topics:\n      - {name: sentences, partitions: 3, replication_factor: 4}\n      - name: counts\n        partitions: 3\n        configs: {min.insync.replicas: 3}\n      - name: logs\n        partitions: 1\n        configs: {retention.msec: 1000, cleanup.policy: shred}\n  zookeeper:\n    admin_port"
+    )]
+);
+bad!(
     several_errors_reported_together,
     [
         ("ip: 10.20.0.12", "ip: 10.21.0.12"),

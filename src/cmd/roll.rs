@@ -1,4 +1,5 @@
-//! `imgbuild roll`: the running cluster to its new images, node by node, gated.
+//! `imgbuild roll`: the running cluster to its new images, node by node, gated; `imgbuild
+//! apply`: its topics and ACLs to the recipe's.
 
 use super::*;
 
@@ -26,4 +27,24 @@ pub fn roll(cli: &Cli, a: &crate::cli::RollArgs) -> Result<()> {
         resubmit_example: a.resubmit_example,
     };
     crate::roll::run(&all, &selected, &cli.images, &cli.build_dir, &o)
+}
+
+/// `imgbuild apply`: the running cluster's topics and ACLs to the recipe's.
+pub fn apply(cli: &Cli, a: &crate::cli::ApplyArgs) -> Result<()> {
+    let cluster = resolve(&cli.recipe)?;
+    let all: Vec<&Plan> = cluster.nodes.iter().collect();
+    crate::util::tools::require(&[crate::util::tools::SSH])?;
+    if crate::vm::hostlink::pid_file(&cli.build_dir).is_file() {
+        crate::vm::hostlink::enter(&cli.build_dir)?;
+    }
+    let o = crate::apply::Options {
+        dry_run: a.dry_run,
+        allow_delete: a.allow_delete,
+        key: a.identity.clone(),
+        user: a.user.clone(),
+    };
+    if !crate::apply::run(&all, &cli.build_dir, &o)? {
+        anyhow::bail!("apply: refused (above): nothing changed");
+    }
+    Ok(())
 }

@@ -32,11 +32,15 @@ pub fn build_key(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<String>
 /// SBOM and the provenance), so images from before are rebuilt, not taken as up to date.
 pub(super) const OUTPUTS: u32 = 2;
 
-/// The plan as the build key sees it: without the recipe's path and hash.
+/// The plan as the build key sees it: without the recipe's path and hash, and without the
+/// topics (the running cluster's content, which `imgbuild apply` keeps: no image holds them).
 pub(super) fn keyed_plan(plan: &Plan) -> Plan {
     let mut p = plan.clone();
     p.recipe = String::new();
     p.recipe_sha256 = String::new();
+    if let Some(k) = p.kafka.as_mut() {
+        k.topics.clear();
+    }
     p
 }
 

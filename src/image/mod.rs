@@ -884,6 +884,31 @@ mod tests {
         assert!(why_rebuild(dir.path(), "node2", &parts("1024")).contains("incomplete"));
     }
 
+    /// Topics are the running cluster's content (`imgbuild apply`): a recipe that adds one keys
+    /// every node's images as before; the broker heap does not.
+    #[test]
+    fn topics_are_not_in_the_build_key() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/cluster.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let key = |text: String| {
+            let loaded = crate::recipe::parse(&path, text).unwrap();
+            let c = crate::plan::resolve(&loaded).unwrap();
+            key::build_key(&c.nodes[0], &[], 0).unwrap()
+        };
+        let topic = "    topics:\n";
+        assert!(text.contains(topic));
+        let more = text.replacen(
+            topic,
+            &format!("{topic}      - {{name: events, partitions: 6}}\n"),
+            1,
+        );
+        assert_eq!(key(text.clone()), key(more));
+        assert_ne!(
+            key(text.clone()),
+            key(text.replacen("    heap_mb: 1024\n", "    heap_mb: 1536\n", 1))
+        );
+    }
+
     #[test]
     fn layout_fills_the_disk_on_mib_boundaries() {
         let l = layout(Some(4 << 30), 30 * MIB, 400 * MIB, 15_000).unwrap();

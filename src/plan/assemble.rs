@@ -48,6 +48,11 @@ pub(super) fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
             .map(|n| n.name.clone())
             .collect(),
     );
+    let brokers = nodes
+        .iter()
+        .filter(|n| n.roles.contains(&Role::Kafka))
+        .count();
+    let topics = topics::resolve_topics(cx, brokers);
     let kafka_version = r
         .components
         .kafka
@@ -96,10 +101,8 @@ pub(super) fn resolve_all(cx: &mut Ctx) -> Option<Vec<Plan>> {
         kafka_mode,
         kafka_version,
         cluster_id,
-        brokers: nodes
-            .iter()
-            .filter(|n| n.roles.contains(&Role::Kafka))
-            .count(),
+        brokers,
+        topics,
         nimbus_seeds: nodes
             .iter()
             .filter(|n| n.roles.contains(&Role::StormNimbus))
@@ -141,6 +144,7 @@ pub(super) struct Shared {
     pub(super) kafka_version: String,
     pub(super) cluster_id: Option<String>,
     pub(super) brokers: usize,
+    pub(super) topics: Vec<topics::TopicPlan>,
     pub(super) nimbus_seeds: Vec<Ipv4Addr>,
     pub(super) supervisors: usize,
     pub(super) hosts: Vec<HostEntry>,
@@ -287,6 +291,7 @@ pub(super) fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
                 metrics_port: metrics_port(w, n, Role::Kafka, PortKey::KafkaMetrics),
                 heap_mb: n.kafka.heap_mb,
                 brokers: w.brokers,
+                topics: w.topics.clone(),
             }
         }
         KafkaMode::Zookeeper => KafkaPlan {
@@ -306,6 +311,7 @@ pub(super) fn kafka_plan(w: &Shared, n: &NodeDraft) -> KafkaPlan {
             metrics_port: metrics_port(w, n, Role::Kafka, PortKey::KafkaMetrics),
             heap_mb: n.kafka.heap_mb,
             brokers: w.brokers,
+            topics: w.topics.clone(),
         },
     }
 }

@@ -29,6 +29,7 @@ pub mod ids;
 pub mod mirror;
 pub mod security;
 pub mod services;
+pub mod topics;
 pub mod tuning;
 pub mod wiring;
 use artifacts::{default_release, resolve_artifacts};

@@ -259,6 +259,9 @@ pub struct KafkaPlan {
     pub heap_mb: u32,
     /// How many brokers the cluster has (every node with the kafka role).
     pub brokers: usize,
+    /// The cluster's topics (`services.kafka.topics`), which `imgbuild apply` keeps on the
+    /// running cluster: not in the image.
+    pub topics: Vec<super::topics::TopicPlan>,
 }
 
 impl KafkaPlan {

@@ -185,6 +185,10 @@ fn plan_services(p: &Plan, out: &mut PlanLines) {
             out.line("kafka cluster id", c.clone());
         }
         out.line("kafka listeners", crate::plan::wiring::comma(&k.listeners));
+        // The cluster's content, kept by `imgbuild apply` (not in the image).
+        for t in &k.topics {
+            out.line("kafka topic", format!("{} (imgbuild apply)", t.describe()));
+        }
     }
     if let Some(st) = &p.storm {
         out.line("storm zookeeper", join(&st.zookeeper_servers));

@@ -355,6 +355,22 @@ pub struct KafkaService {
     pub clients: Option<ClientAuth>,
     /// The users and their ACLs (ACLs are on with `security: tls`; the brokers are super users).
     pub users: Option<Vec<KafkaUser>>,
+    /// The cluster's topics, made and changed on the running cluster by `imgbuild apply`.
+    pub topics: Option<Vec<KafkaTopic>>,
+}
+
+/// One topic as `imgbuild apply` keeps it on the running cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTopic {
+    pub name: String,
+    pub partitions: u32,
+    /// Default: 3, or the number of brokers when fewer.
+    pub replication_factor: Option<u16>,
+    /// Topic-level configs (`min.insync.replicas`, `retention.ms`, `cleanup.policy`...), as
+    /// kafka-configs.sh takes them.
+    #[serde(default)]
+    pub configs: IndexMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
