@@ -315,3 +315,17 @@ grep -q '^roll: resubmit: the example topology killed on node' "$out/e2e-roll-re
 active=$(grep -m1 '^roll: resubmit: python-wordcount .* ACTIVE' "$out/e2e-roll-resubmit.out") ||
     fail "resubmit: no ACTIVE line: $(tail -5 "$out/e2e-roll-resubmit.out")"
 echo "  roll: --resubmit-example: killed, then ${active#roll: resubmit: } ($(($(date +%s) - t)) s in all)" >&2
+
+# Topologies from the operator's machine (issue 32): the one running listed, killed, and the
+# example submitted again from this checkout's examples/python-wordcount (its jar built on a
+# node with what the image holds); up's check after the stay then requires its counts exact.
+t=$(date +%s)
+"$bin" -r "$v2" --build-dir "$bd" topologies >"$out/e2e-topologies.out" 2>&1 || fail "topologies: $(tail -5 "$out/e2e-topologies.out")"
+grep -Eq '^python-wordcount +ACTIVE ' "$out/e2e-topologies.out" || fail "topologies does not list python-wordcount ACTIVE: $(cat "$out/e2e-topologies.out")"
+"$bin" -r "$v2" --build-dir "$bd" submit --kill python-wordcount >"$out/e2e-submit-kill.out" 2>&1 || fail "submit --kill: $(tail -5 "$out/e2e-submit-kill.out")"
+"$bin" -r "$v2" --build-dir "$bd" topologies >"$out/e2e-topologies-2.out" 2>&1 || fail "topologies: $(tail -5 "$out/e2e-topologies-2.out")"
+! grep -q '^python-wordcount ' "$out/e2e-topologies-2.out" || fail "python-wordcount still listed after submit --kill: $(cat "$out/e2e-topologies-2.out")"
+"$bin" -r "$v2" --build-dir "$bd" submit examples/python-wordcount >"$out/e2e-submit.out" 2>"$out/e2e-submit.err" || fail "submit: $(tail -5 "$out/e2e-submit.err")"
+[ "$(cat "$out/e2e-submit.out")" = python-wordcount ] || fail "submit printed $(cat "$out/e2e-submit.out"), not the topology's name"
+active=$(grep -m1 '^submit: python-wordcount ACTIVE' "$out/e2e-submit.err") || fail "submit: no ACTIVE line: $(tail -5 "$out/e2e-submit.err")"
+echo "  submit: topologies listed python-wordcount ACTIVE; --kill removed it ($(grep -m1 '^submit: python-wordcount killed' "$out/e2e-submit-kill.out" | sed 's/^submit: //')); submitted from the host: ${active#submit: } ($(($(date +%s) - t)) s in all)" >&2

@@ -155,6 +155,21 @@ pub enum Command {
     /// or ACL the recipe does not name is kept unless --allow-delete; fewer partitions or
     /// another replication factor is refused (then nothing changes). Exit 1 on a refusal.
     Apply(ApplyArgs),
+    /// Submit a Storm topology directory (the layout of examples/python-wordcount: Flux's
+    /// topology.yaml, one .properties file, multilang/resources/) from this machine: copied to
+    /// a Storm node, its jar built there with what the image holds, its Kafka settings made the
+    /// cluster's (kafka.bootstrap, kafka.client.config), `storm jar`, then waited for until
+    /// ACTIVE; prints its name. `--kill NAME` kills one instead.
+    Submit(SubmitArgs),
+    /// List the topologies the cluster runs (name, status, tasks, workers, uptime).
+    Topologies {
+        /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists).
+        #[arg(short = 'i', long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// The user (default: the recipe's first user with sudo and an SSH key).
+        #[arg(short = 'l', long)]
+        user: Option<String>,
+    },
     /// Write the cluster's Prometheus scrape configuration and alert rules (prometheus.yml,
     /// rules.yml) from the recipe into IMAGES/prometheus/ (`build` writes them too); nothing with
     /// metrics off.
@@ -358,6 +373,23 @@ pub struct RollArgs {
     /// How long each node's update may wait for the node's verdict, in seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
+    /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists).
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The user (default: the recipe's first user with sudo and an SSH key).
+    #[arg(short = 'l', long)]
+    pub user: Option<String>,
+}
+
+/// `imgbuild submit DIR | --kill NAME` (see [`Command::Submit`]).
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The topology's directory.
+    #[arg(required_unless_present = "kill", conflicts_with = "kill")]
+    pub dir: Option<PathBuf>,
+    /// Kill the running topology NAME (and wait until Storm no longer lists it).
+    #[arg(long, value_name = "NAME")]
+    pub kill: Option<String>,
     /// The private key (default: BUILD_DIR/ssh/id_ed25519 when it exists).
     #[arg(short = 'i', long, value_name = "FILE")]
     pub identity: Option<PathBuf>,

@@ -60,6 +60,10 @@ fn main() -> ExitCode {
         Command::Update(args) => cmd::update(&cli, args),
         Command::Roll(args) => cmd::roll(&cli, args),
         Command::Apply(args) => cmd::apply(&cli, args),
+        Command::Submit(args) => cmd::submit(&cli, args),
+        Command::Topologies { identity, user } => {
+            cmd::topologies(&cli, identity.as_ref(), user.as_ref())
+        }
         Command::Boot(args) => cmd::boot(&cli, args),
         Command::Cache { action } => match action {
             CacheAction::Import { files } => cmd::cache_import(&cli, files),

@@ -19,6 +19,8 @@
 //! Internal topics (`__*`) are never touched. First boot still adds the recipe's ACLs by itself
 //! (kafka-acls.service), so a fresh cluster is right without an apply.
 
+pub mod submit;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 

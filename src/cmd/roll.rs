@@ -31,12 +31,8 @@ pub fn roll(cli: &Cli, a: &crate::cli::RollArgs) -> Result<()> {
 
 /// `imgbuild apply`: the running cluster's topics and ACLs to the recipe's.
 pub fn apply(cli: &Cli, a: &crate::cli::ApplyArgs) -> Result<()> {
-    let cluster = resolve(&cli.recipe)?;
+    let cluster = reach(cli)?;
     let all: Vec<&Plan> = cluster.nodes.iter().collect();
-    crate::util::tools::require(&[crate::util::tools::SSH])?;
-    if crate::vm::hostlink::pid_file(&cli.build_dir).is_file() {
-        crate::vm::hostlink::enter(&cli.build_dir)?;
-    }
     let o = crate::apply::Options {
         dry_run: a.dry_run,
         allow_delete: a.allow_delete,
@@ -47,4 +43,37 @@ pub fn apply(cli: &Cli, a: &crate::cli::ApplyArgs) -> Result<()> {
         anyhow::bail!("apply: refused (above): nothing changed");
     }
     Ok(())
+}
+
+/// The cluster's plans, with this process inside a running `up`'s network when there is one.
+fn reach(cli: &Cli) -> Result<ClusterPlan> {
+    let cluster = resolve(&cli.recipe)?;
+    crate::util::tools::require(&[crate::util::tools::SSH])?;
+    if crate::vm::hostlink::pid_file(&cli.build_dir).is_file() {
+        crate::vm::hostlink::enter(&cli.build_dir)?;
+    }
+    Ok(cluster)
+}
+
+/// `imgbuild submit DIR` / `--kill NAME`.
+pub fn submit(cli: &Cli, a: &crate::cli::SubmitArgs) -> Result<()> {
+    let cluster = reach(cli)?;
+    let all: Vec<&Plan> = cluster.nodes.iter().collect();
+    let (key, user) = (a.identity.as_ref(), a.user.as_ref());
+    match (&a.kill, &a.dir) {
+        (Some(name), _) => crate::apply::submit::kill(&all, name, &cli.build_dir, key, user),
+        (None, Some(dir)) => crate::apply::submit::submit(&all, dir, &cli.build_dir, key, user),
+        (None, None) => anyhow::bail!("submit: a directory, or --kill NAME"),
+    }
+}
+
+/// `imgbuild topologies`.
+pub fn topologies(
+    cli: &Cli,
+    key: Option<&std::path::PathBuf>,
+    user: Option<&String>,
+) -> Result<()> {
+    let cluster = reach(cli)?;
+    let all: Vec<&Plan> = cluster.nodes.iter().collect();
+    crate::apply::submit::topologies(&all, &cli.build_dir, key, user)
 }

@@ -18,10 +18,10 @@ pub struct Wordcount {
 
 // The example's own names (its wordcount.properties): with `security: tls` the topology runs as
 // User:storm, and what it may touch is what the recipe's ACLs for user storm allow.
-pub(super) const WC_NAME: &str = "python-wordcount";
+pub(crate) const WC_NAME: &str = "python-wordcount";
 pub(super) const WC_IN: &str = "sentences";
 pub(super) const WC_OUT: &str = "word-counts";
-pub(super) const WC_DIR: &str = "/usr/share/imgbuild/examples/python-wordcount";
+pub(crate) const WC_DIR: &str = "/usr/share/imgbuild/examples/python-wordcount";
 /// Sentences per batch.
 pub const SENTENCES: usize = 200;
 
@@ -166,25 +166,55 @@ pub(crate) type Run<'a> = dyn Fn(&[&str], u64) -> Result<String> + 'a;
 
 /// The example topology's status in `storm list` (None: not listed).
 pub(crate) fn example_status(run: &Run) -> Result<Option<String>> {
+    status_of(run, WC_NAME)
+}
+
+/// `storm list`'s rows: name, status, tasks, workers, uptime (seconds), as Storm prints them.
+pub(crate) fn list(run: &Run) -> Result<Vec<Vec<String>>> {
     let cmd = storm(&["list"]);
     let out = run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 180)?;
-    Ok(out.lines().find_map(|l| {
-        let mut cols = l.split_whitespace();
-        (cols.next() == Some(WC_NAME)).then(|| cols.next().unwrap_or("?").to_string())
-    }))
+    Ok(parse_list(&out))
+}
+
+/// The rows of `storm list`'s table (not its header, its line of dashes, or log lines).
+pub(crate) fn parse_list(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|cols| {
+            cols.len() >= 5
+                && cols[0] != "Topology_name"
+                && !cols[0].starts_with("---")
+                && cols[2].parse::<u64>().is_ok()
+                && cols[3].parse::<u64>().is_ok()
+        })
+        .collect()
+}
+
+/// A topology's status in `storm list` (None: not listed).
+pub(crate) fn status_of(run: &Run, name: &str) -> Result<Option<String>> {
+    Ok(list(run)?
+        .into_iter()
+        .find(|cols| cols[0] == name)
+        .map(|cols| cols[1].clone()))
 }
 
 /// Kill the example topology if it runs, and wait until `storm list` no longer shows it.
 pub(crate) fn kill_example(run: &Run) -> Result<bool> {
-    if example_status(run)?.is_none() {
+    kill(run, WC_NAME)
+}
+
+/// Kill topology `name` if it runs (its workers given 1 s to finish), and wait until `storm
+/// list` no longer shows it. Whether it ran.
+pub(crate) fn kill(run: &Run, name: &str) -> Result<bool> {
+    if status_of(run, name)?.is_none() {
         return Ok(false);
     }
-    let cmd = storm(&["kill", WC_NAME, "-w", "1"]);
+    let cmd = storm(&["kill", name, "-w", "1"]);
     run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 300)?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while let Some(s) = example_status(run)? {
+    while let Some(s) = status_of(run, name)? {
         if Instant::now() > deadline {
-            bail!("{WC_NAME} still listed as {s} 120s after `storm kill`");
+            bail!("{name} still listed as {s} 120s after `storm kill`");
         }
         std::thread::sleep(Duration::from_secs(3));
     }
