@@ -6,8 +6,9 @@
 # it in every ISR, the listeners' refusals, the Python Storm topology of examples/ with its word
 # counts checked, the VM powered off and booted again from the same disk, rejoining), judged from
 # the JSON by scripts/e2e-judge.py; then the cluster with
-# SCRAM clients in containers, with a network partition, kept up for the rolling-update
-# rehearsal (scripts/e2e-roll.sh). Prints the time of each phase and records them in BENCHMARKS.md.
+# SCRAM clients in containers, with a network partition, kept up for `imgbuild apply` of the
+# cluster's topics and ACLs, the rolling-update rehearsal and `imgbuild submit`
+# (scripts/e2e-roll.sh). Prints the time of each phase and records them in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/fixtures.sh
@@ -223,6 +224,18 @@ EOF
         exit 1
     fi
     python3 scripts/e2e-judge.py scram "$out/e2e-scram.json"
+    # With the cluster stopped, `apply` says so in one line (run in a network namespace of its
+    # own: nothing leaves this machine).
+    if unshare -n target/release/imgbuild -r "$scram" --build-dir build/scram apply >"$out/e2e-apply-down.out" 2>&1; then
+        echo "e2e: scram: apply succeeded with the cluster stopped" >&2
+        exit 1
+    fi
+    [ "$(wc -l <"$out/e2e-apply-down.out")" -eq 1 ] &&
+        grep -Eq '^error: apply: the cluster is not running, or no Kafka node answered \(node1 |is not running any more' "$out/e2e-apply-down.out" || {
+        echo "e2e: scram: apply with the cluster stopped did not say so in one line: $(cat "$out/e2e-apply-down.out")" >&2
+        exit 1
+    }
+    echo "  apply with the cluster stopped: $(cut -c1-160 "$out/e2e-apply-down.out")..." >&2
     rm -rf build/scram "$out/images-scram"
 }
 p_scram=0
@@ -240,7 +253,7 @@ skipped=$(for v in E2E_SKIP_UPDATE E2E_SKIP_MIXED E2E_SKIP_SCRAM; do [ -z "${!v:
 [ -z "$skipped" ] || { echo "e2e: not a whole run (skipped:$skipped; the phases that ran passed, ${total}s); BENCHMARKS.md not updated" >&2; exit 0; }
 # The reports without the watch's progress lines.
 report() { grep -v '^\[ *[0-9]*s\]' "$1" | grep -v '^started \|^host: \|^stopped \|^note: KVM'; }
-section=$(printf '<!-- e2e:begin -->\n## End to end: `make e2e`\n\nMeasured %s on %s (%s cores, no KVM: QEMU software emulation).\n\n| phase | time |\n|---|---|\n| fixtures (Debian base, components, mirror; cached after the first run) | %s s |\n| build node1..3 | %s s |\n| PKI: rebuild bit-identical, keys searched in every output | %s s |\n| update: node1 in QEMU under Secure Boot, `imgbuild update` to v2 (data kept), to a broken v3 (back on v2 by itself), refusals | %s s |\n| mixed cluster: node1 booted from its image in QEMU among node2..3 containers; round trip through its broker, refusals, topology, its power-off and return (`imgbuild up --vm node1 --check`) | %s s |\n| Kafka clients by SCRAM in containers: build, secrets searched, round trip, refusals, topology, network partition (`clients: scram`, `--partition`); then the rolling-update rehearsal on the same cluster (`--stay`, `scripts/e2e-roll.sh`) | %s s |\n| total | %s s |\n\nThe mixed cluster (`up --vm node1 --check`; checks, then phases):\n\n```\n%s\n```\n\nThe SCRAM cluster'"'"'s phases:\n\n```\n%s\n```\n\nThe rolling-update rehearsal (v1 Kafka 4.3.1 → v2 Kafka 4.4.0 + broker heap, under a producer; then a broken v3):\n\n```\n%s\n```\n\nThe update phase:\n\n```\n%s\n```\n<!-- e2e:end -->' \
+section=$(printf '<!-- e2e:begin -->\n## End to end: `make e2e`\n\nMeasured %s on %s (%s cores, no KVM: QEMU software emulation).\n\n| phase | time |\n|---|---|\n| fixtures (Debian base, components, mirror; cached after the first run) | %s s |\n| build node1..3 | %s s |\n| PKI: rebuild bit-identical, keys searched in every output | %s s |\n| update: node1 in QEMU under Secure Boot, `imgbuild update` to v2 (data kept), to a broken v3 (back on v2 by itself), refusals | %s s |\n| mixed cluster: node1 booted from its image in QEMU among node2..3 containers; round trip through its broker, refusals, topology, its power-off and return (`imgbuild up --vm node1 --check`) | %s s |\n| Kafka clients by SCRAM in containers: build, secrets searched, round trip, refusals, topology, network partition (`clients: scram`, `--partition`); then on the same cluster (`--stay`, `scripts/e2e-roll.sh`) `imgbuild apply` of topics and ACLs, the rolling-update rehearsal, `submit`/`topologies` | %s s |\n| total | %s s |\n\nThe mixed cluster (`up --vm node1 --check`; checks, then phases):\n\n```\n%s\n```\n\nThe SCRAM cluster'"'"'s phases:\n\n```\n%s\n```\n\nThe rolling-update rehearsal (v1 Kafka 4.3.1 → v2 Kafka 4.4.0 + broker heap, under a producer; then a broken v3):\n\n```\n%s\n```\n\nThe update phase:\n\n```\n%s\n```\n<!-- e2e:end -->' \
     "$(date -u +%Y-%m-%d)" "$(uname -m)" "$(nproc)" "$p_fix" "$p_build" "$p_pki" "$p_update" "$p_boot" "$p_scram" "$total" "$(report "$out/e2e-health.txt")" "$(python3 -c '
 import json, sys
 up = json.load(open(sys.argv[1]))

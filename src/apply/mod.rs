@@ -500,6 +500,22 @@ impl Via<'_> {
     }
 }
 
+/// Why a node's tool failed, in a few words: its stderr's last line (e.g. ssh's "Network is
+/// unreachable") rather than the whole command line.
+pub(crate) fn why(e: &anyhow::Error) -> String {
+    let m = format!("{e:#}");
+    let short = m
+        .split_once(" failed (exit ")
+        .and_then(|(_, r)| r.split_once("): "))
+        .map_or(m.as_str(), |(_, t)| t);
+    short
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The first of the recipe's Kafka nodes that lets its tools read the cluster, with what it read.
 fn connect<'a>(
     plans: &[&'a Plan],
@@ -526,11 +542,7 @@ fn connect<'a>(
         };
         match via.read(acls) {
             Ok(live) => return Ok((via, live)),
-            Err(e) => tried.push(format!(
-                "{}: {}",
-                p.node.name,
-                format!("{e:#}").lines().next().unwrap_or("")
-            )),
+            Err(e) => tried.push(format!("{} ({}): {}", p.node.name, p.node.ip, why(&e))),
         }
     }
     if tried.is_empty() {

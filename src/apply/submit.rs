@@ -140,9 +140,10 @@ fn node<'a>(
         match topo::list(&|cmd: &[&str], secs: u64| r.tool(cmd, secs)) {
             Ok(l) => return Ok((p, r, l)),
             Err(e) => tried.push(format!(
-                "{}: {}",
+                "{} ({}): {}",
                 p.node.name,
-                format!("{e:#}").lines().next().unwrap_or("")
+                p.node.ip,
+                super::why(&e)
             )),
         }
     }
