@@ -298,30 +298,72 @@ pub fn round_trip(nodes: &[&Plan], cs: &[Member]) -> (Phase, BTreeSet<String>) {
     )
 }
 
-/// After the round trip: no under-replicated partition, and (KRaft) every voter within 1000
-/// records of the leader.
+/// How long under-replicated partitions after the round trip may take to be in sync again.
+const UNDER_SETTLE: Duration = Duration::from_secs(180);
+
+/// After the round trip: no under-replicated partition (once the followers caught up, within
+/// UNDER_SETTLE), and (KRaft) every voter within 1000 records of the leader.
 pub(super) fn replication(
     ca: &Member,
     a: &Plan,
     lines: &mut Vec<String>,
     failures: &mut Vec<String>,
 ) -> Result<()> {
-    let under = ca.tool(
-        &[
-            crate::layout::kafka_bin::TOPICS,
-            "--bootstrap-server",
-            &bootstrap(a),
-            "--command-config",
-            CLIENT,
-            "--describe",
-            "--under-replicated-partitions",
-        ],
-        180,
-    )?;
-    let n = under.lines().filter(|l| l.contains("Partition:")).count();
-    lines.push(format!("under-replicated partitions: {n}"));
-    if n > 0 {
-        failures.push(format!("kafka: {n} under-replicated partitions"));
+    // A follower that fell behind under the round trip's load (a VM under software emulation:
+    // measured once, 34 partitions right after it) leaves the ISR for replica.lag.time.max.ms and
+    // is back once it has caught up: judged after up to UNDER_SETTLE, the first count shown.
+    let bootstrap = bootstrap(a);
+    let under = || -> Result<Vec<String>> {
+        let out = ca.tool(
+            &[
+                crate::layout::kafka_bin::TOPICS,
+                "--bootstrap-server",
+                &bootstrap,
+                "--command-config",
+                CLIENT,
+                "--describe",
+                "--under-replicated-partitions",
+            ],
+            180,
+        )?;
+        Ok(out
+            .lines()
+            .filter(|l| l.contains("Partition:"))
+            .map(|l| {
+                let field = |k: &str| {
+                    l.split('\t')
+                        .find_map(|f| f.trim().strip_prefix(k))
+                        .map(str::trim)
+                        .unwrap_or("?")
+                        .to_string()
+                };
+                format!("{}-{}", field("Topic:"), field("Partition:"))
+            })
+            .collect())
+    };
+    let t = Instant::now();
+    let first = under()?;
+    let mut now = first.clone();
+    while !now.is_empty() && t.elapsed() < UNDER_SETTLE {
+        std::thread::sleep(Duration::from_secs(10));
+        now = under()?;
+    }
+    if first.is_empty() {
+        lines.push("under-replicated partitions: 0".to_string());
+    } else if now.is_empty() {
+        lines.push(format!(
+            "under-replicated partitions: 0 ({} right after the round trip, every replica back in sync {:.0}s later)",
+            first.len(),
+            t.elapsed().as_secs_f64()
+        ));
+    } else {
+        lines.push(format!("under-replicated partitions: {}", now.len()));
+        failures.push(format!(
+            "kafka: {} under-replicated partitions {:.0}s after the round trip (e.g. {})",
+            now.len(),
+            t.elapsed().as_secs_f64(),
+            now.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
     if let Some(k) = &a.kafka
         && let Some(port) = k.controller_port
