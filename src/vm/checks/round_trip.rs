@@ -91,8 +91,11 @@ pub(super) fn consume(via: &Member, p: &Plan, expect: usize) -> Result<Vec<Strin
         &[
             "--max-messages",
             &expect.to_string(),
+            // Patience, not a verdict: it ends as soon as `expect` values are read. Through a
+            // VM under software emulation (the group coordinator or a leader on it) the first
+            // fetch once came after more than 60 s (0 of 1000 read, then judged lost).
             "--timeout-ms",
-            "60000",
+            "180000",
         ],
     )?;
     Ok(out.lines().map(str::to_string).collect())
