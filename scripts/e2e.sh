@@ -87,7 +87,7 @@ if [ -z "${E2E_SKIP_GOOD:-}" ] && [ -z "${E2E_SKIP_MIXED:-}" ]; then # (E2E_SKIP
     #
     # A real Prometheus (Debian's, extracted) watches it with the configuration and alert rules
     # the build generated (images/prometheus/), from inside up's network namespace (an address in
-    # metrics.clients): from the end of up's metrics phase through node1's loss and return, and
+    # metrics.clients): from the end of up's round trip through node1's loss and return, and
     # after the checks (up --stay) until every alert resolved (issue 31).
     ssh_probe "$out/e2e-ssh-qemu.txt" &
     probe=$!
