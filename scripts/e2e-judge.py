@@ -52,6 +52,13 @@ for name in want:
     need(name in phases, f"phase {name!r} was not run")
 
 figures = []
+# The topology phase as operators do it (issue 32): the recipe's topics created the way `imgbuild
+# apply` creates them (the cluster is new: both are created), the example submitted the way
+# `imgbuild submit` submits a directory.
+for topic in ("sentences", "word-counts"):
+    has("storm topology", r"^the recipe's topic created as `imgbuild apply` does: create topic " + topic
+        + r": 3 partitions, replication factor 3, min.insync.replicas=2$")
+figures.append(has("storm topology", r"^submit: python-wordcount ACTIVE \d+s after `storm jar` on node\d$"))
 # ZooKeeper's Prometheus endpoint on every member (the VM's too), the leader's gauge on one.
 figures.append(has("metrics", r"^zookeeper: 3/3 endpoints scraped; the leader's gauges on node\d$"))
 # The JMX exporter's agent in every broker, nimbus and supervisor: one active controller that

@@ -312,7 +312,7 @@ t=$(date +%s)
 grep -q '^roll: order: nothing to roll' "$out/e2e-roll-resubmit.out" || fail "resubmit: the nodes were not all current"
 grep -q '^roll: resubmit: the example topology killed on node' "$out/e2e-roll-resubmit.out" ||
     fail "resubmit: the running example was not killed: $(grep '^roll: resubmit' "$out/e2e-roll-resubmit.out")"
-active=$(grep -m1 '^roll: resubmit: python-wordcount .* ACTIVE' "$out/e2e-roll-resubmit.out") ||
+active=$(grep -m1 '^roll: resubmit: python-wordcount ACTIVE ' "$out/e2e-roll-resubmit.out") ||
     fail "resubmit: no ACTIVE line: $(tail -5 "$out/e2e-roll-resubmit.out")"
 echo "  roll: --resubmit-example: killed, then ${active#roll: resubmit: } ($(($(date +%s) - t)) s in all)" >&2
 

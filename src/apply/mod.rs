@@ -380,14 +380,15 @@ pub fn parse_acls(out: &str) -> BTreeSet<Acl> {
     acls
 }
 
-/// A Kafka node to run the tools on, and how its tools reach its broker.
-struct Via<'a> {
-    plan: &'a Plan,
-    remote: Remote,
-    bootstrap: String,
+/// A Kafka node to run the tools on (`run`: a command as root there, over SSH for `apply`, in a
+/// cluster member for `up --check`), and how its tools reach its broker.
+pub(crate) struct Via<'a, R: Fn(&[&str], u64) -> Result<String> + Sync> {
+    pub plan: &'a Plan,
+    pub run: R,
+    pub bootstrap: String,
 }
 
-impl Via<'_> {
+impl<R: Fn(&[&str], u64) -> Result<String> + Sync> Via<'_, R> {
     fn tool(&self, bin: &str, args: &[String], timeout: u64) -> Result<String> {
         let mut cmd: Vec<&str> = vec![
             bin,
@@ -397,7 +398,7 @@ impl Via<'_> {
             KAFKA_TLS_CLIENT,
         ];
         cmd.extend(args.iter().map(String::as_str));
-        self.remote.tool(&cmd, timeout)
+        (self.run)(&cmd, timeout)
     }
 
     /// What the cluster holds: the three listings at once (each a JVM on the node).
@@ -500,6 +501,32 @@ impl Via<'_> {
     }
 }
 
+impl<R: Fn(&[&str], u64) -> Result<String> + Sync> Via<'_, R> {
+    /// The recipe's topics created where the cluster lacks them, as `apply` creates them; the
+    /// ones it has are left as they are (changing those is `apply`'s, with its plan): what `up
+    /// --check` does before it submits the example. A line per topic.
+    pub(crate) fn create_missing_topics(&self, topics: &[TopicPlan]) -> Result<Vec<String>> {
+        let live = parse_topics(&self.tool(kafka_bin::TOPICS, &["--describe".to_string()], 300)?);
+        let mut lines = Vec::new();
+        for t in topics {
+            let c = Change::CreateTopic(t.clone());
+            if let Some(l) = live.get(&t.name) {
+                lines.push(format!(
+                    "topic {} (the recipe's): there already, {} partitions, replication factor {}",
+                    t.name, l.partitions, l.replication_factor
+                ));
+                continue;
+            }
+            self.make(&c).with_context(|| c.show())?;
+            lines.push(format!(
+                "the recipe's topic created as `imgbuild apply` does: {}",
+                c.show().trim_start_matches("+ ")
+            ));
+        }
+        Ok(lines)
+    }
+}
+
 /// Why a node's tool failed, in a few words: its stderr's last line (e.g. ssh's "Network is
 /// unreachable") rather than the whole command line.
 pub(crate) fn why(e: &anyhow::Error) -> String {
@@ -517,27 +544,27 @@ pub(crate) fn why(e: &anyhow::Error) -> String {
 }
 
 /// The first of the recipe's Kafka nodes that lets its tools read the cluster, with what it read.
+// The runner's type is a closure's (it owns the node's login), which has no name.
+#[allow(clippy::type_complexity)]
 fn connect<'a>(
     plans: &[&'a Plan],
     build_dir: &std::path::Path,
     o: &Options,
     acls: bool,
-) -> Result<(Via<'a>, Live)> {
+) -> Result<(
+    Via<'a, impl Fn(&[&str], u64) -> Result<String> + Sync>,
+    Live,
+)> {
     let mut tried = Vec::new();
     for p in plans.iter().filter(|p| p.kafka.is_some()) {
+        let remote = Remote {
+            name: p.node.name.clone(),
+            addr: p.node.ip.to_string(),
+            login: crate::update::login(p, build_dir, o.key.as_ref(), o.user.as_ref(), "apply")?,
+        };
         let via = Via {
             plan: p,
-            remote: Remote {
-                name: p.node.name.clone(),
-                addr: p.node.ip.to_string(),
-                login: crate::update::login(
-                    p,
-                    build_dir,
-                    o.key.as_ref(),
-                    o.user.as_ref(),
-                    "apply",
-                )?,
-            },
+            run: move |cmd: &[&str], secs: u64| remote.tool(cmd, secs),
             bootstrap: crate::vm::checks::bootstrap(p),
         };
         match via.read(acls) {

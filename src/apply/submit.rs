@@ -9,9 +9,7 @@
 //! or its SCRAM password), every other key as the file says; `storm jar ... Flux --remote`; then
 //! `storm list` until the topology is ACTIVE.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -20,8 +18,9 @@ use crate::plan::Plan;
 use crate::roll::gates::Remote;
 use crate::vm::checks::topology as topo;
 
-/// Where the directory goes on the node.
-const STAGE: &str = "/tmp/imgbuild-submit";
+/// Where the directory goes on the node (not /tmp: a container's may be a tmpfs of its own,
+/// which a file written into its tree from the host would sit under).
+const STAGE: &str = "/var/lib/imgbuild-submit";
 
 /// What `submit` reads from the directory: its graph, its values, and the name they give it.
 pub struct Topology {
@@ -42,11 +41,51 @@ pub fn read(dir: &Path, clients: &str) -> Result<Topology> {
             dir.display()
         );
     }
-    let mut props: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".properties"))
+    let mut files = Vec::new();
+    crate::util::fs::walk(dir, |rel, m| {
+        use std::os::unix::fs::PermissionsExt;
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            bail!(
+                "{}: a symbolic link; submit copies regular files only",
+                dir.join(rel).display()
+            );
+        }
+        if ft.is_file() {
+            files.push((
+                rel.to_string_lossy().into_owned(),
+                m.permissions().mode() & 0o755 | 0o644,
+                std::fs::read(dir.join(rel))
+                    .with_context(|| format!("reading {}", dir.join(rel).display()))?,
+            ));
+        }
+        Ok(true)
+    })
+    .with_context(|| format!("reading {}", dir.display()))?;
+    from_files(dir, files, clients)
+}
+
+/// The example topology as every Storm image installs it (examples/python-wordcount, the same
+/// bytes), as `read` would make it of that directory: what `up --check` and `roll
+/// --resubmit-example` submit.
+pub(crate) fn example(clients: &str) -> Result<Topology> {
+    let files = crate::rootfs::render::EXAMPLE
+        .iter()
+        .map(|(name, text, mode)| (name.to_string(), *mode, text.as_bytes().to_vec()))
+        .collect();
+    from_files(Path::new(topo::WC_DIR), files, clients)
+}
+
+/// A topology of `files` (paths relative to `dir`, which names them in errors).
+fn from_files(
+    dir: &Path,
+    mut files: Vec<(String, u32, Vec<u8>)>,
+    clients: &str,
+) -> Result<Topology> {
+    let mut props: Vec<String> = files
+        .iter()
+        .map(|(f, _, _)| f.clone())
+        .filter(|f| f.ends_with(".properties") && !f.contains('/'))
         .collect();
     props.sort();
     let [p] = props.as_slice() else {
@@ -57,8 +96,11 @@ pub fn read(dir: &Path, clients: &str) -> Result<Topology> {
             props.join(", ")
         );
     };
-    let text = std::fs::read_to_string(dir.join(p))
-        .with_context(|| format!("reading {}", dir.join(p).display()))?;
+    let text = files
+        .iter()
+        .find(|(f, _, _)| f == p)
+        .map(|(_, _, b)| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
     let name = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("topology.name="))
@@ -87,33 +129,100 @@ pub fn read(dir: &Path, clients: &str) -> Result<Topology> {
             _ => format!("{l}\n"),
         })
         .collect();
-    let mut files = Vec::new();
-    crate::util::fs::walk(dir, |rel, m| {
-        use std::os::unix::fs::PermissionsExt;
-        let ft = m.file_type();
-        if ft.is_symlink() {
-            bail!(
-                "{}: a symbolic link; submit copies regular files only",
-                dir.join(rel).display()
-            );
+    for f in files.iter_mut() {
+        if f.0 == *p {
+            f.2 = submitted.clone().into_bytes();
         }
-        if ft.is_file() {
-            let r = rel.to_string_lossy().into_owned();
-            let bytes = if r == *p {
-                submitted.clone().into_bytes()
-            } else {
-                std::fs::read(dir.join(rel))?
-            };
-            files.push((r, m.permissions().mode() & 0o755 | 0o644, bytes));
-        }
-        Ok(true)
-    })?;
+    }
     files.sort();
     Ok(Topology {
         name,
         properties: (p.clone(), submitted),
         files,
     })
+}
+
+/// Writes a file on a node as root: path, bytes, mode.
+pub(crate) type Write<'a> = dyn Fn(&str, &[u8], u32) -> Result<()> + 'a;
+
+/// A node to submit on: its name, and how to run a command there as root and write a file there
+/// (a node over SSH for `imgbuild submit`, a cluster member for `up --check`).
+pub(crate) struct On<'a> {
+    pub node: &'a str,
+    pub run: &'a topo::Run<'a>,
+    pub write: &'a Write<'a>,
+}
+
+/// Copy `t` to STAGE/NAME on the node (replaced whole), build its jar there with what the image
+/// holds (the directory's own build-jar.py, else the example's), `storm jar` it with Flux as the
+/// node's Storm client, and wait until `storm list` says ACTIVE: what it did, line by line.
+pub(crate) fn submit_on(on: &On, t: &Topology) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, mode, bytes) in &t.files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(0);
+        h.set_cksum();
+        tar.append_data(&mut h, path, bytes.as_slice())?;
+    }
+    let tar = tar.into_inner()?;
+    let stage = format!("{STAGE}/{}", t.name);
+    (on.write)(&format!("{stage}.tar"), &tar, 0o600)
+        .with_context(|| format!("{}: copying the topology", on.node))?;
+    let q = |s: &str| crate::util::run::shell_quote(s.as_ref());
+    let unpack = format!(
+        "rm -rf {d} && mkdir -p {d} && tar -x -f {d}.tar -C {d} --no-same-owner && rm -f {d}.tar && chmod -R a+rX {STAGE}",
+        d = q(&stage)
+    );
+    (on.run)(&["sh", "-c", &unpack], 60)?;
+    let run = on.run;
+    let jar = format!("{STAGE}/{}.jar", t.name);
+    // The directory's own build-jar.py, else the image's (the example's: what the image holds).
+    let builder = format!("{stage}/build-jar.py");
+    if !t.files.iter().any(|(f, _, _)| f == "build-jar.py") {
+        run(
+            &["cp", &format!("{}/build-jar.py", topo::WC_DIR), &builder],
+            30,
+        )?;
+    }
+    let built = run(&["/opt/python/bin/python3", &builder, &jar], 300)?;
+    lines.push(format!("{} built on {}: {}", t.name, on.node, built.trim()));
+    let started = Instant::now();
+    let cmd = topo::storm(&[
+        "jar",
+        &jar,
+        "org.apache.storm.flux.Flux",
+        "--remote",
+        "--filter",
+        &format!("{stage}/{}", t.properties.0),
+        &format!("{stage}/topology.yaml"),
+    ]);
+    run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 600)?;
+    let mut status = None;
+    while started.elapsed() < Duration::from_secs(300) {
+        status = topo::status_of(run, &t.name)?;
+        if status.as_deref() == Some("ACTIVE") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    if status.as_deref() != Some("ACTIVE") {
+        bail!(
+            "{} is {} 300s after `storm jar` on {}",
+            t.name,
+            status.unwrap_or_else(|| "not listed".into()),
+            on.node
+        );
+    }
+    lines.push(format!(
+        "{} ACTIVE {:.0}s after `storm jar` on {}",
+        t.name,
+        started.elapsed().as_secs_f64(),
+        on.node
+    ));
+    Ok(lines)
 }
 
 /// A Storm node to submit from: the first of the recipe's with Storm (and Kafka, when one has
@@ -157,54 +266,12 @@ fn node<'a>(
 }
 
 /// The brokers' client listeners, as a topology's Kafka clients use them.
-fn clients(plans: &[&Plan]) -> String {
+pub(crate) fn clients(plans: &[&Plan]) -> String {
     plans
         .iter()
         .filter_map(|k| Some(format!("{}:{}", k.node.ip, k.kafka.as_ref()?.port)))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Copy the topology's files to STAGE/NAME on the node (as root, replaced whole).
-fn upload(r: &Remote, t: &Topology) -> Result<()> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, mode, bytes) in &t.files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(*mode);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, path, bytes.as_slice())?;
-    }
-    let tar = tar.into_inner()?;
-    let dest = format!("{STAGE}/{}", t.name);
-    let script = format!(
-        "rm -rf {d} && mkdir -p {d} && tar -x -f - -C {d} --no-same-owner && chmod -R a+rX {STAGE}",
-        d = crate::util::run::shell_quote(dest.as_ref())
-    );
-    let mut child = crate::vm::member::ssh_command(&r.login, &r.addr, Duration::from_secs(120))
-        .arg(format!(
-            "sudo -n sh -c {}",
-            crate::util::run::shell_quote(script.as_ref())
-        ))
-        .spawn(Stdio::piped(), Stdio::null(), Stdio::piped())
-        .with_context(|| format!("{}: ssh to copy the topology", r.name))?;
-    child
-        .stdin
-        .take()
-        .context("ssh's stdin")?
-        .write_all(&tar)
-        .with_context(|| format!("{}: sending the topology", r.name))?;
-    let o = child.wait_with_output()?;
-    if !o.status.success() {
-        bail!(
-            "{}: copying the topology to {dest} failed ({}): {}",
-            r.name,
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// `imgbuild submit DIR`: what it did, line by line.
@@ -225,65 +292,16 @@ pub fn submit(
             t.name
         );
     }
-    upload(&r, &t)?;
-    let run = |cmd: &[&str], secs: u64| r.tool(cmd, secs);
-    let stage = format!("{STAGE}/{}", t.name);
-    let jar = format!("{STAGE}/{}.jar", t.name);
-    // The directory's own build-jar.py, else the image's (the example's: what the image holds).
-    let builder = if t.files.iter().any(|(f, _, _)| f == "build-jar.py") {
-        format!("{stage}/build-jar.py")
-    } else {
-        run(
-            &[
-                "cp",
-                &format!("{}/build-jar.py", topo::WC_DIR),
-                &format!("{stage}/build-jar.py"),
-            ],
-            30,
-        )?;
-        format!("{stage}/build-jar.py")
+    let on = On {
+        node: &p.node.name,
+        run: &|cmd: &[&str], secs: u64| r.tool(cmd, secs),
+        write: &|path: &str, bytes: &[u8], mode: u32| r.write(path, bytes, mode),
     };
-    let built = run(&["/opt/python/bin/python3", &builder, &jar], 300)?;
-    eprintln!(
-        "submit: {} built on {}: {}",
-        t.name,
-        p.node.name,
-        built.trim()
-    );
-    let started = Instant::now();
-    let cmd = topo::storm(&[
-        "jar",
-        &jar,
-        "org.apache.storm.flux.Flux",
-        "--remote",
-        "--filter",
-        &format!("{stage}/{}", t.properties.0),
-        &format!("{stage}/topology.yaml"),
-    ]);
-    run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 600)?;
-    let mut status = None;
-    while started.elapsed() < Duration::from_secs(300) {
-        status = topo::status_of(&run, &t.name)?;
-        if status.as_deref() == Some("ACTIVE") {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    if status.as_deref() != Some("ACTIVE") {
-        bail!(
-            "submit: {} is {} 300s after `storm jar` on {}",
-            t.name,
-            status.unwrap_or_else(|| "not listed".into()),
-            p.node.name
-        );
+    let lines = submit_on(&on, &t).map_err(|e| e.context("submit"))?;
+    for l in &lines {
+        eprintln!("submit: {l}");
     }
     println!("{}", t.name);
-    eprintln!(
-        "submit: {} ACTIVE {:.0}s after `storm jar` on {}",
-        t.name,
-        started.elapsed().as_secs_f64(),
-        p.node.name
-    );
     Ok(())
 }
 
@@ -366,6 +384,18 @@ mod tests {
             names.iter().any(|n| n.starts_with("multilang/resources/")),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn the_images_example_is_the_directory_as_submitted() {
+        // What `up --check` and `roll --resubmit-example` submit is what `imgbuild submit
+        // examples/python-wordcount` submits: the same files, modes and properties.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python-wordcount");
+        let clients = "10.0.0.1:9092,10.0.0.2:9092";
+        let (a, b) = (read(&dir, clients).unwrap(), example(clients).unwrap());
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.properties, b.properties);
+        assert_eq!(a.files, b.files);
     }
 
     #[test]

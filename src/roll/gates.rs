@@ -36,6 +36,11 @@ impl Remote {
         ))
     }
 
+    /// Write a file on the node as root (renamed into place once whole).
+    pub fn write(&self, path: &str, bytes: &[u8], mode: u32) -> Result<()> {
+        crate::vm::member::ssh_write(&self.login, &self.addr, &self.name, path, bytes, mode)
+    }
+
     /// Run `cmd` as root and require that it succeed: its stdout, or an error naming the node,
     /// the command, its exit code and the tail of its stderr (as `Member::tool` for `up`).
     pub fn tool(&self, cmd: &[&str], timeout: u64) -> Result<String> {

@@ -189,7 +189,16 @@ fn resubmit_example(plans: &[&Plan], remotes: &[Remote]) -> Result<()> {
         },
         p.node.name
     );
-    for l in topo::submit_example(&run, p, &kafka).context("resubmit: submitting the example")? {
+    // As `imgbuild submit` would submit the image's example directory.
+    let example = crate::apply::submit::example(&crate::apply::submit::clients(&kafka))?;
+    let on = crate::apply::submit::On {
+        node: &p.node.name,
+        run: &run,
+        write: &|path: &str, bytes: &[u8], mode: u32| r.write(path, bytes, mode),
+    };
+    for l in crate::apply::submit::submit_on(&on, &example)
+        .context("resubmit: submitting the example")?
+    {
         println!("roll: resubmit: {l}");
     }
     println!("roll: resubmit: done in {:.0}s", t.elapsed().as_secs_f64());

@@ -109,37 +109,13 @@ impl VmMember {
 
     /// Write a file into the VM (as root, renamed into place once whole).
     pub fn write(&self, path: &str, bytes: &[u8], mode: u32) -> Result<()> {
-        let q = |s: &str| crate::util::run::shell_quote(s.as_ref());
-        let dir = Path::new(path)
-            .parent()
-            .map_or("/".into(), |d| d.display().to_string());
-        let script = format!(
-            "umask 077 && mkdir -p {d} && cat > {t} && chmod {mode:o} {t} && mv {t} {p}",
-            d = q(&dir),
-            t = q(&format!("{path}.imgbuild-tmp")),
-            p = q(path),
-        );
-        let mut child = self
-            .ssh(Duration::from_secs(120))?
-            .arg(format!("sudo -n sh -c {}", q(&script)))
-            .spawn(Stdio::piped(), Stdio::null(), Stdio::piped())
-            .with_context(|| format!("{}: ssh to write {path}", self.name))?;
-        child
-            .stdin
-            .take()
-            .context("ssh's stdin")?
-            .write_all(bytes)
-            .with_context(|| format!("{}: writing {path} over ssh", self.name))?;
-        let o = child.wait_with_output()?;
-        if !o.status.success() {
-            bail!(
-                "{}: writing {path} over ssh failed ({}): {}",
-                self.name,
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        Ok(())
+        let login = self.login.as_ref().with_context(|| {
+            format!(
+                "{}: no user with an SSH key and sudo in the recipe",
+                self.name
+            )
+        })?;
+        ssh_write(login, &self.ip.to_string(), &self.name, path, bytes, mode)
     }
 
     /// Until `deadline`: wait for sshd to let the check in (a VM's health can be reported on the
@@ -360,6 +336,47 @@ pub fn ssh_command(login: &Login, host: &str, timeout: Duration) -> Cmd {
         c = c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
     }
     c.arg(format!("{}@{host}", login.user)).arg("--")
+}
+
+/// Write a file on `host` over SSH as root (sudo), under a temporary name renamed into place once
+/// whole: a VM member's files, `submit`'s topology. `name` is the node's, for errors.
+pub fn ssh_write(
+    login: &Login,
+    host: &str,
+    name: &str,
+    path: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<()> {
+    let q = |s: &str| crate::util::run::shell_quote(s.as_ref());
+    let dir = Path::new(path)
+        .parent()
+        .map_or("/".into(), |d| d.display().to_string());
+    let script = format!(
+        "umask 077 && mkdir -p {d} && cat > {t} && chmod {mode:o} {t} && mv {t} {p}",
+        d = q(&dir),
+        t = q(&format!("{path}.imgbuild-tmp")),
+        p = q(path),
+    );
+    let mut child = ssh_command(login, host, Duration::from_secs(120))
+        .arg(format!("sudo -n sh -c {}", q(&script)))
+        .spawn(Stdio::piped(), Stdio::null(), Stdio::piped())
+        .with_context(|| format!("{name}: ssh to write {path}"))?;
+    child
+        .stdin
+        .take()
+        .context("ssh's stdin")?
+        .write_all(bytes)
+        .with_context(|| format!("{name}: writing {path} over ssh"))?;
+    let o = child.wait_with_output()?;
+    if !o.status.success() {
+        bail!(
+            "{name}: writing {path} over ssh failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The recipe's first user with an SSH key and sudo, the key `make demo` made

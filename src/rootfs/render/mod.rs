@@ -74,7 +74,7 @@ pub const SERVICE_USERS: &[(&str, &str, &str)] = &[
 ];
 
 /// examples/python-wordcount, as installed on every Storm node.
-const EXAMPLE: &[(&str, &str, u32)] = &[
+pub(crate) const EXAMPLE: &[(&str, &str, u32)] = &[
     (
         "README.md",
         include_str!("../../../examples/python-wordcount/README.md"),

@@ -221,75 +221,6 @@ pub(crate) fn kill(run: &Run, name: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Build the image's example topology (examples/python-wordcount, installed on every Storm node)
-/// on node `p` with what its image holds, submit it (Flux, as User:storm with the node's client
-/// settings, a client of `kafka`'s client listeners) and wait until it is ACTIVE. What it did.
-pub(crate) fn submit_example(run: &Run, p: &Plan, kafka: &[&Plan]) -> Result<Vec<String>> {
-    let mut lines = Vec::new();
-    let jar = "/tmp/imgbuild-wordcount.jar";
-    let built = run(
-        &[
-            "/opt/python/bin/python3",
-            &format!("{WC_DIR}/build-jar.py"),
-            jar,
-        ],
-        120,
-    )?;
-    lines.push(format!("built on {}: {}", p.node.name, built.trim()));
-    // The topology is a client of the client listeners, as User:storm with the node's
-    // settings for it (its certificate, or its SCRAM password).
-    let clients = kafka
-        .iter()
-        .filter_map(|k| Some(format!("{}:{}", k.node.ip, k.kafka.as_ref()?.port)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let props = format!(
-        "topology.name={WC_NAME}\nkafka.bootstrap={clients}\ninput.topic={WC_IN}\noutput.topic={WC_OUT}\nkafka.client.config={}\n",
-        crate::layout::STORM_KAFKA_CLIENT
-    );
-    run(
-        &[
-            "sh",
-            "-c",
-            "printf '%s' \"$1\" >/tmp/imgbuild-wordcount.properties",
-            "sh",
-            &props,
-        ],
-        30,
-    )?;
-    let submit = Instant::now();
-    let cmd = storm(&[
-        "jar",
-        jar,
-        "org.apache.storm.flux.Flux",
-        "--remote",
-        "--filter",
-        "/tmp/imgbuild-wordcount.properties",
-        &format!("{WC_DIR}/topology.yaml"),
-    ]);
-    run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 600)?;
-    let mut status = None;
-    while submit.elapsed() < Duration::from_secs(300) {
-        status = example_status(run)?;
-        if status.as_deref() == Some("ACTIVE") {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    if status.as_deref() != Some("ACTIVE") {
-        bail!(
-            "{WC_NAME}: {} 300s after submission",
-            status.unwrap_or_else(|| "not listed".into())
-        );
-    }
-    lines.push(format!(
-        "{WC_NAME} (Flux: Kafka spout -> Python split -> Python count -> Kafka bolt) ACTIVE {:.0}s after `storm jar` on {}",
-        submit.elapsed().as_secs_f64(),
-        p.node.name
-    ));
-    Ok(lines)
-}
-
 impl Wordcount {
     /// The node it is fed through.
     pub fn via(&self) -> &str {
@@ -466,15 +397,45 @@ pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
             .map(|k| bootstrap(k))
             .collect::<Vec<_>>()
             .join(",");
+        // The recipe's topics (the reference recipe declares the example's two), created as
+        // `imgbuild apply` creates them; one of the example's the recipe does not declare is
+        // created by the check, and says so.
+        let declared = p
+            .kafka
+            .as_ref()
+            .map(|k| k.topics.clone())
+            .unwrap_or_default();
+        let via = crate::apply::Via {
+            plan: p,
+            run: |cmd: &[&str], secs: u64| c.tool(cmd, secs),
+            bootstrap: bootstrap(p),
+        };
+        lines.extend(via.create_missing_topics(&declared)?);
         let rf = kafka.len().min(3);
         for topic in [WC_IN, WC_OUT] {
-            create_topic(c, &servers, topic, rf)?;
+            if !declared.iter().any(|t| t.name == topic) {
+                create_topic(c, &servers, topic, rf)?;
+                lines.push(format!(
+                    "topic {topic}: not in the recipe, created by the check (3 partitions, replication factor {rf})"
+                ));
+            }
         }
         if p.security.tls() {
             lines.push(acls_applied(c, p)?);
         }
-        let run = |cmd: &[&str], secs: u64| c.tool(cmd, secs);
-        lines.extend(submit_example(&run, p, &kafka)?);
+        // Submitted as `imgbuild submit` submits a directory: the image's example, copied to
+        // the node, its jar built there, `storm jar` with Flux, until ACTIVE.
+        let example = crate::apply::submit::example(&crate::apply::submit::clients(&kafka))?;
+        let on = crate::apply::submit::On {
+            node: &p.node.name,
+            run: &|cmd: &[&str], secs: u64| c.tool(cmd, secs),
+            write: &|path: &str, bytes: &[u8], mode: u32| c.write(path, bytes, mode),
+        };
+        lines.extend(crate::apply::submit::submit_on(&on, &example).map(|ls| {
+            ls.into_iter()
+                .map(|l| format!("submit: {l}"))
+                .collect::<Vec<_>>()
+        })?);
         let mut w = Wordcount {
             via: p.node.name.clone(),
             bootstrap: servers,
