@@ -48,13 +48,39 @@ done
 [ -f "$bd/up/staying" ] || fail "up's checks did not pass within 30 min"
 echo "  roll: the cluster is up and checked (v1, Kafka 4.3.1), the topology running: $(($(date +%s) - t0)) s" >&2
 
+# The client of this test: the fixture Kafka's own jars, user rehearsal by its SCRAM password,
+# the cluster CA as trust; run inside up's network namespace (its host address on the bridge).
+libs=$out/rehearsal-libs
+if [ ! -f "$libs/.done" ]; then
+    rm -rf "$libs" && mkdir -p "$libs"
+    tar -xzf "$comps/kafka.tgz" -C "$libs" --strip-components=2 --wildcards '*/libs/*.jar'
+    touch "$libs/.done"
+fi
+secrets=${recipe%.yaml}.secrets
+cat >"$out/rehearsal.properties" <<EOF
+bootstrap.servers=192.168.200.151:9092,192.168.200.152:9092,192.168.200.153:9092
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="rehearsal" password="$(head -1 "$secrets/users/rehearsal.password")";
+ssl.truststore.type=PEM
+ssl.truststore.location=$PWD/$secrets/ca.crt
+EOF
+client() { # mode topic out|count
+    local mode=$1
+    shift
+    nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- \
+        java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java "$mode" "$out/rehearsal.properties" "$@"
+}
 # The cluster's content as code (issue 32): `imgbuild apply` against this running cluster, with
 # the recipe's topics (sentences and word-counts, which the topology check made the same way)
 # and users' ACLs (added at first boot), then recipes that differ from it step by step:
 #   a  one more topic `events` (3 partitions, retention.ms 7 days): the plan creates it, nothing
 #      else; applied and read back;
-#   b  events with 6 partitions and retention.ms 1 day, and one more ACL (storm may read it): the
-#      plan names exactly those three changes; applied; a second apply has nothing to do;
+#   b  events with 6 partitions and retention.ms 1 day, one more ACL (storm may read it) and one
+#      more user, auditor, who may read it (clients: scram, so a SCRAM credential, from the
+#      password this test puts in the secrets directory first): the plan names exactly those five
+#      changes; auditor cannot log in before the apply and reads events after it; a second apply
+#      has nothing to do;
 #   c  events left out of the recipe: kept, not deleted (--allow-delete would name it);
 #   d  events with 2 partitions: refused (Kafka cannot take partitions away), nothing changed.
 t=$(date +%s)
@@ -70,7 +96,10 @@ def events(partitions, retention):
     return (topics + f"      - {{name: events, partitions: {partitions}, replication_factor: 3, "
             f"configs: {{min.insync.replicas: 2, retention.ms: {retention}}}}}\n")
 a = s.replace(topics, events(3, 604800000), 1)
+rehearsal = "          - {topic: rehearsal, ops: [write, read, describe]}\n"
+assert rehearsal in s
 b = s.replace(topics, events(6, 86400000), 1).replace(acl, acl + "          - {topic: events, ops: [read]}\n", 1)
+b = b.replace(rehearsal, rehearsal + "      - name: auditor\n        allow:\n          - {topic: events, ops: [read]}\n", 1)
 d = s.replace(topics, events(2, 86400000), 1)
 for name, text in (("a", a), ("b", b), ("c", s), ("d", d)):
     open(f"{base}-apply-{name}.yaml", "w").write(text)
@@ -87,16 +116,35 @@ apply a || fail "apply (a): $(tail -5 "$out/e2e-apply-a.out")"
 [ "$(changes "$out/e2e-apply-a.out")" = "  + create topic events: 3 partitions, replication factor 3, min.insync.replicas=2, retention.ms=604800000" ] ||
     fail "apply (a): the plan is not exactly the new topic: $(cat "$out/e2e-apply-a.out")"
 grep -q '^apply: 1 change made; read back: the cluster holds' "$out/e2e-apply-a.out" || fail "apply (a): $(tail -3 "$out/e2e-apply-a.out")"
+# User auditor's password, as an operator may give one (apply makes one when there is none).
+( umask 077 && head -c 24 /dev/urandom | base64 | tr '+/' '-_' >"$secrets/users/auditor.password" )
+sed -e "s/username=\"rehearsal\" password=\"[^\"]*\"/username=\"auditor\" password=\"$(head -1 "$secrets/users/auditor.password")\"/" \
+    "$out/rehearsal.properties" >"$out/auditor.properties"
+grep -q 'username="auditor"' "$out/auditor.properties" || fail "auditor's client properties"
+auditor_read() { # out: auditor reads topic events
+    nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- \
+        java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java read "$out/auditor.properties" events "$1"
+}
 apply b --dry-run || fail "apply --dry-run (b): $(tail -5 "$out/e2e-apply-b.out")"
-want_b='  ~ topic events: partitions 3 -> 6
-  ~ topic events: retention.ms 604800000 -> 86400000
-  + acl User:storm READ on topic events'
-[ "$(changes "$out/e2e-apply-b.out")" = "$want_b" ] ||
-    fail "apply --dry-run (b): the plan is not exactly the three changes: $(cat "$out/e2e-apply-b.out")"
+want_b='  + acl User:auditor READ on topic events
+  + acl User:storm READ on topic events
+  + user auditor: SCRAM-SHA-512 credential (its password: the secrets directory'"'"'s users/auditor.password)
+  ~ topic events: partitions 3 -> 6
+  ~ topic events: retention.ms 604800000 -> 86400000'
+[ "$(changes "$out/e2e-apply-b.out" | LC_ALL=C sort)" = "$want_b" ] ||
+    fail "apply --dry-run (b): the plan is not exactly the five changes: $(cat "$out/e2e-apply-b.out")"
 grep -q 'dry run: nothing changed' "$out/e2e-apply-b.out" || fail "apply --dry-run (b): $(tail -2 "$out/e2e-apply-b.out")"
 cp "$out/e2e-apply-b.out" "$out/e2e-apply-b-plan.out"
+if auditor_read "$out/e2e-auditor-before.txt" >"$out/e2e-auditor-before.log" 2>&1; then
+    fail "user auditor read topic events before apply gave it a credential"
+fi
+grep -q 'SaslAuthenticationException' "$out/e2e-auditor-before.log" ||
+    fail "auditor before apply: not refused for its credential: $(tail -3 "$out/e2e-auditor-before.log")"
 apply b || fail "apply (b): $(tail -5 "$out/e2e-apply-b.out")"
-grep -q '^apply: 3 changes made; read back: the cluster holds' "$out/e2e-apply-b.out" || fail "apply (b): $(tail -3 "$out/e2e-apply-b.out")"
+grep -q '^apply: 5 changes made; read back: the cluster holds' "$out/e2e-apply-b.out" || fail "apply (b): $(tail -3 "$out/e2e-apply-b.out")"
+auditor_read "$out/e2e-auditor-after.txt" >"$out/e2e-auditor-after.log" 2>&1 ||
+    fail "user auditor could not read topic events after apply: $(tail -3 "$out/e2e-auditor-after.log")"
+grep -qx 'end 0' "$out/e2e-auditor-after.txt" || fail "auditor read: $(tail -2 "$out/e2e-auditor-after.txt")"
 apply b || fail "apply (b) again: $(tail -5 "$out/e2e-apply-b.out")"
 grep -q '^apply: nothing to do' "$out/e2e-apply-b.out" || fail "apply (b) again was not a no-op: $(cat "$out/e2e-apply-b.out")"
 apply c || fail "apply (c): $(tail -5 "$out/e2e-apply-c.out")"
@@ -111,7 +159,7 @@ apply d || rc=$?
 [ "$rc" -ne 0 ] && grep -q '^  ! topic events: partitions 6 -> 2 refused' "$out/e2e-apply-d.out" &&
     grep -q 'refused: nothing changed' "$out/e2e-apply-d.out" ||
     fail "apply (d): fewer partitions not refused (exit $rc): $(cat "$out/e2e-apply-d.out")"
-echo "  apply: (a) topic events created, read back; (b) exactly 3 changes planned (partitions 3 -> 6, retention.ms, one ACL) and made, a second apply had nothing to do; (c) events out of the recipe kept (--allow-delete --dry-run names it); (d) 6 -> 2 partitions refused: $(($(date +%s) - t)) s" >&2
+echo "  apply: (a) topic events created, read back; (b) exactly 5 changes planned (partitions 3 -> 6, retention.ms, two ACLs, user auditor's SCRAM credential) and made, auditor refused before (SaslAuthenticationException) and reading events after, a second apply had nothing to do; (c) events out of the recipe kept (--allow-delete --dry-run names it); (d) 6 -> 2 partitions refused: $(($(date +%s) - t)) s" >&2
 sed 's/^/    /' "$out/e2e-apply-b-plan.out" >&2
 
 # v2 and v3, beside the recipe, with its secrets (the same PKI and passwords).
@@ -150,29 +198,6 @@ t=$(date +%s)
 build "$v2" node1 node2 node3
 echo "  roll: v2 (Kafka 4.4.0, broker heap 960 MiB) built while v1 serves: $(($(date +%s) - t)) s" >&2
 
-# The client of this test: the fixture Kafka's own jars, user rehearsal by its SCRAM password,
-# the cluster CA as trust; run inside up's network namespace (its host address on the bridge).
-libs=$out/rehearsal-libs
-if [ ! -f "$libs/.done" ]; then
-    rm -rf "$libs" && mkdir -p "$libs"
-    tar -xzf "$comps/kafka.tgz" -C "$libs" --strip-components=2 --wildcards '*/libs/*.jar'
-    touch "$libs/.done"
-fi
-secrets=${recipe%.yaml}.secrets
-cat >"$out/rehearsal.properties" <<EOF
-bootstrap.servers=192.168.200.151:9092,192.168.200.152:9092,192.168.200.153:9092
-security.protocol=SASL_SSL
-sasl.mechanism=SCRAM-SHA-512
-sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="rehearsal" password="$(head -1 "$secrets/users/rehearsal.password")";
-ssl.truststore.type=PEM
-ssl.truststore.location=$PWD/$secrets/ca.crt
-EOF
-client() { # mode topic out|count
-    local mode=$1
-    shift
-    nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- \
-        java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java "$mode" "$out/rehearsal.properties" "$@"
-}
 # The topic: 3 partitions, every one on every broker, min.insync.replicas 2 (made on node3 as its
 # broker's own identity, a super user, on the listener its own tools use: the inter-broker one
 # when clients are SCRAM).

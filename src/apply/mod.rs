@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::layout::{KAFKA_TLS_CLIENT, kafka_bin};
 use crate::plan::Plan;
-use crate::plan::security::{Resource, SecurityPlan};
+use crate::plan::security::{Resource, SCRAM_MECHANISM, SecurityPlan};
 use crate::plan::topics::TopicPlan;
 use crate::roll::gates::Remote;
 
@@ -128,6 +128,8 @@ fn upper_snake(op: &str) -> String {
 pub struct Live {
     pub topics: BTreeMap<String, LiveTopic>,
     pub acls: BTreeSet<Acl>,
+    /// With `clients: scram`, the users that have a SCRAM-SHA-512 credential (None: not read).
+    pub users: Option<BTreeSet<String>>,
 }
 
 /// The recipe's users' ACLs, one entry per operation (none with `security: plaintext`: no
@@ -182,6 +184,9 @@ pub enum Change {
     DeleteTopic(String),
     AddAcl(Acl),
     RemoveAcl(Acl),
+    /// A recipe user's SCRAM credential, from its password in the secrets directory.
+    AddUser(String),
+    RemoveUser(String),
 }
 
 impl Change {
@@ -206,6 +211,12 @@ impl Change {
             Change::DeleteTopic(t) => format!("- delete topic {t} (--allow-delete)"),
             Change::AddAcl(a) => format!("+ acl {}", a.show()),
             Change::RemoveAcl(a) => format!("- acl {} (--allow-delete)", a.show()),
+            Change::AddUser(u) => format!(
+                "+ user {u}: {SCRAM_MECHANISM} credential (its password: the secrets directory's users/{u}.password)"
+            ),
+            Change::RemoveUser(u) => {
+                format!("- user {u}: {SCRAM_MECHANISM} credential removed (--allow-delete)")
+            }
         }
     }
 }
@@ -290,6 +301,42 @@ pub fn diff(topics: &[TopicPlan], acls: &BTreeSet<Acl>, live: &Live, allow_delet
         }
     }
     d
+}
+
+/// With `clients: scram`: a credential for every recipe user that has none; one for a user the
+/// recipe does not name is removed with `allow_delete`, else kept. (A password changed in the
+/// secrets directory is not seen: Kafka never shows a credential, only that there is one.)
+pub fn diff_users(wanted: &BTreeSet<String>, live: &Live, allow_delete: bool, d: &mut Diff) {
+    let Some(have) = &live.users else {
+        return;
+    };
+    for u in wanted.difference(have) {
+        d.changes.push(Change::AddUser(u.clone()));
+    }
+    for u in have.difference(wanted) {
+        if allow_delete {
+            d.changes.push(Change::RemoveUser(u.clone()));
+        } else {
+            d.kept.push(format!(
+                "user {u}: a {SCRAM_MECHANISM} credential, not in the recipe, kept (--allow-delete removes it)"
+            ));
+        }
+    }
+}
+
+/// `kafka-configs.sh --describe --entity-type users`: the users with a SCRAM-SHA-512 credential
+/// (`SCRAM credential configs for user-principal 'NAME' are SCRAM-SHA-512=iterations=8192`).
+pub fn parse_users(out: &str) -> BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("SCRAM credential configs for user-principal '")?;
+            let (name, mechs) = rest.split_once("' are ")?;
+            mechs
+                .split(", ")
+                .any(|m| m.starts_with(&format!("{SCRAM_MECHANISM}=")))
+                .then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// `kafka-topics.sh --describe`'s topic lines: name, partition count, replication factor.
@@ -386,6 +433,8 @@ pub(crate) struct Via<'a, R: Fn(&[&str], u64) -> Result<String> + Sync> {
     pub plan: &'a Plan,
     pub run: R,
     pub bootstrap: String,
+    /// How to put a file on the node (a user's credential goes there, not on a command line).
+    pub write: Option<&'a submit::Write<'a>>,
 }
 
 impl<R: Fn(&[&str], u64) -> Result<String> + Sync> Via<'_, R> {
@@ -404,7 +453,7 @@ impl<R: Fn(&[&str], u64) -> Result<String> + Sync> Via<'_, R> {
     /// What the cluster holds: the three listings at once (each a JVM on the node).
     fn read(&self, acls: bool) -> Result<Live> {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let (t, c, a) = std::thread::scope(|sc| {
+        let (t, c, a, u) = std::thread::scope(|sc| {
             let t = sc.spawn(|| self.tool(kafka_bin::TOPICS, &s(&["--describe"]), 300));
             let c = sc.spawn(|| {
                 self.tool(
@@ -414,10 +463,20 @@ impl<R: Fn(&[&str], u64) -> Result<String> + Sync> Via<'_, R> {
                 )
             });
             let a = acls.then(|| sc.spawn(|| self.tool(ACLS, &s(&["--list"]), 300)));
+            let u = self.plan.security.scram().then(|| {
+                sc.spawn(|| {
+                    self.tool(
+                        kafka_bin::CONFIGS,
+                        &s(&["--describe", "--entity-type", "users"]),
+                        300,
+                    )
+                })
+            });
             (
                 t.join().expect("a thread"),
                 c.join().expect("a thread"),
                 a.map(|a| a.join().expect("a thread")),
+                u.map(|u| u.join().expect("a thread")),
             )
         });
         let mut topics = parse_topics(&t?);
@@ -429,6 +488,7 @@ impl<R: Fn(&[&str], u64) -> Result<String> + Sync> Via<'_, R> {
         Ok(Live {
             topics,
             acls: a.transpose()?.map(|a| parse_acls(&a)).unwrap_or_default(),
+            users: u.transpose()?.map(|u| parse_users(&u)),
         })
     }
 
@@ -496,6 +556,49 @@ impl<R: Fn(&[&str], u64) -> Result<String> + Sync> Via<'_, R> {
                 a.extend(acl.args());
                 self.tool(ACLS, &a, 300)?;
             }
+            Change::AddUser(u) => {
+                // The password in a root-only file on the node (kafka-configs.sh reads it with
+                // --add-config-file), never on a command line another process could read.
+                let write = self
+                    .write
+                    .context("no way to put the credential's file on the node")?;
+                let pw = crate::pki::scram::password(self.plan, u)?;
+                let file = format!("/run/imgbuild-apply-user-{u}.properties");
+                write(
+                    &file,
+                    format!(
+                        "{SCRAM_MECHANISM}=iterations={},password={pw}\n",
+                        crate::pki::scram::ITERATIONS
+                    )
+                    .as_bytes(),
+                    0o600,
+                )?;
+                let a = s(&[
+                    "--alter",
+                    "--add-config-file",
+                    &file,
+                    "--entity-type",
+                    "users",
+                    "--entity-name",
+                    u,
+                ]);
+                let r = self.tool(kafka_bin::CONFIGS, &a, 300);
+                let removed = (self.run)(&["rm", "-f", &file], 60);
+                r?;
+                removed?;
+            }
+            Change::RemoveUser(u) => {
+                let a = s(&[
+                    "--alter",
+                    "--delete-config",
+                    SCRAM_MECHANISM,
+                    "--entity-type",
+                    "users",
+                    "--entity-name",
+                    u,
+                ]);
+                self.tool(kafka_bin::CONFIGS, &a, 300)?;
+            }
         }
         Ok(())
     }
@@ -543,18 +646,14 @@ pub(crate) fn why(e: &anyhow::Error) -> String {
         .to_string()
 }
 
-/// The first of the recipe's Kafka nodes that lets its tools read the cluster, with what it read.
-// The runner's type is a closure's (it owns the node's login), which has no name.
-#[allow(clippy::type_complexity)]
+/// The first of the recipe's Kafka nodes that lets its tools read the cluster: the node, how to
+/// reach it, and what it read.
 fn connect<'a>(
     plans: &[&'a Plan],
     build_dir: &std::path::Path,
     o: &Options,
     acls: bool,
-) -> Result<(
-    Via<'a, impl Fn(&[&str], u64) -> Result<String> + Sync>,
-    Live,
-)> {
+) -> Result<(&'a Plan, Remote, Live)> {
     let mut tried = Vec::new();
     for p in plans.iter().filter(|p| p.kafka.is_some()) {
         let remote = Remote {
@@ -564,11 +663,12 @@ fn connect<'a>(
         };
         let via = Via {
             plan: p,
-            run: move |cmd: &[&str], secs: u64| remote.tool(cmd, secs),
+            run: |cmd: &[&str], secs: u64| remote.tool(cmd, secs),
             bootstrap: crate::vm::checks::bootstrap(p),
+            write: None,
         };
         match via.read(acls) {
-            Ok(live) => return Ok((via, live)),
+            Ok(live) => return Ok((p, remote, live)),
             Err(e) => tried.push(format!("{} ({}): {}", p.node.name, p.node.ip, why(&e))),
         }
     }
@@ -590,15 +690,37 @@ pub fn run(plans: &[&Plan], build_dir: &std::path::Path, o: &Options) -> Result<
     let (p0, kafka) = k;
     let want_acls = wanted_acls(&p0.security);
     let acls = p0.security.tls();
-    let (via, live) = connect(plans, build_dir, o, acls)?;
+    let (p, remote, live) = connect(plans, build_dir, o, acls)?;
+    let write = |path: &str, bytes: &[u8], mode: u32| remote.write(path, bytes, mode);
+    let via = Via {
+        plan: p,
+        run: |cmd: &[&str], secs: u64| remote.tool(cmd, secs),
+        bootstrap: crate::vm::checks::bootstrap(p),
+        write: Some(&write),
+    };
     eprintln!(
-        "apply: the cluster through {} ({}): {} topics, {} ACL entries",
+        "apply: the cluster through {} ({}): {} topics, {} ACL entries{}",
         via.plan.node.name,
         via.bootstrap,
         live.topics.keys().filter(|t| !t.starts_with("__")).count(),
-        live.acls.len()
+        live.acls.len(),
+        live.users
+            .as_ref()
+            .map(|u| format!(", {} users with a {SCRAM_MECHANISM} credential", u.len()))
+            .unwrap_or_default()
     );
-    let d = diff(&kafka.topics, &want_acls, &live, o.allow_delete);
+    let want_users: BTreeSet<String> = p0.security.users.iter().map(|u| u.name.clone()).collect();
+    let plan_of = |live: &Live| {
+        let mut d = diff(&kafka.topics, &want_acls, live, o.allow_delete);
+        diff_users(&want_users, live, o.allow_delete, &mut d);
+        d
+    };
+    let d = plan_of(&live);
+    let what = if live.users.is_some() {
+        "topics, users and ACLs"
+    } else {
+        "topics and ACLs"
+    };
     let mut text = String::new();
     for c in &d.changes {
         let _ = writeln!(text, "  {}", c.show());
@@ -618,7 +740,7 @@ pub fn run(plans: &[&Plan], build_dir: &std::path::Path, o: &Options) -> Result<
         return Ok(false);
     }
     if d.changes.is_empty() {
-        eprintln!("apply: nothing to do: the cluster holds the recipe's topics and ACLs");
+        eprintln!("apply: nothing to do: the cluster holds the recipe's {what}");
         return Ok(true);
     }
     if o.dry_run {
@@ -629,13 +751,17 @@ pub fn run(plans: &[&Plan], build_dir: &std::path::Path, o: &Options) -> Result<
         );
         return Ok(true);
     }
+    if d.changes.iter().any(|c| matches!(c, Change::AddUser(_))) {
+        // A user new to the recipe gets its password now, as a build would make it.
+        crate::pki::scram::ensure(p0)?;
+    }
     for c in &d.changes {
         via.make(c)
             .with_context(|| format!("apply: {}", c.show()))?;
     }
     // Read back: the cluster must now hold exactly the plan's result.
     let after = via.read(acls)?;
-    let left = diff(&kafka.topics, &want_acls, &after, o.allow_delete);
+    let left = plan_of(&after);
     if !left.changes.is_empty() {
         bail!(
             "apply: made {} changes, but the cluster read back still differs: {}",
@@ -648,7 +774,7 @@ pub fn run(plans: &[&Plan], build_dir: &std::path::Path, o: &Options) -> Result<
         );
     }
     eprintln!(
-        "apply: {} change{} made; read back: the cluster holds the recipe's topics and ACLs",
+        "apply: {} change{} made; read back: the cluster holds the recipe's {what}",
         d.changes.len(),
         if d.changes.len() == 1 { "" } else { "s" }
     );
@@ -693,7 +819,51 @@ Current ACLs for resource `ResourcePattern(resourceType=CLUSTER, name=kafka-clus
         Live {
             topics,
             acls: parse_acls(ACL_LIST),
+            users: None,
         }
+    }
+
+    #[test]
+    fn scram_users_planned_both_ways() {
+        let out = "Quota configs for user-principal 'storm' are producer_byte_rate=1024\n\
+SCRAM credential configs for user-principal 'storm' are SCRAM-SHA-512=iterations=8192\n\
+SCRAM credential configs for user-principal 'old' are SCRAM-SHA-256=iterations=4096, SCRAM-SHA-512=iterations=8192\n\
+SCRAM credential configs for user-principal 'only256' are SCRAM-SHA-256=iterations=4096\n";
+        let users = parse_users(out);
+        assert_eq!(
+            users.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["old", "storm"]
+        );
+        let mut l = live();
+        let want: BTreeSet<String> = ["storm", "auditor"].map(String::from).into();
+        // Not read (mTLS clients): nothing planned.
+        let mut d = Diff::default();
+        diff_users(&want, &l, false, &mut d);
+        assert_eq!(d, Diff::default());
+        l.users = Some(users);
+        let mut d = Diff::default();
+        diff_users(&want, &l, false, &mut d);
+        assert_eq!(d.changes, [Change::AddUser("auditor".into())]);
+        assert_eq!(
+            d.kept,
+            [
+                "user old: a SCRAM-SHA-512 credential, not in the recipe, kept (--allow-delete removes it)"
+            ]
+        );
+        let mut d = Diff::default();
+        diff_users(&want, &l, true, &mut d);
+        assert_eq!(
+            d.changes,
+            [
+                Change::AddUser("auditor".into()),
+                Change::RemoveUser("old".into())
+            ]
+        );
+        assert!(d.kept.is_empty());
+        assert_eq!(
+            Change::AddUser("auditor".into()).show(),
+            "+ user auditor: SCRAM-SHA-512 credential (its password: the secrets directory's users/auditor.password)"
+        );
     }
 
     #[test]

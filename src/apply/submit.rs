@@ -143,7 +143,7 @@ fn from_files(
 }
 
 /// Writes a file on a node as root: path, bytes, mode.
-pub(crate) type Write<'a> = dyn Fn(&str, &[u8], u32) -> Result<()> + 'a;
+pub(crate) type Write<'a> = dyn Fn(&str, &[u8], u32) -> Result<()> + Sync + 'a;
 
 /// A node to submit on: its name, and how to run a command there as root and write a file there
 /// (a node over SSH for `imgbuild submit`, a cluster member for `up --check`).

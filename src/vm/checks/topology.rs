@@ -409,6 +409,7 @@ pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
             plan: p,
             run: |cmd: &[&str], secs: u64| c.tool(cmd, secs),
             bootstrap: bootstrap(p),
+            write: None,
         };
         lines.extend(via.create_missing_topics(&declared)?);
         let rf = kafka.len().min(3);
