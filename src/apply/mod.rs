@@ -19,6 +19,7 @@
 //! Internal topics (`__*`) are never touched. First boot still adds the recipe's ACLs by itself
 //! (kafka-acls.service), so a fresh cluster is right without an apply.
 
+pub mod storm;
 pub mod submit;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -664,7 +665,7 @@ fn connect<'a>(
         let via = Via {
             plan: p,
             run: |cmd: &[&str], secs: u64| remote.tool(cmd, secs),
-            bootstrap: crate::vm::checks::bootstrap(p),
+            bootstrap: p.own_bootstrap(),
             write: None,
         };
         match via.read(acls) {
@@ -695,7 +696,7 @@ pub fn run(plans: &[&Plan], build_dir: &std::path::Path, o: &Options) -> Result<
     let via = Via {
         plan: p,
         run: |cmd: &[&str], secs: u64| remote.tool(cmd, secs),
-        bootstrap: crate::vm::checks::bootstrap(p),
+        bootstrap: p.own_bootstrap(),
         write: Some(&write),
     };
     eprintln!(

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::apply::storm as topo;
 use crate::plan::Plan;
 use crate::roll::gates::Remote;
-use crate::vm::checks::topology as topo;
 
 /// Where the directory goes on the node (not /tmp: a container's may be a tmpfs of its own,
 /// which a file written into its tree from the host would sit under).

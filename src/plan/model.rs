@@ -136,6 +136,18 @@ pub struct Signer {
 }
 
 impl Plan {
+    /// Where the node's own tools reach its broker: the client listener, or with SCRAM clients
+    /// the inter-broker one (the node shows its certificate; see `KafkaPlan::own_port`).
+    pub fn own_bootstrap(&self) -> String {
+        format!(
+            "{}:{}",
+            self.node.ip,
+            self.kafka
+                .as_ref()
+                .map_or(9092, |k| k.own_port(&self.security))
+        )
+    }
+
     /// The node exporter's port when this node runs it (`metrics` on).
     pub fn node_exporter_port(&self) -> Option<u16> {
         self.ports

@@ -236,7 +236,7 @@ pub fn survey(plans: &[&Plan], remotes: &[Remote], except: Option<&str>) -> Surv
     let tops = std::cell::RefCell::new(None);
     if plans.iter().any(|p| p.roles.contains(&Role::StormNimbus)) {
         let got = first_ok(Role::StormNimbus, &|p, r| {
-            let cmd = crate::vm::checks::storm(&["list"]);
+            let cmd = crate::apply::storm::storm(&["list"]);
             let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
             match r.run(&cmd, 300) {
                 Ok((0, out, _)) => {

@@ -178,7 +178,7 @@ fn resubmit_example(plans: &[&Plan], remotes: &[Remote]) -> Result<()> {
         .find(|r| r.name == p.node.name)
         .context("resubmit: the node's login")?;
     let run = |cmd: &[&str], secs: u64| r.tool(cmd, secs);
-    use crate::vm::checks::topology as topo;
+    use crate::apply::storm as topo;
     let killed = topo::kill_example(&run).context("resubmit: killing the example topology")?;
     println!(
         "roll: resubmit: {} on {}",

@@ -151,11 +151,7 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 /// Where a node's own tools reach its broker: the client listener, or with SCRAM clients the
 /// inter-broker one (the node shows its certificate; see `KafkaPlan::own_port`).
 pub(crate) fn bootstrap(p: &Plan) -> String {
-    format!(
-        "{}:{}",
-        p.node.ip,
-        p.kafka.as_ref().map_or(9092, |k| k.own_port(&p.security))
-    )
+    p.own_bootstrap()
 }
 
 fn kafka_nodes<'a>(nodes: &[&'a Plan]) -> Vec<&'a Plan> {

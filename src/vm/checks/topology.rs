@@ -2,6 +2,7 @@
 //! and its word counts read back exactly.
 
 use super::*;
+pub(crate) use crate::apply::storm::{WC_NAME, example_status, kill_example, storm};
 
 /// The Python word-count topology of examples/ (installed on every Storm node), submitted
 /// from a node with what its image holds and kept running until [`Wordcount::kill`].
@@ -18,10 +19,8 @@ pub struct Wordcount {
 
 // The example's own names (its wordcount.properties): with `security: tls` the topology runs as
 // User:storm, and what it may touch is what the recipe's ACLs for user storm allow.
-pub(crate) const WC_NAME: &str = "python-wordcount";
 pub(super) const WC_IN: &str = "sentences";
 pub(super) const WC_OUT: &str = "word-counts";
-pub(crate) const WC_DIR: &str = "/usr/share/imgbuild/examples/python-wordcount";
 /// Sentences per batch.
 pub const SENTENCES: usize = 200;
 
@@ -82,19 +81,6 @@ pub(super) fn final_counts(out: &str) -> BTreeMap<String, u64> {
         }
     }
     m
-}
-
-pub(crate) fn storm(args: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "/usr/bin/env",
-        "STORM_CONF_DIR=/etc/storm",
-        "PYTHON=/opt/python/bin/python3",
-        "/opt/storm/bin/storm",
-    ]
-    .map(String::from)
-    .to_vec();
-    v.extend(args.iter().map(|a| a.to_string()));
-    v
 }
 
 pub(super) fn create_topic(c: &Member, bootstrap: &str, topic: &str, rf: usize) -> Result<()> {
@@ -158,67 +144,6 @@ pub(super) fn acls_applied(c: &Member, p: &Plan) -> Result<String> {
 /// The topology's state in `storm list` (ACTIVE, INACTIVE, KILLED...), if it is listed.
 pub(super) fn topology_status(c: &Member) -> Result<Option<String>> {
     example_status(&|cmd: &[&str], secs: u64| c.tool(cmd, secs))
-}
-
-/// Runs a command as root on a node (`secs` at most) and returns its stdout, or an error when it
-/// failed: a member's `tool`, or roll's SSH to a node.
-pub(crate) type Run<'a> = dyn Fn(&[&str], u64) -> Result<String> + 'a;
-
-/// The example topology's status in `storm list` (None: not listed).
-pub(crate) fn example_status(run: &Run) -> Result<Option<String>> {
-    status_of(run, WC_NAME)
-}
-
-/// `storm list`'s rows: name, status, tasks, workers, uptime (seconds), as Storm prints them.
-pub(crate) fn list(run: &Run) -> Result<Vec<Vec<String>>> {
-    let cmd = storm(&["list"]);
-    let out = run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 180)?;
-    Ok(parse_list(&out))
-}
-
-/// The rows of `storm list`'s table (not its header, its line of dashes, or log lines).
-pub(crate) fn parse_list(out: &str) -> Vec<Vec<String>> {
-    out.lines()
-        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .filter(|cols| {
-            cols.len() >= 5
-                && cols[0] != "Topology_name"
-                && !cols[0].starts_with("---")
-                && cols[2].parse::<u64>().is_ok()
-                && cols[3].parse::<u64>().is_ok()
-        })
-        .collect()
-}
-
-/// A topology's status in `storm list` (None: not listed).
-pub(crate) fn status_of(run: &Run, name: &str) -> Result<Option<String>> {
-    Ok(list(run)?
-        .into_iter()
-        .find(|cols| cols[0] == name)
-        .map(|cols| cols[1].clone()))
-}
-
-/// Kill the example topology if it runs, and wait until `storm list` no longer shows it.
-pub(crate) fn kill_example(run: &Run) -> Result<bool> {
-    kill(run, WC_NAME)
-}
-
-/// Kill topology `name` if it runs (its workers given 1 s to finish), and wait until `storm
-/// list` no longer shows it. Whether it ran.
-pub(crate) fn kill(run: &Run, name: &str) -> Result<bool> {
-    if status_of(run, name)?.is_none() {
-        return Ok(false);
-    }
-    let cmd = storm(&["kill", name, "-w", "1"]);
-    run(&cmd.iter().map(String::as_str).collect::<Vec<_>>(), 300)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while let Some(s) = status_of(run, name)? {
-        if Instant::now() > deadline {
-            bail!("{name} still listed as {s} 120s after `storm kill`");
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    Ok(true)
 }
 
 impl Wordcount {
