@@ -59,6 +59,9 @@ for topic in ("sentences", "word-counts"):
     has("storm topology", r"^the recipe's topic created as `imgbuild apply` does: create topic " + topic
         + r": 3 partitions, replication factor 3, min.insync.replicas=2$")
 figures.append(has("storm topology", r"^submit: python-wordcount ACTIVE \d+s after `storm jar` on node\d$"))
+# The example's worker's own Prometheus endpoint (issue 31): its tuples counted, none failed,
+# its spout awake while Storm says ACTIVE.
+figures.append(has("storm topology", r"^storm workers: python-wordcount on [1-9]\d* of 6 slot endpoints \(.*\): [1-9]\d* tuples emitted \(sampled\), 0 failed; its spout asleep for an inactive topology \d+ ms of 10 s$"))
 # ZooKeeper's Prometheus endpoint on every member (the VM's too), the leader's gauge on one.
 figures.append(has("metrics", r"^zookeeper: 3/3 endpoints scraped; the leader's gauges on node\d$"))
 # The JMX exporter's agent in every broker, nimbus and supervisor: one active controller that

@@ -65,11 +65,16 @@ sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule require
 ssl.truststore.type=PEM
 ssl.truststore.location=$PWD/$secrets/ca.crt
 EOF
+# Compiled once (java's single-file launch compiles at every start: 10-20 s each on this
+# machine, and the rehearsal starts it about ten times).
+classes=$out/rehearsal-classes
+rm -rf "$classes" && mkdir -p "$classes"
+javac -nowarn -d "$classes" -cp "$libs/*" scripts/rehearsal/Rehearsal.java || fail "compiling scripts/rehearsal/Rehearsal.java"
 client() { # mode topic out|count
     local mode=$1
     shift
     nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- \
-        java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java "$mode" "$out/rehearsal.properties" "$@"
+        java -Xmx256m -cp "$classes:$libs/*" Rehearsal "$mode" "$out/rehearsal.properties" "$@"
 }
 # The cluster's content as code (issue 32): `imgbuild apply` against this running cluster, with
 # the recipe's topics (sentences and word-counts, which the topology check made the same way)
@@ -123,7 +128,7 @@ sed -e "s/username=\"rehearsal\" password=\"[^\"]*\"/username=\"auditor\" passwo
 grep -q 'username="auditor"' "$out/auditor.properties" || fail "auditor's client properties"
 auditor_read() { # out: auditor reads topic events
     nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- \
-        java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java read "$out/auditor.properties" events "$1"
+        java -Xmx256m -cp "$classes:$libs/*" Rehearsal read "$out/auditor.properties" events "$1"
 }
 apply b --dry-run || fail "apply --dry-run (b): $(tail -5 "$out/e2e-apply-b.out")"
 want_b='  + acl User:auditor READ on topic events
@@ -219,7 +224,7 @@ segments >"$out/e2e-roll-segments-before.txt"
 
 # Started directly (not through the function's subshell), so that $! is the JVM itself (nsenter
 # execs it) and SIGTERM reaches the producer, which then flushes and closes.
-nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- java -Xmx256m -cp "$libs/*" scripts/rehearsal/Rehearsal.java \
+nsenter --net="/proc/$(cat "$bd/up/up.pid")/ns/net" -- java -Xmx256m -cp "$classes:$libs/*" Rehearsal \
     produce "$out/rehearsal.properties" rehearsal "$out/e2e-roll-produced.txt" >>"$log" 2>&1 &
 producer=$!
 sleep 20

@@ -62,7 +62,7 @@ fn generated_config_and_rules_pass_promtool_check() {
     let out = generate(&reference(), dir.path());
     assert!(
         out.contains(
-            "(5 jobs: zookeeper, kafka, storm-nimbus, storm-supervisor, node; 15 targets;"
+            "(6 jobs: zookeeper, kafka, storm-nimbus, storm-supervisor, storm-worker, node; 21 targets;"
         ),
         "{out}"
     );
@@ -72,7 +72,7 @@ fn generated_config_and_rules_pass_promtool_check() {
     assert!(text.contains("1 rule files found"), "{text}");
     let o = promtool_run(&["check", "rules", "rules.yml"], &p);
     let text = common::ok(&o, "promtool check rules");
-    assert!(text.contains("SUCCESS: 20 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 22 rules found"), "{text}");
     // The check is real: a broken expression is refused.
     let rules = std::fs::read_to_string(p.join("rules.yml")).unwrap();
     std::fs::write(p.join("broken.yml"), rules.replacen("> 0\"", "> \"", 1)).unwrap();
@@ -186,7 +186,26 @@ fn series(lost: Option<&str>) -> String {
             end("0"),
         );
     }
+    // The example's one worker, on node2 (not the lost node): tuples emitted, none failed, its
+    // spout awake.
+    out.push_str(&worker_series(false, false));
     out + &hosts
+}
+
+/// The example topology's worker on node2 (slot 6700) every 15 s for 5 minutes: its bolt
+/// emits 300 tuples per interval; with `failing`, 30 of them fail per interval; with
+/// `inactive`, its spout sleeps all the time (15 000 ms per interval), as a spout of a
+/// deactivated topology does; else not at all.
+fn worker_series(failing: bool, inactive: bool) -> String {
+    let w = r#"job="storm-worker",node="node2",topology="python-wordcount",task="3""#;
+    let fail = if failing { "0+30x19" } else { "0x19" };
+    let asleep = if inactive { "0+15000x19" } else { "0x19" };
+    format!(
+        "      - series: 'up{{job=\"storm-worker\",node=\"node2\"}}'\n        values: '1x19'\n\
+         \x20     - series: 'storm_topology_tuples_total{{{w},component=\"split\",action=\"emit\",key=\"default\"}}'\n        values: '0+300x19'\n\
+         \x20     - series: 'storm_topology_tuples_total{{{w},component=\"split\",action=\"fail\",key=\"sentences:default\"}}'\n        values: '{fail}'\n\
+         \x20     - series: 'storm_spout_inactive_milliseconds_total{{job=\"storm-worker\",node=\"node2\",topology=\"python-wordcount\",task=\"5\",component=\"sentences\"}}'\n        values: '{asleep}'\n"
+    )
 }
 
 #[test]
@@ -200,7 +219,7 @@ fn alerts_fire_when_a_node_is_lost_and_stay_quiet_while_it_is_whole() {
         .filter_map(|l| l.trim().strip_prefix("- alert: \""))
         .map(|l| l.trim_end_matches('"'))
         .collect();
-    assert_eq!(names.len(), 20, "{rules}");
+    assert_eq!(names.len(), 22, "{rules}");
 
     // Whole: at 5 minutes no alert fires.
     let quiet: String = names
@@ -262,6 +281,8 @@ fn alerts_fire_when_a_node_is_lost_and_stay_quiet_while_it_is_whole() {
             "ZooKeeperOutstandingRequests",
             "StormNimbusWithoutLeader",
             "StormWorkersFailingToStart",
+            "StormTopologyFailingTuples",
+            "StormTopologyNotActive",
             "NodeFilesystemAlmostFull",
             "NodeFilesystemFillingUp",
             "NodeMemoryLow",
@@ -282,6 +303,60 @@ fn alerts_fire_when_a_node_is_lost_and_stay_quiet_while_it_is_whole() {
          \x20 - interval: 15s\n    input_series:\n{}    alert_rule_test:\n{lost}",
         series(None),
         series(Some("node3")),
+    );
+    std::fs::write(p.join("test.yml"), &test).unwrap();
+    let o = promtool_run(&["test", "rules", "test.yml"], &p);
+    common::ok(&o, &format!("promtool test rules\n{test}"));
+}
+
+/// The topology's alerts, from its worker's own series: failing tuples, and a spout asleep
+/// because its topology is not ACTIVE; neither while it processes and acknowledges.
+#[test]
+fn topology_alerts_fire_on_failing_tuples_and_an_inactive_spout() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&reference(), dir.path());
+    let p = dir.path().join("prometheus");
+    let case = |failing: bool, inactive: bool| {
+        let failing_alert = expect(
+            "StormTopologyFailingTuples",
+            &[
+                ("severity", "warning"),
+                ("topology", "python-wordcount"),
+                ("component", "split"),
+            ],
+            if failing {
+                &[
+                    "split of topology python-wordcount fails tuples (1.2/s over 5 minutes): they time out or are failed, and are replayed or lost",
+                ][..]
+            } else {
+                &[]
+            },
+        );
+        let inactive_alert = expect(
+            "StormTopologyNotActive",
+            &[
+                ("severity", "warning"),
+                ("topology", "python-wordcount"),
+                ("component", "sentences"),
+            ],
+            if inactive {
+                &[
+                    "topology python-wordcount is not ACTIVE (deactivated, rebalancing or being killed): spout sentences emits nothing",
+                ][..]
+            } else {
+                &[]
+            },
+        );
+        format!(
+            "  - interval: 15s\n    input_series:\n{}    alert_rule_test:\n{failing_alert}{inactive_alert}",
+            worker_series(failing, inactive)
+        )
+    };
+    let test = format!(
+        "rule_files: [rules.yml]\nevaluation_interval: 15s\ntests:\n{}{}{}",
+        case(false, false),
+        case(true, false),
+        case(false, true)
     );
     std::fs::write(p.join("test.yml"), &test).unwrap();
     let o = promtool_run(&["test", "rules", "test.yml"], &p);

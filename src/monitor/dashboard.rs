@@ -145,6 +145,24 @@ fn panels(s: &Shape) -> Vec<Panel> {
                 ("max(storm_cluster_num_topologies)", "topologies"),
             ],
         ));
+        out.push(series(
+            "Storm topology throughput: tuples per second",
+            "short",
+            &[
+                (
+                    "sum by (topology) (rate(storm_topology_tuples_total{action=\"emit\"}[5m]))",
+                    "emitted {{topology}}",
+                ),
+                (
+                    "sum by (topology) (rate(storm_topology_tuples_total{action=\"ack\"}[5m]))",
+                    "acked {{topology}}",
+                ),
+                (
+                    "sum by (topology) (rate(storm_topology_tuples_total{action=\"fail\"}[5m]))",
+                    "failed {{topology}}",
+                ),
+            ],
+        ));
     }
     out.push(series(
         "JVM heap used",

@@ -30,6 +30,7 @@ pub fn job(key: PortKey) -> Option<&'static str> {
         PortKey::KafkaMetrics => Some("kafka"),
         PortKey::StormNimbusMetrics => Some("storm-nimbus"),
         PortKey::StormSupervisorMetrics => Some("storm-supervisor"),
+        PortKey::StormWorkerMetrics => Some("storm-worker"),
         PortKey::NodeExporter => Some("node"),
         _ => None,
     }
@@ -313,6 +314,25 @@ fn groups(c: &ClusterPlan) -> Vec<Group> {
                 ),
             ));
         }
+        // A worker answers only while it runs in its slot: a free slot's endpoint is down by
+        // design, so no rule reads up{job="storm-worker"}.
+        rules.push(rule(
+            "StormTopologyFailingTuples",
+            "warning",
+            r#"sum by (topology, component) (rate(storm_topology_tuples_total{action="fail"}[5m])) > 0"#
+                .into(),
+            "{{ $labels.component }} of topology {{ $labels.topology }} fails tuples ({{ $value | humanize }}/s over 5 minutes): they time out or are failed, and are replayed or lost"
+                .into(),
+        ));
+        rules.push(rule(
+            "StormTopologyNotActive",
+            "warning",
+            // A spout asleep more than half the time because its topology is not ACTIVE.
+            "sum by (topology, component) (rate(storm_spout_inactive_milliseconds_total[2m])) > 500"
+                .into(),
+            "topology {{ $labels.topology }} is not ACTIVE (deactivated, rebalancing or being killed): spout {{ $labels.component }} emits nothing"
+                .into(),
+        ));
         rules.push(rule(
             "StormWorkersFailingToStart",
             "warning",
@@ -478,13 +498,15 @@ mod tests {
     fn one_job_per_exporter_with_every_node() {
         let c = reference();
         let t = targets(&c.nodes);
-        assert_eq!(t.len(), 15);
+        // Per node: ZooKeeper, Kafka, nimbus, supervisor, two workers (one per slot), the host.
+        assert_eq!(t.len(), 21);
         let yml = prometheus_yml(&c);
         for job in [
             "zookeeper",
             "kafka",
             "storm-nimbus",
             "storm-supervisor",
+            "storm-worker",
             "node",
         ] {
             assert_eq!(
@@ -495,6 +517,10 @@ mod tests {
         }
         assert!(yml.contains("targets: [\"192.168.200.153:7071\"]"), "{yml}");
         assert!(yml.contains("targets: [\"192.168.200.151:9100\"]"), "{yml}");
+        assert!(
+            yml.contains("targets: [\"192.168.200.152:16701\"]"),
+            "{yml}"
+        );
         assert!(yml.contains("node: \"node3\""), "{yml}");
         // Thresholds from the cluster's shape.
         let rules = rules_yml(&c);

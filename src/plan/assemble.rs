@@ -204,6 +204,13 @@ pub(super) fn node_plan(r: &crate::recipe::Recipe, w: &Shared, n: &NodeDraft) ->
                 Role::StormSupervisor,
                 PortKey::StormSupervisorMetrics,
             ),
+            worker_metrics_ports: if w.firewall.metrics.is_some()
+                && n.roles.contains(&Role::StormSupervisor)
+            {
+                n.ports.all(PortKey::StormWorkerMetrics).to_vec()
+            } else {
+                Vec::new()
+            },
             heap_mb: n.storm.heap_mb,
             worker_heap_mb: n.storm.worker_heap_mb,
         }),

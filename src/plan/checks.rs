@@ -172,7 +172,14 @@ pub(super) fn check_ports(cx: &mut Ctx, nodes: &[NodeDraft], mode: KafkaMode, me
             let set_at = service_path(cx, &n.name, service, field);
             if *port == 0 {
                 let pos = set_at.as_deref().map_or(node_pos, |p| cx.at(p));
-                let msg = format!("{what} is 0, which is not a usable port");
+                let msg = if b.key == PortKey::StormWorkerMetrics {
+                    "with metrics on, every Storm worker slot must be a port from 1000 to 9999: \
+                     its worker's metrics port is the slot's port with a 1 in front (Storm gives \
+                     worker.childopts the slot's port, %ID%, and nothing computed from it)"
+                        .to_string()
+                } else {
+                    format!("{what} is 0, which is not a usable port")
+                };
                 clashes
                     .entry((pos, msg, String::new()))
                     .or_default()

@@ -305,6 +305,9 @@ pub struct StormPlan {
     /// that run them with metrics on.
     pub nimbus_metrics_port: Option<u16>,
     pub supervisor_metrics_port: Option<u16>,
+    /// Each worker's endpoint, one per slot in slot order (empty with metrics off or on a node
+    /// without a supervisor): the slot's port with a 1 in front.
+    pub worker_metrics_ports: Vec<u16>,
     /// Heap of each Storm daemon (nimbus, supervisor, ui, logviewer).
     pub heap_mb: u32,
     /// Heap of one worker JVM; the supervisor offers `slots × worker_heap_mb`.

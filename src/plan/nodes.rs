@@ -37,7 +37,8 @@ pub(super) struct Storm {
 /// node exporter's own process (about 20 MiB resident, measured in the e2e cluster).
 pub(super) const EXPORTER_MB: u32 = 32;
 
-/// The JVMs that carry a Prometheus exporter with metrics on (Storm's workers do not).
+/// The daemons that carry a Prometheus exporter with metrics on (and each Storm worker, one
+/// per slot: counted with the slots).
 fn exports(role: Role) -> bool {
     matches!(
         role,
@@ -70,7 +71,12 @@ pub(super) fn memory_budget(
     let heap_mb = jvms.iter().map(|(_, h)| h).sum();
     // The JVMs' exporters, and the node exporter (a process of its own) on every node.
     let exporters = if metrics {
-        roles.iter().filter(|r| exports(**r)).count() as u32 + 1
+        let workers = if roles.contains(&Role::StormSupervisor) {
+            slots.len() as u32
+        } else {
+            0
+        };
+        roles.iter().filter(|r| exports(**r)).count() as u32 + workers + 1
     } else {
         0
     };

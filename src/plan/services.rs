@@ -189,6 +189,7 @@ pub enum PortKey {
     KafkaMetrics,
     StormNimbusMetrics,
     StormSupervisorMetrics,
+    StormWorkerMetrics,
     NodeExporter,
 }
 
@@ -222,7 +223,7 @@ pub struct PortSpec {
 
 /// Every port a service binds. ZooKeeper's own AdminServer default is 8080, which Storm UI
 /// also takes; imgbuild moves it to 8081.
-pub const PORTS: [PortSpec; 17] = [
+pub const PORTS: [PortSpec; 18] = [
     PortSpec {
         key: PortKey::ZkClient,
         service: "zookeeper",
@@ -399,6 +400,24 @@ pub const PORTS: [PortSpec; 17] = [
         reach: Reach::Metrics,
         recipe: |s| s.storm.supervisor_metrics_port.map(|p| vec![p]),
     },
+    // Storm hands a worker's JVM options only its slot's port (`%ID%` in worker.childopts), so
+    // each worker's endpoint is that port with a 1 in front: slot 6700, metrics on 16700.
+    PortSpec {
+        key: PortKey::StormWorkerMetrics,
+        service: "storm",
+        field: "slots",
+        label: "Storm worker metrics port (Prometheus)",
+        role: Some(Role::StormSupervisor),
+        kraft_only: false,
+        default: &[16700, 16701],
+        reach: Reach::Metrics,
+        recipe: |s| {
+            s.storm
+                .slots
+                .as_ref()
+                .map(|v| v.iter().map(|&p| worker_metrics_port(p)).collect())
+        },
+    },
     PortSpec {
         key: PortKey::NodeExporter,
         service: "node_exporter",
@@ -411,6 +430,17 @@ pub const PORTS: [PortSpec; 17] = [
         recipe: |s| s.node_exporter.port.map(|p| vec![p]),
     },
 ];
+
+/// The metrics port of the worker in slot `slot`: the slot's digits after a 1 (what
+/// `1%ID%` in worker.childopts becomes), or 0 (refused by the recipe's checks) for a slot
+/// outside 1000..=9999, where that is not `slot + 10000`.
+pub fn worker_metrics_port(slot: u16) -> u16 {
+    if (1000..=9999).contains(&slot) {
+        slot + 10000
+    } else {
+        0
+    }
+}
 
 /// Every port's value for one node: the node's `services:` override, else the cluster's, else
 /// the table's default. Ports of roles the node lacks are resolved too (other nodes read

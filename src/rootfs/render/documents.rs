@@ -50,10 +50,26 @@ struct StormYaml<'a> {
     ui_childopts: String,
     #[serde(rename = "logviewer.childopts")]
     logviewer_childopts: String,
-    /// Only with TLS: Storm's default, and the ZooKeeper client's TLS options.
+    /// Only with TLS or metrics: Storm's default, the ZooKeeper client's TLS options, and the
+    /// JMX exporter's agent on the worker's metrics port (`1%ID%`: 1 and the slot's port).
     #[serde(rename = "worker.childopts", skip_serializing_if = "Option::is_none")]
     worker_childopts: Option<String>,
+    /// With metrics: the workers' own metrics (tuples acked, failed, emitted, executed per
+    /// task; time a spout waits while its topology is not active) as MBeans for the agent.
+    #[serde(
+        rename = "topology.metrics.reporters",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    topology_metrics_reporters: Vec<Reporter>,
 }
+
+#[derive(Serialize)]
+struct Reporter {
+    class: &'static str,
+}
+
+/// Storm's reporter of a worker's metrics registry to JMX (domain `metrics`, like the daemons').
+const STORM_JMX_REPORTER: &str = "org.apache.storm.metrics2.reporters.JmxStormReporter";
 
 /// Storm 2.8's default worker.childopts (storm-client's defaults.yaml), which a storm.yaml
 /// value replaces rather than extends.
@@ -151,6 +167,7 @@ pub fn storm_yaml(s: &StormPlan, tls: bool) -> String {
         None => opts,
     };
     let heap = with_tls(format!("-Xmx{}m {G1}", s.heap_mb));
+    let workers_export = !s.worker_metrics_ports.is_empty();
     let doc = StormYaml {
         zookeeper_servers: s
             .zookeeper_servers
@@ -178,9 +195,26 @@ pub fn storm_yaml(s: &StormPlan, tls: bool) -> String {
         supervisor_childopts: with_agent(&heap, &s.local_hostname, s.supervisor_metrics_port),
         ui_childopts: heap.clone(),
         logviewer_childopts: heap,
-        worker_childopts: zk_tls
-            .as_ref()
-            .map(|_| with_tls(STORM_WORKER_CHILDOPTS.to_string())),
+        worker_childopts: (zk_tls.is_some() || workers_export).then(|| {
+            let opts = with_tls(STORM_WORKER_CHILDOPTS.to_string());
+            if workers_export {
+                format!(
+                    "{opts} -javaagent:{}={}:1%ID%:{}",
+                    crate::plan::services::JMX_AGENT,
+                    s.local_hostname,
+                    super::STORM_WORKER_METRICS_RULES
+                )
+            } else {
+                opts
+            }
+        }),
+        topology_metrics_reporters: if workers_export {
+            vec![Reporter {
+                class: STORM_JMX_REPORTER,
+            }]
+        } else {
+            Vec::new()
+        },
     };
     yaml(
         "# Written by imgbuild from the recipe.\n\

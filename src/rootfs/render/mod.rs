@@ -56,6 +56,7 @@ pub fn secret_files(p: &Plan) -> anyhow::Result<Vec<FileSpec>> {
 /// The JMX exporter's rules: which MBeans become which Prometheus metrics.
 pub const KAFKA_METRICS_RULES: &str = "/etc/kafka/metrics.yaml";
 pub const STORM_METRICS_RULES: &str = "/etc/storm/metrics.yaml";
+pub const STORM_WORKER_METRICS_RULES: &str = "/etc/storm/worker-metrics.yaml";
 
 fn file(path: &str, content: String, mode: u32) -> FileSpec {
     FileSpec {
@@ -370,6 +371,13 @@ pub fn node_files(p: &Plan) -> Vec<FileSpec> {
             out.push(file(
                 STORM_METRICS_RULES.trim_start_matches('/'),
                 include_str!("../assets/metrics/storm.yaml").to_string(),
+                0o644,
+            ));
+        }
+        if !s.worker_metrics_ports.is_empty() {
+            out.push(file(
+                STORM_WORKER_METRICS_RULES.trim_start_matches('/'),
+                include_str!("../assets/metrics/storm-worker.yaml").to_string(),
                 0o644,
             ));
         }
@@ -767,7 +775,18 @@ mod tests {
         let wants =
             PathBuf::from("etc/systemd/system/multi-user.target.wants").join(NODE_EXPORTER_UNIT);
         assert!(enablement(&on.nodes[1]).iter().any(|(l, _)| *l == wants));
-        assert!(on.nodes[1].memory.exporters == 5);
+        // Each worker's own endpoint on 1 and its slot's port, and Storm's JMX reporter on.
+        for port in [16700, 16701] {
+            assert!(files.contains(&format!("ip saddr @metrics tcp dport {port} accept")));
+        }
+        assert!(files.contains(&format!(
+            "-javaagent:{JMX_AGENT}=192.168.200.152:1%ID%:/etc/storm/worker-metrics.yaml\""
+        )));
+        assert!(
+            files.contains("  - class: \"org.apache.storm.metrics2.reporters.JmxStormReporter\"")
+        );
+        // ZooKeeper, Kafka, nimbus, supervisor, two workers, the node exporter.
+        assert_eq!(on.nodes[1].memory.exporters, 7);
         let text = format!("{}\nmetrics:\n  enabled: false\n", reference_text());
         let off = cluster(&text);
         for p in &off.nodes {
@@ -775,7 +794,7 @@ mod tests {
             assert!(!files.contains("metricsProvider"), "{}", p.node.name);
             assert!(!files.contains("@metrics") && !files.contains("dport 70"));
             assert!(!files.contains("javaagent") && !files.contains("kafka-metrics"));
-            assert!(!files.contains("metrics.yaml"));
+            assert!(!files.contains("metrics.yaml") && !files.contains("JmxStormReporter"));
             assert_eq!(p.memory.exporters, 0);
             assert!(p.artifacts.iter().all(|a| a.name != Component::JmxExporter));
             // The package's unit masked (its installation enabled it), its arguments not written.

@@ -407,6 +407,101 @@ fn storm(
     ));
 }
 
+/// The Storm workers' own endpoints (one per slot of every supervisor; a slot without a worker
+/// refuses, as it should), asked once the example runs: a worker of `topology` answers, its
+/// components' emitted tuples are counted, none failed, and its spout's time asleep for an inactive
+/// topology does not grow while `storm list` says ACTIVE (two scrapes `gap` apart). The line
+/// to show; an error when they disagree.
+pub fn workers(nodes: &[&Plan], cs: &[Member], topology: &str, gap: Duration) -> Result<String> {
+    let client = scraper()?;
+    let mut endpoints: Vec<(&Plan, u16)> = Vec::new();
+    for p in nodes {
+        for &port in p.storm.iter().flat_map(|s| &s.worker_metrics_ports) {
+            endpoints.push((p, port));
+        }
+    }
+    if endpoints.is_empty() {
+        return Ok("storm workers: metrics off".into());
+    }
+    let ours = |body: &str| -> BTreeMap<String, f64> {
+        samples(body)
+            .into_iter()
+            .filter(|(k, _)| label_value(k, "topology") == Some(topology))
+            .collect()
+    };
+    // Which slots hold a worker of the topology: their endpoints answer with its series.
+    let mut first: Vec<(&Plan, u16, BTreeMap<String, f64>)> = Vec::new();
+    let mut asked = Vec::new();
+    for &(p, port) in &endpoints {
+        let at = format!("{}:{port}", label(cs, p));
+        match scrape(&client, p.node.ip, port) {
+            Ok(body) => {
+                let s = ours(&body);
+                asked.push(format!(
+                    "{at} {} samples, {} of {topology}",
+                    samples(&body).len(),
+                    s.len()
+                ));
+                if !s.is_empty() {
+                    first.push((p, port, s));
+                }
+            }
+            Err(e) => asked.push(format!("{at} {}", e.root_cause())),
+        }
+    }
+    if first.is_empty() {
+        bail!(
+            "no Storm worker endpoint exports {topology}'s tuples ({} slots asked: {})",
+            endpoints.len(),
+            asked.join("; ")
+        );
+    }
+    std::thread::sleep(gap);
+    let sum = |s: &BTreeMap<String, f64>, name: &str, action: Option<&str>| -> f64 {
+        series_of(s, name)
+            .filter(|(k, _)| action.is_none() || label_value(k, "action") == action)
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let (mut emitted, mut failed, mut asleep_ms, mut spouts) = (0.0, 0.0, 0.0, 0);
+    let mut at = Vec::new();
+    for (p, port, before) in &first {
+        let body = scrape(&client, p.node.ip, *port)
+            .with_context(|| format!("{}: the worker's endpoint, asked again", label(cs, p)))?;
+        let after = ours(&body);
+        emitted += sum(&after, "storm_topology_tuples_total", Some("emit"));
+        failed += sum(&after, "storm_topology_tuples_total", Some("fail"));
+        let inactive = "storm_spout_inactive_milliseconds_total";
+        spouts += series_of(&after, inactive).count();
+        asleep_ms += sum(&after, inactive, None) - sum(before, inactive, None);
+        at.push(format!("{}:{port}", label(cs, p)));
+    }
+    let line = format!(
+        "storm workers: {topology} on {} of {} slot endpoints ({}): {emitted:.0} tuples emitted (sampled), {failed:.0} failed; its spout asleep for an inactive topology {asleep_ms:.0} ms of {:.0} s",
+        at.len(),
+        endpoints.len(),
+        at.join(", "),
+        gap.as_secs_f64()
+    );
+    if emitted <= 0.0 {
+        bail!("{line}: no emitted tuple counted, though the word counts came out");
+    }
+    if failed > 0.0 {
+        bail!("{line}: tuples failed");
+    }
+    if spouts == 0 {
+        bail!(
+            "{line}: no `storm_spout_inactive_milliseconds_total` (the not-ACTIVE alert reads it)"
+        );
+    }
+    if asleep_ms * 2.0 >= gap.as_secs_f64() * 1000.0 {
+        bail!(
+            "{line}: the spout sleeps as if the topology were not ACTIVE, which `storm list` says it is"
+        );
+    }
+    Ok(line)
+}
+
 /// A labelled series' label value, e.g. `nodename` of `node_uname_info{...,nodename="node2",...}`.
 fn label_value<'s>(series: &'s str, label: &str) -> Option<&'s str> {
     ['{', ','].iter().find_map(|sep| {

@@ -372,6 +372,14 @@ pub fn topology(nodes: &[&Plan], cs: &[Member]) -> (Phase, Option<Wordcount>) {
         w.feed(c, SENTENCES)?;
         lines.push(format!("{SENTENCES} sentences into {WC_IN} with acks=all"));
         lines.push(w.await_counts(c, Duration::from_secs(300))?);
+        // What the workers' own endpoints say about it (the failing-tuples and not-ACTIVE
+        // alerts read these).
+        lines.push(super::metrics::workers(
+            nodes,
+            cs,
+            WC_NAME,
+            Duration::from_secs(10),
+        )?);
         wc = Some(w);
         Ok(())
     })();
