@@ -124,79 +124,16 @@ pub fn lock(cli: &Cli) -> Result<()> {
 /// `imgbuild cache import FILE...`: accept files whose digest an artifact pins.
 pub fn cache_import(cli: &Cli, files: &[std::path::PathBuf]) -> Result<()> {
     let s = fetch_setup(cli)?;
-    // Every digest known without a network: lock entries and inline digests.
-    let mut pinned: Vec<(Algorithm, String, &plan::Artifact, Option<&LockEntry>)> = Vec::new();
-    for a in &s.cluster.artifacts {
-        match s
-            .lock
-            .as_ref()
-            .map(|l| l.entry(a, &s.lock_path))
-            .transpose()?
-            .flatten()
-        {
-            Some(e) => pinned.push((Algorithm::Sha256, e.sha256.clone(), a, Some(e))),
-            None => {
-                if let DigestSource::Inline { algorithm, value } = &a.digest {
-                    pinned.push((*algorithm, value.clone(), a, None));
-                }
-            }
-        }
+    fetch::import::import(&pins(&s, cli), &s.cache, files)
+}
+
+fn pins<'a>(s: &'a FetchSetup, cli: &'a Cli) -> fetch::import::Pins<'a> {
+    fetch::import::Pins {
+        artifacts: &s.cluster.artifacts,
+        lock: s.lock.as_ref(),
+        lock_path: &s.lock_path,
+        recipe: &cli.recipe,
     }
-    let mut failures = Vec::new();
-    for file in files {
-        let hashes =
-            checksum::hash_file(file).with_context(|| format!("reading {}", file.display()))?;
-        let Some((_, _, a, entry)) = pinned
-            .iter()
-            .find(|(alg, hex, _, _)| hashes.get(*alg) == hex)
-        else {
-            failures.push(format!(
-                "{}: sha256 {} matches no pinned artifact of {}",
-                file.display(),
-                hashes.sha256,
-                cli.recipe.display()
-            ));
-            continue;
-        };
-        s.cache.import(file, &hashes)?;
-        let record = Record {
-            name: a.name.to_string(),
-            version: a.version.clone(),
-            url: entry.map_or_else(|| a.urls[0].clone(), |e| e.url.clone()),
-            fetched_from: format!("import:{}", file.display()),
-            size: hashes.size,
-            sha256: hashes.sha256.clone(),
-            sha512: hashes.sha512.clone(),
-            fingerprint: entry.and_then(|e| e.fingerprint.clone()),
-        };
-        s.cache.write_record(&Cache::record_key(a), &record)?;
-        eprintln!(
-            "imported {} as {} {} (sha256 {})",
-            file.display(),
-            a.name,
-            a.version,
-            &hashes.sha256[..16]
-        );
-    }
-    if !failures.is_empty() {
-        let unpinned: Vec<&str> = s
-            .cluster
-            .artifacts
-            .iter()
-            .filter(|a| !pinned.iter().any(|p| p.2.name == a.name))
-            .map(|a| a.name.name())
-            .collect();
-        let mut msg = failures.join("\n");
-        if !unpinned.is_empty() {
-            msg.push_str(&format!(
-                "\n\nhint: {} are only pinned by a checksum file online; run `imgbuild lock` where upstream is reachable and bring {} along",
-                unpinned.join(", "),
-                s.lock_path.display()
-            ));
-        }
-        anyhow::bail!(msg);
-    }
-    Ok(())
 }
 
 /// `imgbuild cache list`
@@ -232,21 +169,7 @@ pub fn cache_list(cli: &Cli) -> Result<()> {
 /// `imgbuild cache prune`: keep what the recipe and its lock need, remove the rest.
 pub fn cache_prune(cli: &Cli) -> Result<()> {
     let s = fetch_setup(cli)?;
-    let mut keep = std::collections::HashSet::new();
-    for a in &s.cluster.artifacts {
-        if let Some(r) = s.cache.record(&Cache::record_key(a)) {
-            keep.insert(r.sha256);
-        }
-        if let DigestSource::Inline { algorithm, value } = &a.digest
-            && let Some(p) = s.cache.find(*algorithm, value)
-            && let Some(name) = p.file_name().and_then(|n| n.to_str())
-        {
-            keep.insert(name.to_string());
-        }
-    }
-    if let Some(l) = &s.lock {
-        keep.extend(l.artifacts.values().map(|e| e.sha256.clone()));
-    }
+    let keep = fetch::import::needed(&pins(&s, cli), &s.cache);
     let (n, bytes) = s.cache.prune(&keep)?;
     eprintln!(
         "pruned {n} files ({}); kept {} blobs",

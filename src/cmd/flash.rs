@@ -82,7 +82,7 @@ pub fn flash(cli: &Cli, o: &FlashArgs) -> Result<()> {
             crate::util::fmt::human(target.size - plan.image_size)
         );
     }
-    let data = data_plan(&target, &image, plan.image_size, o.wipe_data)?;
+    let data = crate::flash::keep::for_target(&target, &image, plan.image_size, o.wipe_data)?;
     for l in &data.lines {
         eprintln!("        {l}");
     }
@@ -132,35 +132,4 @@ pub fn flash(cli: &Cli, o: &FlashArgs) -> Result<()> {
         }
     );
     Ok(())
-}
-
-/// What the flash keeps and adds around the image on `target` (see `flash::keep`): the target's
-/// data partition, read before anything is written, against the image's own identity record.
-fn data_plan(
-    target: &crate::flash::Target,
-    image: &std::path::Path,
-    image_size: u64,
-    wipe_data: bool,
-) -> Result<crate::flash::keep::DataPlan> {
-    use crate::flash::keep;
-    let (gpt, want) = keep::image_identity(image)?;
-    let found = match std::fs::File::open(&target.path) {
-        Ok(f) if target.size >= 2 * (1 << 20) => match keep::find(&f, target.size) {
-            Some(p) => {
-                let state = keep::state(&f, &target.path, &p)?;
-                Some((p, state))
-            }
-            None => None,
-        },
-        _ => None,
-    };
-    keep::plan(
-        &gpt,
-        image_size,
-        &want,
-        target.size,
-        found,
-        wipe_data,
-        &target.path,
-    )
 }

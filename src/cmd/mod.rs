@@ -7,12 +7,11 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{BootArgs, Cli, FlashArgs};
-use crate::fetch::cache::{Cache, Record};
-use crate::fetch::checksum;
+use crate::fetch::cache::Cache;
 use crate::fetch::lock::{self, LockEntry, LockFile};
 use crate::fetch::{self, Fetched, Fetcher};
 use crate::plan::mirror::{self, Mirrors};
-use crate::plan::{self, Algorithm, ClusterPlan, DigestSource, Plan};
+use crate::plan::{self, ClusterPlan, Plan};
 use crate::recipe;
 use crate::recipe::diag::{UsageError, did_you_mean};
 

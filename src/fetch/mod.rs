@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod checksum;
 mod http;
+pub mod import;
 pub mod lock;
 pub mod pgp;
 mod progress;

@@ -128,6 +128,36 @@ fn one_line(id: &str) -> String {
     id.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// What the flash keeps and adds around the image on `target`: the target's data partition,
+/// read before anything is written, against the image's own identity record.
+pub fn for_target(
+    target: &super::Target,
+    image: &Path,
+    image_size: u64,
+    wipe_data: bool,
+) -> Result<DataPlan> {
+    let (gpt, want) = image_identity(image)?;
+    let found = match File::open(&target.path) {
+        Ok(f) if target.size >= 2 * (1 << 20) => match find(&f, target.size) {
+            Some(p) => {
+                let state = state(&f, &target.path, &p)?;
+                Some((p, state))
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    plan(
+        &gpt,
+        image_size,
+        &want,
+        target.size,
+        found,
+        wipe_data,
+        &target.path,
+    )
+}
+
 /// Decide what the flash keeps and adds on a target of `target_size` bytes that holds `found`.
 pub fn plan(
     image: &Gpt,
