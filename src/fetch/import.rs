@@ -21,10 +21,11 @@ pub struct Pins<'a> {
     pub recipe: &'a Path,
 }
 
+/// A digest an artifact is pinned by: algorithm, hex, the artifact, its lock entry if any.
+type Pinned<'a> = (Algorithm, String, &'a Artifact, Option<&'a LockEntry>);
+
 /// Every digest known without a network: lock entries, else inline digests.
-fn pinned<'a>(
-    p: &Pins<'a>,
-) -> Result<Vec<(Algorithm, String, &'a Artifact, Option<&'a LockEntry>)>> {
+fn pinned<'a>(p: &Pins<'a>) -> Result<Vec<Pinned<'a>>> {
     let mut out = Vec::new();
     for a in p.artifacts {
         match p
