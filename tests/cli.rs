@@ -401,6 +401,13 @@ bad!(
     )]
 );
 bad!(
+    worker_metrics_need_four_digit_slots,
+    [(
+        "    admin_port: 8081\n",
+        "    admin_port: 8081\n  storm:\n    slots: [700, 6701]\n"
+    )]
+);
+bad!(
     kafka_users_bad,
     [(
         "    admin_port: 8081\n",

@@ -5,7 +5,8 @@ use super::*;
 
 /// The key of a node's images: imgbuild's version, the node's plan (without the recipe's path and
 /// hash, so an edit elsewhere in the recipe does not touch this node), the content of every
-/// input, the epoch and the overlays' files. Equal keys give identical images.
+/// input, the epoch, the overlays' files and the files imgbuild renders. Equal keys give
+/// identical images.
 pub fn build_key(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -25,7 +26,57 @@ pub fn build_key(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<String>
             h.update(p);
         }
     }
+    for (what, digest) in rendered_entries(plan) {
+        h.update(format!("{what}\0{digest}\0"));
+    }
     Ok(hex::encode(h.finalize()))
+}
+
+/// The files imgbuild writes into a node's trees from its plan (the shared tree's units,
+/// sysusers.d and tmpfiles.d; the node's configuration, its cloud-init seed and its unit
+/// links), each `rendered:<path>` with the SHA-256 of its mode and content. They are a function
+/// of the plan and of imgbuild's code: two builds of one version that render differently (a
+/// build from source between releases) then have different keys, not images taken as up to
+/// date. The secrets' files are the PKI's entries; rendered from the keyed plan (no topics).
+pub(super) fn rendered_entries(plan: &Plan) -> Vec<(String, String)> {
+    use crate::rootfs::render;
+    use sha2::{Digest, Sha256};
+    let p = keyed_plan(plan);
+    let digest = |mode: u32, content: &[u8]| {
+        let mut h = Sha256::new();
+        h.update(format!("{mode:o}\0"));
+        h.update(content);
+        hex::encode(h.finalize())
+    };
+    let mode = p
+        .kafka
+        .as_ref()
+        .map(|k| k.mode)
+        .unwrap_or(crate::recipe::KafkaMode::Kraft);
+    let mut out: Vec<(String, String)> = render::units(mode)
+        .into_iter()
+        .chain(render::sysusers_and_tmpfiles())
+        .chain(render::node_files(&p))
+        .map(|f| {
+            (
+                format!("rendered:{}", f.path.display()),
+                digest(f.mode, &f.content),
+            )
+        })
+        .collect();
+    for (name, content) in render::seed(&p) {
+        out.push((
+            format!("rendered:seed/{name}"),
+            digest(0o644, content.as_bytes()),
+        ));
+    }
+    for (link, target) in render::enablement(&p) {
+        out.push((
+            format!("rendered:{}", link.display()),
+            digest(0o777, target.as_os_str().as_encoded_bytes()),
+        ));
+    }
+    out
 }
 
 /// The version of what `images/<node>/` holds: raised when a build writes other files (2: the
@@ -74,7 +125,8 @@ pub(super) fn overlay_entries(plan: &Plan) -> Result<Vec<OverlayEntry>> {
 
 /// What the build key is made of, item by item (recorded in the manifest as `build_inputs`), so
 /// a rebuild can say which part changed: `imgbuild`, `epoch`, `plan.<field path>` (the value's
-/// JSON), `input.<name>` (its SHA-256), `overlay:<path>` (SHA-256 of mode and content).
+/// JSON), `input.<name>` (its SHA-256), `overlay:<path>` and `rendered:<path>` (SHA-256 of mode
+/// and content).
 pub fn key_parts(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<BTreeMap<String, String>> {
     use sha2::{Digest, Sha256};
     fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
@@ -114,6 +166,7 @@ pub fn key_parts(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<BTreeMa
         }
         out.insert(format!("overlay:{path}"), hex::encode(h.finalize()));
     }
+    out.extend(rendered_entries(plan));
     Ok(out)
 }
 
@@ -153,7 +206,11 @@ pub fn changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -
     for (k, new_v) in new {
         match old.get(k).map(String::as_str) {
             Some(o) if o == new_v => {}
-            Some(o) if k.starts_with("input.") || k.starts_with("overlay:") => {
+            Some(o)
+                if k.starts_with("input.")
+                    || k.starts_with("overlay:")
+                    || k.starts_with("rendered:") =>
+            {
                 changes.push(format!(
                     "{k} changed (sha256 {} -> {})",
                     &o[..12.min(o.len())],

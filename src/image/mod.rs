@@ -909,6 +909,38 @@ mod tests {
         );
     }
 
+    /// The files imgbuild renders are in the key, each by its path: a build from source whose
+    /// renderer writes another file for the same plan is not taken as up to date, and the
+    /// rebuild names the file.
+    #[test]
+    fn rendered_files_are_in_the_build_key_by_path() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/cluster.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let loaded = crate::recipe::parse(&path, text).unwrap();
+        let c = crate::plan::resolve(&loaded).unwrap();
+        let parts = key::key_parts(&c.nodes[1], &[], 0).unwrap();
+        let files = crate::rootfs::render::node_files(&c.nodes[1]);
+        for f in &files {
+            let k = format!("rendered:{}", f.path.display());
+            assert!(parts.contains_key(&k), "{k}");
+        }
+        assert!(parts.contains_key("rendered:etc/storm/worker-metrics.yaml"));
+        assert!(parts.contains_key("rendered:usr/lib/sysusers.d/imgbuild.conf"));
+        // As a renderer change would: one file's digest differs from the last build's.
+        let mut old = parts.clone();
+        old.insert(
+            "rendered:etc/storm/storm.yaml".into(),
+            "00000000000000000000".into(),
+        );
+        let changed = key::changes(&old, &parts);
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert!(
+            changed[0]
+                .starts_with("rendered:etc/storm/storm.yaml changed (sha256 000000000000 -> "),
+            "{changed:?}"
+        );
+    }
+
     #[test]
     fn layout_fills_the_disk_on_mib_boundaries() {
         let l = layout(Some(4 << 30), 30 * MIB, 400 * MIB, 15_000).unwrap();
