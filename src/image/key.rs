@@ -40,14 +40,8 @@ pub fn build_key(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<String>
 /// date. The secrets' files are the PKI's entries; rendered from the keyed plan (no topics).
 pub(super) fn rendered_entries(plan: &Plan) -> Vec<(String, String)> {
     use crate::rootfs::render;
-    use sha2::{Digest, Sha256};
+    let digest = |mode: u32, content: &[u8]| mode_digest(mode, Some(content));
     let p = keyed_plan(plan);
-    let digest = |mode: u32, content: &[u8]| {
-        let mut h = Sha256::new();
-        h.update(format!("{mode:o}\0"));
-        h.update(content);
-        hex::encode(h.finalize())
-    };
     let mode = p
         .kafka
         .as_ref()
@@ -77,6 +71,18 @@ pub(super) fn rendered_entries(plan: &Plan) -> Vec<(String, String)> {
         ));
     }
     out
+}
+
+/// SHA-256 of a file's mode (octal) and content (none for a directory): an overlay entry's or a
+/// rendered file's item in the build inputs.
+fn mode_digest(mode: u32, content: Option<&[u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{mode:o}\0"));
+    if let Some(c) = content {
+        h.update(c);
+    }
+    hex::encode(h.finalize())
 }
 
 /// The version of what `images/<node>/` holds: raised when a build writes other files (2: the
@@ -128,7 +134,6 @@ pub(super) fn overlay_entries(plan: &Plan) -> Result<Vec<OverlayEntry>> {
 /// JSON), `input.<name>` (its SHA-256), `overlay:<path>` and `rendered:<path>` (SHA-256 of mode
 /// and content).
 pub fn key_parts(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<BTreeMap<String, String>> {
-    use sha2::{Digest, Sha256};
     fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
         match v {
             serde_json::Value::Object(m) => {
@@ -159,12 +164,10 @@ pub fn key_parts(plan: &Plan, fetched: &[Fetched], epoch: u64) -> Result<BTreeMa
     }
     out.extend(crate::pki::key_entries(plan));
     for (path, mode, payload) in overlay_entries(plan)? {
-        let mut h = Sha256::new();
-        h.update(format!("{mode:o}\0"));
-        if let Some(p) = payload {
-            h.update(p);
-        }
-        out.insert(format!("overlay:{path}"), hex::encode(h.finalize()));
+        out.insert(
+            format!("overlay:{path}"),
+            mode_digest(mode, payload.as_deref()),
+        );
     }
     out.extend(rendered_entries(plan));
     Ok(out)

@@ -198,11 +198,11 @@ pub fn storm_yaml(s: &StormPlan, tls: bool) -> String {
         worker_childopts: (zk_tls.is_some() || workers_export).then(|| {
             let opts = with_tls(STORM_WORKER_CHILDOPTS.to_string());
             if workers_export {
-                format!(
-                    "{opts} -javaagent:{}={}:1%ID%:{}",
-                    crate::plan::services::JMX_AGENT,
-                    s.local_hostname,
-                    super::STORM_WORKER_METRICS_RULES
+                agent(
+                    &opts,
+                    &s.local_hostname,
+                    "1%ID%",
+                    super::STORM_WORKER_METRICS_RULES,
                 )
             } else {
                 opts
@@ -231,13 +231,18 @@ pub fn storm_yaml(s: &StormPlan, tls: bool) -> String {
 /// `ip:port` (rules: STORM_METRICS_RULES), when it has one.
 fn with_agent(opts: &str, ip: &str, port: Option<u16>) -> String {
     match port {
-        Some(port) => format!(
-            "{opts} -javaagent:{}={ip}:{port}:{}",
-            crate::plan::services::JMX_AGENT,
-            super::STORM_METRICS_RULES
-        ),
+        Some(port) => agent(opts, ip, &port.to_string(), super::STORM_METRICS_RULES),
         None => opts.to_string(),
     }
+}
+
+/// `opts` and the JMX exporter's agent on `ip:port` with `rules` (`port` may be Storm's
+/// `1%ID%`, which the supervisor completes per worker).
+fn agent(opts: &str, ip: &str, port: &str, rules: &str) -> String {
+    format!(
+        "{opts} -javaagent:{}={ip}:{port}:{rules}",
+        crate::plan::services::JMX_AGENT
+    )
 }
 
 /// cloud-init's user-data (cloud-config).

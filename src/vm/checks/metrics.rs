@@ -423,9 +423,8 @@ pub fn workers(nodes: &[&Plan], cs: &[Member], topology: &str, gap: Duration) ->
     if endpoints.is_empty() {
         return Ok("storm workers: metrics off".into());
     }
-    let ours = |body: &str| -> BTreeMap<String, f64> {
-        samples(body)
-            .into_iter()
+    let ours = |all: BTreeMap<String, f64>| -> BTreeMap<String, f64> {
+        all.into_iter()
             .filter(|(k, _)| label_value(k, "topology") == Some(topology))
             .collect()
     };
@@ -436,12 +435,10 @@ pub fn workers(nodes: &[&Plan], cs: &[Member], topology: &str, gap: Duration) ->
         let at = format!("{}:{port}", label(cs, p));
         match scrape(&client, p.node.ip, port) {
             Ok(body) => {
-                let s = ours(&body);
-                asked.push(format!(
-                    "{at} {} samples, {} of {topology}",
-                    samples(&body).len(),
-                    s.len()
-                ));
+                let all = samples(&body);
+                let n = all.len();
+                let s = ours(all);
+                asked.push(format!("{at} {n} samples, {} of {topology}", s.len()));
                 if !s.is_empty() {
                     first.push((p, port, s));
                 }
@@ -468,7 +465,7 @@ pub fn workers(nodes: &[&Plan], cs: &[Member], topology: &str, gap: Duration) ->
     for (p, port, before) in &first {
         let body = scrape(&client, p.node.ip, *port)
             .with_context(|| format!("{}: the worker's endpoint, asked again", label(cs, p)))?;
-        let after = ours(&body);
+        let after = ours(samples(&body));
         emitted += sum(&after, "storm_topology_tuples_total", Some("emit"));
         failed += sum(&after, "storm_topology_tuples_total", Some("fail"));
         let inactive = "storm_spout_inactive_milliseconds_total";
